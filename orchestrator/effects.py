@@ -1,0 +1,111 @@
+"""Effects: what the pure domain asks the outside world to do, as plain data.
+
+The domain returns effects; the service layer stores them in the aggregate's outbox in the
+same write as the transition, then dispatches them through the ports. Every effect must be
+safe to dispatch twice (a crash between save and dispatch re-dispatches it), so each one is
+absolute (a full traffic map, not a delta) or keyed (a deterministic message id or name).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+
+class _Effect(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SendMessage(_Effect):
+    """Put a command on the orchestrator queue, now or at `not_before` (a scheduled message).
+
+    `message_id` must be deterministic (derived from the promotion, step and attempt) so a
+    re-dispatch is dropped by duplicate detection or by the handler's seen-message check.
+    """
+
+    kind: Literal["send_message"] = "send_message"
+    message_type: str
+    message_id: str
+    payload: dict[str, Any] = Field(default_factory=dict)
+    promotion_id: str | None = None
+    not_before: AwareDatetime | None = None
+
+
+class SubmitTrainingJob(_Effect):
+    """Submit the retraining pipeline. `run_id` is our id for the job (the idempotency key)."""
+
+    kind: Literal["submit_training_job"] = "submit_training_job"
+    run_id: str
+    data_uris: list[str]
+    reason: str = ""
+
+
+class DeployModel(_Effect):
+    """Start deploying a registered model version as `deployment` (does not wait)."""
+
+    kind: Literal["deploy_model"] = "deploy_model"
+    model_version: str
+    deployment: str
+
+
+class SetTraffic(_Effect):
+    """Set the endpoint's live traffic to this absolute map (deployment -> percent, sums to 100)."""
+
+    kind: Literal["set_traffic"] = "set_traffic"
+    traffic: dict[str, int]
+
+    @field_validator("traffic")
+    @classmethod
+    def _sums_to_100(cls, traffic: dict[str, int]) -> dict[str, int]:
+        if any(weight < 0 or weight > 100 for weight in traffic.values()):
+            raise ValueError("traffic weights must be between 0 and 100")
+        if sum(traffic.values()) != 100:
+            raise ValueError(f"traffic weights must sum to 100, got {sum(traffic.values())}")
+        return traffic
+
+
+class DeleteDeployment(_Effect):
+    kind: Literal["delete_deployment"] = "delete_deployment"
+    deployment: str
+
+
+class TagModelVersion(_Effect):
+    """Mirror our decision into the model registry (tags; the state store stays the truth)."""
+
+    kind: Literal["tag_model_version"] = "tag_model_version"
+    model_version: str
+    tags: dict[str, str]
+
+
+class RequestApproval(_Effect):
+    """Publish a request for a person's decision on one step of one promotion."""
+
+    kind: Literal["request_approval"] = "request_approval"
+    promotion_id: str
+    step: str
+    candidate_version: str
+    approvers: list[str]
+    expires_at: AwareDatetime
+    evidence: dict[str, Any] = Field(default_factory=dict)
+
+
+class PublishEvent(_Effect):
+    """A lifecycle event for the outside world (promoted, rolled back, rejected, ...)."""
+
+    kind: Literal["publish_event"] = "publish_event"
+    event_type: str
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+Effect = Annotated[
+    SendMessage
+    | SubmitTrainingJob
+    | DeployModel
+    | SetTraffic
+    | DeleteDeployment
+    | TagModelVersion
+    | RequestApproval
+    | PublishEvent,
+    Field(discriminator="kind"),
+]

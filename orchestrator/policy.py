@@ -1,0 +1,189 @@
+"""Per-model policy files: one YAML file per model, validated with pydantic.
+
+Adding a model is adding a file. A bad file fails with the file, the field and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_duration(value: Any) -> Any:
+    """Accept "90s", "10m", "2h", "1d" (and what pydantic accepts: seconds, ISO 8601)."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSource(_Section):
+    """Where new training data for the model lands."""
+
+    container: str = Field(min_length=3, max_length=63)
+    prefix: str = ""
+
+
+class RetrainSettings(_Section):
+    debounce: Duration = timedelta(minutes=10)  # how long a window collects data before one job
+    min_new_files: int = Field(default=1, ge=0)
+    min_new_rows: int = Field(default=0, ge=0)  # only counted where events report rows
+    cooldown: Duration = timedelta(minutes=30)  # after the last job ended
+
+
+class PipelineSettings(_Section):
+    file: str = "pipelines/azureml/pipeline.yml"  # relative to the repository / app root
+    experiment: str | None = None  # defaults to "<model>-retrain"
+    compute: str | None = None  # Azure ML compute target; None keeps the YAML's
+    data_input: str = "training_data"  # the pipeline input that receives the new data
+
+
+class ThresholdGate(_Section):
+    """Candidate's offline metric against a fixed value: `auc >= 0.80`."""
+
+    kind: Literal["threshold"] = "threshold"
+    metric: str
+    op: Literal[">=", "<="] = ">="
+    value: float
+
+
+class ChampionGate(_Section):
+    """Candidate against the production model on the same holdout: `auc >= champion - 0.01`."""
+
+    kind: Literal["champion"] = "champion"
+    metric: str
+    higher_is_better: bool = True
+    margin: float = Field(default=0.0, ge=0)  # how much worse than the champion is tolerated
+
+
+class CanaryGate(_Section):
+    """Canary against production on live metrics: a non-inferiority test."""
+
+    kind: Literal["canary"] = "canary"
+    metric: Literal["accuracy", "error_rate", "latency_ms"]
+    test: Literal["two_proportion", "mann_whitney", "bootstrap"] = "two_proportion"
+    margin: float = Field(default=0.02, ge=0)  # tolerated degradation (absolute for rates,
+    # relative for latency: 0.1 = 10% slower)
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _test_fits_metric(self) -> CanaryGate:
+        rate = self.metric in ("accuracy", "error_rate")
+        if rate and self.test != "two_proportion":
+            raise ValueError(f"metric {self.metric} is a rate: use test two_proportion")
+        if not rate and self.test == "two_proportion":
+            raise ValueError("latency_ms is not a rate: use test mann_whitney or bootstrap")
+        return self
+
+
+StagingGate = Annotated[ThresholdGate | ChampionGate, Field(discriminator="kind")]
+
+
+class StagingSettings(_Section):
+    gates: list[StagingGate] = Field(default_factory=list)
+
+
+class ApprovalSettings(_Section):
+    required: bool = False
+    approvers: list[str] = Field(default_factory=list)
+    timeout: Duration = timedelta(hours=24)
+    on_timeout: Literal["reject", "approve"] = "reject"
+
+    @model_validator(mode="after")
+    def _approvers_when_required(self) -> ApprovalSettings:
+        if self.required and not self.approvers:
+            raise ValueError("approval.required is true but approvers is empty")
+        return self
+
+
+class CanarySettings(_Section):
+    steps: list[int] = Field(default_factory=lambda: [10, 25, 50])  # percent on the candidate
+    bake: Duration = timedelta(minutes=30)  # per step, before its gate check
+    min_samples_per_arm: int = Field(default=200, ge=1)
+    gates: list[CanaryGate] = Field(default_factory=list)
+    max_extensions: int = Field(default=3, ge=0)  # inconclusive checks that extend the bake
+    on_exhausted: Literal["rollback", "promote"] = "rollback"
+
+    @model_validator(mode="after")
+    def _steps_increase(self) -> CanarySettings:
+        if any(not 0 < step < 100 for step in self.steps):
+            raise ValueError("canary steps must be between 1 and 99 percent")
+        if self.steps != sorted(set(self.steps)):
+            raise ValueError("canary steps must strictly increase")
+        return self
+
+
+class ModelPolicy(_Section):
+    model: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    endpoint: str = Field(min_length=3, max_length=32, pattern=r"^[A-Za-z][A-Za-z0-9-]*$")
+    data: DataSource
+    retrain: RetrainSettings = RetrainSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    staging: StagingSettings = StagingSettings()
+    approval: ApprovalSettings = ApprovalSettings()
+    canary: CanarySettings = CanarySettings()
+    production_bake: Duration = timedelta(hours=1)
+    on_newer_candidate: Literal["queue", "supersede"] = "queue"
+    # The longest a promotion may sit in one state before the timer reports it as stuck.
+    max_time_in_state: Duration = timedelta(hours=48)
+
+
+class PolicyError(ValueError):
+    """An invalid policy file: names the file, the field and the reason."""
+
+    def __init__(self, path: Path | str, field: str, reason: str) -> None:
+        super().__init__(f"{path}: {field}: {reason}")
+        self.path = str(path)
+        self.field = field
+        self.reason = reason
+
+
+def parse_policy(text: str, source: Path | str = "<policy>") -> ModelPolicy:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(source, "(file)", f"not valid YAML: {exc}") from exc
+    if not isinstance(document, dict):
+        raise PolicyError(source, "(file)", "expected a mapping at the top level")
+    try:
+        return ModelPolicy.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(root)"
+        raise PolicyError(source, field, first["msg"]) from exc
+
+
+def load_policy(path: Path | str) -> ModelPolicy:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PolicyError(path, "(file)", f"cannot read: {exc.strerror}") from exc
+    return parse_policy(text, path)
+
+
+def load_policies(folder: Path | str) -> dict[str, ModelPolicy]:
+    """Every `*.yml` / `*.yaml` file in `folder`, by model name. Duplicate models are an error."""
+    policies: dict[str, ModelPolicy] = {}
+    for path in sorted(Path(folder).glob("*.y*ml")):
+        policy = load_policy(path)
+        if policy.model in policies:
+            raise PolicyError(path, "model", f"model {policy.model!r} is defined twice")
+        policies[policy.model] = policy
+    return policies
