@@ -45,6 +45,10 @@ class RetrainSettings(_Section):
     min_new_files: int = Field(default=1, ge=0)
     min_new_rows: int = Field(default=0, ge=0)  # only counted where events report rows
     cooldown: Duration = timedelta(minutes=30)  # after the last job ended
+    # How often a running training job is polled: poll_interval after submission, then
+    # doubling per check up to max_poll_interval.
+    poll_interval: Duration = timedelta(minutes=1)
+    max_poll_interval: Duration = timedelta(minutes=10)
 
 
 class PipelineSettings(_Section):
@@ -97,6 +101,10 @@ StagingGate = Annotated[ThresholdGate | ChampionGate, Field(discriminator="kind"
 
 class StagingSettings(_Section):
     gates: list[StagingGate] = Field(default_factory=list)
+    # Offline metrics that cannot be read make the gate inconclusive: it is retried after
+    # `retry_delay`, and after `max_attempts` inconclusive evaluations the candidate is rejected.
+    retry_delay: Duration = timedelta(minutes=10)
+    max_attempts: int = Field(default=3, ge=1)
 
 
 class ApprovalSettings(_Section):

@@ -1,0 +1,233 @@
+"""The online endpoint port on an Azure ML managed online endpoint (azure-ai-ml v2 SDK).
+
+Every call starts an operation and returns; nothing waits for a long-running operation
+(the orchestrator schedules a check message instead). Transient failures (408, 429, 5xx,
+connection errors) are retried by azure-core's RetryPolicy, configured in `make_ml_client`;
+it honours ``Retry-After``.
+
+azure.ai.ml is imported lazily, inside functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from adapters.endpoint import (
+    DeploymentState,
+    DeploymentStatus,
+    EndpointError,
+    check_deployment_name,
+    InvalidTraffic,
+    live_only,
+    mirror_after_traffic,
+    validate_mirror_shape,
+    validate_traffic,
+)
+
+if TYPE_CHECKING:
+    from azure.ai.ml import MLClient
+    from azure.core.credentials import TokenCredential
+
+log = logging.getLogger(__name__)
+
+# Azure ML provisioning states -> the port's states.
+PROVISIONING_STATES: dict[str, DeploymentState] = {
+    "creating": "creating",
+    "updating": "creating",
+    "scaling": "creating",
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "canceled": "failed",
+    "cancelled": "failed",
+    "deleting": "deleting",
+}
+
+# Retry settings for azure-core's RetryPolicy (status retries on 408/429/500/502/503/504;
+# PUT/GET/DELETE are idempotent so they are retried too; Retry-After wins over the backoff).
+DEFAULT_RETRY: dict[str, Any] = {
+    "retry_total": 6,
+    "retry_connect": 3,
+    "retry_read": 3,
+    "retry_status": 5,
+    "retry_backoff_factor": 1.0,  # 0 s, 2 s, 4 s, 8 s ... capped below
+    "retry_backoff_max": 30,
+    "show_progress": False,  # no progress dots from the SDK's pollers in the Functions log
+}
+
+DATA_COLLECTIONS = ("model_inputs", "model_outputs")
+
+_ARM_MODEL = re.compile(r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$")
+_SHORT_MODEL = re.compile(r"^azureml:(?P<name>[^:]+):(?P<version>[^:]+)$")
+
+
+def make_ml_client(
+    subscription_id: str,
+    resource_group: str,
+    workspace: str,
+    credential: TokenCredential | None = None,
+    **kwargs: Any,
+) -> MLClient:
+    """An MLClient with the retry policy above (kwargs override it, e.g. ``transport=``)."""
+    from azure.ai.ml import MLClient
+
+    if credential is None:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+    options = {**DEFAULT_RETRY, **kwargs}
+    return MLClient(credential, subscription_id, resource_group, workspace, **options)
+
+
+def parse_model_id(model: object) -> tuple[str, str] | None:
+    """(name, version) from an ARM model id or ``azureml:name:version``; None otherwise."""
+    if not isinstance(model, str):
+        return None
+    match = _ARM_MODEL.search(model) or _SHORT_MODEL.match(model)
+    return (match["name"], match["version"]) if match else None
+
+
+class AzureMLEndpoint:
+    """`OnlineEndpoint` on one Azure ML managed online endpoint (which must already exist)."""
+
+    def __init__(
+        self,
+        ml_client: MLClient | Callable[[], MLClient],
+        endpoint_name: str,
+        instance_type: str = "Standard_DS3_v2",
+        instance_count: int = 1,
+        *,
+        data_collection_sampling_rate: float = 1.0,
+    ) -> None:
+        self._client_or_factory = ml_client
+        self._client: MLClient | None = None
+        self.endpoint_name = endpoint_name
+        self.instance_type = instance_type
+        self.instance_count = instance_count
+        self.sampling_rate = data_collection_sampling_rate
+
+    @property
+    def client(self) -> MLClient:
+        if self._client is None:
+            from azure.ai.ml import MLClient
+
+            source = self._client_or_factory
+            self._client = source if isinstance(source, MLClient) else source()
+        return self._client
+
+    # -- deployments -------------------------------------------------------------------------
+
+    def _get_deployment(self, deployment: str) -> Any | None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            return self.client.online_deployments.get(deployment, self.endpoint_name)
+        except ResourceNotFoundError:
+            return None
+
+    def deploy(self, model_name: str, model_version: str, deployment: str) -> str:
+        from azure.ai.ml.entities import (
+            DataCollector,
+            DeploymentCollection,
+            ManagedOnlineDeployment,
+        )
+
+        check_deployment_name(deployment)  # before any call
+        existing = self._get_deployment(deployment)
+        if existing is not None:
+            state = _map_state(existing.provisioning_state)
+            if parse_model_id(existing.model) == (model_name, str(model_version)) and state in (
+                "creating",
+                "succeeded",
+            ):
+                log.info("deployment %s already serves %s:%s", deployment, model_name, model_version)
+                return deployment
+            if state == "deleting":
+                raise EndpointError(f"deployment {deployment} is being deleted; deploy it later")
+        spec = ManagedOnlineDeployment(
+            name=deployment,
+            endpoint_name=self.endpoint_name,
+            model=f"azureml:{model_name}:{model_version}",
+            instance_type=self.instance_type,
+            instance_count=self.instance_count,
+            data_collector=DataCollector(
+                collections={name: DeploymentCollection(enabled="true") for name in DATA_COLLECTIONS},
+                sampling_rate=self.sampling_rate,
+            ),
+            tags={"model_name": model_name, "model_version": str(model_version)},
+        )
+        # Starts the PUT and returns a poller; it is not awaited.
+        self.client.online_deployments.begin_create_or_update(spec)
+        return deployment
+
+    def deployment_state(self, deployment: str) -> DeploymentStatus:
+        check_deployment_name(deployment)
+        existing = self._get_deployment(deployment)
+        if existing is None:
+            return DeploymentStatus(deployment, "missing")
+        raw = existing.provisioning_state
+        state = _map_state(raw)
+        parsed = parse_model_id(existing.model)
+        error = (
+            f"Azure ML provisioning state {getattr(raw, 'value', raw)}; see "
+            "online_deployments.get_logs for the container log"
+            if state == "failed"
+            else None
+        )
+        return DeploymentStatus(
+            deployment,
+            state,
+            error,
+            model_name=parsed[0] if parsed else None,
+            model_version=parsed[1] if parsed else None,
+        )
+
+    def delete(self, deployment: str) -> None:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        check_deployment_name(deployment)
+        try:
+            self.client.online_deployments.begin_delete(
+                name=deployment, endpoint_name=self.endpoint_name
+            )
+        except ResourceNotFoundError:
+            log.info("deployment %s is already gone", deployment)
+
+    # -- traffic -----------------------------------------------------------------------------
+
+    def traffic(self) -> dict[str, int]:
+        endpoint = self.client.online_endpoints.get(self.endpoint_name)
+        return live_only(endpoint.traffic or {})
+
+    def set_traffic(self, traffic: dict[str, int]) -> None:
+        validate_traffic(traffic)
+        endpoint = self.client.online_endpoints.get(self.endpoint_name)
+        mirror = mirror_after_traffic(traffic, endpoint.mirror_traffic or {})
+        validate_traffic(traffic, mirror)
+        # Absolute: every deployment the endpoint routes to and that the map leaves out is
+        # written as 0, so the PUT body states the whole split.
+        endpoint.traffic = {**{name: 0 for name in endpoint.traffic or {}}, **traffic}
+        endpoint.mirror_traffic = mirror
+        self.client.online_endpoints.begin_create_or_update(endpoint)
+
+    def set_mirror(self, mirror: dict[str, int]) -> None:
+        validate_mirror_shape(mirror)
+        endpoint = self.client.online_endpoints.get(self.endpoint_name)
+        live = live_only(endpoint.traffic or {})
+        if live_only(mirror) and not live:
+            raise InvalidTraffic("cannot mirror: the endpoint takes no live traffic")
+        if live:
+            validate_traffic(live, mirror)
+        endpoint.mirror_traffic = {name: w for name, w in mirror.items() if w > 0}
+        self.client.online_endpoints.begin_create_or_update(endpoint)
+
+
+def _map_state(raw: object) -> DeploymentState:
+    value = getattr(raw, "value", raw)  # the SDK hands back an enum member or a string
+    state = PROVISIONING_STATES.get(str(value or "").lower())
+    if state is None:
+        log.warning("unknown provisioning state %r, read as creating", raw)
+        return "creating"
+    return state

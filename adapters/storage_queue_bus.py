@@ -1,0 +1,249 @@
+"""Message bus on Azure Storage queues (Azurite locally; a real account works the same).
+
+Service Bus features mapped onto a storage queue:
+- scheduling = visibility delay; beyond the queue's 7-day limit the message is re-hidden
+  on receipt until its time (`deliver_at` in the wrapper);
+- delivery count = the queue's dequeue count;
+- dead letter = a `<queue>-poison` queue (the Functions host's convention) holding the body
+  and the reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.storage.queue import QueueClient, QueueMessage
+
+from orchestrator.clock import Clock, utc_now
+from orchestrator.messages import Envelope, InvalidMessage, parse_envelope
+from orchestrator.ports import ScheduledHandle
+
+log = logging.getLogger(__name__)
+
+MAX_VISIBILITY = timedelta(days=7) - timedelta(minutes=1)
+
+
+def ensure_queue(queue: QueueClient) -> QueueClient:
+    with contextlib.suppress(ResourceExistsError):
+        queue.create_queue()
+    return queue
+
+
+def _encode(document: dict[str, Any]) -> str:
+    # Base64, as the Functions host's queue bindings expect by default.
+    return base64.b64encode(json.dumps(document).encode()).decode()
+
+
+def _decode(content: str | bytes) -> bytes:
+    raw = content.encode() if isinstance(content, str) else content
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        return raw  # a producer that did not base64-encode: take the text as it is
+
+
+class StorageQueueBus:
+    """The MessageBus port on one storage queue."""
+
+    def __init__(
+        self, queue: QueueClient, clock: Clock = utc_now, max_visibility: timedelta = MAX_VISIBILITY
+    ) -> None:
+        self._queue = queue
+        self._clock = clock
+        self._max_visibility = max_visibility
+
+    @property
+    def queue_name(self) -> str:
+        return self._queue.queue_name
+
+    def send(self, envelope: Envelope) -> None:
+        self._queue.send_message(_encode(envelope.model_dump(mode="json")))
+
+    def schedule(self, envelope: Envelope, at: datetime) -> ScheduledHandle:
+        delay = at - self._clock()
+        document: dict[str, Any] = envelope.model_dump(mode="json")
+        if delay > self._max_visibility:
+            document = _wrap(envelope.to_bytes(), deliver_at=at.isoformat())
+        limit = int(self._max_visibility.total_seconds())
+        seconds = max(0, min(int(delay.total_seconds() + 0.999), limit))
+        sent = self._queue.send_message(_encode(document), visibility_timeout=seconds)
+        return ScheduledHandle(transport="storage-queue", value=f"{sent.id}|{sent.pop_receipt}")
+
+    def cancel(self, handle: ScheduledHandle) -> None:
+        message_id, pop_receipt = handle.value.split("|", 1)
+        with contextlib.suppress(ResourceNotFoundError):  # already delivered or cancelled
+            self._queue.delete_message(message_id, pop_receipt)
+
+
+@dataclass
+class PollResult:
+    completed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    deferred: int = 0
+
+    @property
+    def received(self) -> int:
+        return self.completed + self.retried + self.dead_lettered + self.deferred
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One received message, as a trigger sees it: the body and how often it was delivered."""
+
+    body: bytes
+    delivery_count: int
+    message_id: str
+    inserted_on: datetime | None
+
+
+RawHandler = Callable[[Delivery], None]
+Handler = Callable[[Envelope, int], None]
+
+# Our own wrapper around a body, for what a storage queue cannot carry in its metadata:
+# a delivery time beyond the visibility limit, and the last error of a failed delivery.
+_WRAPPER = "_retrain_wrapper"
+
+
+def _wrap(body: bytes, **fields: Any) -> dict[str, Any]:
+    return {_WRAPPER: 1, "body": body.decode("utf-8"), **fields}
+
+
+def envelope_handler(handler: Handler) -> RawHandler:
+    """Adapt an envelope handler: a body that is no valid envelope raises InvalidMessage."""
+
+    def handle(delivery: Delivery) -> None:
+        handler(parse_envelope(delivery.body), delivery.delivery_count)
+
+    return handle
+
+
+class StorageQueueConsumer:
+    """Receives from a storage queue, runs a handler, and settles each message.
+
+    Success deletes the message. `InvalidMessage` (can never be handled) dead-letters it at
+    once with the reason. Any other error leaves it for a retry after a backoff, with the
+    error kept in the message; after `max_deliveries` it is dead-lettered with that error.
+    """
+
+    def __init__(
+        self,
+        queue: QueueClient,
+        poison_queue: QueueClient,
+        max_deliveries: int = 5,
+        visibility_timeout: timedelta = timedelta(seconds=60),
+        retry_base: timedelta = timedelta(seconds=2),
+        clock: Clock = utc_now,
+        max_visibility: timedelta = MAX_VISIBILITY,
+    ) -> None:
+        self._queue = queue
+        self._poison = poison_queue
+        self._max_deliveries = max_deliveries
+        self._visibility = int(visibility_timeout.total_seconds())
+        self._retry_base = retry_base.total_seconds()
+        self._clock = clock
+        self._max_visibility = max_visibility
+
+    @property
+    def queue_name(self) -> str:
+        return self._queue.queue_name
+
+    def poll(self, handler: Handler, max_messages: int = 32) -> PollResult:
+        """Receive and handle envelopes (commands and events on our own queues)."""
+        return self.poll_raw(envelope_handler(handler), max_messages)
+
+    def poll_raw(self, handler: RawHandler, max_messages: int = 32) -> PollResult:
+        """Receive and handle raw bodies (what a queue trigger binding would get)."""
+        result = PollResult()
+        messages = self._queue.receive_messages(
+            messages_per_page=max_messages,
+            visibility_timeout=self._visibility,
+            max_messages=max_messages,
+        )
+        for message in messages:
+            self._settle(message, handler, result)
+        return result
+
+    def _settle(self, message: QueueMessage, handler: RawHandler, result: PollResult) -> None:
+        body = _decode(message.content)
+        last_error: str | None = None
+        try:
+            document = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            document = None
+        if isinstance(document, dict) and document.get(_WRAPPER) == 1:
+            last_error = document.get("last_error")
+            body = str(document.get("body", "")).encode()
+            deliver_at = document.get("deliver_at")
+            if deliver_at and datetime.fromisoformat(deliver_at) > self._clock():
+                self._defer(message, document, datetime.fromisoformat(deliver_at))
+                result.deferred += 1
+                return
+        deliveries = message.dequeue_count or 1
+        if deliveries > self._max_deliveries:
+            self.dead_letter(
+                message, body, f"delivered {deliveries - 1} times without success: {last_error}"
+            )
+            result.dead_lettered += 1
+            return
+        delivery = Delivery(body, deliveries, message.id, message.inserted_on)
+        try:
+            handler(delivery)
+        except InvalidMessage as exc:
+            self.dead_letter(message, body, exc.reason)
+            result.dead_lettered += 1
+            return
+        except Exception as exc:  # any handler failure is retried, then dead-lettered
+            log.warning("message %s failed (delivery %d): %s", message.id, deliveries, exc)
+            self._retry(message, body, f"{type(exc).__name__}: {exc}", deliveries)
+            result.retried += 1
+            return
+        self._queue.delete_message(message.id, message.pop_receipt)
+        result.completed += 1
+
+    def _defer(self, message: QueueMessage, document: dict[str, Any], at: datetime) -> None:
+        remaining = (at - self._clock()).total_seconds()
+        seconds = max(1, min(int(remaining + 0.999), int(self._max_visibility.total_seconds())))
+        # Re-send rather than update: the dequeue count must not grow while we merely wait.
+        self._queue.send_message(_encode(document), visibility_timeout=seconds)
+        self._queue.delete_message(message.id, message.pop_receipt)
+
+    def _retry(self, message: QueueMessage, body: bytes, error: str, deliveries: int) -> None:
+        backoff = int(min(self._retry_base * 2 ** (deliveries - 1), 300))
+        try:
+            content = _encode(_wrap(body, last_error=error[:2000]))
+        except UnicodeDecodeError:
+            content = None  # keep the body as it is; the error is only logged
+        self._queue.update_message(
+            message.id, message.pop_receipt, content=content, visibility_timeout=backoff
+        )
+
+    def dead_letter(self, message: QueueMessage, body: bytes, reason: str) -> None:
+        record = {
+            "reason": reason,
+            "queue": self._queue.queue_name,
+            "message_id": message.id,
+            "delivery_count": message.dequeue_count,
+            "dead_lettered_at": datetime.now(UTC).isoformat(),
+            "body": body.decode("utf-8", errors="replace"),
+        }
+        log.error(
+            "dead-lettering message %s from %s: %s", message.id, self._queue.queue_name, reason
+        )
+        self._poison.send_message(_encode(record))
+        self._queue.delete_message(message.id, message.pop_receipt)
+
+
+def read_dead_letters(poison_queue: QueueClient, max_messages: int = 32) -> list[dict[str, Any]]:
+    """Peek at dead-lettered records (for tests, the CLI and the status API)."""
+    peeked = poison_queue.peek_messages(max_messages=max_messages)
+    return [json.loads(_decode(message.content)) for message in peeked]

@@ -1,0 +1,742 @@
+"""The promotion state machine: `decide(state, command, policy, now) -> Decision`.
+
+Pure: no I/O, no clock, no randomness. Effects are data the service layer dispatches in order
+(the order matters for rollback: traffic back on the known-good deployment before the
+candidate's deployment is deleted).
+
+Conventions:
+- A command that changes nothing returns the same state, no effects, `ignored=<reason>` and one
+  audit entry saying so (`approval.refused` for approvals, `command.ignored` otherwise), so
+  the service layer can log it and still skip the write.
+- `promoting` and `rolling_back` are transient: a single decision passes through them (the audit
+  shows it) and lands in `production_bake`, or in a terminal status.
+- Scheduled messages have deterministic ids: `{promotion_id}:{step}:check:{n}` for gate
+  checks and `{promotion_id}:approval:timeout:{n}` for approval timeouts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+from orchestrator.decision import AuditEntry, Decision
+from orchestrator.effects import (
+    DeleteDeployment,
+    DeployModel,
+    Effect,
+    PublishEvent,
+    RequestApproval,
+    SendMessage,
+    SetTraffic,
+    TagModelVersion,
+)
+from orchestrator.naming import deployment_name
+from orchestrator.policy import ModelPolicy
+from promotion.commands import (
+    ApprovalDecision,
+    ApprovalTimedOut,
+    DeploymentFailed,
+    DeploymentReady,
+    GateCheck,
+    PausePromotion,
+    PromoteNow,
+    PromotionCommand,
+    ResumePromotion,
+    RollbackRequested,
+    StartPromotion,
+)
+from promotion.gates import GateResult, evaluate_canary, evaluate_staging
+from promotion.state import (
+    DEPLOYED,
+    HISTORY_LIMIT,
+    QUEUE_LIMIT,
+    ApprovalRecord,
+    GateRecord,
+    HistoryEntry,
+    Promotion,
+    PromotionState,
+    PromotionStatus,
+    QueuedCandidate,
+    ServingModel,
+    StepRecord,
+)
+
+Status = PromotionStatus
+
+STAGING = "staging"
+APPROVAL = "approval"
+DEPLOY = "deploy"
+BAKE = "bake"
+SYSTEM = "system"
+
+STAGE_TAG = "retrain.stage"
+PROMOTION_TAG = "retrain.promotion_id"
+
+
+def canary_step_name(index: int) -> str:
+    return f"canary-{index + 1}"
+
+
+def check_message_id(promotion_id: str, step: str, attempt: int) -> str:
+    return f"{promotion_id}:{step}:check:{attempt}"
+
+
+def timeout_message_id(promotion_id: str, attempt: int) -> str:
+    return f"{promotion_id}:{APPROVAL}:timeout:{attempt}"
+
+
+def promotion_id_for(model: str, version: str, now: datetime) -> str:
+    return f"{model}-v{version}-{now:%Y%m%dT%H%M%S}"
+
+
+# --- observations ------------------------------------------------------------------------------
+
+
+class DeploymentWindow(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    deployment: str
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+
+
+class ObservationRequest(BaseModel):
+    """What the service layer must read before `decide`, and where to put it on the command.
+
+    kind "offline": read the offline metrics of `candidate_version` and of `champion_version`
+    (None: no champion, leave `OfflineMetrics.champion` None) into `command.offline`.
+    kind "live": read per-deployment live metrics, each arm over its own window, into
+    `command.live` (LiveMetrics.arms keyed by deployment; its window = the union).
+    If reading fails, leave the field None: the gate is inconclusive.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["offline", "live"]
+    candidate_version: str | None = None
+    champion_version: str | None = None
+    arms: tuple[DeploymentWindow, ...] = ()
+
+
+def observation_needed(
+    state: PromotionState, command: PromotionCommand, policy: ModelPolicy, now: datetime
+) -> ObservationRequest | None:
+    """The metrics `decide` will judge for this command, or None when it judges none."""
+    known_good = state.last_known_good
+    if isinstance(command, StartPromotion):
+        if state.knows_version(command.candidate_version):
+            return None
+        if state.active is not None and policy.on_newer_candidate == "queue":
+            return None
+        # After a supersede the champion is the known-good one, so compare with that.
+        return ObservationRequest(
+            kind="offline",
+            candidate_version=command.candidate_version,
+            champion_version=known_good.version if known_good else None,
+        )
+    if not isinstance(command, GateCheck):
+        return None
+    promotion = state.active
+    if _stale_check(promotion, command) is not None or promotion is None:
+        return None
+    if promotion.status == Status.STAGING_GATE:
+        return ObservationRequest(
+            kind="offline",
+            candidate_version=promotion.candidate_version,
+            champion_version=promotion.baseline.version if promotion.baseline else None,
+        )
+    window_end = max(now, promotion.step_started_at)
+    arms = [DeploymentWindow(deployment=promotion.candidate_deployment,
+                             window_start=promotion.step_started_at, window_end=window_end)]
+    baseline = promotion.baseline
+    if promotion.status == Status.CANARY and baseline is not None:
+        arms.append(DeploymentWindow(deployment=baseline.deployment,
+                                     window_start=promotion.step_started_at, window_end=window_end))
+    if promotion.status == Status.PRODUCTION_BAKE and baseline and promotion.baseline_window:
+        start, end = promotion.baseline_window
+        arms.append(DeploymentWindow(deployment=baseline.deployment, window_start=start,
+                                     window_end=end))
+    return ObservationRequest(kind="live", arms=tuple(arms))
+
+
+# --- decide ------------------------------------------------------------------------------------
+
+
+def decide(
+    state: PromotionState, command: PromotionCommand, policy: ModelPolicy, now: datetime
+) -> Decision[PromotionState]:
+    handler = _HANDLERS.get(type(command))
+    if handler is None:
+        raise TypeError(f"not a promotion command: {type(command).__name__}")
+    return handler(_Transition(state, policy, now), command)
+
+
+class _Transition:
+    """Collects one decision: the evolving state, the effects and the audit entries."""
+
+    def __init__(self, state: PromotionState, policy: ModelPolicy, now: datetime) -> None:
+        self.original = state
+        self.state = state
+        self.policy = policy
+        self.now = now
+        self.effects: list[Effect] = []
+        self.audit: list[AuditEntry] = []
+
+    @property
+    def promotion(self) -> Promotion:
+        assert self.state.active is not None
+        return self.state.active
+
+    def update(self, **changes: Any) -> None:
+        promotion = self.promotion.model_copy(update={**changes, "updated_at": self.now})
+        self.state = self.state.model_copy(update={"active": promotion})
+
+    def set_state(self, **changes: Any) -> None:
+        self.state = self.state.model_copy(update=changes)
+
+    def emit(self, *effects: Effect) -> None:
+        self.effects.extend(effects)
+
+    def record(self, action: str, **detail: Any) -> None:
+        active = self.state.active
+        self.audit.append(
+            AuditEntry(action=action, promotion_id=active.id if active else None,
+                       from_state=active.status if active else None,
+                       to_state=active.status if active else None, detail=detail)
+        )
+
+    def move(self, status: Status, step: str, cause: str, by: str = SYSTEM, **detail: Any) -> None:
+        before = self.promotion.status
+        self.update(
+            status=status,
+            step=step,
+            steps=(*self.promotion.steps,
+                   StepRecord(status=status, step=step, at=self.now, caused_by=by, cause=cause)),
+        )
+        self.audit.append(
+            AuditEntry(action=f"promotion.{status}", promotion_id=self.promotion.id,
+                       from_state=before, to_state=status,
+                       detail={"step": step, "cause": cause, "caused_by": by, **detail})
+        )
+
+    def tag(self, version: str, stage: str) -> None:
+        self.emit(TagModelVersion(model_version=version,
+                                  tags={STAGE_TAG: stage, PROMOTION_TAG: self.promotion.id}))
+
+    def event(self, event_type: str, **data: Any) -> None:
+        promotion = self.promotion
+        self.emit(PublishEvent(event_type=event_type, data={
+            "model": self.policy.model, "promotion_id": promotion.id,
+            "candidate_version": promotion.candidate_version, **data}))
+
+    def ignore(self, command: BaseModel, reason: str, action: str = "command.ignored") -> Decision:
+        active = self.original.active
+        entry = AuditEntry(action=action, promotion_id=active.id if active else None,
+                           from_state=active.status if active else None,
+                           to_state=active.status if active else None,
+                           detail={"command": type(command).__name__, "reason": reason})
+        return Decision(state=self.original, audit=[entry], ignored=reason)
+
+    def done(self) -> Decision[PromotionState]:
+        return Decision(state=self.state, effects=self.effects, audit=self.audit)
+
+
+def _matching(t: _Transition, promotion_id: str | None) -> str | None:
+    """Why a command naming `promotion_id` does not concern the active promotion, else None."""
+    active = t.state.active
+    if active is None:
+        return "no active promotion"
+    if promotion_id is not None and promotion_id != active.id:
+        return f"promotion {promotion_id} is not the active one ({active.id})"
+    return None
+
+
+def _stale_check(promotion: Promotion | None, check: GateCheck) -> str | None:
+    if promotion is None or promotion.id != check.promotion_id:
+        return "not the active promotion"
+    if promotion.status not in (Status.STAGING_GATE, Status.CANARY, Status.PRODUCTION_BAKE):
+        return f"no gate check expected in {promotion.status}"
+    if check.step != promotion.step or check.check_id != promotion.pending_check_id:
+        return f"stale check {check.check_id} (expected {promotion.pending_check_id})"
+    return None
+
+
+# --- starting ----------------------------------------------------------------------------------
+
+
+def _on_start(t: _Transition, command: StartPromotion) -> Decision[PromotionState]:
+    repeat = t.state.knows_version(command.candidate_version)
+    if repeat is not None:
+        return t.ignore(command, repeat)
+    if t.state.active is not None:
+        if t.policy.on_newer_candidate == "queue":
+            queued = (*t.state.queued,
+                      QueuedCandidate(version=command.candidate_version, run_id=command.run_id,
+                                      queued_at=t.now))
+            dropped = queued[:-QUEUE_LIMIT] if len(queued) > QUEUE_LIMIT else ()
+            t.set_state(queued=queued[-QUEUE_LIMIT:])
+            t.record("promotion.queued", version=command.candidate_version,
+                     dropped=[item.version for item in dropped])
+            return t.done()
+        _rollback(t, f"superseded by v{command.candidate_version}", SYSTEM, start_next=False)
+    _create(t, command.candidate_version, command.run_id)
+    _judge_staging(t, command.offline)
+    return t.done()
+
+
+def _create(t: _Transition, version: str, run_id: str | None) -> None:
+    promotion_id = promotion_id_for(t.policy.model, version, t.now)
+    t.set_state(active=Promotion(
+        id=promotion_id,
+        candidate_version=version,
+        candidate_deployment=deployment_name(t.policy.model, version),
+        run_id=run_id,
+        status=Status.CANDIDATE,
+        step=STAGING,
+        canary_steps=tuple(t.policy.canary.steps),
+        step_started_at=t.now,
+        baseline=t.state.last_known_good,
+        started_at=t.now,
+        updated_at=t.now,
+    ))
+    t.audit.append(AuditEntry(action="promotion.started", promotion_id=promotion_id,
+                              to_state=Status.CANDIDATE,
+                              detail={"candidate_version": version, "run_id": run_id}))
+    t.event("promotion.started", run_id=run_id)
+    t.move(Status.STAGING_GATE, STAGING, "candidate registered")
+
+
+def _start_next_queued(t: _Transition) -> None:
+    if not t.state.queued or t.state.active is not None:
+        return
+    head, *rest = t.state.queued
+    t.set_state(queued=tuple(rest))
+    _create(t, head.version, head.run_id)
+    # Its offline metrics are read for a check sent now (decide itself reads nothing).
+    t.update(check_attempt=1)
+    _schedule_check(t, STAGING, t.now)
+
+
+def _schedule_check(t: _Transition, step: str, at: datetime) -> None:
+    promotion = t.promotion
+    check_id = check_message_id(promotion.id, step, promotion.check_attempt)
+    t.update(pending_check_id=check_id, check_due_at=at)
+    t.emit(SendMessage(
+        message_type="GateCheck",
+        message_id=check_id,
+        payload=GateCheck(promotion_id=promotion.id, step=step, check_id=check_id).model_dump(
+            mode="json", exclude_none=True),
+        promotion_id=promotion.id,
+        not_before=at,
+    ))
+
+
+def _record_gate(t: _Transition, result: GateResult) -> None:
+    promotion = t.promotion
+    t.update(gates=(*promotion.gates,
+                    GateRecord(step=promotion.step, check_id=promotion.pending_check_id,
+                               outcome=result.outcome, at=t.now, evidence=result.evidence)))
+    action = {"pass": "gate.passed", "fail": "gate.failed", "inconclusive": "gate.inconclusive"}
+    t.record(action[result.outcome], step=promotion.step, check_id=promotion.pending_check_id,
+             evidence=[item.model_dump(mode="json") for item in result.evidence])
+
+
+# --- staging and approval ----------------------------------------------------------------------
+
+
+def _judge_staging(t: _Transition, offline: Any) -> None:
+    baseline = t.promotion.baseline
+    result = evaluate_staging(t.policy.staging.gates, offline,
+                              champion_version=baseline.version if baseline else None)
+    _record_gate(t, result)
+    if result.outcome == "fail":
+        _finish(t, Status.REJECTED, f"staging gate failed: {result.reasons}", tag="rejected")
+        return
+    if result.outcome == "inconclusive":
+        count = t.promotion.inconclusive + 1
+        if count >= t.policy.staging.max_attempts:
+            _finish(t, Status.REJECTED,
+                    f"staging gate inconclusive after {count} attempts: {result.reasons}",
+                    tag="rejected")
+            return
+        t.update(inconclusive=count, check_attempt=t.promotion.check_attempt + 1)
+        _schedule_check(t, STAGING, t.now + t.policy.staging.retry_delay)
+        return
+    t.update(inconclusive=0, pending_check_id=None, check_due_at=None)
+    t.tag(t.promotion.candidate_version, "staging")
+    if t.policy.approval.required:
+        _enter_approval(t)
+    else:
+        _enter_deploying(t, "staging gate passed")
+
+
+def _enter_approval(t: _Transition) -> None:
+    expires_at = t.now + t.policy.approval.timeout
+    t.update(approval_expires_at=expires_at, check_attempt=1)
+    t.move(Status.AWAITING_APPROVAL, APPROVAL, "staging gate passed; approval required")
+    promotion = t.promotion
+    last_gate = promotion.gates[-1] if promotion.gates else None
+    t.emit(RequestApproval(
+        promotion_id=promotion.id,
+        step=APPROVAL,
+        candidate_version=promotion.candidate_version,
+        approvers=list(t.policy.approval.approvers),
+        expires_at=expires_at,
+        evidence={"staging": [item.model_dump(mode="json") for item in last_gate.evidence]}
+        if last_gate else {},
+    ))
+    _schedule_timeout(t, expires_at)
+
+
+def _schedule_timeout(t: _Transition, at: datetime) -> None:
+    promotion = t.promotion
+    message_id = timeout_message_id(promotion.id, promotion.check_attempt)
+    t.update(pending_check_id=message_id, check_due_at=at)
+    t.emit(SendMessage(
+        message_type="ApprovalTimedOut",
+        message_id=message_id,
+        payload=ApprovalTimedOut(promotion_id=promotion.id, step=APPROVAL).model_dump(mode="json"),
+        promotion_id=promotion.id,
+        not_before=at,
+    ))
+
+
+def _on_approval(t: _Transition, command: ApprovalDecision) -> Decision[PromotionState]:
+    refused = _matching(t, command.promotion_id)
+    promotion = t.state.active
+    if refused is None and promotion is not None:
+        allowed = {name.casefold() for name in t.policy.approval.approvers}
+        if promotion.status != Status.AWAITING_APPROVAL:
+            refused = f"no approval expected in {promotion.status}"
+        elif command.step != promotion.step:
+            refused = f"step {command.step!r} is not the current step {promotion.step!r}"
+        elif command.candidate_version != promotion.candidate_version:
+            refused = (f"version {command.candidate_version} is not the candidate "
+                       f"{promotion.candidate_version}")
+        elif command.approver.casefold() not in allowed:
+            refused = f"{command.approver} is not an allowed approver"
+        elif promotion.paused:
+            refused = "promotion is paused: resume it, then answer again"
+    if refused is not None:
+        return t.ignore(command, refused, action="approval.refused")
+    t.update(approval=ApprovalRecord(step=command.step, decision=command.decision,
+                                     approver=command.approver, comment=command.comment, at=t.now))
+    cause = f"{command.decision} by {command.approver}" + (f": {command.comment}"
+                                                          if command.comment else "")
+    if command.decision == "approve":
+        _enter_deploying(t, cause, by=command.approver)
+    else:
+        _finish(t, Status.REJECTED, cause, tag="rejected", by=command.approver)
+    return t.done()
+
+
+def _on_approval_timeout(t: _Transition, command: ApprovalTimedOut) -> Decision[PromotionState]:
+    reason = _matching(t, command.promotion_id)
+    promotion = t.state.active
+    if reason is None and promotion is not None:
+        if promotion.status != Status.AWAITING_APPROVAL or command.step != promotion.step:
+            reason = f"no approval pending for step {command.step!r}"
+        elif promotion.paused:
+            reason = "promotion is paused: timeout held, resume reschedules it"
+    if reason is not None:
+        return t.ignore(command, reason)
+    on_timeout = t.policy.approval.on_timeout
+    t.update(approval=ApprovalRecord(step=command.step, decision=on_timeout,
+                                     approver="policy:on_timeout", at=t.now))
+    cause = f"approval timed out: policy says {on_timeout}"
+    if on_timeout == "approve":
+        _enter_deploying(t, cause)
+    else:
+        _finish(t, Status.REJECTED, cause, tag="rejected")
+    return t.done()
+
+
+# --- deployment and canary ---------------------------------------------------------------------
+
+
+def _enter_deploying(t: _Transition, cause: str, by: str = SYSTEM) -> None:
+    t.update(pending_check_id=None, check_due_at=None, check_attempt=0, inconclusive=0)
+    t.move(Status.DEPLOYING, DEPLOY, cause, by)
+    t.emit(DeployModel(model_version=t.promotion.candidate_version,
+                       deployment=t.promotion.candidate_deployment))
+
+
+def _on_deployment_ready(t: _Transition, command: DeploymentReady) -> Decision[PromotionState]:
+    reason = _matching(t, command.promotion_id)
+    promotion = t.state.active
+    if reason is None and promotion is not None:
+        if promotion.status != Status.DEPLOYING:
+            reason = f"not deploying ({promotion.status})"
+        elif command.deployment != promotion.candidate_deployment:
+            reason = f"{command.deployment} is not the candidate's deployment"
+        elif promotion.deployment_ready:
+            reason = "deployment already reported ready"
+    if reason is not None:
+        return t.ignore(command, reason)
+    t.update(deployment_ready=True)
+    if t.promotion.paused:
+        t.record("deployment.ready", held="promotion is paused; resume starts the rollout")
+    else:
+        t.record("deployment.ready")
+        _start_rollout(t, "deployment ready")
+    return t.done()
+
+
+def _start_rollout(t: _Transition, cause: str) -> None:
+    if t.promotion.baseline is None or not t.promotion.canary_steps:
+        why = "no production model: no canary" if t.promotion.baseline is None else "no canary steps"
+        _go_to_production(t, f"{cause}; {why}")
+    else:
+        _enter_canary_step(t, 0, cause)
+
+
+def _enter_canary_step(t: _Transition, index: int, cause: str, by: str = SYSTEM) -> None:
+    promotion = t.promotion
+    baseline = promotion.baseline
+    assert baseline is not None
+    weight = promotion.canary_steps[index]
+    step = canary_step_name(index)
+    t.emit(SetTraffic(traffic={baseline.deployment: 100 - weight,
+                               promotion.candidate_deployment: weight}))
+    t.update(step_index=index, traffic_weight=weight, step_started_at=t.now, check_attempt=1,
+             inconclusive=0)
+    t.move(Status.CANARY, step, cause, by, traffic=weight)
+    _schedule_check(t, step, t.now + t.policy.canary.bake)
+
+
+def _go_to_production(t: _Transition, cause: str, by: str = SYSTEM) -> None:
+    promotion = t.promotion
+    baseline = promotion.baseline
+    t.move(Status.PROMOTING, promotion.step, cause, by)
+    traffic = {promotion.candidate_deployment: 100}
+    if baseline is not None:
+        # Keep the old deployment (at 0) through the bake: it is the rollback target.
+        traffic[baseline.deployment] = 0
+    t.emit(SetTraffic(traffic=traffic))
+    # The canary arm's last window becomes the baseline the bake is compared with.
+    window = (promotion.step_started_at, t.now) if promotion.status == Status.CANARY else None
+    if promotion.step_index < 0:
+        window = None
+    t.set_state(champion=ServingModel(version=promotion.candidate_version,
+                                      deployment=promotion.candidate_deployment, since=t.now))
+    t.update(traffic_weight=100, step_started_at=t.now, check_attempt=1, inconclusive=0,
+             baseline_window=window)
+    t.tag(promotion.candidate_version, "production")
+    t.event("promotion.promoted", traffic=traffic)
+    t.move(Status.PRODUCTION_BAKE, BAKE, "100% on the candidate", by)
+    _schedule_check(t, BAKE, t.now + t.policy.production_bake)
+
+
+def _on_gate_check(t: _Transition, command: GateCheck) -> Decision[PromotionState]:
+    promotion = t.state.active
+    reason = _stale_check(promotion, command)
+    if reason is None and promotion is not None and promotion.paused:
+        reason = "promotion is paused: check held, resume reschedules it"
+    if reason is not None or promotion is None:
+        return t.ignore(command, reason or "no active promotion")
+    if promotion.status == Status.STAGING_GATE:
+        _judge_staging(t, command.offline)
+        return t.done()
+    baseline = promotion.baseline
+    result = evaluate_canary(t.policy.canary, command.live, promotion.candidate_deployment,
+                             baseline.deployment if baseline else None)
+    _record_gate(t, result)
+    if result.outcome == "fail":
+        _rollback(t, f"{promotion.step} gate failed: {result.reasons}", SYSTEM)
+    elif result.outcome == "pass":
+        _step_passed(t, "gate passed")
+    elif t.promotion.inconclusive < t.policy.canary.max_extensions:
+        count = t.promotion.inconclusive + 1
+        t.update(inconclusive=count, check_attempt=t.promotion.check_attempt + 1)
+        t.record("gate.extended", step=promotion.step, extension=count,
+                 max_extensions=t.policy.canary.max_extensions)
+        _schedule_check(t, promotion.step, t.now + t.policy.canary.bake)
+    else:
+        exhausted = t.policy.canary.on_exhausted
+        t.record("gate.exhausted", step=promotion.step, on_exhausted=exhausted)
+        why = f"{promotion.step} inconclusive after {t.promotion.inconclusive} extensions"
+        if exhausted == "rollback":
+            _rollback(t, f"{why}: {result.reasons}", SYSTEM)
+        else:
+            _step_passed(t, f"{why}: policy on_exhausted=promote")
+    return t.done()
+
+
+def _step_passed(t: _Transition, cause: str) -> None:
+    promotion = t.promotion
+    if promotion.status == Status.PRODUCTION_BAKE:
+        _complete(t, cause)
+    elif promotion.step_index + 1 < len(promotion.canary_steps):
+        _enter_canary_step(t, promotion.step_index + 1, f"{promotion.step}: {cause}")
+    else:
+        _go_to_production(t, f"{promotion.step}: {cause}; last canary step")
+
+
+def _complete(t: _Transition, cause: str) -> None:
+    promotion = t.promotion
+    baseline = promotion.baseline
+    champion = ServingModel(version=promotion.candidate_version,
+                            deployment=promotion.candidate_deployment,
+                            since=t.state.champion.since if t.state.champion else t.now)
+    t.set_state(champion=champion, last_known_good=champion)
+    if baseline is not None and baseline.deployment != promotion.candidate_deployment:
+        t.emit(SetTraffic(traffic={promotion.candidate_deployment: 100}),
+               DeleteDeployment(deployment=baseline.deployment))
+        t.tag(baseline.version, "archived")
+    t.event("promotion.completed", previous_version=baseline.version if baseline else None)
+    _finish(t, Status.COMPLETED, f"production bake: {cause}")
+
+
+def _on_promote_now(t: _Transition, command: PromoteNow) -> Decision[PromotionState]:
+    reason = _matching(t, command.promotion_id)
+    promotion = t.state.active
+    if reason is None and promotion is not None:
+        if promotion.status != Status.CANARY:
+            reason = f"only a canary can be promoted now, not {promotion.status}"
+        elif promotion.paused:
+            reason = "promotion is paused: resume it first"
+    if reason is not None:
+        return t.ignore(command, reason)
+    skipped = [canary_step_name(i) for i in range(t.promotion.step_index,
+                                                  len(t.promotion.canary_steps))]
+    t.record("promotion.promote_now", requested_by=command.requested_by, reason=command.reason,
+             skipped=skipped)
+    _go_to_production(t, f"promote_now: {command.reason}", by=command.requested_by)
+    return t.done()
+
+
+# --- rollback and finishing --------------------------------------------------------------------
+
+
+def _on_rollback(t: _Transition, command: RollbackRequested) -> Decision[PromotionState]:
+    reason = _matching(t, command.promotion_id)
+    if reason is not None:
+        return t.ignore(command, reason)
+    _rollback(t, f"requested by {command.requested_by}: {command.reason}", command.requested_by)
+    return t.done()
+
+
+def _on_deployment_failed(t: _Transition, command: DeploymentFailed) -> Decision[PromotionState]:
+    reason = _matching(t, command.promotion_id)
+    promotion = t.state.active
+    if reason is None and promotion is not None:
+        if promotion.status not in DEPLOYED:
+            reason = f"no deployment in {promotion.status}"
+        elif command.deployment != promotion.candidate_deployment:
+            reason = f"{command.deployment} is not the candidate's deployment"
+    if reason is not None:
+        return t.ignore(command, reason)
+    _rollback(t, f"deployment {command.deployment} failed: {command.error}", SYSTEM,
+              terminal=Status.FAILED)
+    return t.done()
+
+
+def _rollback(
+    t: _Transition,
+    reason: str,
+    by: str,
+    *,
+    terminal: Literal[Status.ROLLED_BACK, Status.FAILED] = Status.ROLLED_BACK,
+    start_next: bool = True,
+) -> None:
+    """All traffic back on the last known-good deployment FIRST, then remove the candidate."""
+    promotion = t.promotion
+    deployed = promotion.status in DEPLOYED
+    had_traffic = promotion.status in (Status.CANARY, Status.PROMOTING, Status.PRODUCTION_BAKE)
+    t.move(Status.ROLLING_BACK, promotion.step, reason, by)
+    known_good = t.state.last_known_good
+    serving: str | None = known_good.version if known_good else None
+    if deployed:
+        if known_good is not None:
+            traffic = {known_good.deployment: 100}
+            if had_traffic:
+                traffic[promotion.candidate_deployment] = 0
+            t.emit(SetTraffic(traffic=traffic))
+        t.emit(DeleteDeployment(deployment=promotion.candidate_deployment))
+    # The champion is whatever takes traffic now: the known-good one, or nothing at all.
+    t.set_state(champion=known_good)
+    if promotion.status == Status.PRODUCTION_BAKE and known_good is not None:
+        t.tag(known_good.version, "production")
+    stage = "failed" if terminal == Status.FAILED else "rolled_back"
+    nothing_serves = had_traffic and known_good is None
+    t.event(f"promotion.{stage}", reason=reason, serving_version=serving,
+            nothing_serves=nothing_serves)
+    _finish(t, terminal, reason, tag=stage, by=by, start_next=start_next,
+            nothing_serves=nothing_serves)
+
+
+def _finish(
+    t: _Transition,
+    status: Status,
+    reason: str,
+    *,
+    tag: str | None = None,
+    by: str = SYSTEM,
+    start_next: bool = True,
+    **detail: Any,
+) -> None:
+    promotion = t.promotion
+    if tag is not None:
+        t.tag(promotion.candidate_version, tag)
+    if status == Status.REJECTED:
+        t.event("promotion.rejected", reason=reason)
+    t.move(status, promotion.step, reason, by, **detail)
+    entry = HistoryEntry(promotion_id=promotion.id, candidate_version=promotion.candidate_version,
+                         outcome=status, reason=reason, started_at=promotion.started_at,
+                         finished_at=t.now)
+    t.set_state(active=None, history=(*t.state.history, entry)[-HISTORY_LIMIT:])
+    if start_next:
+        _start_next_queued(t)
+
+
+# --- pause and resume --------------------------------------------------------------------------
+
+
+def _on_pause(t: _Transition, command: PausePromotion) -> Decision[PromotionState]:
+    reason = _matching(t, command.promotion_id)
+    if reason is None and t.promotion.paused:
+        reason = "already paused"
+    if reason is not None:
+        return t.ignore(command, reason)
+    t.update(paused=True, paused_by=command.requested_by, pause_reason=command.reason)
+    t.record("promotion.paused", requested_by=command.requested_by, reason=command.reason)
+    return t.done()
+
+
+def _on_resume(t: _Transition, command: ResumePromotion) -> Decision[PromotionState]:
+    reason = _matching(t, command.promotion_id)
+    if reason is None and not t.promotion.paused:
+        reason = "not paused"
+    if reason is not None:
+        return t.ignore(command, reason)
+    t.update(paused=False, paused_by=None, pause_reason="")
+    t.record("promotion.resumed", requested_by=command.requested_by, reason=command.reason)
+    promotion = t.promotion
+    # A new check id: whatever was scheduled before the pause is stale from here on.
+    due = max(t.now, promotion.check_due_at or t.now)
+    if promotion.status in (Status.STAGING_GATE, Status.CANARY, Status.PRODUCTION_BAKE):
+        t.update(check_attempt=promotion.check_attempt + 1)
+        _schedule_check(t, promotion.step, due)
+    elif promotion.status == Status.AWAITING_APPROVAL:
+        t.update(check_attempt=promotion.check_attempt + 1)
+        _schedule_timeout(t, due)
+    elif promotion.status == Status.DEPLOYING and promotion.deployment_ready:
+        _start_rollout(t, f"resumed by {command.requested_by}")
+    return t.done()
+
+
+_HANDLERS: dict[type, Callable[[_Transition, Any], Decision[PromotionState]]] = {
+    StartPromotion: _on_start,
+    GateCheck: _on_gate_check,
+    ApprovalDecision: _on_approval,
+    ApprovalTimedOut: _on_approval_timeout,
+    DeploymentReady: _on_deployment_ready,
+    DeploymentFailed: _on_deployment_failed,
+    RollbackRequested: _on_rollback,
+    PromoteNow: _on_promote_now,
+    PausePromotion: _on_pause,
+    ResumePromotion: _on_resume,
+}

@@ -1,0 +1,150 @@
+"""The promotion aggregate's state: what serves, what is being promoted, what happened.
+
+Plain, frozen pydantic data that round-trips through JSON. `PromotionState()` is a model with
+nothing in production. Only `promotion.machine.decide` produces new states.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from promotion.gates import GateEvidence, Outcome
+
+HISTORY_LIMIT = 20
+QUEUE_LIMIT = 10
+
+
+class PromotionStatus(StrEnum):
+    CANDIDATE = "candidate"  # transient: created, about to enter the staging gate
+    STAGING_GATE = "staging_gate"
+    AWAITING_APPROVAL = "awaiting_approval"
+    DEPLOYING = "deploying"
+    CANARY = "canary"
+    PROMOTING = "promoting"  # transient: traffic is being put 100% on the candidate
+    PRODUCTION_BAKE = "production_bake"
+    COMPLETED = "completed"
+    ROLLING_BACK = "rolling_back"  # transient: traffic back to last known-good, candidate removed
+    ROLLED_BACK = "rolled_back"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+TERMINAL = frozenset(
+    {PromotionStatus.COMPLETED, PromotionStatus.ROLLED_BACK, PromotionStatus.REJECTED,
+     PromotionStatus.FAILED}
+)
+# Statuses in which the candidate's deployment may exist (and so must be removed on rollback).
+DEPLOYED = frozenset(
+    {PromotionStatus.DEPLOYING, PromotionStatus.CANARY, PromotionStatus.PROMOTING,
+     PromotionStatus.PRODUCTION_BAKE}
+)
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServingModel(_Record):
+    version: str
+    deployment: str
+    since: AwareDatetime
+
+
+class GateRecord(_Record):
+    """The evidence of one gate check."""
+
+    step: str
+    check_id: str | None
+    outcome: Outcome
+    at: AwareDatetime
+    evidence: tuple[GateEvidence, ...] = ()
+
+
+class StepRecord(_Record):
+    """Entering a status/step, and who or what caused it."""
+
+    status: PromotionStatus
+    step: str
+    at: AwareDatetime
+    caused_by: str  # "system" or a person
+    cause: str  # e.g. "gate passed", "promote_now: looks good", "approved"
+
+
+class ApprovalRecord(_Record):
+    step: str
+    decision: str  # "approve" | "reject"
+    approver: str  # a person, or "policy:on_timeout"
+    comment: str = ""
+    at: AwareDatetime
+
+
+class Promotion(_Record):
+    id: str
+    candidate_version: str
+    candidate_deployment: str
+    run_id: str | None = None
+    status: PromotionStatus
+    step: str  # "staging", "approval", "deploy", "canary-1".., "bake"
+    canary_steps: tuple[int, ...]  # snapshot of policy canary.steps at start
+    step_index: int = -1  # index into canary_steps while in canary
+    traffic_weight: int = 0  # percent on the candidate
+    step_started_at: AwareDatetime  # start of the current step's live window
+    check_attempt: int = 0  # sequence number of the pending check id
+    inconclusive: int = 0  # inconclusive results in the current step (retries / extensions)
+    pending_check_id: str | None = None
+    check_due_at: AwareDatetime | None = None
+    approval_expires_at: AwareDatetime | None = None
+    deployment_ready: bool = False
+    paused: bool = False
+    paused_by: str | None = None
+    pause_reason: str = ""
+    # The known-good model when this promotion started: the production arm and rollback target.
+    baseline: ServingModel | None = None
+    # The production arm's window for the production bake (the last canary step's window).
+    baseline_window: tuple[AwareDatetime, AwareDatetime] | None = None
+    approval: ApprovalRecord | None = None
+    gates: tuple[GateRecord, ...] = ()
+    steps: tuple[StepRecord, ...] = ()
+    started_at: AwareDatetime
+    updated_at: AwareDatetime
+
+
+class QueuedCandidate(_Record):
+    version: str
+    run_id: str | None = None
+    queued_at: AwareDatetime
+
+
+class HistoryEntry(_Record):
+    promotion_id: str
+    candidate_version: str
+    outcome: PromotionStatus
+    reason: str
+    started_at: AwareDatetime
+    finished_at: AwareDatetime
+
+
+class PromotionState(_Record):
+    champion: ServingModel | None = None  # what takes production traffic now
+    # What rollback returns to: updated only when a production bake passes.
+    last_known_good: ServingModel | None = None
+    active: Promotion | None = None
+    queued: tuple[QueuedCandidate, ...] = ()
+    history: tuple[HistoryEntry, ...] = Field(default=(), max_length=HISTORY_LIMIT)
+
+    def knows_version(self, version: str) -> str | None:
+        """Why a StartPromotion for `version` would be a repeat, or None if it is new."""
+        if self.active is not None and self.active.candidate_version == version:
+            return f"v{version} is the active candidate"
+        if any(item.version == version for item in self.queued):
+            return f"v{version} is already queued"
+        if self.champion is not None and self.champion.version == version:
+            return f"v{version} is in production"
+        if self.last_known_good is not None and self.last_known_good.version == version:
+            return f"v{version} is the last known-good version"
+        for entry in self.history:
+            if entry.candidate_version == version:
+                return f"v{version} was already promoted ({entry.outcome})"
+        return None
