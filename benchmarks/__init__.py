@@ -1,0 +1,1 @@
+"""Benchmarks behind the README's performance figures. Run all: `make bench`."""

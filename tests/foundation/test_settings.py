@@ -1,0 +1,68 @@
+"""Settings: the Functions host's names, which adapters they select, and clear failures."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.settings import SettingsError, load_settings
+
+AZURITE = "UseDevelopmentStorage=true"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    for name in (
+        "AzureWebJobsStorage",
+        "AzureWebJobsStorage__blobServiceUri",
+        "AzureWebJobsStorage__queueServiceUri",
+        "ServiceBusConnection__fullyQualifiedNamespace",
+        "ServiceBusConnection",
+        "AZUREML_SUBSCRIPTION_ID",
+        "AZUREML_RESOURCE_GROUP",
+        "AZUREML_WORKSPACE",
+        "MAX_DELIVERIES",
+        "MLFLOW_TRACKING_URI",
+    ):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_local_defaults(monkeypatch):
+    monkeypatch.setenv("AzureWebJobsStorage", AZURITE)
+    settings = load_settings()
+    assert not settings.uses_service_bus
+    assert not settings.uses_azureml
+    assert settings.tracking_uri.startswith("sqlite:///")
+    assert settings.orchestrator_queue == "orchestrator"
+
+
+def test_identity_based_azure(monkeypatch):
+    monkeypatch.setenv("AzureWebJobsStorage__blobServiceUri", "https://acct.blob.core.windows.net")
+    monkeypatch.setenv("ServiceBusConnection__fullyQualifiedNamespace", "ns.servicebus.windows.net")
+    monkeypatch.setenv("AZUREML_SUBSCRIPTION_ID", "00000000-0000-0000-0000-000000000000")
+    monkeypatch.setenv("AZUREML_RESOURCE_GROUP", "rg")
+    monkeypatch.setenv("AZUREML_WORKSPACE", "ws")
+    settings = load_settings()
+    assert settings.uses_service_bus and settings.uses_azureml
+    assert settings.storage_connection_string is None
+
+
+@pytest.mark.parametrize(
+    ("environment", "named"),
+    [
+        ({}, "AzureWebJobsStorage"),
+        ({"AzureWebJobsStorage": "hello"}, "AzureWebJobsStorage: is not a storage connection"),
+        (
+            {"AzureWebJobsStorage__blobServiceUri": "acct.blob.core.windows.net"},
+            "AzureWebJobsStorage__blobServiceUri: must be an http(s) URL",
+        ),
+        ({"AzureWebJobsStorage": AZURITE, "MAX_DELIVERIES": "many"}, "MAX_DELIVERIES"),
+        ({"AzureWebJobsStorage": AZURITE, "MAX_DELIVERIES": "0"}, "MAX_DELIVERIES"),
+        ({"AzureWebJobsStorage": AZURITE, "AZUREML_WORKSPACE": "ws"}, "AZUREML_SUBSCRIPTION_ID"),
+    ],
+)
+def test_bad_settings_fail_naming_the_setting(monkeypatch, environment, named):
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as caught:
+        load_settings()
+    assert named in str(caught.value)
