@@ -19,8 +19,8 @@ from adapters.endpoint import (
     DeploymentState,
     DeploymentStatus,
     EndpointError,
-    check_deployment_name,
     InvalidTraffic,
+    check_deployment_name,
     live_only,
     mirror_after_traffic,
     validate_mirror_shape,
@@ -142,7 +142,9 @@ class AzureMLEndpoint:
                 "creating",
                 "succeeded",
             ):
-                log.info("deployment %s already serves %s:%s", deployment, model_name, model_version)
+                log.info(
+                    "deployment %s already serves %s:%s", deployment, model_name, model_version
+                )
                 return deployment
             if state == "deleting":
                 raise EndpointError(f"deployment {deployment} is being deleted; deploy it later")
@@ -153,7 +155,9 @@ class AzureMLEndpoint:
             instance_type=self.instance_type,
             instance_count=self.instance_count,
             data_collector=DataCollector(
-                collections={name: DeploymentCollection(enabled="true") for name in DATA_COLLECTIONS},
+                collections={
+                    name: DeploymentCollection(enabled="true") for name in DATA_COLLECTIONS
+                },
                 sampling_rate=self.sampling_rate,
             ),
             tags={"model_name": model_name, "model_version": str(model_version)},

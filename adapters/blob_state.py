@@ -96,7 +96,7 @@ class BlobStateStore(Generic[A]):
             return bumped, True
         raise ConcurrencyConflict(f"{key}: gave up after {self._max_attempts} conflicting writes")
 
-    def keys(self) -> list[str]:
+    def list_keys(self) -> list[str]:
         return [
             blob.name[len(_STATE_PREFIX) : -len(".json")]
             for blob in self._container.list_blobs(name_starts_with=_STATE_PREFIX)

@@ -38,12 +38,12 @@ def ensure_queue(queue: QueueClient) -> QueueClient:
     return queue
 
 
-def _encode(document: dict[str, Any]) -> str:
+def encode_body(document: dict[str, Any]) -> str:
     # Base64, as the Functions host's queue bindings expect by default.
     return base64.b64encode(json.dumps(document).encode()).decode()
 
 
-def _decode(content: str | bytes) -> bytes:
+def decode_body(content: str | bytes) -> bytes:
     raw = content.encode() if isinstance(content, str) else content
     try:
         return base64.b64decode(raw, validate=True)
@@ -66,7 +66,7 @@ class StorageQueueBus:
         return self._queue.queue_name
 
     def send(self, envelope: Envelope) -> None:
-        self._queue.send_message(_encode(envelope.model_dump(mode="json")))
+        self._queue.send_message(encode_body(envelope.model_dump(mode="json")))
 
     def schedule(self, envelope: Envelope, at: datetime) -> ScheduledHandle:
         delay = at - self._clock()
@@ -75,7 +75,7 @@ class StorageQueueBus:
             document = _wrap(envelope.to_bytes(), deliver_at=at.isoformat())
         limit = int(self._max_visibility.total_seconds())
         seconds = max(0, min(int(delay.total_seconds() + 0.999), limit))
-        sent = self._queue.send_message(_encode(document), visibility_timeout=seconds)
+        sent = self._queue.send_message(encode_body(document), visibility_timeout=seconds)
         return ScheduledHandle(transport="storage-queue", value=f"{sent.id}|{sent.pop_receipt}")
 
     def cancel(self, handle: ScheduledHandle) -> None:
@@ -174,7 +174,7 @@ class StorageQueueConsumer:
         return result
 
     def _settle(self, message: QueueMessage, handler: RawHandler, result: PollResult) -> None:
-        body = _decode(message.content)
+        body = decode_body(message.content)
         last_error: str | None = None
         try:
             document = json.loads(body)
@@ -214,13 +214,13 @@ class StorageQueueConsumer:
         remaining = (at - self._clock()).total_seconds()
         seconds = max(1, min(int(remaining + 0.999), int(self._max_visibility.total_seconds())))
         # Re-send rather than update: the dequeue count must not grow while we merely wait.
-        self._queue.send_message(_encode(document), visibility_timeout=seconds)
+        self._queue.send_message(encode_body(document), visibility_timeout=seconds)
         self._queue.delete_message(message.id, message.pop_receipt)
 
     def _retry(self, message: QueueMessage, body: bytes, error: str, deliveries: int) -> None:
         backoff = int(min(self._retry_base * 2 ** (deliveries - 1), 300))
         try:
-            content = _encode(_wrap(body, last_error=error[:2000]))
+            content = encode_body(_wrap(body, last_error=error[:2000]))
         except UnicodeDecodeError:
             content = None  # keep the body as it is; the error is only logged
         self._queue.update_message(
@@ -239,11 +239,11 @@ class StorageQueueConsumer:
         log.error(
             "dead-lettering message %s from %s: %s", message.id, self._queue.queue_name, reason
         )
-        self._poison.send_message(_encode(record))
+        self._poison.send_message(encode_body(record))
         self._queue.delete_message(message.id, message.pop_receipt)
 
 
 def read_dead_letters(poison_queue: QueueClient, max_messages: int = 32) -> list[dict[str, Any]]:
     """Peek at dead-lettered records (for tests, the CLI and the status API)."""
     peeked = poison_queue.peek_messages(max_messages=max_messages)
-    return [json.loads(_decode(message.content)) for message in peeked]
+    return [json.loads(decode_body(message.content)) for message in peeked]

@@ -69,9 +69,7 @@ class Envelope(BaseModel):
         try:
             return payload_type.model_validate(self.payload)
         except ValidationError as exc:
-            raise InvalidMessage(
-                f"{self.type} payload is invalid: {_describe(exc)}"
-            ) from exc
+            raise InvalidMessage(f"{self.type} payload is invalid: {_describe(exc)}") from exc
 
 
 def parse_envelope(data: bytes | str | dict[str, Any]) -> Envelope:

@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -109,15 +118,17 @@ class StagingSettings(_Section):
 
 class ApprovalSettings(_Section):
     required: bool = False
-    approvers: list[str] = Field(default_factory=list)
+    approvers: list[str] = Field(default_factory=list, validate_default=True)
     timeout: Duration = timedelta(hours=24)
     on_timeout: Literal["reject", "approve"] = "reject"
 
-    @model_validator(mode="after")
-    def _approvers_when_required(self) -> ApprovalSettings:
-        if self.required and not self.approvers:
+    @field_validator("approvers")
+    @classmethod
+    def _approvers_when_required(cls, approvers: list[str], info: ValidationInfo) -> list[str]:
+        # A field validator (not a model one) so the error names approval.approvers.
+        if info.data.get("required") and not approvers:
             raise ValueError("approval.required is true but approvers is empty")
-        return self
+        return approvers
 
 
 class CanarySettings(_Section):
@@ -128,13 +139,14 @@ class CanarySettings(_Section):
     max_extensions: int = Field(default=3, ge=0)  # inconclusive checks that extend the bake
     on_exhausted: Literal["rollback", "promote"] = "rollback"
 
-    @model_validator(mode="after")
-    def _steps_increase(self) -> CanarySettings:
-        if any(not 0 < step < 100 for step in self.steps):
+    @field_validator("steps")
+    @classmethod
+    def _steps_increase(cls, steps: list[int]) -> list[int]:
+        if any(not 0 < step < 100 for step in steps):
             raise ValueError("canary steps must be between 1 and 99 percent")
-        if self.steps != sorted(set(self.steps)):
+        if steps != sorted(set(steps)):
             raise ValueError("canary steps must strictly increase")
-        return self
+        return steps
 
 
 class ModelPolicy(_Section):

@@ -9,6 +9,7 @@ from typing import Any, Protocol, TypeVar
 from pydantic import AwareDatetime, BaseModel, Field
 
 from orchestrator.messages import Envelope
+from orchestrator.metrics import LiveMetrics, OfflineMetrics
 
 A = TypeVar("A", bound=BaseModel)
 
@@ -51,7 +52,7 @@ class StateStore(Protocol[A]):
         """Load, apply, save; on conflict reload and re-apply (bounded). Returns (state, wrote)."""
         ...
 
-    def keys(self) -> list[str]: ...
+    def list_keys(self) -> list[str]: ...
 
 
 class AuditLog(Protocol):
@@ -75,3 +76,31 @@ class MessageBus(Protocol):
     def schedule(self, envelope: Envelope, at: datetime) -> ScheduledHandle: ...
 
     def cancel(self, handle: ScheduledHandle) -> None: ...
+
+
+class MetricsReader(Protocol):
+    """Reads what the gates judge (MLflow in both Azure and local)."""
+
+    def offline(
+        self, model: str, candidate_version: str, champion_version: str | None
+    ) -> OfflineMetrics: ...
+
+    def live(
+        self, model: str, promotion_id: str, step: int, arms: Sequence[ArmWindow]
+    ) -> LiveMetrics: ...
+
+
+class ArmWindow(BaseModel):
+    deployment: str
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+
+
+class ModelRegistry(Protocol):
+    def tag(self, model: str, version: str, tags: dict[str, str]) -> None: ...
+
+
+class EventPublisher(Protocol):
+    """Lifecycle events and approval requests for the outside world."""
+
+    def publish(self, event_type: str, model: str, data: dict[str, Any]) -> None: ...

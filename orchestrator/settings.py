@@ -56,6 +56,10 @@ class Settings(BaseSettings):
         default="approvals", validation_alias=_alias("APPROVALS_QUEUE"), min_length=3
     )
     max_deliveries: int = Field(default=5, ge=1, validation_alias=_alias("MAX_DELIVERIES"))
+    # How often a started deployment is polled (Azure ML deployments take minutes).
+    deployment_poll_seconds: float = Field(
+        default=30, gt=0, validation_alias=_alias("DEPLOYMENT_POLL_SECONDS")
+    )
 
     # Event Hubs: data-ready events in; lifecycle events out.
     event_hub_namespace: str | None = Field(

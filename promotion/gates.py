@@ -23,7 +23,9 @@ from orchestrator.policy import CanaryGate, CanarySettings, ChampionGate, Stagin
 Outcome = Literal["pass", "fail", "inconclusive"]
 
 BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = 20240601  # fixed: a gate is a pure function, the same snapshot gives the same verdict
+BOOTSTRAP_SEED = (
+    20240601  # fixed: a gate is a pure function, the same snapshot gives the same verdict
+)
 
 
 class GateEvidence(BaseModel):
@@ -57,7 +59,11 @@ class GateResult(BaseModel):
         """Any fail -> fail; else any inconclusive -> inconclusive; else pass."""
         outcomes = {item.outcome for item in evidence}
         outcome: Outcome = (
-            "fail" if "fail" in outcomes else "inconclusive" if "inconclusive" in outcomes else "pass"
+            "fail"
+            if "fail" in outcomes
+            else "inconclusive"
+            if "inconclusive" in outcomes
+            else "pass"
         )
         return cls(outcome=outcome, evidence=tuple(evidence))
 
@@ -88,7 +94,11 @@ def evaluate_staging(
         )
     if offline is None:
         return GateResult.combine(
-            [GateEvidence(gate="staging", outcome="inconclusive", reason="offline metrics unavailable")]
+            [
+                GateEvidence(
+                    gate="staging", outcome="inconclusive", reason="offline metrics unavailable"
+                )
+            ]
         )
     return GateResult.combine(
         [
@@ -110,7 +120,9 @@ def _threshold(gate: ThresholdGate, offline: OfflineMetrics) -> GateEvidence:
     value = _metric(offline.candidate, gate.metric)
     if value is None:
         return GateEvidence(
-            gate=name, outcome="inconclusive", reason=f"candidate has no metric {gate.metric!r}",
+            gate=name,
+            outcome="inconclusive",
+            reason=f"candidate has no metric {gate.metric!r}",
             threshold=gate.value,
         )
     ok = value >= gate.value if gate.op == ">=" else value <= gate.value
@@ -131,7 +143,9 @@ def _champion(
     if offline.champion is None:
         if champion_version is not None:
             return GateEvidence(
-                gate=name, outcome="inconclusive", margin=gate.margin,
+                gate=name,
+                outcome="inconclusive",
+                margin=gate.margin,
                 reason=f"metrics of champion v{champion_version} unavailable",
             )
         return GateEvidence(gate=name, outcome="pass", reason="no champion", margin=gate.margin)
@@ -139,7 +153,9 @@ def _champion(
     if candidate is None or champion is None:
         who = "candidate" if candidate is None else "champion"
         return GateEvidence(
-            gate=name, outcome="inconclusive", margin=gate.margin,
+            gate=name,
+            outcome="inconclusive",
+            margin=gate.margin,
             reason=f"{who} has no metric {gate.metric!r}",
             values={"candidate": candidate, "champion": champion},
         )
@@ -176,7 +192,11 @@ def evaluate_canary(
     """
     if live is None:
         return GateResult.combine(
-            [GateEvidence(gate="samples", outcome="inconclusive", reason="live metrics unavailable")]
+            [
+                GateEvidence(
+                    gate="samples", outcome="inconclusive", reason="live metrics unavailable"
+                )
+            ]
         )
     minimum = settings.min_samples_per_arm
     arms = {"canary": canary_deployment}
@@ -200,7 +220,9 @@ def evaluate_canary(
         gate="samples",
         outcome="inconclusive" if short else "pass",
         reason=(
-            f"{', '.join(short)} below {minimum} requests" if short else f"each arm >= {minimum} requests"
+            f"{', '.join(short)} below {minimum} requests"
+            if short
+            else f"each arm >= {minimum} requests"
         ),
         samples=counts,
         threshold=float(minimum),
@@ -210,8 +232,11 @@ def evaluate_canary(
         if production_deployment is None:
             evidence.append(
                 GateEvidence(
-                    gate=f"canary:{gate.metric}", outcome="pass", reason="no baseline (first model)",
-                    margin=gate.margin, alpha=gate.alpha,
+                    gate=f"canary:{gate.metric}",
+                    outcome="pass",
+                    reason="no baseline (first model)",
+                    margin=gate.margin,
+                    alpha=gate.alpha,
                 )
             )
         elif gate.metric == "latency_ms":
@@ -226,15 +251,29 @@ def _rate(gate: CanaryGate, canary: ArmStats, production: ArmStats, minimum: int
     name = f"canary:{gate.metric}"
     higher_is_better = gate.metric == "accuracy"
     if higher_is_better:
-        (x_c, n_c), (x_p, n_p) = (canary.correct, canary.labeled), (production.correct, production.labeled)
+        (x_c, n_c), (x_p, n_p) = (
+            (canary.correct, canary.labeled),
+            (production.correct, production.labeled),
+        )
     else:
-        (x_c, n_c), (x_p, n_p) = (canary.errors, canary.requests), (production.errors, production.requests)
-    common = {"samples": {"canary": n_c, "production": n_p}, "margin": gate.margin,
-              "alpha": gate.alpha, "test": "two_proportion"}
+        (x_c, n_c), (x_p, n_p) = (
+            (canary.errors, canary.requests),
+            (production.errors, production.requests),
+        )
+    common = {
+        "samples": {"canary": n_c, "production": n_p},
+        "margin": gate.margin,
+        "alpha": gate.alpha,
+        "test": "two_proportion",
+    }
     if n_c < minimum or n_p < minimum:
         unit = "labeled requests" if higher_is_better else "requests"
-        return GateEvidence(gate=name, outcome="inconclusive",
-                            reason=f"fewer than {minimum} {unit} in an arm", **common)
+        return GateEvidence(
+            gate=name,
+            outcome="inconclusive",
+            reason=f"fewer than {minimum} {unit} in an arm",
+            **common,
+        )
     p_c, p_p = x_c / n_c, x_p / n_p
     # How much better the canary is (positive = better), whichever direction is "better".
     advantage = p_c - p_p if higher_is_better else p_p - p_c
@@ -251,20 +290,31 @@ def _rate(gate: CanaryGate, canary: ArmStats, production: ArmStats, minimum: int
     return _verdict(name, p_ni, p_inf, gate.alpha, z, values, **common)
 
 
-def _latency(gate: CanaryGate, canary: ArmStats, production: ArmStats, minimum: int) -> GateEvidence:
+def _latency(
+    gate: CanaryGate, canary: ArmStats, production: ArmStats, minimum: int
+) -> GateEvidence:
     """Canary latencies against production latencies scaled by (1 + margin)."""
     name = f"canary:{gate.metric}"
     c, p = list(canary.latency_ms), list(production.latency_ms)
-    common = {"samples": {"canary": len(c), "production": len(p)}, "margin": gate.margin,
-              "alpha": gate.alpha, "test": gate.test}
+    common = {
+        "samples": {"canary": len(c), "production": len(p)},
+        "margin": gate.margin,
+        "alpha": gate.alpha,
+        "test": gate.test,
+    }
     if len(c) < minimum or len(p) < minimum:
-        return GateEvidence(gate=name, outcome="inconclusive",
-                            reason=f"fewer than {minimum} latency samples in an arm", **common)
+        return GateEvidence(
+            gate=name,
+            outcome="inconclusive",
+            reason=f"fewer than {minimum} latency samples in an arm",
+            **common,
+        )
     import numpy as np
 
     allowance = np.asarray(p, dtype=float) * (1 + gate.margin)
     values: dict[str, float | None] = {
-        "canary_median": float(np.median(c)), "production_median": float(np.median(p)),
+        "canary_median": float(np.median(c)),
+        "production_median": float(np.median(p)),
     }
     if gate.test == "mann_whitney":
         from scipy.stats import mannwhitneyu
@@ -272,11 +322,20 @@ def _latency(gate: CanaryGate, canary: ArmStats, production: ArmStats, minimum: 
         # Non-inferior: canary latencies stochastically smaller than production * (1 + margin).
         less = mannwhitneyu(c, allowance, alternative="less")
         greater = mannwhitneyu(c, allowance, alternative="greater")
-        return _verdict(name, float(less.pvalue), float(greater.pvalue), gate.alpha,
-                        float(less.statistic), values, **common)
+        return _verdict(
+            name,
+            float(less.pvalue),
+            float(greater.pvalue),
+            gate.alpha,
+            float(less.statistic),
+            values,
+            **common,
+        )
     from scipy.stats import bootstrap
 
-    def excess(canary_sample: np.ndarray, production_sample: np.ndarray, axis: int = -1) -> np.ndarray:
+    def excess(
+        canary_sample: np.ndarray, production_sample: np.ndarray, axis: int = -1
+    ) -> np.ndarray:
         return np.median(canary_sample, axis=axis) - np.median(production_sample, axis=axis) * (
             1 + gate.margin
         )
@@ -298,29 +357,36 @@ def _latency(gate: CanaryGate, canary: ArmStats, production: ArmStats, minimum: 
         "inconclusive": "interval of the median excess contains 0",
     }[outcome]
     values["median_excess"] = float(excess(np.asarray(c), np.asarray(p)))
-    return GateEvidence(gate=name, outcome=outcome, reason=reason, values=values,
-                        interval=(low, high), **common)
+    return GateEvidence(
+        gate=name, outcome=outcome, reason=reason, values=values, interval=(low, high), **common
+    )
 
 
 def _verdict(
     name: str,
     p_ni: float,
     p_inf: float,
-    alpha: float,
+    level: float,
     statistic: float,
     values: dict[str, float | None],
     **common: object,
 ) -> GateEvidence:
-    if p_ni < alpha:
+    if p_ni < level:
         outcome: Outcome = "pass"
-        reason = f"non-inferior within margin (p={p_ni:.3g} < {alpha:g})"
-    elif p_inf < alpha:
+        reason = f"non-inferior within margin (p={p_ni:.3g} < {level:g})"
+    elif p_inf < level:
         outcome = "fail"
-        reason = f"inferior beyond margin (p={p_inf:.3g} < {alpha:g})"
+        reason = f"inferior beyond margin (p={p_inf:.3g} < {level:g})"
     else:
         outcome = "inconclusive"
         reason = f"not enough evidence (p={p_ni:.3g}, inferiority p={p_inf:.3g})"
     return GateEvidence(
-        gate=name, outcome=outcome, reason=reason, values=values, statistic=statistic,
-        p_value=p_ni, p_value_inferior=p_inf, **common,  # type: ignore[arg-type]
+        gate=name,
+        outcome=outcome,
+        reason=reason,
+        values=values,
+        statistic=statistic,
+        p_value=p_ni,
+        p_value_inferior=p_inf,
+        **common,  # type: ignore[arg-type]
     )

@@ -148,17 +148,17 @@ def observation_needed(
             candidate_version=promotion.candidate_version,
             champion_version=promotion.baseline.version if promotion.baseline else None,
         )
-    window_end = max(now, promotion.step_started_at)
-    arms = [DeploymentWindow(deployment=promotion.candidate_deployment,
-                             window_start=promotion.step_started_at, window_end=window_end)]
-    baseline = promotion.baseline
-    if promotion.status == Status.CANARY and baseline is not None:
-        arms.append(DeploymentWindow(deployment=baseline.deployment,
-                                     window_start=promotion.step_started_at, window_end=window_end))
-    if promotion.status == Status.PRODUCTION_BAKE and baseline and promotion.baseline_window:
-        start, end = promotion.baseline_window
-        arms.append(DeploymentWindow(deployment=baseline.deployment, window_start=start,
-                                     window_end=end))
+    start, end = promotion.step_started_at, max(now, promotion.step_started_at)
+    arms = [
+        DeploymentWindow(
+            deployment=promotion.candidate_deployment, window_start=start, window_end=end
+        )
+    ]
+    production = _production_arm(promotion)
+    if production is not None:
+        if promotion.status == Status.PRODUCTION_BAKE and promotion.baseline_window:
+            start, end = promotion.baseline_window
+        arms.append(DeploymentWindow(deployment=production, window_start=start, window_end=end))
     return ObservationRequest(kind="live", arms=tuple(arms))
 
 
@@ -203,9 +203,13 @@ class _Transition:
     def record(self, action: str, **detail: Any) -> None:
         active = self.state.active
         self.audit.append(
-            AuditEntry(action=action, promotion_id=active.id if active else None,
-                       from_state=active.status if active else None,
-                       to_state=active.status if active else None, detail=detail)
+            AuditEntry(
+                action=action,
+                promotion_id=active.id if active else None,
+                from_state=active.status if active else None,
+                to_state=active.status if active else None,
+                detail=detail,
+            )
         )
 
     def move(self, status: Status, step: str, cause: str, by: str = SYSTEM, **detail: Any) -> None:
@@ -213,31 +217,51 @@ class _Transition:
         self.update(
             status=status,
             step=step,
-            steps=(*self.promotion.steps,
-                   StepRecord(status=status, step=step, at=self.now, caused_by=by, cause=cause)),
+            steps=(
+                *self.promotion.steps,
+                StepRecord(status=status, step=step, at=self.now, caused_by=by, cause=cause),
+            ),
         )
         self.audit.append(
-            AuditEntry(action=f"promotion.{status}", promotion_id=self.promotion.id,
-                       from_state=before, to_state=status,
-                       detail={"step": step, "cause": cause, "caused_by": by, **detail})
+            AuditEntry(
+                action=f"promotion.{status}",
+                promotion_id=self.promotion.id,
+                from_state=before,
+                to_state=status,
+                detail={"step": step, "cause": cause, "caused_by": by, **detail},
+            )
         )
 
     def tag(self, version: str, stage: str) -> None:
-        self.emit(TagModelVersion(model_version=version,
-                                  tags={STAGE_TAG: stage, PROMOTION_TAG: self.promotion.id}))
+        self.emit(
+            TagModelVersion(
+                model_version=version, tags={STAGE_TAG: stage, PROMOTION_TAG: self.promotion.id}
+            )
+        )
 
     def event(self, event_type: str, **data: Any) -> None:
         promotion = self.promotion
-        self.emit(PublishEvent(event_type=event_type, data={
-            "model": self.policy.model, "promotion_id": promotion.id,
-            "candidate_version": promotion.candidate_version, **data}))
+        self.emit(
+            PublishEvent(
+                event_type=event_type,
+                data={
+                    "model": self.policy.model,
+                    "promotion_id": promotion.id,
+                    "candidate_version": promotion.candidate_version,
+                    **data,
+                },
+            )
+        )
 
     def ignore(self, command: BaseModel, reason: str, action: str = "command.ignored") -> Decision:
         active = self.original.active
-        entry = AuditEntry(action=action, promotion_id=active.id if active else None,
-                           from_state=active.status if active else None,
-                           to_state=active.status if active else None,
-                           detail={"command": type(command).__name__, "reason": reason})
+        entry = AuditEntry(
+            action=action,
+            promotion_id=active.id if active else None,
+            from_state=active.status if active else None,
+            to_state=active.status if active else None,
+            detail={"command": type(command).__name__, "reason": reason},
+        )
         return Decision(state=self.original, audit=[entry], ignored=reason)
 
     def done(self) -> Decision[PromotionState]:
@@ -273,13 +297,19 @@ def _on_start(t: _Transition, command: StartPromotion) -> Decision[PromotionStat
         return t.ignore(command, repeat)
     if t.state.active is not None:
         if t.policy.on_newer_candidate == "queue":
-            queued = (*t.state.queued,
-                      QueuedCandidate(version=command.candidate_version, run_id=command.run_id,
-                                      queued_at=t.now))
+            queued = (
+                *t.state.queued,
+                QueuedCandidate(
+                    version=command.candidate_version, run_id=command.run_id, queued_at=t.now
+                ),
+            )
             dropped = queued[:-QUEUE_LIMIT] if len(queued) > QUEUE_LIMIT else ()
             t.set_state(queued=queued[-QUEUE_LIMIT:])
-            t.record("promotion.queued", version=command.candidate_version,
-                     dropped=[item.version for item in dropped])
+            t.record(
+                "promotion.queued",
+                version=command.candidate_version,
+                dropped=[item.version for item in dropped],
+            )
             return t.done()
         _rollback(t, f"superseded by v{command.candidate_version}", SYSTEM, start_next=False)
     _create(t, command.candidate_version, command.run_id)
@@ -289,22 +319,29 @@ def _on_start(t: _Transition, command: StartPromotion) -> Decision[PromotionStat
 
 def _create(t: _Transition, version: str, run_id: str | None) -> None:
     promotion_id = promotion_id_for(t.policy.model, version, t.now)
-    t.set_state(active=Promotion(
-        id=promotion_id,
-        candidate_version=version,
-        candidate_deployment=deployment_name(t.policy.model, version),
-        run_id=run_id,
-        status=Status.CANDIDATE,
-        step=STAGING,
-        canary_steps=tuple(t.policy.canary.steps),
-        step_started_at=t.now,
-        baseline=t.state.last_known_good,
-        started_at=t.now,
-        updated_at=t.now,
-    ))
-    t.audit.append(AuditEntry(action="promotion.started", promotion_id=promotion_id,
-                              to_state=Status.CANDIDATE,
-                              detail={"candidate_version": version, "run_id": run_id}))
+    t.set_state(
+        active=Promotion(
+            id=promotion_id,
+            candidate_version=version,
+            candidate_deployment=deployment_name(t.policy.model, version),
+            run_id=run_id,
+            status=Status.CANDIDATE,
+            step=STAGING,
+            canary_steps=tuple(t.policy.canary.steps),
+            step_started_at=t.now,
+            baseline=t.state.last_known_good,
+            started_at=t.now,
+            updated_at=t.now,
+        )
+    )
+    t.audit.append(
+        AuditEntry(
+            action="promotion.started",
+            promotion_id=promotion_id,
+            to_state=Status.CANDIDATE,
+            detail={"candidate_version": version, "run_id": run_id},
+        )
+    )
     t.event("promotion.started", run_id=run_id)
     t.move(Status.STAGING_GATE, STAGING, "candidate registered")
 
@@ -324,24 +361,40 @@ def _schedule_check(t: _Transition, step: str, at: datetime) -> None:
     promotion = t.promotion
     check_id = check_message_id(promotion.id, step, promotion.check_attempt)
     t.update(pending_check_id=check_id, check_due_at=at)
-    t.emit(SendMessage(
-        message_type="GateCheck",
-        message_id=check_id,
-        payload=GateCheck(promotion_id=promotion.id, step=step, check_id=check_id).model_dump(
-            mode="json", exclude_none=True),
-        promotion_id=promotion.id,
-        not_before=at,
-    ))
+    t.emit(
+        SendMessage(
+            message_type="GateCheck",
+            message_id=check_id,
+            payload=GateCheck(promotion_id=promotion.id, step=step, check_id=check_id).model_dump(
+                mode="json", exclude_none=True
+            ),
+            promotion_id=promotion.id,
+            not_before=at,
+        )
+    )
 
 
 def _record_gate(t: _Transition, result: GateResult) -> None:
     promotion = t.promotion
-    t.update(gates=(*promotion.gates,
-                    GateRecord(step=promotion.step, check_id=promotion.pending_check_id,
-                               outcome=result.outcome, at=t.now, evidence=result.evidence)))
+    t.update(
+        gates=(
+            *promotion.gates,
+            GateRecord(
+                step=promotion.step,
+                check_id=promotion.pending_check_id,
+                outcome=result.outcome,
+                at=t.now,
+                evidence=result.evidence,
+            ),
+        )
+    )
     action = {"pass": "gate.passed", "fail": "gate.failed", "inconclusive": "gate.inconclusive"}
-    t.record(action[result.outcome], step=promotion.step, check_id=promotion.pending_check_id,
-             evidence=[item.model_dump(mode="json") for item in result.evidence])
+    t.record(
+        action[result.outcome],
+        step=promotion.step,
+        check_id=promotion.pending_check_id,
+        evidence=[item.model_dump(mode="json") for item in result.evidence],
+    )
 
 
 # --- staging and approval ----------------------------------------------------------------------
@@ -349,8 +402,9 @@ def _record_gate(t: _Transition, result: GateResult) -> None:
 
 def _judge_staging(t: _Transition, offline: Any) -> None:
     baseline = t.promotion.baseline
-    result = evaluate_staging(t.policy.staging.gates, offline,
-                              champion_version=baseline.version if baseline else None)
+    result = evaluate_staging(
+        t.policy.staging.gates, offline, champion_version=baseline.version if baseline else None
+    )
     _record_gate(t, result)
     if result.outcome == "fail":
         _finish(t, Status.REJECTED, f"staging gate failed: {result.reasons}", tag="rejected")
@@ -358,9 +412,12 @@ def _judge_staging(t: _Transition, offline: Any) -> None:
     if result.outcome == "inconclusive":
         count = t.promotion.inconclusive + 1
         if count >= t.policy.staging.max_attempts:
-            _finish(t, Status.REJECTED,
-                    f"staging gate inconclusive after {count} attempts: {result.reasons}",
-                    tag="rejected")
+            _finish(
+                t,
+                Status.REJECTED,
+                f"staging gate inconclusive after {count} attempts: {result.reasons}",
+                tag="rejected",
+            )
             return
         t.update(inconclusive=count, check_attempt=t.promotion.check_attempt + 1)
         _schedule_check(t, STAGING, t.now + t.policy.staging.retry_delay)
@@ -379,15 +436,18 @@ def _enter_approval(t: _Transition) -> None:
     t.move(Status.AWAITING_APPROVAL, APPROVAL, "staging gate passed; approval required")
     promotion = t.promotion
     last_gate = promotion.gates[-1] if promotion.gates else None
-    t.emit(RequestApproval(
-        promotion_id=promotion.id,
-        step=APPROVAL,
-        candidate_version=promotion.candidate_version,
-        approvers=list(t.policy.approval.approvers),
-        expires_at=expires_at,
-        evidence={"staging": [item.model_dump(mode="json") for item in last_gate.evidence]}
-        if last_gate else {},
-    ))
+    t.emit(
+        RequestApproval(
+            promotion_id=promotion.id,
+            step=APPROVAL,
+            candidate_version=promotion.candidate_version,
+            approvers=list(t.policy.approval.approvers),
+            expires_at=expires_at,
+            evidence={"staging": [item.model_dump(mode="json") for item in last_gate.evidence]}
+            if last_gate
+            else {},
+        )
+    )
     _schedule_timeout(t, expires_at)
 
 
@@ -395,13 +455,17 @@ def _schedule_timeout(t: _Transition, at: datetime) -> None:
     promotion = t.promotion
     message_id = timeout_message_id(promotion.id, promotion.check_attempt)
     t.update(pending_check_id=message_id, check_due_at=at)
-    t.emit(SendMessage(
-        message_type="ApprovalTimedOut",
-        message_id=message_id,
-        payload=ApprovalTimedOut(promotion_id=promotion.id, step=APPROVAL).model_dump(mode="json"),
-        promotion_id=promotion.id,
-        not_before=at,
-    ))
+    t.emit(
+        SendMessage(
+            message_type="ApprovalTimedOut",
+            message_id=message_id,
+            payload=ApprovalTimedOut(promotion_id=promotion.id, step=APPROVAL).model_dump(
+                mode="json"
+            ),
+            promotion_id=promotion.id,
+            not_before=at,
+        )
+    )
 
 
 def _on_approval(t: _Transition, command: ApprovalDecision) -> Decision[PromotionState]:
@@ -414,18 +478,28 @@ def _on_approval(t: _Transition, command: ApprovalDecision) -> Decision[Promotio
         elif command.step != promotion.step:
             refused = f"step {command.step!r} is not the current step {promotion.step!r}"
         elif command.candidate_version != promotion.candidate_version:
-            refused = (f"version {command.candidate_version} is not the candidate "
-                       f"{promotion.candidate_version}")
+            refused = (
+                f"version {command.candidate_version} is not the candidate "
+                f"{promotion.candidate_version}"
+            )
         elif command.approver.casefold() not in allowed:
             refused = f"{command.approver} is not an allowed approver"
         elif promotion.paused:
             refused = "promotion is paused: resume it, then answer again"
     if refused is not None:
         return t.ignore(command, refused, action="approval.refused")
-    t.update(approval=ApprovalRecord(step=command.step, decision=command.decision,
-                                     approver=command.approver, comment=command.comment, at=t.now))
-    cause = f"{command.decision} by {command.approver}" + (f": {command.comment}"
-                                                          if command.comment else "")
+    t.update(
+        approval=ApprovalRecord(
+            step=command.step,
+            decision=command.decision,
+            approver=command.approver,
+            comment=command.comment,
+            at=t.now,
+        )
+    )
+    cause = f"{command.decision} by {command.approver}" + (
+        f": {command.comment}" if command.comment else ""
+    )
     if command.decision == "approve":
         _enter_deploying(t, cause, by=command.approver)
     else:
@@ -444,8 +518,11 @@ def _on_approval_timeout(t: _Transition, command: ApprovalTimedOut) -> Decision[
     if reason is not None:
         return t.ignore(command, reason)
     on_timeout = t.policy.approval.on_timeout
-    t.update(approval=ApprovalRecord(step=command.step, decision=on_timeout,
-                                     approver="policy:on_timeout", at=t.now))
+    t.update(
+        approval=ApprovalRecord(
+            step=command.step, decision=on_timeout, approver="policy:on_timeout", at=t.now
+        )
+    )
     cause = f"approval timed out: policy says {on_timeout}"
     if on_timeout == "approve":
         _enter_deploying(t, cause)
@@ -460,8 +537,11 @@ def _on_approval_timeout(t: _Transition, command: ApprovalTimedOut) -> Decision[
 def _enter_deploying(t: _Transition, cause: str, by: str = SYSTEM) -> None:
     t.update(pending_check_id=None, check_due_at=None, check_attempt=0, inconclusive=0)
     t.move(Status.DEPLOYING, DEPLOY, cause, by)
-    t.emit(DeployModel(model_version=t.promotion.candidate_version,
-                       deployment=t.promotion.candidate_deployment))
+    t.emit(
+        DeployModel(
+            model_version=t.promotion.candidate_version, deployment=t.promotion.candidate_deployment
+        )
+    )
 
 
 def _on_deployment_ready(t: _Transition, command: DeploymentReady) -> Decision[PromotionState]:
@@ -487,7 +567,9 @@ def _on_deployment_ready(t: _Transition, command: DeploymentReady) -> Decision[P
 
 def _start_rollout(t: _Transition, cause: str) -> None:
     if t.promotion.baseline is None or not t.promotion.canary_steps:
-        why = "no production model: no canary" if t.promotion.baseline is None else "no canary steps"
+        why = (
+            "no production model: no canary" if t.promotion.baseline is None else "no canary steps"
+        )
         _go_to_production(t, f"{cause}; {why}")
     else:
         _enter_canary_step(t, 0, cause)
@@ -499,10 +581,18 @@ def _enter_canary_step(t: _Transition, index: int, cause: str, by: str = SYSTEM)
     assert baseline is not None
     weight = promotion.canary_steps[index]
     step = canary_step_name(index)
-    t.emit(SetTraffic(traffic={baseline.deployment: 100 - weight,
-                               promotion.candidate_deployment: weight}))
-    t.update(step_index=index, traffic_weight=weight, step_started_at=t.now, check_attempt=1,
-             inconclusive=0)
+    t.emit(
+        SetTraffic(
+            traffic={baseline.deployment: 100 - weight, promotion.candidate_deployment: weight}
+        )
+    )
+    t.update(
+        step_index=index,
+        traffic_weight=weight,
+        step_started_at=t.now,
+        check_attempt=1,
+        inconclusive=0,
+    )
     t.move(Status.CANARY, step, cause, by, traffic=weight)
     _schedule_check(t, step, t.now + t.policy.canary.bake)
 
@@ -518,12 +608,20 @@ def _go_to_production(t: _Transition, cause: str, by: str = SYSTEM) -> None:
     t.emit(SetTraffic(traffic=traffic))
     # The canary arm's last window becomes the baseline the bake is compared with.
     window = (promotion.step_started_at, t.now) if promotion.status == Status.CANARY else None
-    if promotion.step_index < 0:
-        window = None
-    t.set_state(champion=ServingModel(version=promotion.candidate_version,
-                                      deployment=promotion.candidate_deployment, since=t.now))
-    t.update(traffic_weight=100, step_started_at=t.now, check_attempt=1, inconclusive=0,
-             baseline_window=window)
+    t.set_state(
+        champion=ServingModel(
+            version=promotion.candidate_version,
+            deployment=promotion.candidate_deployment,
+            since=t.now,
+        )
+    )
+    t.update(
+        traffic_weight=100,
+        step_started_at=t.now,
+        check_attempt=1,
+        inconclusive=0,
+        baseline_window=window,
+    )
     t.tag(promotion.candidate_version, "production")
     t.event("promotion.promoted", traffic=traffic)
     t.move(Status.PRODUCTION_BAKE, BAKE, "100% on the candidate", by)
@@ -540,9 +638,9 @@ def _on_gate_check(t: _Transition, command: GateCheck) -> Decision[PromotionStat
     if promotion.status == Status.STAGING_GATE:
         _judge_staging(t, command.offline)
         return t.done()
-    baseline = promotion.baseline
-    result = evaluate_canary(t.policy.canary, command.live, promotion.candidate_deployment,
-                             baseline.deployment if baseline else None)
+    result = evaluate_canary(
+        t.policy.canary, command.live, promotion.candidate_deployment, _production_arm(promotion)
+    )
     _record_gate(t, result)
     if result.outcome == "fail":
         _rollback(t, f"{promotion.step} gate failed: {result.reasons}", SYSTEM)
@@ -551,8 +649,12 @@ def _on_gate_check(t: _Transition, command: GateCheck) -> Decision[PromotionStat
     elif t.promotion.inconclusive < t.policy.canary.max_extensions:
         count = t.promotion.inconclusive + 1
         t.update(inconclusive=count, check_attempt=t.promotion.check_attempt + 1)
-        t.record("gate.extended", step=promotion.step, extension=count,
-                 max_extensions=t.policy.canary.max_extensions)
+        t.record(
+            "gate.extended",
+            step=promotion.step,
+            extension=count,
+            max_extensions=t.policy.canary.max_extensions,
+        )
         _schedule_check(t, promotion.step, t.now + t.policy.canary.bake)
     else:
         exhausted = t.policy.canary.on_exhausted
@@ -563,6 +665,21 @@ def _on_gate_check(t: _Transition, command: GateCheck) -> Decision[PromotionStat
         else:
             _step_passed(t, f"{why}: policy on_exhausted=promote")
     return t.done()
+
+
+def _production_arm(promotion: Promotion) -> str | None:
+    """The deployment the candidate is compared with; None when there is none to compare.
+
+    In the canary: the known-good deployment, live beside the candidate. In the production
+    bake: the same deployment over the last canary step's window (it has no traffic now);
+    without a canary (first model, no steps) the bake has no baseline.
+    """
+    baseline = promotion.baseline
+    if baseline is None:
+        return None
+    if promotion.status == Status.PRODUCTION_BAKE and promotion.baseline_window is None:
+        return None
+    return baseline.deployment
 
 
 def _step_passed(t: _Transition, cause: str) -> None:
@@ -578,13 +695,17 @@ def _step_passed(t: _Transition, cause: str) -> None:
 def _complete(t: _Transition, cause: str) -> None:
     promotion = t.promotion
     baseline = promotion.baseline
-    champion = ServingModel(version=promotion.candidate_version,
-                            deployment=promotion.candidate_deployment,
-                            since=t.state.champion.since if t.state.champion else t.now)
+    champion = ServingModel(
+        version=promotion.candidate_version,
+        deployment=promotion.candidate_deployment,
+        since=t.state.champion.since if t.state.champion else t.now,
+    )
     t.set_state(champion=champion, last_known_good=champion)
     if baseline is not None and baseline.deployment != promotion.candidate_deployment:
-        t.emit(SetTraffic(traffic={promotion.candidate_deployment: 100}),
-               DeleteDeployment(deployment=baseline.deployment))
+        t.emit(
+            SetTraffic(traffic={promotion.candidate_deployment: 100}),
+            DeleteDeployment(deployment=baseline.deployment),
+        )
         t.tag(baseline.version, "archived")
     t.event("promotion.completed", previous_version=baseline.version if baseline else None)
     _finish(t, Status.COMPLETED, f"production bake: {cause}")
@@ -600,10 +721,15 @@ def _on_promote_now(t: _Transition, command: PromoteNow) -> Decision[PromotionSt
             reason = "promotion is paused: resume it first"
     if reason is not None:
         return t.ignore(command, reason)
-    skipped = [canary_step_name(i) for i in range(t.promotion.step_index,
-                                                  len(t.promotion.canary_steps))]
-    t.record("promotion.promote_now", requested_by=command.requested_by, reason=command.reason,
-             skipped=skipped)
+    skipped = [
+        canary_step_name(i) for i in range(t.promotion.step_index, len(t.promotion.canary_steps))
+    ]
+    t.record(
+        "promotion.promote_now",
+        requested_by=command.requested_by,
+        reason=command.reason,
+        skipped=skipped,
+    )
     _go_to_production(t, f"promote_now: {command.reason}", by=command.requested_by)
     return t.done()
 
@@ -629,8 +755,12 @@ def _on_deployment_failed(t: _Transition, command: DeploymentFailed) -> Decision
             reason = f"{command.deployment} is not the candidate's deployment"
     if reason is not None:
         return t.ignore(command, reason)
-    _rollback(t, f"deployment {command.deployment} failed: {command.error}", SYSTEM,
-              terminal=Status.FAILED)
+    _rollback(
+        t,
+        f"deployment {command.deployment} failed: {command.error}",
+        SYSTEM,
+        terminal=Status.FAILED,
+    )
     return t.done()
 
 
@@ -662,10 +792,12 @@ def _rollback(
         t.tag(known_good.version, "production")
     stage = "failed" if terminal == Status.FAILED else "rolled_back"
     nothing_serves = had_traffic and known_good is None
-    t.event(f"promotion.{stage}", reason=reason, serving_version=serving,
-            nothing_serves=nothing_serves)
-    _finish(t, terminal, reason, tag=stage, by=by, start_next=start_next,
-            nothing_serves=nothing_serves)
+    t.event(
+        f"promotion.{stage}", reason=reason, serving_version=serving, nothing_serves=nothing_serves
+    )
+    _finish(
+        t, terminal, reason, tag=stage, by=by, start_next=start_next, nothing_serves=nothing_serves
+    )
 
 
 def _finish(
@@ -684,9 +816,14 @@ def _finish(
     if status == Status.REJECTED:
         t.event("promotion.rejected", reason=reason)
     t.move(status, promotion.step, reason, by, **detail)
-    entry = HistoryEntry(promotion_id=promotion.id, candidate_version=promotion.candidate_version,
-                         outcome=status, reason=reason, started_at=promotion.started_at,
-                         finished_at=t.now)
+    entry = HistoryEntry(
+        promotion_id=promotion.id,
+        candidate_version=promotion.candidate_version,
+        outcome=status,
+        reason=reason,
+        started_at=promotion.started_at,
+        finished_at=t.now,
+    )
     t.set_state(active=None, history=(*t.state.history, entry)[-HISTORY_LIMIT:])
     if start_next:
         _start_next_queued(t)

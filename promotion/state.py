@@ -32,13 +32,21 @@ class PromotionStatus(StrEnum):
 
 
 TERMINAL = frozenset(
-    {PromotionStatus.COMPLETED, PromotionStatus.ROLLED_BACK, PromotionStatus.REJECTED,
-     PromotionStatus.FAILED}
+    {
+        PromotionStatus.COMPLETED,
+        PromotionStatus.ROLLED_BACK,
+        PromotionStatus.REJECTED,
+        PromotionStatus.FAILED,
+    }
 )
 # Statuses in which the candidate's deployment may exist (and so must be removed on rollback).
 DEPLOYED = frozenset(
-    {PromotionStatus.DEPLOYING, PromotionStatus.CANARY, PromotionStatus.PROMOTING,
-     PromotionStatus.PRODUCTION_BAKE}
+    {
+        PromotionStatus.DEPLOYING,
+        PromotionStatus.CANARY,
+        PromotionStatus.PROMOTING,
+        PromotionStatus.PRODUCTION_BAKE,
+    }
 )
 
 

@@ -67,3 +67,34 @@ def set_experiment_from_env() -> None:
     name = os.environ.get("RETRAIN_EXPERIMENT")
     if name:
         mlflow.set_experiment(name)
+
+
+def log_sklearn_model(model: Any, example: Any) -> str:
+    """Log `model` as the MLflow model `model` of the active run (MLflow 2 or 3).
+
+    Returns the URI to register it from.
+    """
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, model.predict(example))
+    options: dict[str, Any] = {"signature": signature, "pip_requirements": pip_requirements()}
+    if int(mlflow.__version__.split(".")[0]) >= 3:
+        return mlflow.sklearn.log_model(model, name="model", **options).model_uri
+    # MLflow 2 (an older Azure ML environment)
+    mlflow.sklearn.log_model(model, artifact_path="model", **options)
+    return f"runs:/{mlflow.active_run().info.run_id}/model"
+
+
+def pip_requirements() -> list[str]:
+    """The serving requirements, stated (MLflow's inference runs a slow subprocess)."""
+    import mlflow
+    import pandas
+    import sklearn
+
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"scikit-learn=={sklearn.__version__}",
+        f"pandas=={pandas.__version__}",
+    ]

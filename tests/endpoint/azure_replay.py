@@ -130,16 +130,39 @@ class FakeAzureML(HttpTransport):
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.fail_next: list[int] = []
-        base = r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.MachineLearningServices/workspaces/[^/]+"
+        base = (
+            r"/subscriptions/[^/]+/resourceGroups/[^/]+"
+            r"/providers/Microsoft\.MachineLearningServices/workspaces/[^/]+"
+        )
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
-            ("GET", re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments/(?P<dep>[^/]+)$"), self._get_dep),
-            ("PUT", re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments/(?P<dep>[^/]+)$"), self._put_dep),
-            ("DELETE", re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments/(?P<dep>[^/]+)$"), self._delete_dep),
+            (
+                "GET",
+                re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments/(?P<dep>[^/]+)$"),
+                self._get_dep,
+            ),
+            (
+                "PUT",
+                re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments/(?P<dep>[^/]+)$"),
+                self._put_dep,
+            ),
+            (
+                "DELETE",
+                re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments/(?P<dep>[^/]+)$"),
+                self._delete_dep,
+            ),
             ("GET", re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)$"), self._get_ep),
             ("PUT", re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)$"), self._put_ep),
             ("GET", re.compile(base + r"$"), self._get_ws),
-            ("PUT", re.compile(base + r"/data/(?P<name>[^/]+)/versions/(?P<ver>[^/]+)$"), self._put_data),
-            ("GET", re.compile(base + r"/data/(?P<name>[^/]+)/versions/(?P<ver>[^/]+)$"), self._get_data),
+            (
+                "PUT",
+                re.compile(base + r"/data/(?P<name>[^/]+)/versions/(?P<ver>[^/]+)$"),
+                self._put_data,
+            ),
+            (
+                "GET",
+                re.compile(base + r"/data/(?P<name>[^/]+)/versions/(?P<ver>[^/]+)$"),
+                self._get_data,
+            ),
             ("GET", re.compile(base + r"/datastores/(?P<name>[^/]+)$"), self._get_datastore),
             ("GET", re.compile(r".*/operations/(?P<op>[^/]+)$"), self._get_operation),
         ]
@@ -170,7 +193,12 @@ class FakeAzureML(HttpTransport):
         self.requests.append(rec)
         if self.fail_next:
             status = self.fail_next.pop(0)
-            return _response(request, status, {"error": {"code": "Transient", "message": "try again"}}, {"Retry-After": "0"})
+            return _response(
+                request,
+                status,
+                {"error": {"code": "Transient", "message": "try again"}},
+                {"Retry-After": "0"},
+            )
         for method, pattern, handler in self.routes:
             match = pattern.search(path)
             if method == request.method and match:
@@ -183,10 +211,14 @@ class FakeAzureML(HttpTransport):
     def sent(self, method: str, contains: str = "") -> list[Recorded]:
         return [r for r in self.requests if r.method == method and contains in r.path]
 
-    def add_endpoint(self, name: str, traffic: dict[str, int] | None = None, mirror: dict[str, int] | None = None) -> None:
+    def add_endpoint(
+        self, name: str, traffic: dict[str, int] | None = None, mirror: dict[str, int] | None = None
+    ) -> None:
         self.endpoints[name] = endpoint_body(name, traffic, mirror)
 
-    def add_deployment(self, endpoint: str, name: str, model: str, version: str, state: str = "Succeeded") -> None:
+    def add_deployment(
+        self, endpoint: str, name: str, model: str, version: str, state: str = "Succeeded"
+    ) -> None:
         self.deployments[(endpoint, name)] = deployment_body(endpoint, name, model, version, state)
 
     # -- canned answers ----------------------------------------------------------------------
@@ -204,7 +236,9 @@ class FakeAzureML(HttpTransport):
         op = f"https://management.azure.com{WS_ID}/operations/dep-{m['dep']}?api-version=2023-04-01-preview"
         return 201, answer, {"Azure-AsyncOperation": op, "Retry-After": "3600"}
 
-    def _delete_dep(self, rec: Recorded, m: re.Match[str]) -> tuple[int, Any] | tuple[int, Any, dict[str, str]]:
+    def _delete_dep(
+        self, rec: Recorded, m: re.Match[str]
+    ) -> tuple[int, Any] | tuple[int, Any, dict[str, str]]:
         found = self.deployments.get((m["ep"], m["dep"]))
         if not found:
             return 204, None

@@ -36,7 +36,7 @@ def test_new_aggregate_is_created_then_loaded(container):
     assert wrote and saved.version == 1
     loaded, etag = store.load("churn")
     assert loaded == saved and etag is not None
-    assert store.keys() == ["churn"]
+    assert store.list_keys() == ["churn"]
 
 
 def test_stale_etag_is_a_conflict(container):
@@ -55,7 +55,7 @@ def test_no_change_writes_nothing(container):
     store = BlobStateStore(container, Counter, lambda key: Counter(key=key))
     state, wrote = store.update("m", lambda c: None)
     assert not wrote and state.version == 0
-    assert store.keys() == []
+    assert store.list_keys() == []
 
 
 def test_sixteen_concurrent_writers_lose_no_update(container):

@@ -1,0 +1,110 @@
+"""The online endpoint port on the local endpoint server (`endpoint_server`), over HTTP.
+
+Same rules as Azure: traffic maps are validated before anything is sent, `deploy` and
+`delete` are idempotent and do not wait, and the server re-checks every map.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapters.endpoint import (
+    DeploymentStatus,
+    EndpointError,
+    InvalidTraffic,
+    check_deployment_name,
+    live_only,
+    validate_mirror_shape,
+    validate_traffic,
+)
+
+_STATES = {
+    "Creating": "creating",
+    "Succeeded": "succeeded",
+    "Failed": "failed",
+    "Deleting": "deleting",
+}
+
+
+class LocalEndpoint:
+    """`OnlineEndpoint` over the local endpoint server at `base_url`."""
+
+    def __init__(self, base_url: str, timeout: float = 30.0, client: Any = None) -> None:
+        import httpx
+
+        self.base_url = base_url.rstrip("/")
+        self._http = client or httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> LocalEndpoint:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.close()
+
+    def _check(self, response: Any, ok: tuple[int, ...] = (200, 201, 202, 204)) -> Any:
+        if response.status_code in ok:
+            return response.json() if response.content else None
+        try:
+            reason = response.json().get("error", response.text)
+        except ValueError:
+            reason = response.text
+        if response.status_code == 400:
+            raise InvalidTraffic(reason)
+        raise EndpointError(
+            f"{response.request.method} {response.request.url.path}: "
+            f"{response.status_code} {reason}"
+        )
+
+    def deploy(self, model_name: str, model_version: str, deployment: str) -> str:
+        check_deployment_name(deployment)
+        response = self._http.put(
+            f"/deployments/{deployment}",
+            json={"model_name": model_name, "model_version": str(model_version)},
+        )
+        self._check(response, ok=(200, 201))
+        return deployment
+
+    def deployment_state(self, deployment: str) -> DeploymentStatus:
+        check_deployment_name(deployment)
+        response = self._http.get(f"/deployments/{deployment}")
+        if response.status_code == 404:
+            return DeploymentStatus(deployment, "missing")
+        body = self._check(response, ok=(200,))
+        state = _STATES.get(body["provisioningState"])
+        if state is None:
+            raise EndpointError(f"unknown provisioning state {body['provisioningState']!r}")
+        return DeploymentStatus(
+            deployment,
+            state,  # type: ignore[arg-type]
+            body.get("error"),
+            model_name=body.get("model_name"),
+            model_version=body.get("model_version"),
+        )
+
+    def set_traffic(self, traffic: dict[str, int]) -> None:
+        validate_traffic(traffic)
+        self._check(self._http.put("/traffic", json={"traffic": dict(traffic)}), ok=(200,))
+
+    def set_mirror(self, mirror: dict[str, int]) -> None:
+        validate_mirror_shape(mirror)
+        self._check(self._http.put("/mirror", json={"mirror_traffic": dict(mirror)}), ok=(200,))
+
+    def delete(self, deployment: str) -> None:
+        check_deployment_name(deployment)
+        response = self._http.delete(f"/deployments/{deployment}")
+        if response.status_code == 404:
+            return
+        self._check(response, ok=(200, 202, 204))
+
+    def traffic(self) -> dict[str, int]:
+        return live_only(self._check(self._http.get("/traffic"), ok=(200,))["traffic"])
+
+    def mirror(self) -> dict[str, int]:
+        return live_only(self._check(self._http.get("/traffic"), ok=(200,))["mirror_traffic"])
+
+    def flush_records(self) -> None:
+        """Wait until every request so far is in the server's request log."""
+        self._check(self._http.post("/records/flush"), ok=(200,))

@@ -1,0 +1,455 @@
+"""The local online endpoint: a starlette app serving registered MLflow models.
+
+Control plane (shaped like Azure ML's online endpoint API, one endpoint per server):
+
+    GET    /deployments                     all deployments
+    PUT    /deployments/{name}              {"model_name", "model_version"}: start loading (201),
+                                            or 200 when it already serves that version
+    GET    /deployments/{name}              {"name", "model_name", "model_version",
+                                             "provisioningState", "error"}; 404 when missing
+    DELETE /deployments/{name}              204; 404 when missing; 409 while it takes traffic
+    GET    /traffic                         {"traffic": {...}, "mirror_traffic": {...}}
+    PUT    /traffic                         {"traffic": {...}} (absolute; validated)
+    PUT    /mirror                          {"mirror_traffic": {...}} (absolute; validated)
+
+Data plane:
+
+    POST   /score                           MLflow scoring payload; routed by key (see routing)
+    POST   /feedback                        {"request_id", "label"} or {"feedback": [...]}
+    POST   /records/flush                   returns once every record so far is in SQLite
+    GET    /health
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from adapters.endpoint import (
+    InvalidTraffic,
+    live_only,
+    mirror_after_traffic,
+    validate_traffic,
+)
+from endpoint_server.routing import mirror_target, route
+from endpoint_server.store import RECORDS_FILE, Record, RecordStore
+from orchestrator.naming import is_valid_deployment_name
+
+log = logging.getLogger(__name__)
+
+KEY_HEADER = "x-request-key"
+PIN_HEADER = "azureml-model-deployment"
+REQUEST_ID_HEADER = "x-request-id"
+STATE_FILE = "endpoint.json"
+
+
+@dataclass
+class Deployment:
+    name: str
+    model_name: str
+    model_version: str
+    state: str = "creating"  # creating | succeeded | failed | deleting
+    error: str | None = None
+    model: Any = field(default=None, repr=False)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "provisioningState": self.state.capitalize(),
+            "error": self.error,
+        }
+
+
+class EndpointState:
+    """Deployments, the split and the request log of one local endpoint. Thread-safe."""
+
+    def __init__(
+        self, data_dir: Path | str, tracking_uri: str, registry_uri: str | None = None
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = tracking_uri
+        self.registry_uri = registry_uri or tracking_uri
+        self.lock = threading.RLock()
+        self.deployments: dict[str, Deployment] = {}
+        self.live: dict[str, int] = {}
+        self.mirror: dict[str, int] = {}
+        self.store = RecordStore(self.data_dir / RECORDS_FILE)
+        self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="endpoint-load")
+        self._restore()
+
+    # -- persistence of the control plane (so a restarted server serves the same split) ---
+
+    def _restore(self) -> None:
+        path = self.data_dir / STATE_FILE
+        if not path.exists():
+            return
+        saved = json.loads(path.read_text())
+        for name, spec in saved.get("deployments", {}).items():
+            self.deploy(name, spec["model_name"], spec["model_version"])
+        self.live = {k: int(v) for k, v in saved.get("traffic", {}).items()}
+        self.mirror = {k: int(v) for k, v in saved.get("mirror_traffic", {}).items()}
+
+    def _save(self) -> None:
+        saved = {
+            "deployments": {
+                d.name: {"model_name": d.model_name, "model_version": d.model_version}
+                for d in self.deployments.values()
+            },
+            "traffic": self.live,
+            "mirror_traffic": self.mirror,
+        }
+        tmp = self.data_dir / f"{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(saved, indent=2))
+        tmp.replace(self.data_dir / STATE_FILE)
+
+    # -- deployments -------------------------------------------------------------------------
+
+    def deploy(self, name: str, model_name: str, model_version: str) -> tuple[Deployment, bool]:
+        """Start loading; returns (deployment, created). Same version, not failed: no-op."""
+        with self.lock:
+            current = self.deployments.get(name)
+            if (
+                current is not None
+                and (current.model_name, current.model_version) == (model_name, model_version)
+                and current.state in ("creating", "succeeded")
+            ):
+                return current, False
+            deployment = Deployment(name, model_name, model_version)
+            self.deployments[name] = deployment
+            self._save()
+        self._loader.submit(self._load, deployment)
+        return deployment, True
+
+    def _load(self, deployment: Deployment) -> None:
+        try:
+            import mlflow.artifacts
+            import mlflow.pyfunc
+            from mlflow.tracking import MlflowClient
+            from mlflow.utils.file_utils import local_file_uri_to_path
+
+            # Resolve through this server's registry (not the process-wide MLflow settings):
+            # the same model mlflow.pyfunc.load_model("models:/name/version") would load.
+            client = MlflowClient(self.tracking_uri, self.registry_uri)
+            source = client.get_model_version_download_uri(
+                deployment.model_name, deployment.model_version
+            )
+            if source.startswith("file:") or "://" not in source:
+                local = local_file_uri_to_path(source)
+            else:
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=source,
+                    dst_path=str(self.data_dir / "models" / deployment.name / uuid.uuid4().hex),
+                    tracking_uri=self.tracking_uri,
+                    registry_uri=self.registry_uri,
+                )
+            model = mlflow.pyfunc.load_model(local)
+        except Exception as exc:  # a model that cannot load fails the deployment, with why
+            log.warning("deployment %s failed to load: %s", deployment.name, exc)
+            with self.lock:
+                if self.deployments.get(deployment.name) is deployment:
+                    deployment.state = "failed"
+                    deployment.error = f"{type(exc).__name__}: {exc}"
+            return
+        with self.lock:
+            if self.deployments.get(deployment.name) is deployment:
+                deployment.model = model
+                deployment.state = "succeeded"
+
+    def delete(self, name: str) -> bool:
+        with self.lock:
+            if name not in self.deployments:
+                return False
+            if self.live.get(name, 0) > 0 or self.mirror.get(name, 0) > 0:
+                raise Conflict(f"deployment {name} takes traffic; move the traffic first")
+            self.deployments.pop(name).state = "deleting"
+            self.live.pop(name, None)
+            self.mirror.pop(name, None)
+            self._save()
+            return True
+
+    # -- traffic -----------------------------------------------------------------------------
+
+    def _require_ready(self, weights: dict[str, int], what: str) -> None:
+        for name, weight in weights.items():
+            deployment = self.deployments[name]
+            if weight > 0 and deployment.state != "succeeded":
+                raise Conflict(
+                    f"cannot send {what} to {name}: it is {deployment.state}, not succeeded"
+                )
+
+    def set_traffic(self, traffic: dict[str, int]) -> None:
+        with self.lock:
+            mirror = mirror_after_traffic(traffic, self.mirror)
+            validate_traffic(traffic, mirror, existing=self.deployments.keys())
+            self._require_ready(traffic, "live traffic")
+            self.live = live_only(traffic)
+            self.mirror = mirror
+            self._save()
+
+    def set_mirror(self, mirror: dict[str, int]) -> None:
+        with self.lock:
+            if live_only(mirror) and not self.live:
+                raise InvalidTraffic("cannot mirror: the endpoint takes no live traffic")
+            validate_traffic(self.live or {}, mirror, existing=self.deployments.keys())
+            self._require_ready(mirror, "mirrored traffic")
+            self.mirror = live_only(mirror)
+            self._save()
+
+    def close(self) -> None:
+        self._loader.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
+
+
+class Conflict(Exception):
+    pass
+
+
+# -- scoring ------------------------------------------------------------------------------------
+
+
+def to_frame(payload: Any) -> Any:
+    """An MLflow/Azure ML scoring payload as a pandas DataFrame."""
+    import pandas as pd
+
+    if not isinstance(payload, dict):
+        raise ValueError("the body must be a JSON object")
+    data = payload.get(
+        "input_data", payload.get("dataframe_split", payload.get("dataframe_records"))
+    )
+    if data is None:
+        raise ValueError("expected 'input_data', 'dataframe_split' or 'dataframe_records'")
+    if isinstance(data, dict):
+        return pd.DataFrame(data["data"], columns=data.get("columns"), index=data.get("index"))
+    if isinstance(data, list):
+        return pd.DataFrame(data)
+    raise ValueError("the input must be a split-oriented object or a list of rows")
+
+
+def to_json(predictions: Any) -> Any:
+    if hasattr(predictions, "to_dict") and hasattr(predictions, "columns"):
+        return predictions.to_dict(orient="records")
+    if hasattr(predictions, "tolist"):
+        return predictions.tolist()
+    return predictions
+
+
+def _predict(deployment: Deployment, frame: Any) -> Any:
+    return to_json(deployment.model.predict(frame))
+
+
+def create_app(state: EndpointState) -> Starlette:
+    """The ASGI app over `state` (the caller owns `state` and closes it)."""
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    async def list_deployments(request: Request) -> Response:
+        with state.lock:
+            return JSONResponse([d.describe() for d in state.deployments.values()])
+
+    async def put_deployment(request: Request) -> Response:
+        name = request.path_params["name"]
+        if not is_valid_deployment_name(name):
+            return error(400, f"{name!r} is not a valid deployment name")
+        try:
+            body = await request.json()
+            model_name, model_version = str(body["model_name"]), str(body["model_version"])
+        except (ValueError, KeyError, TypeError):
+            return error(400, "expected a JSON body with model_name and model_version")
+        deployment, created = state.deploy(name, model_name, model_version)
+        return JSONResponse(deployment.describe(), status_code=201 if created else 200)
+
+    async def get_deployment(request: Request) -> Response:
+        with state.lock:
+            deployment = state.deployments.get(request.path_params["name"])
+            if deployment is None:
+                return error(404, "deployment not found")
+            return JSONResponse(deployment.describe())
+
+    async def delete_deployment(request: Request) -> Response:
+        try:
+            deleted = state.delete(request.path_params["name"])
+        except Conflict as exc:
+            return error(409, str(exc))
+        return Response(status_code=204) if deleted else error(404, "deployment not found")
+
+    async def get_traffic(request: Request) -> Response:
+        with state.lock:
+            return JSONResponse({"traffic": dict(state.live), "mirror_traffic": dict(state.mirror)})
+
+    async def put_traffic(request: Request) -> Response:
+        try:
+            body = await request.json()
+            if "traffic" in body:
+                state.set_traffic(body["traffic"])
+            elif "mirror_traffic" in body:
+                state.set_mirror(body["mirror_traffic"])
+            else:
+                return error(400, "expected 'traffic' or 'mirror_traffic'")
+        except InvalidTraffic as exc:
+            return error(400, exc.reason)
+        except Conflict as exc:
+            return error(409, str(exc))
+        except (ValueError, TypeError, AttributeError):
+            return error(400, "expected a JSON object")
+        return await get_traffic(request)
+
+    async def put_mirror(request: Request) -> Response:
+        try:
+            body = await request.json()
+            state.set_mirror(body["mirror_traffic"])
+        except InvalidTraffic as exc:
+            return error(400, exc.reason)
+        except Conflict as exc:
+            return error(409, str(exc))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return error(400, "expected a JSON body with mirror_traffic")
+        return await get_traffic(request)
+
+    async def score(request: Request) -> Response:
+        started = time.perf_counter()
+        ts = time.time()
+        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        try:
+            payload = await request.json()
+        except ValueError:
+            return error(400, "the body is not JSON")
+        key = request.headers.get(KEY_HEADER)
+        if key is None and isinstance(payload, dict) and payload.get("request_key") is not None:
+            key = str(payload["request_key"])
+        pin = request.headers.get(PIN_HEADER)
+        with state.lock:
+            if pin:
+                name: str | None = pin
+            else:
+                name = route(key if key is not None else request_id, state.live)
+            deployment = state.deployments.get(name) if name else None
+            shadow_name = mirror_target(key or request_id, state.mirror) if not pin else None
+            shadow = state.deployments.get(shadow_name) if shadow_name else None
+        if name is None:
+            return error(503, "no deployment takes live traffic")
+        if deployment is None:
+            return error(404, f"deployment {name} not found")
+        headers = {PIN_HEADER: deployment.name, REQUEST_ID_HEADER: request_id}
+
+        def finish(status: int, outputs: Any, err: str | None) -> None:
+            state.store.record(
+                Record(
+                    request_id=request_id,
+                    request_key=key,
+                    deployment=deployment.name,
+                    model_version=deployment.model_version,
+                    ts=ts,
+                    latency_ms=(time.perf_counter() - started) * 1000.0,
+                    inputs=payload,
+                    outputs=outputs,
+                    status=status,
+                    error=err,
+                )
+            )
+
+        if deployment.state != "succeeded" or deployment.model is None:
+            message = f"deployment {deployment.name} is {deployment.state}"
+            finish(503, None, message)
+            return JSONResponse({"error": message}, status_code=503, headers=headers)
+        try:
+            frame = to_frame(payload)
+        except (ValueError, KeyError, TypeError) as exc:
+            finish(400, None, str(exc))
+            return JSONResponse({"error": str(exc)}, status_code=400, headers=headers)
+        try:
+            outputs = await run_in_threadpool(_predict, deployment, frame)
+        except Exception as exc:  # a scoring error is the deployment's failure: a 500
+            finish(500, None, f"{type(exc).__name__}: {exc}")
+            return JSONResponse(
+                {"error": f"scoring failed: {exc}"}, status_code=500, headers=headers
+            )
+        finish(200, outputs, None)
+        task = None
+        if shadow is not None and shadow.state == "succeeded" and shadow.model is not None:
+            task = BackgroundTask(_score_shadow, state, shadow, frame, payload, request_id, key)
+        return JSONResponse(outputs, headers=headers, background=task)
+
+    async def feedback(request: Request) -> Response:
+        try:
+            body = await request.json()
+            items = body.get("feedback", [body])
+            rows = [(str(item["request_id"]), item["label"]) for item in items]
+        except (ValueError, KeyError, TypeError):
+            return error(400, "expected {request_id, label} or {feedback: [{request_id, label}]}")
+        now = time.time()
+        for request_id, label in rows:
+            state.store.feedback(request_id, label, now)
+        return JSONResponse({"accepted": len(rows)}, status_code=202)
+
+    async def flush(request: Request) -> Response:
+        await run_in_threadpool(state.store.flush)
+        return JSONResponse({"flushed": True})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(
+        routes=[
+            Route("/deployments", list_deployments, methods=["GET"]),
+            Route("/deployments/{name}", put_deployment, methods=["PUT"]),
+            Route("/deployments/{name}", get_deployment, methods=["GET"]),
+            Route("/deployments/{name}", delete_deployment, methods=["DELETE"]),
+            Route("/traffic", get_traffic, methods=["GET"]),
+            Route("/traffic", put_traffic, methods=["PUT"]),
+            Route("/mirror", put_mirror, methods=["PUT"]),
+            Route("/score", score, methods=["POST"]),
+            Route("/feedback", feedback, methods=["POST"]),
+            Route("/records/flush", flush, methods=["POST"]),
+            Route("/health", health, methods=["GET"]),
+        ]
+    )
+
+
+async def _score_shadow(
+    state: EndpointState,
+    shadow: Deployment,
+    frame: Any,
+    payload: Any,
+    request_id: str,
+    key: str | None,
+) -> None:
+    """Score the mirrored copy; the caller never sees it, the request log does."""
+    started, ts = time.perf_counter(), time.time()
+    status, outputs, err = 200, None, None
+    try:
+        outputs = await run_in_threadpool(_predict, shadow, frame)
+    except Exception as exc:
+        status, err = 500, f"{type(exc).__name__}: {exc}"
+    state.store.record(
+        Record(
+            request_id=request_id,
+            request_key=key,
+            deployment=shadow.name,
+            model_version=shadow.model_version,
+            ts=ts,
+            latency_ms=(time.perf_counter() - started) * 1000.0,
+            inputs=payload,
+            outputs=outputs,
+            status=status,
+            error=err,
+            mirrored=True,
+        )
+    )

@@ -1,0 +1,160 @@
+"""The HTTP API. Every route needs a function key (the app's default auth level), except
+GET /api/health. Bad input: 400 application/problem+json naming the field; an unknown model
+or promotion: 404. Handlers run synchronously; long work is started, never awaited."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+import azure.functions as func
+
+log = logging.getLogger(__name__)
+
+# Cold start: the orchestrator is imported inside each function, on its first invocation.
+
+bp = func.Blueprint()
+
+JSON = "application/json"
+PROBLEM = "application/problem+json"
+
+
+def json_response(
+    document: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(document, default=str), status_code=status, mimetype=JSON, headers=headers
+    )
+
+
+def problem(status: int, title: str, detail: str) -> func.HttpResponse:
+    document = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    return func.HttpResponse(json.dumps(document), status_code=status, mimetype=PROBLEM)
+
+
+def requester(req: func.HttpRequest) -> str:
+    """Who asked: the App Service authentication principal when present, else the key holder."""
+    return (
+        req.headers.get("x-ms-client-principal-name")
+        or req.headers.get("x-requested-by")
+        or "function-key"
+    )[:200]
+
+
+@bp.route(route="retrain", methods=["POST"])
+def retrain(req: func.HttpRequest) -> func.HttpResponse:
+    from orchestrator.bootstrap import get_runtime
+    from orchestrator.messages import Envelope, InvalidMessage
+    from pipelines.retrain_policy import RetrainRequested
+    from triggers.payloads import BadPayload, RetrainBody, parse_json_body
+
+    try:
+        body = parse_json_body(req.get_body(), RetrainBody)
+    except BadPayload as exc:
+        return problem(400, "Invalid request body", exc.reason)
+    runtime = get_runtime()
+    if body.model not in runtime.policies:
+        return problem(404, "Unknown model", f"model: no policy for {body.model!r}")
+    # An Idempotency-Key makes a retried request the same command, not a second job.
+    key = req.headers.get("idempotency-key")
+    suffix = uuid.uuid5(uuid.NAMESPACE_URL, key) if key else uuid.uuid4()
+    run_id = f"{body.model}-manual-{suffix.hex[:12]}"
+    command = RetrainRequested(
+        run_id=run_id,
+        reason=body.reason,
+        data_uri=body.data_uri,
+        force=body.force,
+        requested_by=requester(req),
+    )
+    envelope = Envelope.new("RetrainRequested", body.model, command, message_id=f"http:{run_id}")
+    try:
+        outcome = runtime.orchestrator.handle(envelope)
+    except InvalidMessage as exc:
+        return problem(400, "Invalid request", exc.reason)
+    status_url = f"/api/models/{body.model}"
+    return json_response(
+        {
+            "run_id": run_id,
+            "model": body.model,
+            "status": outcome.status,
+            "reason": outcome.reason,
+            "status_url": status_url,
+        },
+        status=202,
+        headers={"Location": status_url},
+    )
+
+
+@bp.route(route="models/{model}", methods=["GET"])
+def model_status(req: func.HttpRequest) -> func.HttpResponse:
+    from orchestrator.bootstrap import get_runtime
+    from orchestrator.service import UnknownModel
+
+    model = req.route_params.get("model", "")
+    try:
+        return json_response(get_runtime().orchestrator.model_status(model))
+    except UnknownModel:
+        return problem(404, "Unknown model", f"model: no policy for {model!r}")
+
+
+@bp.route(route="promotions/{promotion_id}", methods=["GET"])
+def promotion_status(req: func.HttpRequest) -> func.HttpResponse:
+    from orchestrator.bootstrap import get_runtime
+
+    promotion_id = req.route_params.get("promotion_id", "")
+    orchestrator = get_runtime().orchestrator
+    found = orchestrator.find_promotion(promotion_id)
+    if found is None:
+        return problem(404, "Unknown promotion", f"promotion_id: {promotion_id!r} not found")
+    model, promotion = found
+    audit = orchestrator.audit_trail(model, promotion_id)
+    return json_response(
+        {
+            "model": model,
+            "promotion": promotion,
+            "audit": [record.model_dump(mode="json") for record in audit],
+        }
+    )
+
+
+@bp.route(route="promotions/{promotion_id}/rollback", methods=["POST"])
+def rollback(req: func.HttpRequest) -> func.HttpResponse:
+    from orchestrator.bootstrap import get_runtime
+    from orchestrator.messages import Envelope
+    from promotion.commands import RollbackRequested
+    from triggers.payloads import BadPayload, RollbackBody, parse_json_body
+
+    promotion_id = req.route_params.get("promotion_id", "")
+    try:
+        body = parse_json_body(req.get_body(), RollbackBody)
+    except BadPayload as exc:
+        return problem(400, "Invalid request body", exc.reason)
+    orchestrator = get_runtime().orchestrator
+    found = orchestrator.find_promotion(promotion_id)
+    if found is None:
+        return problem(404, "Unknown promotion", f"promotion_id: {promotion_id!r} not found")
+    model, _ = found
+    command = RollbackRequested(
+        promotion_id=promotion_id, reason=body.reason, requested_by=requester(req)
+    )
+    envelope = Envelope.new(
+        "RollbackRequested",
+        model,
+        command,
+        promotion_id=promotion_id,
+        message_id=f"http:rollback:{uuid.uuid4().hex}",
+    )
+    outcome = orchestrator.handle(envelope)
+    if outcome.status == "ignored":
+        return problem(409, "Rollback not applied", outcome.reason or "promotion is not active")
+    return json_response(
+        {
+            "promotion_id": promotion_id,
+            "model": model,
+            "status": outcome.status,
+            "status_url": f"/api/promotions/{promotion_id}",
+        },
+        status=202,
+    )

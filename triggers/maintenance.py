@@ -1,0 +1,27 @@
+"""Timer: re-dispatch outbox effects a crash left behind; report promotions not moving."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+log = logging.getLogger(__name__)
+
+bp = func.Blueprint()
+
+
+@bp.timer_trigger(arg_name="timer", schedule="0 */5 * * * *", run_on_startup=False)
+def outbox_sweeper(timer: func.TimerRequest) -> None:
+    from orchestrator.bootstrap import get_runtime
+
+    report = get_runtime().orchestrator.sweep()
+    log.info(
+        "outbox sweep: %d effect(s) re-dispatched, %d promotion(s) stuck%s",
+        report["redispatched"],
+        len(report["stuck"]),
+        "".join(
+            f"; {s['model']} {s['promotion_id']} {s['status']} since {s['since']}"
+            for s in report["stuck"]
+        ),
+    )

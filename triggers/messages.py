@@ -1,0 +1,65 @@
+"""Service Bus queues: the orchestrator's own commands and scheduled checks, and people's
+approvals. A message that can never be handled is dead-lettered at once with its reason
+(recorded, then completed); a transient failure raises, so Service Bus redelivers it."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+log = logging.getLogger(__name__)
+
+bp = func.Blueprint()
+
+APPROVAL_TYPES = frozenset({"ApprovalDecision"})
+
+
+def handle_message(
+    message: func.ServiceBusMessage, source: str, allowed: frozenset[str] | None = None
+) -> str:
+    from orchestrator.bootstrap import get_runtime
+    from orchestrator.messages import InvalidMessage, parse_envelope
+
+    runtime = get_runtime()
+    body = message.get_body()
+    properties = {
+        "message_id": getattr(message, "message_id", None),
+        "delivery_count": getattr(message, "delivery_count", None),
+    }
+    try:
+        envelope = parse_envelope(body)
+        if allowed is not None and envelope.type not in allowed:
+            raise InvalidMessage(
+                f"{envelope.type} is not accepted on the {source} queue "
+                f"(only {', '.join(sorted(allowed))})"
+            )
+        outcome = runtime.orchestrator.handle(envelope)
+    except InvalidMessage as exc:
+        runtime.dead_letters.record(source, exc.reason, body, properties)
+        log.error("dead-lettered a %s message: %s", source, exc.reason)
+        return "dead-lettered"
+    log.info(
+        "%s %s for %s: %s%s",
+        envelope.type,
+        envelope.message_id,
+        envelope.model,
+        outcome.status,
+        f" ({outcome.reason})" if outcome.reason else "",
+    )
+    return outcome.status
+
+
+@bp.service_bus_queue_trigger(
+    arg_name="message", queue_name="%ORCHESTRATOR_QUEUE%", connection="ServiceBusConnection"
+)
+def orchestrator_queue(message: func.ServiceBusMessage) -> None:
+    handle_message(message, "orchestrator")
+
+
+@bp.service_bus_queue_trigger(
+    arg_name="message", queue_name="%APPROVALS_QUEUE%", connection="ServiceBusConnection"
+)
+def approvals_queue(message: func.ServiceBusMessage) -> None:
+    # Only answers from people arrive here: no one can drive a gate check through it.
+    handle_message(message, "approvals", APPROVAL_TYPES)

@@ -1,0 +1,178 @@
+"""Binding payloads -> commands. Pure parsing, shared by the triggers and their tests.
+
+Event Hubs events come in two documented shapes:
+
+- a data-ready event from an upstream producer:
+  `{"model": "churn", "data_uri": "https://.../data/churn/2026-11-22.csv", "rows": 1200,
+    "event_id": "producer-42"}`
+- an Event Grid `Microsoft.Storage.BlobCreated` event routed through Event Hubs (one event,
+  or an array of them), which is matched to a model by its policy's container and prefix.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import unquote
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from orchestrator.policy import ModelPolicy
+from pipelines.retrain_policy import DataItem
+
+BLOB_CREATED = "Microsoft.Storage.BlobCreated"
+
+
+class BadPayload(ValueError):
+    """A payload that can never be turned into a command; `reason` names the field."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def describe(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(part) for part in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataReadyEvent(_Strict):
+    model: str = Field(min_length=1, max_length=100)
+    data_uri: str = Field(min_length=1, max_length=2000)
+    rows: int | None = Field(default=None, ge=0)
+    event_id: str = Field(min_length=1, max_length=200)
+
+
+class BlobCreatedData(BaseModel):
+    url: str
+    eTag: str | None = None  # Event Grid's own field names
+    contentLength: int | None = None
+
+
+class EventGridEvent(BaseModel):
+    id: str
+    eventType: str
+    subject: str
+    data: BlobCreatedData
+
+
+class RetrainBody(_Strict):
+    """POST /api/retrain."""
+
+    model: str = Field(min_length=1, max_length=100)
+    data_uri: str | None = Field(default=None, min_length=1, max_length=2000)
+    reason: str = Field(default="manual request", max_length=500)
+    force: bool = False
+
+
+class RollbackBody(_Strict):
+    """POST /api/promotions/{id}/rollback."""
+
+    reason: str = Field(min_length=1, max_length=500)
+
+
+def parse_json_body(body: bytes, schema: type[BaseModel]) -> Any:
+    if not body:
+        raise BadPayload("body: a JSON object is required")
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadPayload(f"body: not valid JSON ({exc})") from exc
+    if not isinstance(document, dict):
+        raise BadPayload("body: expected a JSON object")
+    try:
+        return schema.model_validate(document)
+    except ValidationError as exc:
+        raise BadPayload(describe(exc)) from exc
+
+
+def policy_for_blob(
+    policies: Mapping[str, ModelPolicy], container: str, blob_path: str
+) -> ModelPolicy | None:
+    """The model whose data container and prefix hold this blob; the longest prefix wins."""
+    matches = [
+        policy
+        for policy in policies.values()
+        if policy.data.container == container and blob_path.startswith(policy.data.prefix)
+    ]
+    return max(matches, key=lambda policy: len(policy.data.prefix), default=None)
+
+
+def split_blob_name(name: str) -> tuple[str, str]:
+    """'container/path/to/blob' -> ('container', 'path/to/blob')."""
+    container, _, path = name.partition("/")
+    if not container or not path:
+        raise BadPayload(f"blob name {name!r} is not <container>/<path>")
+    return container, path
+
+
+def blob_item(name: str, uri: str | None, etag: str | None, length: int | None) -> DataItem:
+    """A data item for a blob: blob name + ETag is the deduplication key."""
+    version = etag.strip('"') if etag else f"length-{length}"
+    return DataItem(uri=uri or name, key=f"blob:{name}@{version}")
+
+
+def _blob_created(
+    event: EventGridEvent, policies: Mapping[str, ModelPolicy]
+) -> tuple[str, DataItem]:
+    marker = "/containers/"
+    if marker not in event.subject or "/blobs/" not in event.subject:
+        raise BadPayload(f"subject {event.subject!r} does not name a blob")
+    container, _, path = event.subject.split(marker, 1)[1].partition("/blobs/")
+    policy = policy_for_blob(policies, container, unquote(path))
+    if policy is None:
+        raise BadPayload(f"no model's data prefix matches {container}/{path}")
+    item = blob_item(f"{container}/{unquote(path)}", event.data.url, event.data.eTag, None)
+    return policy.model, item
+
+
+def parse_event(body: bytes, policies: Mapping[str, ModelPolicy]) -> list[tuple[str, DataItem]]:
+    """One Event Hubs event -> (model, data item) pairs. Raises BadPayload with the reason."""
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadPayload(f"event body is not JSON: {exc}") from exc
+    documents = document if isinstance(document, list) else [document]
+    if not documents:
+        raise BadPayload("event body is an empty array")
+    items: list[tuple[str, DataItem]] = []
+    for entry in documents:
+        if not isinstance(entry, dict):
+            raise BadPayload("event body must be a JSON object or an array of objects")
+        if "eventType" in entry:
+            try:
+                grid_event = EventGridEvent.model_validate(entry)
+            except ValidationError as exc:
+                raise BadPayload(f"Event Grid event: {describe(exc)}") from exc
+            if grid_event.eventType != BLOB_CREATED:
+                raise BadPayload(f"eventType {grid_event.eventType!r} is not {BLOB_CREATED}")
+            items.append(_blob_created(grid_event, policies))
+            continue
+        try:
+            ready = DataReadyEvent.model_validate(entry)
+        except ValidationError as exc:
+            raise BadPayload(f"data-ready event: {describe(exc)}") from exc
+        if ready.model not in policies:
+            raise BadPayload(f"model: unknown model {ready.model!r}")
+        items.append(
+            (
+                ready.model,
+                DataItem(uri=ready.data_uri, key=f"event:{ready.event_id}", rows=ready.rows),
+            )
+        )
+    return items
+
+
+def group_by_model(pairs: Iterable[tuple[str, DataItem]]) -> dict[str, list[DataItem]]:
+    grouped: dict[str, list[DataItem]] = {}
+    for model, item in pairs:
+        grouped.setdefault(model, []).append(item)
+    return grouped
