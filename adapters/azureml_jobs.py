@@ -94,7 +94,11 @@ class AzureMLTrainingBackend:
 
             credential = DefaultAzureCredential()
         client = MLClient(
-            credential, subscription_id, resource_group, workspace, **(DEFAULT_RETRY | client_kwargs)
+            credential,
+            subscription_id,
+            resource_group,
+            workspace,
+            **(DEFAULT_RETRY | client_kwargs),
         )
         return cls(client, app_root=app_root)
 

@@ -208,12 +208,16 @@ class LocalTrainingBackend:
         argv = _command_argv(job.command, inputs, outputs, self.python)
         step_dir = run_dir / "jobs" / step
         step_dir.mkdir(parents=True, exist_ok=True)
-        env = os.environ | self.env | {
-            "MLFLOW_TRACKING_URI": self.tracking_uri,
-            "RETRAIN_EXPERIMENT": request.experiment,
-            "RETRAIN_RUN_ID": request.run_id,
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = (
+            os.environ
+            | self.env
+            | {
+                "MLFLOW_TRACKING_URI": self.tracking_uri,
+                "RETRAIN_EXPERIMENT": request.experiment,
+                "RETRAIN_RUN_ID": request.run_id,
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         env.pop("MLFLOW_RUN_ID", None)
         (step_dir / "command.json").write_text(json.dumps(argv, indent=2), encoding="utf-8")
         stdout_path, stderr_path = step_dir / "stdout.log", step_dir / "stderr.log"

@@ -22,8 +22,9 @@ EVENT_HUB_TRIGGER = "eventHubTrigger"
 TIMER_TRIGGER = "timerTrigger"
 QUEUE_TRIGGER = "queueTrigger"
 SUPPORTED_TRIGGERS = frozenset(
-    {HTTP_TRIGGER, BLOB_TRIGGER, SERVICE_BUS_TRIGGER, EVENT_HUB_TRIGGER, TIMER_TRIGGER, QUEUE_TRIGGER}
-)
+    {HTTP_TRIGGER, BLOB_TRIGGER, SERVICE_BUS_TRIGGER, EVENT_HUB_TRIGGER, TIMER_TRIGGER,
+     QUEUE_TRIGGER}
+)  # fmt: skip
 # Output bindings devhost can honour (see devhost/outputs.py).
 SUPPORTED_OUTPUTS = frozenset({"http", "queue", "serviceBus", "eventHub", "blob"})
 RETURN = "$return"

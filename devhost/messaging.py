@@ -103,9 +103,8 @@ def _received_body(message: ServiceBusReceivedMessage) -> bytes:
 
 def service_bus_message_from_received(message: ServiceBusReceivedMessage) -> func.ServiceBusMessage:
     """A message received from a real Service Bus, as the trigger binding passes it."""
-    properties = {
-        str(_text(key)): _text(value) for key, value in (message.application_properties or {}).items()
-    }
+    raw_properties = message.application_properties or {}
+    properties = {str(_text(key)): _text(value) for key, value in raw_properties.items()}
     return functions_servicebus.ServiceBusMessage(
         body=_received_body(message),
         message_id=str(message.message_id),

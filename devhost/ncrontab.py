@@ -158,7 +158,8 @@ def parse_schedule(expression: str) -> Schedule:
             f"schedule {expression!r}: expected 6 fields "
             "'{second} {minute} {hour} {day} {month} {day-of-week}'"
         )
-    parsed = [_parse_field(value, spec, expression) for value, spec in zip(fields, _FIELDS)]
+    pairs = zip(fields, _FIELDS, strict=True)
+    parsed = [_parse_field(value, spec, expression) for value, spec in pairs]
     return CronSchedule(expression, *parsed)
 
 

@@ -77,8 +77,13 @@ class OutputSink:
             value = result.output(binding["name"])
             if value is None or binding["type"] == "http":
                 continue
-            send = getattr(self, f"_send_{binding['type']}")
-            send(binding, value, binding_data)
+            senders = {
+                "queue": self._send_queue,
+                "serviceBus": self._send_service_bus,
+                "eventHub": self._send_event_hub,
+                "blob": self._send_blob,
+            }
+            senders[binding["type"]](binding, value, binding_data)
 
     def _send_queue(self, binding: dict, value: Any, _: Mapping[str, str]) -> None:
         service = queue_service(binding.get("connection"), self._environ)
@@ -86,7 +91,7 @@ class OutputSink:
         for message in _messages(value):
             queue.send_message(base64.b64encode(message).decode())
 
-    def _send_serviceBus(self, binding: dict, value: Any, _: Mapping[str, str]) -> None:  # noqa: N802
+    def _send_service_bus(self, binding: dict, value: Any, _: Mapping[str, str]) -> None:
         name = binding.get("queueName") or binding["topicName"]
         real = messaging_connection(binding.get("connection"), self._environ)
         if real is not None:
@@ -94,7 +99,7 @@ class OutputSink:
             return
         self._send_local(name, _messages(value))
 
-    def _send_eventHub(self, binding: dict, value: Any, _: Mapping[str, str]) -> None:  # noqa: N802
+    def _send_event_hub(self, binding: dict, value: Any, _: Mapping[str, str]) -> None:
         real = messaging_connection(binding.get("connection"), self._environ)
         if real is not None:
             _send_to_event_hub(real, binding["eventHubName"], _messages(value))

@@ -411,9 +411,7 @@ def _retrain_requested(
         run_id = run_id_for(policy.model, f"manual-{window_id_for(seq, now)}")
     reason = f"manual ({command.requested_by}): {command.reason}"
     decision = _submit(state, policy, now, run_id, reason, fallback)
-    return Decision(
-        state=decision.state, effects=decision.effects, audit=audit + decision.audit
-    )
+    return Decision(state=decision.state, effects=decision.effects, audit=audit + decision.audit)
 
 
 def _job_status(
@@ -500,9 +498,7 @@ def _follow_up(
         update={"follow_up_pending": False, "follow_up_force": False, "follow_up_reason": None}
     )
     if not state.pending:
-        return Decision(
-            state=state, audit=[AuditEntry(action="retrain.follow_up_no_data")]
-        )
+        return Decision(state=state, audit=[AuditEntry(action="retrain.follow_up_no_data")])
     due = max(now, _cooldown_end(state, policy) or now)
     window = state.window
     if window is not None:

@@ -53,6 +53,19 @@ def load_champion(name: str, version: str) -> Any:
         return mlflow.pyfunc.load_model(uri)
 
 
+def tag_pipeline_run(run: Any, tags: dict[str, str]) -> None:
+    """In Azure ML, also tag the pipeline's run: the orchestrator reads the version there."""
+    parent = os.environ.get("AZUREML_ROOT_RUN_ID") or run.data.tags.get("mlflow.parentRunId")
+    if not parent or parent == run.info.run_id:
+        return
+    try:
+        client = mlflow.MlflowClient()
+        for key, value in tags.items():
+            client.set_tag(parent, key, value)
+    except Exception as exc:  # the step's own tags remain; the backend falls back to them
+        print(f"evaluate_register: could not tag the pipeline run: {exc}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, required=True)
@@ -74,8 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     champion_version = optional(args.champion_version)
     # Our run id is the Azure ML job name; by hand ("manual") fall back to Azure ML's own.
     job_id = optional(args.run_id) if args.run_id != "manual" else None
-    job_id = job_id or os.environ.get("AZUREML_ROOT_RUN_ID") or os.environ.get(
-        "RETRAIN_RUN_ID", "manual"
+    job_id = (
+        job_id
+        or os.environ.get("AZUREML_ROOT_RUN_ID")
+        or os.environ.get("RETRAIN_RUN_ID", "manual")
     )
 
     set_experiment_from_env()
@@ -90,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
                 metrics |= {f"champion_{k}": v for k, v in champion_metrics.items()}
             except Exception as exc:  # the champion gate reads the missing metric as unknown
                 champion_error = f"{type(exc).__name__}: {exc}"[:TAG_LIMIT]
-                print(f"evaluate_register: champion not evaluated: {champion_error}",
-                      file=sys.stderr)
+                print(
+                    f"evaluate_register: champion not evaluated: {champion_error}", file=sys.stderr
+                )
         mlflow.log_metrics(metrics)
         tags = {
             "retrain.step": "evaluate_register",
@@ -113,9 +129,12 @@ def main(argv: list[str] | None = None) -> int:
             args.model_name,
             tags={k: v for k, v in tags.items() if k != "retrain.step"},
         )
-        mlflow.set_tags(
-            {"registered_model_name": version.name, "registered_model_version": version.version}
-        )
+        registered = {
+            "registered_model_name": version.name,
+            "registered_model_version": str(version.version),
+        }
+        mlflow.set_tags(registered)
+        tag_pipeline_run(run, registered)
         registration = {
             "model_name": version.name,
             "version": str(version.version),

@@ -130,6 +130,8 @@ class FakeAzureML(HttpTransport):
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.fail_next: list[int] = []
+        self.sleeps: list[float] = []
+        self.retry_after = "0"
         base = (
             r"/subscriptions/[^/]+/resourceGroups/[^/]+"
             r"/providers/Microsoft\.MachineLearningServices/workspaces/[^/]+"
@@ -181,6 +183,10 @@ class FakeAzureML(HttpTransport):
     def close(self) -> None:
         return None
 
+    def sleep(self, duration: float) -> None:
+        """The retry policy's waits, recorded instead of slept."""
+        self.sleeps.append(duration)
+
     def send(self, request: Any, **kwargs: Any) -> Any:
         raw = getattr(request, "content", None)
         if raw is None:
@@ -197,7 +203,7 @@ class FakeAzureML(HttpTransport):
                 request,
                 status,
                 {"error": {"code": "Transient", "message": "try again"}},
-                {"Retry-After": "0"},
+                {"Retry-After": self.retry_after},
             )
         for method, pattern, handler in self.routes:
             match = pattern.search(path)

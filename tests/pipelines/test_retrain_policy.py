@@ -1,0 +1,421 @@
+"""The retrain policy: pure decisions, no I/O, the clock injected."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator.effects import SendMessage, SubmitTrainingJob
+from orchestrator.policy import ModelPolicy
+from pipelines.retrain_policy import (
+    COMMANDS,
+    MAX_SEEN_KEYS,
+    DataItem,
+    DataLanded,
+    RetrainCommand,
+    RetrainRequested,
+    RetrainTracker,
+    RetrainWindowClosed,
+    TrainingJobStatus,
+    decide,
+    poll_delay,
+)
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+def policy(model: str = "churn", **retrain: Any) -> ModelPolicy:
+    defaults: dict[str, Any] = {
+        "debounce": "10m",
+        "min_new_files": 1,
+        "min_new_rows": 0,
+        "cooldown": "0s",
+    }
+    return ModelPolicy.model_validate(
+        {
+            "model": model,
+            "endpoint": "churn-ep",
+            "data": {"container": "data", "prefix": f"{model}/"},
+            "retrain": defaults | retrain,
+        }
+    )
+
+
+def item(n: int, rows: int | None = None, model: str = "churn") -> DataItem:
+    uri = f"https://acct.blob.core.windows.net/data/{model}/part-{n}.csv"
+    return DataItem(uri=uri, key=f"{uri}@etag-{n}", rows=rows)
+
+
+def landed(*items: DataItem) -> DataLanded:
+    return DataLanded(items=list(items), source="blob")
+
+
+class Run:
+    """Feeds commands through decide, keeping the tracker and every effect."""
+
+    def __init__(self, pol: ModelPolicy, tracker: RetrainTracker | None = None) -> None:
+        self.policy = pol
+        self.tracker = tracker or RetrainTracker()
+        self.effects: list[Any] = []
+        self.ignored: list[str] = []
+
+    def __call__(self, command: RetrainCommand, now: datetime) -> Any:
+        decision = decide(self.tracker, command, self.policy, now)
+        assert decision.audit or decision.ignored, "every transition is audited"
+        self.tracker = decision.state
+        self.effects.extend(decision.effects)
+        if decision.ignored:
+            self.ignored.append(decision.ignored)
+        return decision
+
+    def messages(self, message_type: str) -> list[SendMessage]:
+        return [
+            e for e in self.effects if isinstance(e, SendMessage) and e.message_type == message_type
+        ]
+
+    def submits(self) -> list[SubmitTrainingJob]:
+        return [e for e in self.effects if isinstance(e, SubmitTrainingJob)]
+
+    def close_due(self, now: datetime | None = None) -> Any:
+        """Deliver the latest scheduled RetrainWindowClosed, at its time."""
+        message = self.messages("RetrainWindowClosed")[-1]
+        command = RetrainWindowClosed.model_validate(message.payload)
+        return self(command, now or message.not_before)
+
+    def finish(self, state: str = "completed", version: str | None = "5", **kw: Any) -> Any:
+        job = self.tracker.current_job
+        assert job is not None
+        return self(
+            TrainingJobStatus(
+                run_id=job.run_id, state=state, registered_version=version, attempt=job.checks, **kw
+            ),
+            kw.pop("now", None) or T0 + timedelta(hours=1),
+        )
+
+
+def test_commands_are_registered_by_message_type() -> None:
+    assert set(COMMANDS) == {
+        "DataLanded",
+        "RetrainRequested",
+        "RetrainWindowClosed",
+        "TrainingJobCheck",
+        "TrainingJobStatus",
+    }
+
+
+def test_first_item_opens_a_window_and_schedules_its_close() -> None:
+    run = Run(policy())
+    decision = run(landed(item(1)), T0)
+    [message] = decision.effects
+    assert isinstance(message, SendMessage)
+    window = run.tracker.window
+    assert window is not None
+    assert message.message_type == "RetrainWindowClosed"
+    assert message.message_id == f"churn:window:{window.id}"
+    assert message.not_before == T0 + timedelta(minutes=10)
+    assert message.payload == {"window_id": window.id, "seq": 0}
+    assert [a.action for a in decision.audit] == [
+        "retrain.data_accumulated",
+        "retrain.window_opened",
+    ]
+
+
+def test_ten_thousand_events_in_one_window_yield_one_job() -> None:
+    run = Run(policy())
+    for n in range(10_000):
+        run(landed(item(n)), T0 + timedelta(milliseconds=n * 50))
+    assert len(run.messages("RetrainWindowClosed")) == 1
+    assert run.submits() == []
+    run.close_due()
+    [submit] = run.submits()
+    assert len(submit.data_uris) == 10_000
+    assert submit.run_id == f"churn-{run.tracker.runs[-1].run_id if run.tracker.runs else ''}" or (
+        submit.run_id.startswith("churn-")
+    )
+    [check] = run.messages("TrainingJobCheck")
+    assert check.message_id == f"{submit.run_id}:check:1"
+    assert check.payload == {"run_id": submit.run_id, "attempt": 1}
+    assert run.tracker.pending == [] and run.tracker.window is None
+
+
+def test_duplicates_are_ignored_within_and_across_windows() -> None:
+    run = Run(policy())
+    run(landed(item(1), item(1), item(2)), T0)
+    assert len(run.tracker.pending) == 2
+    decision = run(landed(item(1)), T0 + timedelta(minutes=1))
+    assert decision.ignored and "duplicate" in decision.ignored
+    assert decision.state is run.tracker
+    run.close_due()
+    run.finish()
+    # A later window: the old keys still count as seen.
+    decision = run(landed(item(2), item(3)), T0 + timedelta(hours=2))
+    assert [p.uri for p in run.tracker.pending] == [item(3).uri]
+    run.close_due()
+    assert run.submits()[-1].data_uris == [item(3).uri]
+
+
+def test_a_new_etag_is_new_data() -> None:
+    run = Run(policy())
+    run(landed(item(1)), T0)
+    rewritten = DataItem(uri=item(1).uri, key=f"{item(1).uri}@etag-new")
+    run(landed(rewritten), T0 + timedelta(minutes=1))
+    assert len(run.tracker.pending) == 2
+
+
+def test_two_models_yield_two_jobs() -> None:
+    churn, fraud = Run(policy("churn")), Run(policy("fraud"))
+    for n in range(50):
+        churn(landed(item(n, model="churn")), T0 + timedelta(seconds=n))
+        fraud(landed(item(n, model="fraud")), T0 + timedelta(seconds=n))
+    churn.close_due()
+    fraud.close_due()
+    [a], [b] = churn.submits(), fraud.submits()
+    assert a.run_id.startswith("churn-") and b.run_id.startswith("fraud-")
+    assert a.run_id.removeprefix("churn-") == b.run_id.removeprefix("fraud-")
+    assert len(a.data_uris) == len(b.data_uris) == 50
+
+
+def test_below_minimum_keeps_accumulating_until_a_later_window_meets_it() -> None:
+    run = Run(policy(min_new_files=3, min_new_rows=100))
+    run(landed(item(1, rows=40), item(2, rows=40)), T0)
+    decision = run.close_due()
+    assert decision.effects == [] and run.submits() == []
+    assert decision.audit[0].action == "retrain.window_below_minimum"
+    assert run.tracker.window is None and len(run.tracker.pending) == 2
+    # The next item re-opens a window; its close counts everything pending.
+    run(landed(item(3, rows=40)), T0 + timedelta(hours=1))
+    assert len(run.messages("RetrainWindowClosed")) == 2
+    run.close_due()
+    [submit] = run.submits()
+    assert len(submit.data_uris) == 3
+
+
+def test_rows_minimum_applies_only_where_rows_are_known() -> None:
+    run = Run(policy(min_new_files=1, min_new_rows=1_000))
+    run(landed(item(1, rows=10)), T0)
+    run.close_due()
+    assert run.submits() == []
+    run(landed(item(2, rows=None)), T0 + timedelta(hours=1))
+    run.close_due()  # one item without a row count: the rows minimum cannot be judged
+    assert len(run.submits()) == 1
+
+
+def test_cooldown_moves_the_close_to_the_end_of_the_cooldown() -> None:
+    run = Run(policy(cooldown="30m"))
+    run(landed(item(1)), T0)
+    run.close_due()
+    ended = T0 + timedelta(minutes=20)
+    run.finish(now=ended)
+    run(landed(item(2)), ended + timedelta(minutes=1))
+    decision = run.close_due()  # at ended + 11m: inside the cooldown
+    [moved] = decision.effects
+    assert isinstance(moved, SendMessage)
+    assert moved.not_before == ended + timedelta(minutes=30)
+    assert moved.message_id.endswith(":1") and moved.payload["seq"] == 1
+    assert len(run.submits()) == 1
+    # The first scheduling of that close, delivered again, is stale.
+    stale = RetrainWindowClosed(window_id=run.tracker.window.id, seq=0)
+    assert run(stale, ended + timedelta(minutes=31)).ignored
+    run.close_due()
+    assert len(run.submits()) == 2
+
+
+def test_a_window_closing_during_a_job_gives_exactly_one_follow_up() -> None:
+    run = Run(policy())
+    run(landed(item(1)), T0)
+    run.close_due()
+    first = run.submits()[0]
+    for n in range(2, 5):  # three more windows while the job runs
+        run(landed(item(n)), T0 + timedelta(minutes=20 * n))
+        run.close_due()
+    assert len(run.submits()) == 1 and run.tracker.follow_up_pending
+    run(
+        TrainingJobStatus(run_id=first.run_id, state="running", attempt=1),
+        T0 + timedelta(minutes=90),
+    )
+    decision = run.finish(now=T0 + timedelta(hours=2))
+    submits = run.submits()
+    assert len(submits) == 2
+    assert submits[1].data_uris == [item(n).uri for n in range(2, 5)]
+    [promotion] = [
+        e
+        for e in decision.effects
+        if isinstance(e, SendMessage) and e.message_type == "StartPromotion"
+    ]
+    assert promotion.payload == {"candidate_version": "5", "run_id": first.run_id}
+    assert promotion.message_id == f"{first.run_id}:start-promotion"
+    assert not run.tracker.follow_up_pending
+
+
+def test_follow_up_waits_for_the_cooldown() -> None:
+    run = Run(policy(cooldown="15m"))
+    run(landed(item(1)), T0)
+    run.close_due()
+    run(landed(item(2)), T0 + timedelta(minutes=11))
+    run.close_due()
+    ended = T0 + timedelta(hours=1)
+    decision = run.finish(state="failed", version=None, error="OOM", now=ended)
+    assert len(run.submits()) == 1
+    [close] = [e for e in decision.effects if isinstance(e, SendMessage)]
+    assert close.message_type == "RetrainWindowClosed"
+    assert close.not_before == ended + timedelta(minutes=15)
+    assert run.tracker.runs[-1].status == "failed" and run.tracker.runs[-1].error == "OOM"
+    run.close_due()
+    assert len(run.submits()) == 2
+
+
+def test_job_status_polling_backs_off_and_is_bounded() -> None:
+    pol = policy()
+    run = Run(pol)
+    run(landed(item(1)), T0)
+    run.close_due()
+    run_id = run.submits()[0].run_id
+    now = T0 + timedelta(minutes=11)
+    for attempt in range(1, 9):
+        decision = run(TrainingJobStatus(run_id=run_id, state="running", attempt=attempt), now)
+        [check] = decision.effects
+        assert isinstance(check, SendMessage)
+        assert check.message_id == f"{run_id}:check:{attempt + 1}"
+        assert check.not_before == now + poll_delay(pol, attempt + 1)
+        assert check.not_before - now <= pol.retrain.max_poll_interval
+    assert poll_delay(pol, 2) == 2 * pol.retrain.poll_interval
+    # A check answer that was superseded is stale.
+    assert run(TrainingJobStatus(run_id=run_id, state="running", attempt=3), now).ignored
+
+
+def test_stale_statuses_are_ignored() -> None:
+    run = Run(policy())
+    assert run(TrainingJobStatus(run_id="nope", state="completed"), T0).ignored
+    run(landed(item(1)), T0)
+    run.close_due()
+    run.finish()
+    run_id = run.tracker.runs[-1].run_id
+    decision = run(TrainingJobStatus(run_id=run_id, state="failed", error="late"), T0)
+    assert decision.ignored and run.tracker.runs[-1].status == "completed"
+    assert run(RetrainWindowClosed(window_id="w-unknown"), T0).ignored
+
+
+def test_completed_without_a_version_records_an_error_and_no_promotion() -> None:
+    run = Run(policy())
+    run(landed(item(1)), T0)
+    run.close_due()
+    decision = run.finish(version=None)
+    assert run.messages("StartPromotion") == []
+    assert "without registering" in (run.tracker.runs[-1].error or "")
+    assert decision.audit[0].action == "retrain.job_completed"
+
+
+def test_manual_request_skips_the_debounce() -> None:
+    run = Run(policy(cooldown="1h"))
+    run(landed(item(1)), T0)
+    decision = run(
+        RetrainRequested(reason="hotfix", requested_by="alice", run_id="churn-manual-1"), T0
+    )
+    [submit] = run.submits()
+    assert submit.run_id == "churn-manual-1" and submit.data_uris == [item(1).uri]
+    assert "alice" in submit.reason
+    assert any(a.action == "retrain.job_submitted" for a in decision.audit)
+    # The window's scheduled close is now stale.
+    assert run.close_due().ignored
+    # The same request again (a retried HTTP call) changes nothing.
+    again = run(RetrainRequested(run_id="churn-manual-1", requested_by="alice"), T0)
+    assert again.ignored
+
+
+def test_manual_request_respects_the_minimum_without_force() -> None:
+    run = Run(policy(min_new_files=5))
+    uri = "https://acct.blob.core.windows.net/data/churn/extra.csv"
+    decision = run(RetrainRequested(data_uri=uri, requested_by="bob"), T0)
+    assert run.submits() == [] and decision.audit[-1].action == "retrain.request_below_minimum"
+    assert [p.uri for p in run.tracker.pending] == [uri]
+    # Force skips the minimum; the data URI already pending is not added twice.
+    run(RetrainRequested(data_uri=uri, force=True, requested_by="bob"), T0)
+    [submit] = run.submits()
+    assert submit.data_uris == [uri]
+
+
+def test_manual_request_while_running_is_a_follow_up() -> None:
+    run = Run(policy())
+    run(landed(item(1)), T0)
+    run.close_due()
+    run(landed(item(2)), T0 + timedelta(minutes=11))
+    run(RetrainRequested(requested_by="carol", reason="new features"), T0 + timedelta(minutes=12))
+    assert len(run.submits()) == 1 and run.tracker.follow_up_pending
+    run.finish(now=T0 + timedelta(hours=1))
+    submits = run.submits()
+    assert len(submits) == 2 and submits[1].data_uris == [item(2).uri]
+    assert "carol" in submits[1].reason
+
+
+def test_force_with_nothing_new_retrains_on_the_last_data() -> None:
+    run = Run(policy())
+    run(landed(item(1)), T0)
+    run.close_due()
+    run.finish()
+    assert run(RetrainRequested(requested_by="dave"), T0 + timedelta(hours=2)).ignored
+    run(RetrainRequested(requested_by="dave", force=True), T0 + timedelta(hours=2))
+    assert run.submits()[-1].data_uris == [item(1).uri]
+    # A data URI already trained on is not new data, but force trains on it.
+    run.finish(now=T0 + timedelta(hours=3))
+    run(
+        RetrainRequested(requested_by="dave", force=True, data_uri=item(1).uri),
+        T0 + timedelta(hours=4),
+    )
+    assert run.submits()[-1].data_uris == [item(1).uri]
+    assert len(run.tracker.seen_keys) == 2  # item(1)'s key and the manual URI, once each
+
+
+def test_seen_keys_are_bounded() -> None:
+    tracker = RetrainTracker(seen_keys=[f"k{n}" for n in range(MAX_SEEN_KEYS)])
+    decision = decide(tracker, landed(item(1)), policy(), T0)
+    assert len(decision.state.seen_keys) == MAX_SEEN_KEYS
+    assert decision.state.seen_keys[-1] == item(1).key and "k0" not in decision.state.seen()
+
+
+def test_tracker_round_trips_through_json() -> None:
+    run = Run(policy())
+    run(landed(item(1, rows=3), item(2)), T0)
+    run.close_due()
+    run(landed(item(3)), T0 + timedelta(minutes=11))
+    text = run.tracker.model_dump_json()
+    restored = RetrainTracker.model_validate_json(text)
+    assert restored == run.tracker
+    assert (
+        RetrainTracker.model_validate_json(RetrainTracker().model_dump_json()) == RetrainTracker()
+    )
+    # Decisions from the restored tracker are the same.
+    a = decide(run.tracker, landed(item(1), item(4)), run.policy, T0 + timedelta(minutes=12))
+    b = decide(restored, landed(item(1), item(4)), run.policy, T0 + timedelta(minutes=12))
+    assert a.state == b.state and a.effects == b.effects
+
+
+def test_decide_does_not_change_its_input() -> None:
+    tracker = RetrainTracker()
+    before = tracker.model_dump_json()
+    decide(tracker, landed(item(1)), policy(), T0)
+    assert tracker.model_dump_json() == before
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=120),
+    st.randoms(use_true_random=False),
+    st.integers(min_value=1, max_value=7),
+)
+def test_any_order_and_duplication_submits_the_same_data(
+    indices: list[int], rnd: Any, batch: int
+) -> None:
+    distinct = {item(n).uri for n in indices}
+    shuffled = list(indices)
+    rnd.shuffle(shuffled)
+    run = Run(policy())
+    for start in range(0, len(shuffled), batch):
+        chunk = shuffled[start : start + batch]
+        run(landed(*(item(n) for n in chunk)), T0 + timedelta(seconds=start))
+    run.close_due()
+    [submit] = run.submits()
+    assert set(submit.data_uris) == distinct
+    assert len(submit.data_uris) == len(distinct)
