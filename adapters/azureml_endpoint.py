@@ -210,9 +210,9 @@ class AzureMLEndpoint:
         endpoint = self.client.online_endpoints.get(self.endpoint_name)
         mirror = mirror_after_traffic(traffic, endpoint.mirror_traffic or {})
         validate_traffic(traffic, mirror)
-        # Absolute: every deployment the endpoint routes to and that the map leaves out is
-        # written as 0, so the PUT body states the whole split.
-        endpoint.traffic = {**{name: 0 for name in endpoint.traffic or {}}, **traffic}
+        # Absolute: the SDK sends the map with zero weights stripped; Azure gives every
+        # deployment the map leaves out 0%.
+        endpoint.traffic = dict(traffic)
         endpoint.mirror_traffic = mirror
         self.client.online_endpoints.begin_create_or_update(endpoint)
 

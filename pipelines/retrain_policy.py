@@ -169,9 +169,15 @@ class RetrainTracker(BaseModel):
     follow_up_pending: bool = False
     follow_up_force: bool = False
     follow_up_reason: str | None = None
+    follow_up_manual: bool = False  # asked for by a person: submitted as soon as the job ends
     runs: list[RunRecord] = Field(default_factory=list)  # newest last, <= MAX_RUNS
 
     _seen: set[str] | None = PrivateAttr(default=None)
+
+    def __eq__(self, other: object) -> bool:  # the private cache is not state
+        return type(other) is type(self) and self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]
 
     def seen(self) -> set[str]:
         """The seen keys as a set (built once per tracker object; do not mutate)."""
@@ -386,6 +392,7 @@ def _retrain_requested(
                 "follow_up_pending": True,
                 "follow_up_force": state.follow_up_force or command.force,
                 "follow_up_reason": f"manual ({command.requested_by}): {command.reason}",
+                "follow_up_manual": True,
             }
         )
         audit.append(
@@ -494,12 +501,26 @@ def _follow_up(
     """The job ended and a follow-up was asked for: one window closing at the cooldown end."""
     reason = tracker.follow_up_reason or "follow-up"
     force = tracker.follow_up_force
+    manual = tracker.follow_up_manual
     state = tracker.model_copy(
-        update={"follow_up_pending": False, "follow_up_force": False, "follow_up_reason": None}
+        update={
+            "follow_up_pending": False,
+            "follow_up_force": False,
+            "follow_up_reason": None,
+            "follow_up_manual": False,
+        }
     )
     if not state.pending:
         return Decision(state=state, audit=[AuditEntry(action="retrain.follow_up_no_data")])
-    due = max(now, _cooldown_end(state, policy) or now)
+    # A person's request skips the debounce and the cooldown: it is submitted now.
+    due = now if manual else max(now, _cooldown_end(state, policy) or now)
+    if manual:
+        window = state.window
+        seq = state.window_seq + 1
+        state = state.model_copy(update={"window_seq": seq})
+        run_id = run_id_for(policy.model, window.id if window else window_id_for(seq, now))
+        text = f"{reason}: follow-up, {len(state.pending)} new item(s)"
+        return _submit(state, policy, now, run_id, text, None, force=force)
     window = state.window
     if window is not None:
         # Data landed after the follow-up was asked for: the open window carries it all.
@@ -630,6 +651,7 @@ def _submit(
             "follow_up_pending": False,
             "follow_up_force": False,
             "follow_up_reason": None,
+            "follow_up_manual": False,
         }
     )
     state._seen = tracker._seen

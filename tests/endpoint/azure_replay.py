@@ -11,6 +11,7 @@ import copy
 import io
 import json
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -131,6 +132,8 @@ class FakeAzureML(HttpTransport):
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.fail_next: list[int] = []
         self.sleeps: list[float] = []
+        self._owner = threading.current_thread()
+        self.background: list[Recorded] = []
         self.retry_after = "0"
         base = (
             r"/subscriptions/[^/]+/resourceGroups/[^/]+"
@@ -151,6 +154,11 @@ class FakeAzureML(HttpTransport):
                 "DELETE",
                 re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments/(?P<dep>[^/]+)$"),
                 self._delete_dep,
+            ),
+            (
+                "GET",
+                re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments$"),
+                self._list_deps,
             ),
             ("GET", re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)$"), self._get_ep),
             ("PUT", re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)$"), self._put_ep),
@@ -184,8 +192,15 @@ class FakeAzureML(HttpTransport):
         return None
 
     def sleep(self, duration: float) -> None:
-        """The retry policy's waits, recorded instead of slept."""
-        self.sleeps.append(duration)
+        """The retry policy's waits (in the caller's thread), recorded instead of slept.
+
+        The SDK's LRO pollers run in their own threads and sleep for real (the canned
+        operations say Retry-After: 3600), so they stay idle and send nothing during a test.
+        """
+        if threading.current_thread() is self._owner:
+            self.sleeps.append(duration)
+        else:
+            time.sleep(duration)
 
     def send(self, request: Any, **kwargs: Any) -> Any:
         raw = getattr(request, "content", None)
@@ -196,7 +211,11 @@ class FakeAzureML(HttpTransport):
         body = json.loads(raw) if isinstance(raw, str) and raw else raw
         path = urlparse(request.url).path
         rec = Recorded(request.method, request.url, path, body)
-        self.requests.append(rec)
+        # What the caller's thread sent; the SDK's background LRO pollers go to `background`.
+        if threading.current_thread() is self._owner:
+            self.requests.append(rec)
+        else:
+            self.background.append(rec)
         if self.fail_next:
             status = self.fail_next.pop(0)
             return _response(
@@ -290,5 +309,9 @@ class FakeAzureML(HttpTransport):
             },
         }
 
-    def _get_operation(self, rec: Recorded, m: re.Match[str]) -> tuple[int, Any]:
-        return 200, {"status": "InProgress"}
+    def _get_operation(self, rec: Recorded, m: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
+        return 200, {"status": "InProgress"}, {"Retry-After": "3600"}
+
+    def _list_deps(self, rec: Recorded, m: re.Match[str]) -> tuple[int, Any]:
+        found = [body for (ep, _), body in self.deployments.items() if ep == m["ep"]]
+        return 200, {"value": copy.deepcopy(found)}

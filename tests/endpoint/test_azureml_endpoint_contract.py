@@ -111,15 +111,20 @@ def test_set_traffic_puts_the_endpoint_with_the_whole_split(
 ) -> None:
     azure.add_endpoint(EP, traffic={"churn-v2": 100}, mirror={"churn-v3": 20})
     endpoint.set_traffic({"churn-v2": 90, "churn-v3": 10})
-    assert [(r.method, r.path) for r in azure.requests[:2]] == [("GET", EP_PATH), ("PUT", EP_PATH)]
-    body = azure.requests[1].body
+    assert [(r.method, r.path) for r in azure.requests] == [
+        ("GET", EP_PATH),
+        ("GET", f"{EP_PATH}/deployments"),  # the SDK's get() lists the deployments too
+        ("GET", WS_ID),  # the SDK reads the workspace location
+        ("PUT", EP_PATH),
+    ]
+    body = azure.requests[-1].body
     assert body["properties"]["traffic"] == {"churn-v2": 90, "churn-v3": 10}
     assert body["properties"]["mirrorTraffic"] == {}  # churn-v3 went live: no more shadow
     assert endpoint.traffic() == {"churn-v2": 90, "churn-v3": 10}
 
-    endpoint.set_traffic({"churn-v3": 100})  # absolute: churn-v2 is written as 0
+    endpoint.set_traffic({"churn-v3": 100})  # absolute: churn-v2, left out, gets 0
     [_, second] = azure.sent("PUT", EP_PATH)
-    assert second.body["properties"]["traffic"] == {"churn-v2": 0, "churn-v3": 100}
+    assert second.body["properties"]["traffic"] == {"churn-v3": 100}
     assert endpoint.traffic() == {"churn-v3": 100}
 
 
@@ -162,7 +167,7 @@ def test_throttling_and_server_errors_are_retried_by_azure_core(
 ) -> None:
     azure.fail_next = [429, 503, 500]
     assert endpoint.traffic() == {"churn-v2": 100}
-    assert [r.path for r in azure.requests] == [EP_PATH] * 4
+    assert [r.path for r in azure.requests] == [EP_PATH] * 4 + [f"{EP_PATH}/deployments"]
     # first retry at once, then the exponential backoff of DEFAULT_RETRY (factor 1: 2 s, 4 s)
     assert azure.sleeps == [2.0, 4.0]
 

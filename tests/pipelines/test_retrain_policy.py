@@ -85,15 +85,23 @@ class Run:
         command = RetrainWindowClosed.model_validate(message.payload)
         return self(command, now or message.not_before)
 
-    def finish(self, state: str = "completed", version: str | None = "5", **kw: Any) -> Any:
+    def finish(
+        self,
+        state: str = "completed",
+        version: str | None = "5",
+        now: datetime | None = None,
+        error: str | None = None,
+    ) -> Any:
         job = self.tracker.current_job
         assert job is not None
-        return self(
-            TrainingJobStatus(
-                run_id=job.run_id, state=state, registered_version=version, attempt=job.checks, **kw
-            ),
-            kw.pop("now", None) or T0 + timedelta(hours=1),
+        status = TrainingJobStatus(
+            run_id=job.run_id,
+            state=state,
+            registered_version=version,
+            error=error,
+            attempt=job.checks,
         )
+        return self(status, now or T0 + timedelta(hours=1))
 
 
 def test_commands_are_registered_by_message_type() -> None:
@@ -132,9 +140,7 @@ def test_ten_thousand_events_in_one_window_yield_one_job() -> None:
     run.close_due()
     [submit] = run.submits()
     assert len(submit.data_uris) == 10_000
-    assert submit.run_id == f"churn-{run.tracker.runs[-1].run_id if run.tracker.runs else ''}" or (
-        submit.run_id.startswith("churn-")
-    )
+    assert submit.run_id == f"churn-{run.messages('RetrainWindowClosed')[0].payload['window_id']}"
     [check] = run.messages("TrainingJobCheck")
     assert check.message_id == f"{submit.run_id}:check:1"
     assert check.payload == {"run_id": submit.run_id, "attempt": 1}

@@ -1,0 +1,50 @@
+"""Data landing -> exactly one training job per window, through the real handler, state store
+and queue on Azurite."""
+
+from __future__ import annotations
+
+from orchestrator.messages import Envelope
+from orchestrator.service import data_landed_message_id
+from pipelines.retrain_policy import DataItem, DataLanded
+from tests.service.conftest import RecordingTrainingBackend, policy_yaml, pump
+
+
+def landed(model: str, start: int, count: int) -> Envelope:
+    items = [
+        DataItem(
+            uri=f"https://acct.blob.core.windows.net/training-data/{model}/{n}.csv",
+            key=f"blob:{model}/{n}.csv@etag{n}",
+        )
+        for n in range(start, start + count)
+    ]
+    return Envelope.new(
+        "DataLanded",
+        model,
+        DataLanded(items=items, source="eventhub"),
+        message_id=data_landed_message_id(model, [item.key for item in items]),
+    )
+
+
+def test_ten_thousand_events_in_one_window_make_one_job(make_runtime):
+    runtime = make_runtime({"churn": policy_yaml("churn"), "fraud": policy_yaml("fraud")})
+    backend = RecordingTrainingBackend()
+    runtime.__dict__["training"] = backend
+    orchestrator = runtime.orchestrator
+    batches = [landed("churn", start, 1000) for start in range(0, 10_000, 1000)]
+    for batch in batches:
+        assert orchestrator.handle(batch).status == "applied"
+    # Event Hubs redelivers a batch, and a producer sends the same events again.
+    assert orchestrator.handle(batches[3]).status == "duplicate"
+    again = landed("churn", 2500, 1000)
+    assert orchestrator.handle(again).status == "ignored"
+    orchestrator.handle(landed("fraud", 0, 3))
+
+    pump(runtime, until=lambda: len(backend.jobs) == 2)
+    pump(runtime, rounds=8)  # nothing more arrives: no second job per model
+
+    assert len(backend.jobs) == 2
+    by_model = {request.model: request for request in backend.submissions}
+    assert len(by_model["churn"].data_uris) == 10_000
+    assert len(by_model["fraud"].data_uris) == 3
+    state = runtime.orchestrator.model_status("churn")["retrain"]
+    assert state["current_job"]["run_id"] == by_model["churn"].run_id
