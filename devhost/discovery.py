@@ -6,8 +6,10 @@ import importlib
 import inspect
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import timedelta
 from types import ModuleType
 from typing import Any
 
@@ -28,10 +30,52 @@ SUPPORTED_TRIGGERS = frozenset(
 # Output bindings devhost can honour (see devhost/outputs.py).
 SUPPORTED_OUTPUTS = frozenset({"http", "queue", "serviceBus", "eventHub", "blob"})
 RETURN = "$return"
+_TIMESPAN = re.compile(r"^(?:(\d+)\.)?(\d{1,2}):(\d{2}):(\d{2}(?:\.\d+)?)$")
 CONTEXT = "context"
 # Binding fields that may hold %SETTING% placeholders (names of settings stay as they are).
 _RESOLVED_FIELDS = ("path", "queueName", "topicName", "subscriptionName", "eventHubName",
                     "consumerGroup", "schedule", "route")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """A function's `@app.retry(...)`: honoured for timer and Event Hubs triggers, as in Azure."""
+
+    strategy: str
+    max_retry_count: int
+    delay: timedelta = timedelta(0)
+    minimum_interval: timedelta = timedelta(0)
+    maximum_interval: timedelta = timedelta(0)
+
+    @classmethod
+    def from_setting(cls, setting: Mapping[str, Any]) -> RetryPolicy:
+        return cls(
+            strategy=str(setting.get("strategy", "fixed_delay")).lower(),
+            max_retry_count=int(setting.get("max_retry_count", 0)),
+            delay=_timespan(setting.get("delay_interval")),
+            minimum_interval=_timespan(setting.get("minimum_interval")),
+            maximum_interval=_timespan(setting.get("maximum_interval")),
+        )
+
+    def delay_before(self, retry: int) -> timedelta:
+        """The wait before retry number `retry` (1-based)."""
+        if self.strategy.startswith("exponential"):
+            delay = self.minimum_interval * 2 ** (retry - 1)
+            return min(delay, self.maximum_interval) if self.maximum_interval else delay
+        return self.delay
+
+
+def _timespan(value: Any) -> timedelta:
+    """A .NET TimeSpan as the retry settings write it: `hh:mm:ss` or `d.hh:mm:ss`."""
+    if not value:
+        return timedelta(0)
+    match = _TIMESPAN.match(str(value).strip())
+    if match is None:
+        raise DevHostError(f"retry interval {value!r} is not a TimeSpan (hh:mm:ss)")
+    days, hours, minutes, seconds = match.groups()
+    return timedelta(
+        days=int(days or 0), hours=int(hours), minutes=int(minutes), seconds=float(seconds)
+    )
 
 
 @dataclass(frozen=True)
@@ -44,6 +88,7 @@ class FunctionSpec:
     outputs: tuple[dict[str, Any], ...]
     user_function: Callable[..., Any]
     wants_context: bool
+    retry: RetryPolicy | None = None
 
     @property
     def trigger_type(self) -> str:
@@ -100,7 +145,9 @@ def _spec(function: Any, environ: Mapping[str, str]) -> FunctionSpec:
             )
     user_function = function.get_user_function()
     wants_context = _check_parameters(name, user_function, bindings)
-    return FunctionSpec(name, trigger, inputs, outputs, user_function, wants_context)
+    retry_setting = function.get_settings_dict("retry_policy")
+    retry = RetryPolicy.from_setting(retry_setting) if retry_setting else None
+    return FunctionSpec(name, trigger, inputs, outputs, user_function, wants_context, retry)
 
 
 def _direction(binding: Mapping[str, Any]) -> str:

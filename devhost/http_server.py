@@ -193,7 +193,7 @@ class HttpDispatcher:
         try:
             return to_response(result.output(function.response_binding))
         except Exception:
-            log.exception("%s: the function's result is no HTTP response", function.invoker.spec.name)
+            log.exception("%s: its result is no HTTP response", function.invoker.spec.name)
             return internal_error()
 
 

@@ -323,9 +323,7 @@ class ServiceBusReceiverPoller:
     def _open_receiver(self, **options: Any) -> Any:
         if self._queue:
             return self._client.get_queue_receiver(self._queue, **options)
-        return self._client.get_subscription_receiver(
-            self._topic, self._subscription, **options
-        )
+        return self._client.get_subscription_receiver(self._topic, self._subscription, **options)
 
     def poll_once(self) -> int:
         if not self._sessions:

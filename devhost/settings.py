@@ -83,8 +83,6 @@ class HostConfig:
             blob_poison_threshold=int(
                 (extensions.get("blobs") or {}).get("poisonBlobThreshold", 5)
             ),
-            queue_max_dequeue_count=int(
-                (extensions.get("queues") or {}).get("maxDequeueCount", 5)
-            ),
+            queue_max_dequeue_count=int((extensions.get("queues") or {}).get("maxDequeueCount", 5)),
             raw=document,
         )

@@ -216,7 +216,7 @@ class FakeAzureML(HttpTransport):
             self.requests.append(rec)
         else:
             self.background.append(rec)
-        if self.fail_next:
+        if self.fail_next and threading.current_thread() is self._owner:
             status = self.fail_next.pop(0)
             return _response(
                 request,

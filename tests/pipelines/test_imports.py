@@ -1,0 +1,22 @@
+"""The Functions app imports the retrain policy and the backend port: they must stay light."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from orchestrator.settings import APP_ROOT
+
+HEAVY = ["azure.ai.ml", "mlflow", "sklearn", "pandas", "azure.storage.blob"]
+
+
+def test_policy_and_backend_import_nothing_heavy() -> None:
+    script = (
+        "import json, sys; import pipelines.retrain_policy, pipelines.backend; "
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script], cwd=APP_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    assert json.loads(loaded) == []

@@ -1,0 +1,189 @@
+"""The local training backend: the real component YAML, real subprocesses, real MLflow."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from adapters.local_runner import LocalTrainingBackend, _command_argv
+from orchestrator.settings import APP_ROOT
+from pipelines.backend import TrainingBackend, TrainingBackendError, TrainingRequest
+
+PIPELINE = "pipelines/azureml/pipeline.yml"
+
+
+@pytest.fixture
+def breast_cancer(tmp_path: Path) -> tuple[Path, Path]:
+    """scikit-learn's breast cancer data as two CSV files (label column `label`)."""
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame.rename(columns={"target": "label"})
+    frame.columns = [re.sub(r"\W+", "_", column) for column in frame.columns]
+    first, second = tmp_path / "data" / "a.csv", tmp_path / "landing" / "b.csv"
+    for path, part in ((first, frame.iloc[:300]), (second, frame.iloc[300:])):
+        path.parent.mkdir(parents=True)
+        part.to_csv(path, index=False)
+    return first, second
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path) -> Iterator[str]:
+    yield f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def register_champion(tracking_uri: str, csv: Path, name: str) -> str:
+    """Version 1 of `name`, trained in-process on `csv` (the production model to beat)."""
+    import mlflow
+    import pandas as pd
+    from sklearn.dummy import DummyClassifier
+
+    data = pd.read_csv(csv)
+    model = DummyClassifier(strategy="prior").fit(data.drop(columns=["label"]), data["label"])
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with mlflow.start_run():
+            info = mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
+        version = mlflow.register_model(info.model_uri, name)
+    finally:
+        mlflow.set_tracking_uri(previous)
+    return str(version.version)
+
+
+def request(run_id: str, data_uris: list[str], **overrides: object) -> TrainingRequest:
+    fields: dict[str, object] = {
+        "run_id": run_id,
+        "model": "bc",
+        "pipeline_file": PIPELINE,
+        "data_uris": data_uris,
+        "experiment": "bc-retrain",
+    }
+    return TrainingRequest(**(fields | overrides))
+
+
+@pytest.mark.slow
+def test_trains_registers_and_reports_across_processes(
+    tmp_path: Path, breast_cancer: tuple[Path, Path], tracking_uri: str
+) -> None:
+    from mlflow import MlflowClient
+
+    first, second = breast_cancer
+    champion = register_champion(tracking_uri, first, "bc")
+    backend = LocalTrainingBackend(tmp_path / "work", tracking_uri)
+    assert isinstance(backend, TrainingBackend)
+    uris = [str(first), second.as_uri()]
+    job = request("bc-20260101t000000-1", uris, champion_version=champion)
+
+    assert backend.submit(job) == job.run_id
+    assert backend.submit(job) == job.run_id  # idempotent: one run folder, one thread
+    status = backend.join(job.run_id, timeout=240)
+    assert status.state == "completed", status.error
+    assert (status.registered_model, status.registered_version) == ("bc", "2")
+
+    # Another process reads the same status from the run folder.
+    script = (
+        "import sys; from adapters.local_runner import LocalTrainingBackend as B; "
+        "print(B(sys.argv[1], 'unused').status(sys.argv[2]).model_dump_json())"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "work"), job.run_id],
+        cwd=APP_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert json.loads(output)["registered_version"] == "2"
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    versions = client.search_model_versions("name = 'bc'")
+    assert sorted(str(v.version) for v in versions) == ["1", "2"]
+    candidate = client.get_model_version("bc", "2")
+    tags = candidate.tags
+    assert tags["job_id"] == job.run_id
+    assert tags["data_uris"] == ",".join(uris)
+    assert re.fullmatch(r"[0-9a-f]{64}", tags["data_fingerprint"])
+    assert tags["data_rows"] == "569" and tags["champion_version"] == champion
+    run = client.get_run(candidate.run_id)
+    metrics = run.data.metrics
+    assert metrics["auc"] > 0.9 and 0.5 < metrics["accuracy"] <= 1.0
+    assert metrics["champion_auc"] == pytest.approx(0.5)  # the prior can't rank
+    assert metrics["holdout_rows"] == 143
+    assert run.data.tags["registered_model_version"] == "2"
+    train_run = client.get_run(tags["train_mlflow_run_id"])
+    assert train_run.data.params["model_type"] == "logistic_regression"
+    assert "train_accuracy" in train_run.data.metrics
+    assert train_run.data.tags["data_fingerprint"] == tags["data_fingerprint"]
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.name == "bc-retrain"
+
+
+def test_a_failing_step_fails_the_job_with_its_stderr_tail(
+    tmp_path: Path, tracking_uri: str
+) -> None:
+    data = tmp_path / "bad.csv"
+    data.write_text("x,y\n1,2\n3,4\n")  # no `label` column
+    backend = LocalTrainingBackend(tmp_path / "work", tracking_uri)
+    backend.submit(request("bad-1", [str(data)]))
+    status = backend.join("bad-1", timeout=120)
+    assert status.state == "failed"
+    assert status.error is not None
+    assert status.error.startswith("step prepare failed (exit code 2)")
+    assert "label column 'label' missing" in status.error
+    assert status.service_status == "prepare"
+
+
+def test_missing_data_fails_the_job(tmp_path: Path, tracking_uri: str) -> None:
+    backend = LocalTrainingBackend(tmp_path / "work", tracking_uri)
+    backend.submit(request("nodata-1", [str(tmp_path / "nothing-here.csv")]))
+    status = backend.join("nodata-1", timeout=60)
+    assert status.state == "failed" and "no such file or folder" in (status.error or "")
+
+
+def test_a_job_whose_runner_died_is_failed(tmp_path: Path) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    run_dir = tmp_path / "work" / "orphan-1"
+    run_dir.mkdir(parents=True)
+    (run_dir / "status.json").write_text(
+        json.dumps({"state": "running", "step": "train", "pid": int(finished.stdout)})
+    )
+    status = LocalTrainingBackend(tmp_path / "work", "unused").status("orphan-1")
+    assert status.state == "failed" and "exited" in (status.error or "")
+
+
+def test_unknown_job(tmp_path: Path) -> None:
+    with pytest.raises(TrainingBackendError, match="not found"):
+        LocalTrainingBackend(tmp_path, "unused").status("nope")
+
+
+def test_command_substitution() -> None:
+    command = (
+        "python run.py --data ${{inputs.data}} --name '${{inputs.name}}'"
+        " $[[--champion ${{inputs.champion}}]] --out ${{outputs.out}}"
+    )
+    out = Path("/tmp/with space/out")
+    argv = _command_argv(
+        command, {"data": Path("/d"), "name": "a b", "champion": None}, {"out": out}, "/py"
+    )
+    assert argv == ["/py", "run.py", "--data", "/d", "--name", "a b", "--out", str(out)]
+    argv = _command_argv(
+        command, {"data": Path("/d"), "name": "n", "champion": "3"}, {"out": out}, "py"
+    )
+    assert argv[-4:] == ["--champion", "3", "--out", str(out)]
+
+
+def test_pid_liveness_uses_this_process() -> None:
+    from adapters.local_runner import _alive
+
+    assert _alive(os.getpid()) and not _alive(None)
