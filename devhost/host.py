@@ -84,6 +84,7 @@ class DevHost:
         max_deliveries: int | None = None,
         retry_base: timedelta = timedelta(seconds=1),
         clock: Callable[[], datetime] = utc_now,
+        retry_delay_scale: float = 1.0,
         state_dir: Path | str = ".local",
     ) -> None:
         self._app_target = app
@@ -100,6 +101,7 @@ class DevHost:
         self._max_deliveries = max_deliveries
         self._retry_base = retry_base
         self._clock = clock
+        self._retry_delay_scale = retry_delay_scale
         self._state_dir = Path(state_dir)
 
         self._lock = threading.RLock()
@@ -245,7 +247,8 @@ class DevHost:
 
     def _ensure_storage(self) -> None:
         """Azurite when storage is absent or `UseDevelopmentStorage=true` (reusing a running
-        one), and its real connection string exported before the app is imported."""
+        one); its real connection string replaces every `UseDevelopmentStorage=true` setting
+        (AzureWebJobsStorage and others, e.g. a data account) before the app is imported."""
         current = os.environ.get(HOST_STORAGE)
         if not self._use_azurite or not _wants_development_storage(current):
             return
@@ -253,6 +256,9 @@ class DevHost:
             return
         self._azurite = ensure_azurite(current)
         self._set_environment(HOST_STORAGE, self._azurite.connection_string)
+        for key, value in list(os.environ.items()):
+            if key != HOST_STORAGE and _is_development_storage(value):
+                self._set_environment(key, self._azurite.connection_string)
         where = "started" if self._azurite.started_here else "reused"
         log.info("Azurite %s: blob %s", where, self._azurite.blob_endpoint)
 
@@ -262,7 +268,7 @@ class DevHost:
         sink = OutputSink(os.environ)
         app_directory = Path.cwd()
         for spec in self.functions:
-            invoker = Invoker(spec, sink, app_directory)
+            invoker = Invoker(spec, sink, app_directory, self._stopping, self._retry_delay_scale)
             if spec.trigger_type == kinds.HTTP_TRIGGER:
                 self._http_functions.append(HttpFunction.from_invoker(invoker))
             elif spec.trigger_type == kinds.EVENT_HUB_TRIGGER and self._real_connection(spec):
@@ -449,11 +455,13 @@ def _trigger_detail(spec: FunctionSpec) -> str:
     return ""
 
 
-def _wants_development_storage(connection_string: str | None) -> bool:
-    if not connection_string:
-        return True
+def _is_development_storage(connection_string: str) -> bool:
     parts = parse_connection_string(connection_string)
     return parts.get("UseDevelopmentStorage", "").lower() == "true"
+
+
+def _wants_development_storage(connection_string: str | None) -> bool:
+    return not connection_string or _is_development_storage(connection_string)
 
 
 def _has_identity_storage(environ: Mapping[str, str]) -> bool:

@@ -74,13 +74,19 @@ class _RetryContext(functions_abc.RetryContext):
 class InvocationContext(func.Context):
     """The `context` parameter: invocation id, function name and directory, trace context."""
 
-    def __init__(self, function_name: str, function_directory: str, retry_count: int = 0) -> None:
+    def __init__(
+        self,
+        function_name: str,
+        function_directory: str,
+        retry_count: int = 0,
+        max_retry_count: int = 0,
+    ) -> None:
         self._invocation_id = str(uuid.uuid4())
         self._function_name = function_name
         self._function_directory = function_directory
         self._thread_local_storage = threading.local()
         self._trace_context = _TraceContext()
-        self._retry_context = _RetryContext(retry_count, 0)
+        self._retry_context = _RetryContext(retry_count, max_retry_count)
 
     @property
     def invocation_id(self) -> str:
@@ -124,18 +130,32 @@ OutputSink = Callable[[FunctionSpec, InvocationResult, Mapping[str, str]], None]
 class Invoker:
     """Builds the arguments, calls the function (sync or async), sends its outputs, logs."""
 
-    def __init__(self, spec: FunctionSpec, sink: OutputSink, app_directory: Path) -> None:
+    def __init__(
+        self,
+        spec: FunctionSpec,
+        sink: OutputSink,
+        app_directory: Path,
+        stopping: threading.Event | None = None,
+        retry_delay_scale: float = 1.0,
+    ) -> None:
         self.spec = spec
         self._sink = sink
         self._directory = str(app_directory)
+        self._stopping = stopping or threading.Event()
+        self._retry_delay_scale = retry_delay_scale
 
-    def _arguments(self, trigger_value: Any) -> tuple[dict[str, Any], dict[str, OutValue]]:
+    def _arguments(
+        self, trigger_value: Any, retry_count: int = 0
+    ) -> tuple[dict[str, Any], dict[str, OutValue]]:
         outs: dict[str, OutValue] = {
             b["name"]: OutValue() for b in self.spec.outputs if b["name"] != RETURN
         }
         arguments: dict[str, Any] = {self.spec.trigger["name"]: trigger_value, **outs}
         if self.spec.wants_context:
-            arguments[CONTEXT] = InvocationContext(self.spec.name, self._directory)
+            max_retries = self.spec.retry.max_retry_count if self.spec.retry else 0
+            arguments[CONTEXT] = InvocationContext(
+                self.spec.name, self._directory, retry_count, max_retries
+            )
         return arguments, outs
 
     def _finish(
@@ -146,12 +166,15 @@ class Invoker:
         return result
 
     def invoke(
-        self, trigger_value: Any, binding_data: Mapping[str, str] | None = None
+        self,
+        trigger_value: Any,
+        binding_data: Mapping[str, str] | None = None,
+        retry_count: int = 0,
     ) -> InvocationResult:
         """From a poller thread: an async function runs on its own event loop."""
         started = time.perf_counter()
         try:
-            arguments, outs = self._arguments(trigger_value)
+            arguments, outs = self._arguments(trigger_value, retry_count)
             value = self.spec.user_function(**arguments)
             if asyncio.iscoroutine(value):
                 value = asyncio.run(value)
@@ -161,6 +184,25 @@ class Invoker:
             raise
         self._log(started, None)
         return result
+
+    def invoke_with_retry_policy(self, trigger_value: Any) -> InvocationResult:
+        """Invoke; on failure retry as the function's `@app.retry` policy says (in memory,
+        as the host does for timer and Event Hubs triggers). Stopping the host ends retries."""
+        policy = self.spec.retry
+        retry_count = 0
+        while True:
+            try:
+                return self.invoke(trigger_value, retry_count=retry_count)
+            except Exception:
+                if policy is None or retry_count >= policy.max_retry_count:
+                    raise
+                retry_count += 1
+                delay = policy.delay_before(retry_count).total_seconds()
+                delay *= self._retry_delay_scale
+                log.info("%s: retry %d of %d in %.1f s", self.spec.name, retry_count,
+                         policy.max_retry_count, delay)  # fmt: skip
+                if self._stopping.wait(delay):
+                    raise
 
     async def invoke_async(
         self, trigger_value: Any, binding_data: Mapping[str, str] | None = None

@@ -267,7 +267,7 @@ class LocalEventHubPoller:
             for payload in payloads:
                 invocations += 1
                 try:
-                    self._invoker.invoke(payload)
+                    self._invoker.invoke_with_retry_policy(payload)
                 except Exception:
                     log.warning("%s: batch of %d event(s) failed; not retried", self.name,
                                 len(events))  # fmt: skip
@@ -405,7 +405,7 @@ class EventHubReceiverPoller:
         converted = [event_from_event_data(event) for event in events]
         for payload in [converted] if self._many else converted:
             try:
-                self._invoker.invoke(payload)
+                self._invoker.invoke_with_retry_policy(payload)
             except Exception:
                 log.warning("%s: events failed; not retried (as the host does)", self.name)
         partition.update_checkpoint(events[-1])
@@ -464,8 +464,8 @@ class TimerPoller:
             past_due=past_due, schedule_status=status, schedule={"AdjustForDST": True}
         )
         self._last = now
-        with contextlib.suppress(Exception):  # logged by the invoker; timers are not retried
-            self._invoker.invoke(request)
+        with contextlib.suppress(Exception):  # logged by the invoker
+            self._invoker.invoke_with_retry_policy(request)
 
     def close(self) -> None:
         return None

@@ -186,6 +186,7 @@ class Runtime:
             policies=self.policies,
             clock=self.clock,
             deployment_poll=timedelta(seconds=self.settings.deployment_poll_seconds),
+            default_compute=self.settings.azureml_compute,
         )
         return Orchestrator(ports)
 

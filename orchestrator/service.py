@@ -102,6 +102,7 @@ class Ports:
     policies: Mapping[str, ModelPolicy]
     clock: Clock = utc_now
     deployment_poll: timedelta = timedelta(seconds=30)
+    default_compute: str | None = None
     max_deployment_checks: int = 120
 
 
@@ -270,6 +271,10 @@ class Orchestrator:
         aggregate, _ = self.ports.store.load(envelope.model)
         if aggregate.has_seen(envelope.message_id):
             return self._duplicate(envelope, aggregate)
+        if aggregate.outbox:
+            # The submit may still sit in the outbox (its dispatch failed): send it first, or
+            # the backend would rightly answer "no such job".
+            self.dispatch(envelope.model)
         try:
             status = self.ports.training.status(check.run_id)
             state, error, version = status.state, status.error, status.registered_version
@@ -482,7 +487,10 @@ class Orchestrator:
     ) -> None:
         champion = aggregate.promotion.champion
         request = training_request(
-            policy, effect, champion_version=champion.version if champion else None
+            policy,
+            effect,
+            champion_version=champion.version if champion else None,
+            default_compute=self.ports.default_compute,
         )
         try:
             self.ports.training.submit(request)

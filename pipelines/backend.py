@@ -81,9 +81,14 @@ def training_request(
     effect: SubmitTrainingJob,
     *,
     champion_version: str | None = None,
+    default_compute: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> TrainingRequest:
-    """The request for a SubmitTrainingJob effect under the model's policy."""
+    """The request for a SubmitTrainingJob effect under the model's policy.
+
+    The compute is the policy's `pipeline.compute`, else `default_compute` (AZUREML_COMPUTE),
+    else None (the YAML's default compute).
+    """
     pipeline = policy.pipeline
     return TrainingRequest(
         run_id=effect.run_id,
@@ -92,7 +97,7 @@ def training_request(
         data_uris=effect.data_uris,
         data_input=pipeline.data_input,
         experiment=pipeline.experiment or f"{policy.model}-retrain",
-        compute=pipeline.compute,
+        compute=pipeline.compute or default_compute,
         champion_version=champion_version,
         tags={"retrain_run_id": effect.run_id, "retrain_reason": effect.reason[:200]}
         | (tags or {}),

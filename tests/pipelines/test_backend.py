@@ -1,0 +1,36 @@
+"""The backend port's request building."""
+
+from __future__ import annotations
+
+from orchestrator.effects import SubmitTrainingJob
+from orchestrator.policy import ModelPolicy
+from pipelines.backend import data_uris_text, training_request
+
+
+def policy(**pipeline: object) -> ModelPolicy:
+    return ModelPolicy.model_validate(
+        {
+            "model": "churn",
+            "endpoint": "churn-ep",
+            "data": {"container": "data"},
+            "pipeline": pipeline,
+        }
+    )
+
+
+def test_training_request_from_the_effect_and_the_policy() -> None:
+    effect = SubmitTrainingJob(run_id="churn-w1", data_uris=["a", "b"], reason="window w1")
+    request = training_request(policy(), effect, champion_version="3", default_compute="cpu")
+    assert request.run_id == "churn-w1" and request.model == "churn"
+    assert request.experiment == "churn-retrain" and request.compute == "cpu"
+    assert request.pipeline_file == "pipelines/azureml/pipeline.yml"
+    assert request.champion_version == "3" and request.data_uris == ["a", "b"]
+    assert request.tags["retrain_reason"] == "window w1"
+    named = training_request(policy(compute="gpu", experiment="x"), effect, default_compute="cpu")
+    assert (named.compute, named.experiment) == ("gpu", "x")
+
+
+def test_data_uris_text_is_bounded_and_quote_safe() -> None:
+    assert data_uris_text(["a", "b'c"]) == "a,b%27c"
+    long = data_uris_text([f"https://x/{n:05d}.csv" for n in range(1000)], limit=200)
+    assert len(long) <= 200 and long.endswith("more")
