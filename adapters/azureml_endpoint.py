@@ -54,7 +54,6 @@ DEFAULT_RETRY: dict[str, Any] = {
     "retry_status": 5,
     "retry_backoff_factor": 1.0,  # 0 s, 2 s, 4 s, 8 s ... capped below
     "retry_backoff_max": 30,
-    "show_progress": False,  # no progress dots from the SDK's pollers in the Functions log
 }
 
 DATA_COLLECTIONS = ("model_inputs", "model_outputs")
@@ -77,7 +76,8 @@ def make_ml_client(
         from azure.identity import DefaultAzureCredential
 
         credential = DefaultAzureCredential()
-    options = {**DEFAULT_RETRY, **kwargs}
+    # show_progress=False: no progress dots from the SDK's pollers in the Functions log.
+    options = {"show_progress": False, **DEFAULT_RETRY, **kwargs}
     return MLClient(credential, subscription_id, resource_group, workspace, **options)
 
 
@@ -209,7 +209,7 @@ class AzureMLEndpoint:
         validate_traffic(traffic)
         endpoint = self.client.online_endpoints.get(self.endpoint_name)
         mirror = mirror_after_traffic(traffic, endpoint.mirror_traffic or {})
-        validate_traffic(traffic, mirror)
+        validate_traffic(traffic, mirror, existing=_known_deployments(endpoint))
         # Absolute: the SDK sends the map with zero weights stripped; Azure gives every
         # deployment the map leaves out 0%.
         endpoint.traffic = dict(traffic)
@@ -223,9 +223,15 @@ class AzureMLEndpoint:
         if live_only(mirror) and not live:
             raise InvalidTraffic("cannot mirror: the endpoint takes no live traffic")
         if live:
-            validate_traffic(live, mirror)
+            validate_traffic(live, mirror, existing=_known_deployments(endpoint))
         endpoint.mirror_traffic = {name: w for name, w in mirror.items() if w > 0}
         self.client.online_endpoints.begin_create_or_update(endpoint)
+
+
+def _known_deployments(endpoint: Any) -> set[str]:
+    """The endpoint's deployments: the SDK's get() lists them all in `traffic` (0 when idle),
+    except the mirrored ones."""
+    return set(endpoint.traffic or {}) | set(endpoint.mirror_traffic or {})
 
 
 def _map_state(raw: object) -> DeploymentState:

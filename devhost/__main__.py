@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         host.start()
         print(f"devhost is serving {host.http_url} (Ctrl-C to stop)", flush=True)
+        if host.mlflow_url:
+            print(f"MLflow UI: {host.mlflow_url}", flush=True)
         if host.function_key:
             print(f"function key: {host.function_key} (?code=... or x-functions-key)", flush=True)
         host.wait()

@@ -115,6 +115,9 @@ def load_app(target: str | ModuleType | func.FunctionApp) -> func.FunctionApp:
 def discover(app: func.FunctionApp, environ: Mapping[str, str] | None = None) -> list[FunctionSpec]:
     """Every function of the app, validated; the first problem found is a DevHostError."""
     environ = os.environ if environ is None else environ
+    # get_functions() remembers the names it has seen and would reject a second indexing
+    # (a host restart with the same app object): start from a clean slate each time.
+    app.functions_bindings = {}
     specs = [_spec(function, environ) for function in app.get_functions()]
     _check_unique_names(specs)
     return specs
@@ -172,13 +175,13 @@ def _check_parameters(name: str, user_function: Callable[..., Any], bindings: li
     if missing:
         raise DevHostError(
             f"function {name!r}: binding name(s) {missing} match no parameter of "
-            f"{user_function.__qualname__}{inspect.signature(user_function)}; "
+            f"{user_function.__name__}{inspect.signature(user_function)}; "
             "arg_name must be the parameter's name"
         )
     extra = sorted(parameters - bound - {CONTEXT})
     if extra:
         raise DevHostError(
-            f"function {name!r}: parameter(s) {extra} of {user_function.__qualname__} "
+            f"function {name!r}: parameter(s) {extra} of {user_function.__name__} "
             "have no binding (only 'context' may be unbound)"
         )
     return CONTEXT in parameters and CONTEXT not in bound

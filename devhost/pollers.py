@@ -128,7 +128,9 @@ class BlobTriggerPoller:
 
     def _list_blobs(self) -> list[BlobProperties]:
         try:
-            blobs = self._container.list_blobs(name_starts_with=self._path.prefix or None)
+            blobs = self._container.list_blobs(
+                name_starts_with=self._path.prefix or None, include=["metadata"]
+            )
             return [blob for blob in blobs if self._path.match(blob.name) is not None]
         except ResourceNotFoundError:
             return []  # the container does not exist yet

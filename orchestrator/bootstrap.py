@@ -9,10 +9,12 @@ whole runtime is built on first use, not when function_app.py is imported.
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.aggregate import ModelAggregate
@@ -208,29 +210,80 @@ class MlflowMetrics:
         return self._runtime.registry.offline(model, candidate_version, champion_version)
 
     def live(self, model: str, promotion_id: str, step: int, arms: list[ArmWindow]) -> LiveMetrics:
-        from pipelines.canary import live_metrics
+        """Evaluate the step's request log, log it to MLflow, and read it back as the gate does.
+
+        Arms judged over different windows (the production bake compares the candidate now
+        with production during the last canary step) are evaluated window by window.
+        """
+        from pipelines.canary import evaluate_canary
 
         settings = self._runtime.settings
-        start = min(arm.window_start for arm in arms)
-        end = max(arm.window_end for arm in arms)
-        if not settings.uses_azureml and settings.local_endpoint_url:
-            from pipelines.canary.evaluate_canary import evaluate_local_endpoint
-
-            evaluate_local_endpoint(
-                settings.local_endpoint_url,
-                tracking_uri=settings.tracking_uri,
+        by_window: dict[tuple[datetime, datetime], list[str]] = {}
+        for arm in arms:
+            by_window.setdefault((arm.window_start, arm.window_end), []).append(arm.deployment)
+        merged: LiveMetrics | None = None
+        for (start, end), deployments in by_window.items():
+            records, feedback = self._records(start, end)
+            evaluate_canary.evaluate(
+                records,
+                feedback,
+                tracking=settings.tracking_uri,
                 promotion_id=promotion_id,
                 step=step,
-                windows={arm.deployment: (arm.window_start, arm.window_end) for arm in arms},
+                window_start=start,
+                window_end=end,
+                deployments=deployments,
             )
-        return live_metrics.read_live_metrics(
-            settings.tracking_uri,
-            promotion_id,
-            step,
-            [arm.deployment for arm in arms],
-            start,
-            end,
-        )
+            from pipelines.canary.live_metrics import read_live_metrics
+
+            read = read_live_metrics(
+                settings.tracking_uri, promotion_id, step, deployments, start, end
+            )
+            if merged is None:
+                merged = read
+            else:
+                merged = merged.model_copy(
+                    update={
+                        "arms": {**merged.arms, **read.arms},
+                        "window_start": min(merged.window_start, read.window_start),
+                        "window_end": max(merged.window_end, read.window_end),
+                    }
+                )
+        assert merged is not None
+        return merged
+
+    def _records(self, start: datetime, end: datetime) -> tuple[list[Any], dict[str, Any]]:
+        """The endpoint's request records in the window, and the feedback labels."""
+        from pipelines.canary import evaluate_canary
+
+        settings = self._runtime.settings
+        if not settings.uses_azureml:
+            if settings.local_endpoint_url:
+                from adapters.local_endpoint import LocalEndpoint
+
+                with LocalEndpoint(settings.local_endpoint_url) as endpoint:
+                    endpoint.flush_records()
+            folder = settings.local_endpoint_dir
+            return (
+                evaluate_canary.read_local_records(folder, start, end),
+                evaluate_canary.read_local_feedback(folder),
+            )
+        # Azure: the data collector's JSONL and the feedback tables, fetched from blob storage.
+        if not settings.canary_records_uri or not settings.canary_feedback_uri:
+            raise RuntimeError(
+                "CANARY_RECORDS_URI and CANARY_FEEDBACK_URI must be set to judge a canary in Azure"
+            )
+        from adapters.blob_fetch import BlobFetcher
+
+        fetch = BlobFetcher(credential=_credential())
+        with tempfile.TemporaryDirectory() as folder:
+            records_dir, feedback_dir = Path(folder, "records"), Path(folder, "feedback")
+            fetch(settings.canary_records_uri, records_dir)
+            fetch(settings.canary_feedback_uri, feedback_dir)
+            return (
+                evaluate_canary.read_data_collector(records_dir, start, end),
+                evaluate_canary.read_feedback_table(feedback_dir),
+            )
 
 
 def _resolve_dev_storage(connection_string: str) -> str:

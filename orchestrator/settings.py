@@ -100,6 +100,16 @@ class Settings(BaseSettings):
     local_endpoint_url: str | None = Field(
         default=None, validation_alias=_alias("LOCAL_ENDPOINT_URL")
     )
+    local_endpoint_dir_setting: Path | None = Field(
+        default=None, validation_alias=_alias("LOCAL_ENDPOINT_DIR")
+    )
+    # Azure: where the canary evaluation reads the data collector's output and the feedback.
+    canary_records_uri: str | None = Field(
+        default=None, validation_alias=_alias("CANARY_RECORDS_URI")
+    )
+    canary_feedback_uri: str | None = Field(
+        default=None, validation_alias=_alias("CANARY_FEEDBACK_URI")
+    )
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", validation_alias=_alias("RETRAIN_LOG_LEVEL")
@@ -160,6 +170,10 @@ class Settings(BaseSettings):
     @property
     def uses_event_hubs(self) -> bool:
         return bool(self.event_hub_namespace or self.event_hub_connection_string)
+
+    @property
+    def local_endpoint_dir(self) -> Path:
+        return self.local_endpoint_dir_setting or self.local_dir / "endpoint"
 
     @property
     def tracking_uri(self) -> str:

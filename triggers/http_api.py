@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import uuid
 from typing import Any
 
@@ -34,6 +35,10 @@ def problem(status: int, title: str, detail: str) -> func.HttpResponse:
     return func.HttpResponse(json.dumps(document), status_code=status, mimetype=PROBLEM)
 
 
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-_") or "model"
+
+
 def requester(req: func.HttpRequest) -> str:
     """Who asked: the App Service authentication principal when present, else the key holder."""
     return (
@@ -60,7 +65,9 @@ def retrain(req: func.HttpRequest) -> func.HttpResponse:
     # An Idempotency-Key makes a retried request the same command, not a second job.
     key = req.headers.get("idempotency-key")
     suffix = uuid.uuid5(uuid.NAMESPACE_URL, key) if key else uuid.uuid4()
-    run_id = f"{body.model}-manual-{suffix.hex[:12]}"
+    # The run id is also the Azure ML job name: letters, digits, '-' and '_' only, while a
+    # model name may hold a dot. Slug it as the retrain policy does for automatic runs.
+    run_id = f"{_slug(body.model)}-manual-{suffix.hex[:12]}"
     command = RetrainRequested(
         run_id=run_id,
         reason=body.reason,

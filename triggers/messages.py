@@ -28,7 +28,15 @@ def handle_message(
         "delivery_count": getattr(message, "delivery_count", None),
     }
     try:
-        envelope = parse_envelope(body)
+        try:
+            envelope = parse_envelope(body)
+        except InvalidMessage:
+            raise
+        except (ValueError, RecursionError) as exc:
+            # json.loads past its limits (an integer literal over Python's digit limit,
+            # nesting deeper than the recursion limit): as malformed as bad JSON, and a
+            # redelivery would fail the same way.
+            raise InvalidMessage(f"body is not JSON: {type(exc).__name__}: {exc}"[:300]) from exc
         if allowed is not None and envelope.type not in allowed:
             raise InvalidMessage(
                 f"{envelope.type} is not accepted on the {source} queue "

@@ -79,13 +79,19 @@ class RollbackBody(_Strict):
     reason: str = Field(min_length=1, max_length=500)
 
 
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
 def parse_json_body(body: bytes, schema: type[BaseModel]) -> Any:
     if not body:
         raise BadPayload("body: a JSON object is required")
     try:
         document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadPayload(f"body: not valid JSON ({exc})") from exc
+    except (ValueError, RecursionError) as exc:
+        # ValueError: JSONDecodeError, UnicodeDecodeError, and an integer literal longer
+        # than Python's int digit limit; RecursionError: nesting deeper than the parser goes.
+        raise BadPayload(f"body: not valid JSON ({_short(exc)})") from exc
     if not isinstance(document, dict):
         raise BadPayload("body: expected a JSON object")
     try:
@@ -138,8 +144,8 @@ def parse_event(body: bytes, policies: Mapping[str, ModelPolicy]) -> list[tuple[
     """One Event Hubs event -> (model, data item) pairs. Raises BadPayload with the reason."""
     try:
         document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadPayload(f"event body is not JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # see parse_json_body
+        raise BadPayload(f"event body is not JSON: {_short(exc)}") from exc
     documents = document if isinstance(document, list) else [document]
     if not documents:
         raise BadPayload("event body is an empty array")

@@ -129,6 +129,7 @@ def test_set_traffic_puts_the_endpoint_with_the_whole_split(
 
 
 def test_set_mirror_puts_mirror_traffic(azure: FakeAzureML, endpoint: AzureMLEndpoint) -> None:
+    azure.add_deployment(EP, "churn-v3", "churn", "3")
     endpoint.set_mirror({"churn-v3": 10})
     [put] = azure.sent("PUT", EP_PATH)
     assert put.body["properties"]["mirrorTraffic"] == {"churn-v3": 10}
@@ -142,13 +143,23 @@ def test_invalid_maps_and_names_send_nothing(azure: FakeAzureML, endpoint: Azure
         endpoint.set_traffic({"churn-v2": 90})
     with pytest.raises(InvalidTraffic, match="integer"):
         endpoint.set_traffic({"churn-v2": 90.0, "churn-v3": 10})  # type: ignore[dict-item]
-    with pytest.raises(InvalidTraffic, match="0..50"):
+    with pytest.raises(InvalidTraffic, match=r"0\.\.50"):
         endpoint.set_mirror({"churn-v3": 60})
     with pytest.raises(InvalidDeploymentName):
         endpoint.deploy("churn", "3", "churn_v3")
     with pytest.raises(InvalidDeploymentName):
         endpoint.delete("3churn")
     assert azure.requests == []
+
+
+def test_traffic_to_a_deployment_the_endpoint_does_not_have_is_not_put(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    with pytest.raises(InvalidTraffic, match="do not exist"):
+        endpoint.set_traffic({"churn-v2": 90, "churn-v9": 10})
+    with pytest.raises(InvalidTraffic, match="do not exist"):
+        endpoint.set_mirror({"churn-v9": 10})
+    assert azure.sent("PUT") == []
 
 
 def test_delete_sends_a_delete_and_a_missing_deployment_is_fine(

@@ -158,7 +158,10 @@ def _cloud_event(kind: str, cid: str, dep: str, when: str, data) -> str:
         {
             "specversion": "1.0",
             "id": cid,
-            "source": f"/subscriptions/s/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/ws/onlineEndpoints/ep/deployments/{dep}",
+            "source": (
+                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.MachineLearningServices"
+                f"/workspaces/ws/onlineEndpoints/ep/deployments/{dep}"
+            ),
             "type": f"azureml.inference.{kind}",
             "datacontenttype": "application/json",
             "time": when,
@@ -226,7 +229,7 @@ def test_main_on_a_local_request_log(tmp_path: Path, tracking_uri: str) -> None:
                 r.status,
                 None,
                 r.mirrored,
-            )  # fmt: skip
+            )
         )
     for rid, label in FEEDBACK.items():
         store.feedback(rid, label, T1.timestamp())

@@ -225,7 +225,9 @@ def test_the_cli_server_in_a_subprocess(registry: Registry, tmp_path) -> None:
             ep.set_traffic({"sub-v2": 100})
             assert ep.traffic() == {"sub-v2": 100}
     # the control plane survives a restart (state file in the data dir)
-    with start_local_endpoint(tmp_path, registry.tracking_uri, max_lifetime=120) as again:
-        with LocalEndpoint(again.url) as ep:
-            assert ep.traffic() == {"sub-v2": 100}
-            assert wait_until_done(ep, "sub-v2").model_version == "2"
+    with (
+        start_local_endpoint(tmp_path, registry.tracking_uri, max_lifetime=120) as again,
+        LocalEndpoint(again.url) as ep,
+    ):
+        assert ep.traffic() == {"sub-v2": 100}
+        assert wait_until_done(ep, "sub-v2").model_version == "2"

@@ -1,0 +1,20 @@
+"""Fixtures for the bad-input and security tests: the service layer's, re-exported, and a
+tally of the inputs each test tried (printed when the test ends: `pytest tests/faults -s`)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from tests.service.conftest import make_runtime  # noqa: F401
+
+
+@pytest.fixture
+def tally(request: pytest.FixtureRequest) -> Iterator[Counter[str]]:
+    counts: Counter[str] = Counter()
+    yield counts
+    total = sum(counts.values())
+    print(f"\nFAULTS {request.node.name}: {total} inputs {json.dumps(dict(sorted(counts.items())))}")
