@@ -600,7 +600,16 @@ def _audit_record(
     model: str, version: int, seq: int, now: datetime, entry: Any, envelope: Envelope
 ) -> AuditRecord:
     detail = dict(entry.detail)
-    actor = detail.get("by") or detail.get("approver") or detail.get("requested_by") or "system"
+    payload = envelope.payload
+    actor = (
+        detail.get("caused_by")
+        or detail.get("by")
+        or detail.get("approver")
+        or detail.get("requested_by")
+        or payload.get("approver")
+        or payload.get("requested_by")
+        or "system"
+    )
     return AuditRecord(
         model=model,
         aggregate_version=version,

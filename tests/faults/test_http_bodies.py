@@ -332,7 +332,7 @@ def test_a_dotted_model_name_can_be_retrained(runtime: Runtime) -> None:
     (pydantic ValidationError -> 500). It is now slugged like the automatic run ids."""
     with installed(runtime):
         response = call(
-            retrain, http_request("POST", "/api/retrain", b'{"model": "churn.v2", "force": true}')
+            retrain, http_request("POST", "/api/retrain", b'{"model": "churn.v2", "data_uri": "https://a.example/d.csv", "force": true}')
         )
     assert response.status_code == 202, response.get_body()
     run_id = json.loads(response.get_body())["run_id"]
