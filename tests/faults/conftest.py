@@ -17,4 +17,6 @@ def tally(request: pytest.FixtureRequest) -> Iterator[Counter[str]]:
     counts: Counter[str] = Counter()
     yield counts
     total = sum(counts.values())
-    print(f"\nFAULTS {request.node.name}: {total} inputs {json.dumps(dict(sorted(counts.items())))}")
+    print(
+        f"\nFAULTS {request.node.name}: {total} inputs {json.dumps(dict(sorted(counts.items())))}"
+    )

@@ -3,6 +3,7 @@ dead letters and state writes, and small fakes of our own ports."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, settings
 
 from adapters.endpoint import DeploymentStatus
 from orchestrator.aggregate import ModelAggregate
-from orchestrator.bootstrap import Runtime, set_runtime
+from orchestrator.bootstrap import DEAD_LETTER_CONTAINER, Runtime, set_runtime
 from orchestrator.metrics import LiveMetrics, OfflineMetrics
 from pipelines.backend import TrainingBackendError
 from tests.service.conftest import RecordingTrainingBackend
@@ -31,6 +32,7 @@ FUZZ = settings(
 
 def fuzz(max_examples: int) -> settings:
     return settings(FUZZ, max_examples=max_examples)
+
 
 # JSON that the parser itself cannot take: an integer literal past Python's 4300-digit limit
 # (ValueError, not JSONDecodeError) and nesting past the recursion limit (RecursionError).
@@ -86,17 +88,22 @@ class TrainingBackend(RecordingTrainingBackend):
 class DeadLetterSpy:
     """Wraps the runtime's dead-letter store: the real blob is written, the call is recorded."""
 
-    inner: Any
-    calls: list[tuple[str, str]] = field(default_factory=list)
+    inner: Any = field(repr=False)
+    calls: list[tuple[str, str]] = field(default_factory=list, repr=False)
+    names: list[str] = field(default_factory=list, repr=False)
 
     def record(
         self, source: str, reason: str, body: bytes | str, properties: dict[str, Any] | None = None
     ) -> str:
         self.calls.append((source, reason))
-        return str(self.inner.record(source, reason, body, properties))
+        name = str(self.inner.record(source, reason, body, properties))
+        self.names.append(name)
+        return name
 
-    def read(self, source: str | None = None) -> list[dict[str, Any]]:
-        return list(self.inner.read(source))
+    def stored(self, runtime: Runtime) -> list[dict[str, Any]]:
+        """The records this spy saw, as stored (the container is shared by every test)."""
+        container = runtime.blob_service.get_container_client(DEAD_LETTER_CONTAINER)
+        return [json.loads(container.download_blob(name).readall()) for name in self.names]
 
 
 def spy_dead_letters(runtime: Runtime) -> DeadLetterSpy:
@@ -109,7 +116,7 @@ def spy_dead_letters(runtime: Runtime) -> DeadLetterSpy:
 class SaveSpy:
     """Records every aggregate the state store writes (the store's update calls save)."""
 
-    saves: list[tuple[str, ModelAggregate]] = field(default_factory=list)
+    saves: list[tuple[str, ModelAggregate]] = field(default_factory=list, repr=False)
 
     def install(self, runtime: Runtime) -> SaveSpy:
         store = runtime.orchestrator.ports.store

@@ -71,7 +71,9 @@ json_scalars = (
 )
 json_values = st.recursive(
     json_scalars,
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 non_objects = st.recursive(
@@ -332,7 +334,12 @@ def test_a_dotted_model_name_can_be_retrained(runtime: Runtime) -> None:
     (pydantic ValidationError -> 500). It is now slugged like the automatic run ids."""
     with installed(runtime):
         response = call(
-            retrain, http_request("POST", "/api/retrain", b'{"model": "churn.v2", "data_uri": "https://a.example/d.csv", "force": true}')
+            retrain,
+            http_request(
+                "POST",
+                "/api/retrain",
+                b'{"model": "churn.v2", "data_uri": "https://a.example/d.csv", "force": true}',
+            ),
         )
     assert response.status_code == 202, response.get_body()
     run_id = json.loads(response.get_body())["run_id"]
