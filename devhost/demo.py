@@ -325,6 +325,7 @@ def demo_settings(options: DemoOptions, endpoint_url: str) -> dict[str, str]:
         "MLFLOW_TRACKING_URI": f"sqlite:///{(local / 'mlflow.db').resolve()}",
         "LOCAL_ENDPOINT_URL": endpoint_url,
         "LOCAL_ENDPOINT_DIR": str(local / "endpoint"),
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
 
 
@@ -455,11 +456,12 @@ def timeline(promotion: dict[str, Any]) -> dict[str, list[Any]]:
         times.append((datetime.fromisoformat(record["time"]) - start).total_seconds())
         weights.append(weight)
     gate_t, canary, production = [], [], []
-    document = promotion.get("promotion") or {}
-    for gate in document.get("gates", []) if isinstance(document, dict) else []:
-        for evidence in gate.get("evidence", []):
+    for record in audit:
+        if not record["action"].startswith("gate."):
+            continue
+        for evidence in (record.get("detail") or {}).get("evidence", []):
             if evidence.get("gate") == "canary:accuracy" and evidence.get("values"):
-                gate_t.append((datetime.fromisoformat(gate["at"]) - start).total_seconds())
+                gate_t.append((datetime.fromisoformat(record["time"]) - start).total_seconds())
                 canary.append(evidence["values"].get("canary"))
                 production.append(evidence["values"].get("production"))
     return {

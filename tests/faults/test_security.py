@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 
 import azure.functions as func
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 import adapters.azurite as azurite_module
@@ -163,72 +164,73 @@ def active(runtime: Runtime) -> dict[str, Any]:
     return dict(runtime.orchestrator.model_status("churn")["active_promotion"])
 
 
-@fuzz(80)
-@given(data=st.data())
-def test_an_approval_that_does_not_match_changes_nothing_and_is_audited(
-    promoted: Promoted, tally: Counter[str], data: st.DataObject
-) -> None:
-    promotion_id = promoted.promotion_id
-    model = data.draw(st.sampled_from(["churn", "churn", "fraud"]), "model")
-    approval = {
-        "promotion_id": data.draw(
-            st.sampled_from(
-                [promotion_id, promotion_id, promotion_id + "x", promotion_id.upper(), "", "*"]
-            )
-            | st.text(max_size=40),
-            "promotion_id",
-        ),
-        "step": data.draw(
-            st.sampled_from(["approval", "approval", "staging", "canary-1", "deploy", "APPROVAL "])
-            | st.text(max_size=12),
-            "step",
-        ),
-        "candidate_version": data.draw(
-            st.sampled_from([VERSION, VERSION, "4", "03", "3.0", " 3", ""]) | st.text(max_size=5),
-            "candidate_version",
-        ),
-        "approver": data.draw(
+def is_allowed(approver: str) -> bool:
+    return approver.casefold() in {name.casefold() for name in ALLOWED}
+
+
+def wrong_values(promotion_id: str) -> dict[str, st.SearchStrategy[str]]:
+    """For each part of an approval, values that must not pass for churn's promotion."""
+    return {
+        "model": st.just("fraud"),  # whose approver list holds mallory, and no promotion
+        "promotion_id": (
+            st.sampled_from([promotion_id + "x", promotion_id.upper(), "", "*", "fraud-v3"])
+            | st.text(max_size=40)
+        ).filter(lambda value: value != promotion_id),
+        "step": (
+            st.sampled_from(["staging", "canary-1", "deploy", "bake", "APPROVAL", "approval "])
+            | st.text(max_size=12)
+        ).filter(lambda value: value != "approval"),
+        "candidate_version": (
+            st.sampled_from(["4", "03", "3.0", " 3", "", "v3"]) | st.text(max_size=5)
+        ).filter(lambda value: value != VERSION),
+        "approver": (
             st.sampled_from(
                 [
-                    *ALLOWED,
                     FRAUD_APPROVER,
                     "alice@example.com.evil.test",
                     "alice",
                     "alice@example.com\n",
+                    " bob@example.com",
                     "system",
                     "policy:on_timeout",
+                    "*",
                 ]
             )
-            | st.text(min_size=1, max_size=30),
-            "approver",
-        ),
+            | st.text(min_size=1, max_size=30)
+        ).filter(lambda value: not is_allowed(value)),
+    }
+
+
+@fuzz(100)
+@given(data=st.data())
+def test_an_approval_that_does_not_match_changes_nothing_and_is_audited(
+    promoted: Promoted, tally: Counter[str], data: st.DataObject
+) -> None:
+    """Wrong approver, step, version, promotion or model (one or several): refused."""
+    promotion_id = promoted.promotion_id
+    wrong = wrong_values(promotion_id)
+    size = data.draw(st.sampled_from([1, 1, 1, 2, 3]), "how many parts are wrong")
+    broken = data.draw(
+        st.lists(st.sampled_from(sorted(wrong)), min_size=size, max_size=size, unique=True),
+        "wrong parts",
+    )
+    approval = {
+        "model": "churn",
+        "promotion_id": promotion_id,
+        "step": "approval",
+        "candidate_version": VERSION,
+        "approver": data.draw(st.sampled_from(ALLOWED), "approver"),
         "decision": data.draw(st.sampled_from(["approve", "reject"]), "decision"),
     }
-    right = (
-        model == "churn"
-        and approval["promotion_id"] == promotion_id
-        and approval["step"] == "approval"
-        and approval["candidate_version"] == VERSION
-        and approval["approver"].casefold() in {name.casefold() for name in ALLOWED}
-    )
-    assume(not right)
-    wrong = [
-        name
-        for name, ok in (
-            ("model", model == "churn"),
-            ("promotion", approval["promotion_id"] == promotion_id),
-            ("step", approval["step"] == "approval"),
-            ("version", approval["candidate_version"] == VERSION),
-            ("approver", approval["approver"].casefold() in {n.casefold() for n in ALLOWED}),
-        )
-        if not ok
-    ]
-    tally["wrong " + "+".join(wrong)] += 1
+    for part in broken:
+        approval[part] = data.draw(wrong[part], part)
+    tally["wrong " + "+".join(sorted(broken))] += 1
+    model = approval.pop("model")
 
     runtime = promoted.runtime
     before = active(runtime)
     since = runtime.orchestrator.ports.store.load(model)[0].version
-    message_id = f"approval-{tally.total()}-{data.draw(st.uuids(), 'id').hex}"
+    message_id = f"approval-{uuid.uuid4().hex}"
     send_approval(promoted, model, message_id, **approval)
 
     assert active(runtime) == before, "a refused approval changed the promotion"
@@ -484,7 +486,11 @@ def test_the_launch_scan_recognises_azurite_command_lines() -> None:
     assert found("Azurite is started with care, by the tests.\n", "README.md") == []
     code = "import subprocess\ndef go():\n    subprocess.Popen(['node_modules/.bin/azurite'])\n"
     assert python_launches(Path("x.py"), code) == [("x.py:3", False)]
-    built = "import subprocess\ncommand = [str(azurite_binary()), '--silent']\nsubprocess.run(command)\n"
+    built = (
+        "import subprocess\n"
+        "command = [str(azurite_binary()), '--silent']\n"
+        "subprocess.run(command)\n"
+    )
     assert python_launches(Path("y.py"), built) == [("y.py:3", False)]
     other = (
         "import subprocess\ndef f(azurite):\n    subprocess.Popen([sys.executable, '-m', 'x'])\n"

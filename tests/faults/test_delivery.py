@@ -1,0 +1,107 @@
+"""Duplicate and reordered delivery across the whole flow (issue 8, item 1).
+
+Two generations on real Azurite: data lands in several Event Hubs batches -> one window ->
+one training job -> StartPromotion -> staging gate -> approval -> deploy -> (generation 2:
+canary 10% -> 50%) -> production -> bake -> completed. Every message, ours and the outside
+world's, is delivered 1-3 times in a seeded random order, scheduled ones sometimes early.
+The outcome must be the one single, in-order delivery gives.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+
+from tests.faults.flow_harness import (  # noqa: F401
+    Courier,
+    Process,
+    World,
+    check_invariants,
+    collecting,
+    courier_figures,
+    final_state,
+    flow_policy,
+    make_runtime,
+    run_generations,
+)
+
+MODEL = "churn"
+SEEDS = range(6)
+
+_reference: dict[str, Any] = {}
+
+
+def run_flow(make_runtime: Any, rng: random.Random | None) -> tuple[Courier, World]:
+    runtime = make_runtime({MODEL: flow_policy(MODEL)})
+    world = World()
+    courier = Courier(world, lambda: Process(runtime.settings, world), rng)
+    run_generations(courier, MODEL)
+    return courier, world
+
+
+def reference(make_runtime: Any) -> dict[str, Any]:
+    """The outcome of delivering every message once, in order, on time (computed once)."""
+    if not _reference:
+        courier, world = run_flow(make_runtime, None)
+        check_invariants(courier.process, world, MODEL)
+        _reference.update(final_state(courier.process, MODEL))
+    return _reference
+
+
+def test_single_in_order_delivery_runs_the_whole_flow(make_runtime: Any) -> None:
+    state = reference(make_runtime)
+    assert state["champion"] == "2" and state["last_known_good"] == "2"
+    assert state["champion_deployment"] == "churn-v2"
+    assert state["history"] == [("1", "completed"), ("2", "completed")]
+    assert [run[:2] for run in state["runs"]] == [("completed", "1"), ("completed", "2")]
+    assert len(state["seen_keys"]) == 2 * 4 * 3
+    transitions = state["transitions"]
+    # Every stage of the flow happened, generation 2 through both canary steps.
+    for action in (
+        "retrain.window_opened",
+        "retrain.job_submitted",
+        "retrain.job_completed",
+        "promotion.staging_gate",
+        "promotion.awaiting_approval",
+        "promotion.deploying",
+        "deployment.ready",
+        "promotion.canary",
+        "promotion.production_bake",
+        "promotion.completed",
+    ):
+        assert action in transitions, action
+    assert transitions.count("promotion.canary") == 2
+    assert transitions.count("retrain.job_submitted") == 2
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_duplicated_and_reordered_delivery_reaches_the_same_outcome(
+    make_runtime: Any, seed: int, request: pytest.FixtureRequest
+) -> None:
+    expected = reference(make_runtime)
+    with collecting(request.node.nodeid) as figures:
+        courier, world = run_flow(make_runtime, random.Random(seed))
+
+        assert final_state(courier.process, MODEL) == expected
+        check_invariants(courier.process, world, MODEL)
+        # Exactly one training job per window, submitted once; one deploy call per version.
+        assert len(world.training.jobs) == 2
+        assert all(world.training.submissions_of(run) == 1 for run in world.training.jobs)
+        assert dict(world.endpoint.deploy_calls) == {"churn-v1": 1, "churn-v2": 1}
+        # Generation 2's canary: 10% then 50% then 100%, then the old deployment removed.
+        assert world.endpoint.traffic_maps == [
+            {"churn-v2": 100},
+            {"churn-v1": 90, "churn-v2": 10},
+            {"churn-v1": 50, "churn-v2": 50},
+            {"churn-v2": 100, "churn-v1": 0},
+            {"churn-v2": 100},
+        ]
+        assert world.endpoint.deletes == ["churn-v1"]
+        # The chaos really happened.
+        stats = courier.stats
+        assert stats.replayed > 0 and stats.statuses["duplicate"] > 0
+        assert stats.delivered > stats.sent > 0
+        figures.update(courier_figures(courier))
+        figures["flows"] += 1
