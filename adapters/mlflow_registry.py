@@ -75,5 +75,14 @@ class MlflowRegistry:
         return OfflineMetrics(candidate=candidate, champion=champion)
 
     def tag(self, model: str, version: str, tags: dict[str, str]) -> None:
-        for key, value in tags.items():
-            self.client.set_model_version_tag(model, version, key, value)
+        """Mirror tags onto the version. A version the registry does not know is logged and
+        skipped: a mirror must never hold back the effects after it (a rollback's traffic)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            for key, value in tags.items():
+                self.client.set_model_version_tag(model, version, key, value)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            log.warning("cannot tag %s v%s (%s): %s", model, version, tags, exc.message)

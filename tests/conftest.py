@@ -9,6 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from adapters.azurite import Azurite, ensure_azurite
+from tests.harness import make_runtime
+
+__all__ = ["make_runtime"]  # the fixture, for every test folder
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,62 @@
+"""Cold start: `import function_app` next to a bare FunctionApp with as many functions.
+
+Each import runs in a fresh interpreter (what the host does on a cold start), alternating
+the two, and the medians are compared. The bare app registers the same trigger kinds with
+empty bodies, so the ratio is what our code adds to the azure-functions floor. Aim: <= 1.5.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+BARE_APP = textwrap.dedent(
+    """
+    import azure.functions as func
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+    for n in range({count}):
+        def handler(req: func.HttpRequest) -> func.HttpResponse:
+            return func.HttpResponse("ok")
+        handler.__name__ = f"f{{n}}"
+        app.route(route=f"r{{n}}")(handler)
+    """
+)
+
+TIMED = "import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
+
+
+def import_seconds(statement: str) -> float:
+    result = subprocess.run(
+        [sys.executable, "-c", TIMED.format(statement=statement)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(result.stdout.strip().splitlines()[-1])
+
+
+def main(rounds: int = 15) -> float:
+    import function_app
+
+    count = len(function_app.app._function_builders)  # the functions the app declares
+    bare = BARE_APP.format(count=count)
+    ours, floor = [], []
+    for _ in range(rounds):
+        ours.append(import_seconds("import function_app"))
+        floor.append(import_seconds(f"exec({bare!r})"))
+    ours_median, floor_median = statistics.median(ours), statistics.median(floor)
+    ratio = ours_median / floor_median
+    print(f"import function_app ({count} functions)   median {ours_median * 1000:7.1f} ms")
+    print(f"bare FunctionApp, {count} functions        median {floor_median * 1000:7.1f} ms")
+    print(f"cold start ratio (ours / bare): {ratio:.2f}  (aim: <= 1.5)")
+    return ratio
+
+
+if __name__ == "__main__":
+    main()
