@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -35,7 +36,14 @@ def _parse_duration(value: Any) -> Any:
     return value
 
 
-Duration = Annotated[timedelta, BeforeValidator(_parse_duration)]
+def _not_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError("a duration cannot be negative")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_parse_duration), AfterValidator(_not_negative)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class _Section(BaseModel):
@@ -73,7 +81,7 @@ class ThresholdGate(_Section):
     kind: Literal["threshold"] = "threshold"
     metric: str
     op: Literal[">=", "<="] = ">="
-    value: float
+    value: Finite
 
 
 class ChampionGate(_Section):
@@ -82,7 +90,7 @@ class ChampionGate(_Section):
     kind: Literal["champion"] = "champion"
     metric: str
     higher_is_better: bool = True
-    margin: float = Field(default=0.0, ge=0)  # how much worse than the champion is tolerated
+    margin: Finite = Field(default=0.0, ge=0)  # how much worse than the champion is tolerated
 
 
 class CanaryGate(_Section):
@@ -91,7 +99,7 @@ class CanaryGate(_Section):
     kind: Literal["canary"] = "canary"
     metric: Literal["accuracy", "error_rate", "latency_ms"]
     test: Literal["two_proportion", "mann_whitney", "bootstrap"] = "two_proportion"
-    margin: float = Field(default=0.02, ge=0)  # tolerated degradation (absolute for rates,
+    margin: Finite = Field(default=0.02, ge=0)  # tolerated degradation (absolute for rates,
     # relative for latency: 0.1 = 10% slower)
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
 
@@ -179,6 +187,8 @@ def parse_policy(text: str, source: Path | str = "<policy>") -> ModelPolicy:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise PolicyError(source, "(file)", f"not valid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise PolicyError(source, "(file)", "YAML nested too deeply") from exc
     if not isinstance(document, dict):
         raise PolicyError(source, "(file)", "expected a mapping at the top level")
     try:
@@ -187,6 +197,8 @@ def parse_policy(text: str, source: Path | str = "<policy>") -> ModelPolicy:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or "(root)"
         raise PolicyError(source, field, first["msg"]) from exc
+    except (OverflowError, RecursionError) as exc:  # e.g. a duration of 10**15 days
+        raise PolicyError(source, "(file)", f"a value is out of range: {exc}") from exc
 
 
 def load_policy(path: Path | str) -> ModelPolicy:
@@ -195,6 +207,8 @@ def load_policy(path: Path | str) -> ModelPolicy:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError(path, "(file)", f"cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyError(path, "(file)", f"not UTF-8 text: {exc.reason}") from exc
     return parse_policy(text, path)
 
 

@@ -216,6 +216,9 @@ class Orchestrator:
         aggregate, _ = self.ports.store.load(envelope.model)
         if aggregate.has_seen(envelope.message_id):
             return self._duplicate(envelope, aggregate)
+        # Metrics are observed here, never taken from a message: a sender cannot pass a gate.
+        forged = {name: None for name in ("offline", "live") if name in type(command).model_fields}
+        command = command.model_copy(update=forged)
         now = self.ports.clock()
         request = promotion_machine.observation_needed(
             aggregate.promotion,
@@ -263,7 +266,7 @@ class Orchestrator:
             return command.model_copy(update={"live": live})
         except Exception as exc:  # the gate judges "no data": inconclusive, never a pass
             log.warning("could not read %s metrics for %s: %s", request.kind, model, exc)
-            return command
+            return command.model_copy(update={request.kind: None})
 
     def _training_job_check(
         self, envelope: Envelope, policy: ModelPolicy, check: retrain_policy.TrainingJobCheck

@@ -13,7 +13,7 @@ from rich.console import Console
 from devhost.demo import MODEL, DemoOptions, run_demo
 from orchestrator.naming import deployment_name
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]  # the whole loop, on 2 cores
 
 
 @pytest.fixture(scope="module")

@@ -32,21 +32,37 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+import pytest
+
 from adapters.endpoint import DeploymentStatus, InvalidTraffic, validate_traffic
 from adapters.storage_queue_bus import decode_body
 from orchestrator.aggregate import ModelAggregate
 from orchestrator.bootstrap import Runtime
 from orchestrator.messages import Envelope, parse_envelope
 from orchestrator.metrics import ArmStats, LiveMetrics, OfflineMetrics
+from orchestrator.naming import deployment_name
 from orchestrator.ports import ArmWindow, AuditRecord, ScheduledHandle
 from orchestrator.service import Orchestrator, Outcome, data_landed_message_id
 from orchestrator.settings import Settings
 from pipelines.backend import JobStatus, TrainingRequest
 from pipelines.retrain_policy import DataItem, DataLanded
 from promotion.commands import ApprovalDecision
-from tests.service.conftest import RecordingTrainingBackend, make_runtime, policy_yaml
+from promotion.state import PromotionState, ServingModel
+from tests.harness import RecordingTrainingBackend, make_runtime, policy_yaml
 
-__all__ = ["make_runtime"]  # re-exported fixture: `from tests.faults.flow_harness import ...`
+# Fixtures: a test module imports both (`flow_settings` needs `make_runtime`).
+__all__ = ["flow_settings_fixture", "make_runtime"]
+
+
+@pytest.fixture(name="flow_settings")
+def flow_settings_fixture(make_runtime: Callable[..., Runtime]) -> Callable[..., Settings]:
+    """Settings of a fresh runtime on the session's Azurite: own state container and queues."""
+
+    def make(policies: dict[str, str], **settings: Any) -> Settings:
+        return make_runtime(policies, **settings).settings
+
+    return make
+
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 APPROVER = "ml-lead@contoso.com"
@@ -103,15 +119,16 @@ class FakeClock:
 class AutoTrainingBackend(RecordingTrainingBackend):
     """Each new run registers the next version: it reads "running" once, then "completed"."""
 
-    def __init__(self) -> None:
+    def __init__(self, first_version: int = 1) -> None:
         super().__init__()
         self._lock = threading.Lock()
+        self._first = first_version
         self._versions: dict[str, str] = {}
         self._reads: Counter[str] = Counter()
 
     def submit(self, request: TrainingRequest) -> str:
         with self._lock:
-            self._versions.setdefault(request.run_id, str(len(self._versions) + 1))
+            self._versions.setdefault(request.run_id, str(self._first + len(self._versions)))
             return super().submit(request)
 
     def status(self, job_id: str) -> JobStatus:
@@ -180,7 +197,11 @@ class FakeEndpoint:
                 found.state = "failed" if found.version in self.failing_versions else "succeeded"
             error = "container crashed: ImportError" if found.state == "failed" else None
             return DeploymentStatus(
-                deployment, found.state, error, found.model, found.version  # type: ignore[arg-type]
+                deployment,
+                found.state,
+                error,
+                found.model,
+                found.version,  # type: ignore[arg-type]
             )
 
     def set_traffic(self, traffic: dict[str, int]) -> None:
@@ -227,9 +248,7 @@ class FakeMetrics:
         champion = {"auc": 0.85} if champion_version is not None else None
         return OfflineMetrics(candidate={"auc": self.auc}, champion=champion)
 
-    def live(
-        self, model: str, promotion_id: str, step: int, arms: list[ArmWindow]
-    ) -> LiveMetrics:
+    def live(self, model: str, promotion_id: str, step: int, arms: list[ArmWindow]) -> LiveMetrics:
         self.live_reads += 1
         if self.live_mode == "unreadable":
             raise ConnectionError("metrics store unreachable")
@@ -266,6 +285,7 @@ class World:
     events: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     # message id -> when it was scheduled for (None: sent for now)
     not_before: dict[str, datetime | None] = field(default_factory=dict)
+    sends: int = 0  # messages put on the orchestrator queue
     auto_approve: bool = True
     approvals: list[Envelope] = field(default_factory=list)  # answers to deliver
 
@@ -297,42 +317,44 @@ EFFECT_CALLS = frozenset(
 
 @dataclass
 class CrashPlan:
-    """Die at the `at`-th occurrence (1-based) of `point`, once.
+    """Die at the `at`-th occurrence (1-based) of `point`, once. `at=0` only counts.
 
     before_dispatch: `Orchestrator.dispatch` called with effects or audit entries pending
     (after the save that put them there, before any of them ran). before_port_call /
     after_port_call: an effect's port call (`EFFECT_CALLS`, or only `calls`) is about to be
-    made / has just returned.
+    made / has just returned. `armed=False` counts nothing (e.g. while a test arranges).
     """
 
     point: CrashPoint
     at: int
     calls: frozenset[str] = EFFECT_CALLS
-    seen: int = 0
+    armed: bool = True
+    seen: Counter[str] = field(default_factory=Counter)
     fired: str | None = None
 
     def hit(self, point: CrashPoint, what: str) -> bool:
-        if self.fired is not None or point != self.point:
+        if not self.armed or self.fired is not None:
             return False
         if point != "before_dispatch" and what not in self.calls:
             return False
-        self.seen += 1
-        if self.seen == self.at:
+        self.seen[point] += 1
+        if point == self.point and self.seen[point] == self.at:
             self.fired = f"{point} #{self.at}: {what}"
             return True
         return False
 
 
 class _Guard:
-    """Routes a port's calls through the process's kill switch."""
+    """Routes a port's calls through the process's kill switch. `resolve` returns the adapter
+    (looked up at each call: a test may swap the world's systems mid-flow)."""
 
-    def __init__(self, target: Any, process: Process, port: str) -> None:
-        self._target = target
+    def __init__(self, process: Process, port: str, resolve: Callable[[], Any]) -> None:
         self._process = process
         self._port = port
+        self._resolve = resolve
 
     def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._target, name)
+        attr = getattr(self._resolve(), name)
         if not callable(attr):
             return attr
         what = f"{self._port}.{name}"
@@ -358,10 +380,12 @@ class _SchedulingBus:
     def send(self, envelope: Envelope) -> None:
         self._world.not_before.setdefault(envelope.message_id, None)
         self._inner.send(envelope)
+        self._world.sends += 1
 
     def schedule(self, envelope: Envelope, at: datetime) -> ScheduledHandle:
         self._world.not_before[envelope.message_id] = at
         self._inner.send(envelope)
+        self._world.sends += 1
         return ScheduledHandle(transport="test", value=envelope.message_id)
 
     def cancel(self, handle: ScheduledHandle) -> None:
@@ -438,23 +462,27 @@ class Process:
         self.lock = threading.Lock()
         self.written_versions: list[int] = []
         runtime = Runtime(settings, clock=world.clock)
-        runtime.__dict__["training"] = _Guard(world.training, self, "training")
-        runtime.__dict__["registry"] = _Guard(world.registry, self, "registry")
-        runtime.__dict__["events"] = _Guard(_Events(runtime.events, world), self, "events")
+        runtime.__dict__["training"] = _Guard(self, "training", lambda: world.training)
+        runtime.__dict__["registry"] = _Guard(self, "registry", lambda: world.registry)
+        events = _Events(runtime.events, world)
+        runtime.__dict__["events"] = _Guard(self, "events", lambda: events)
         self.runtime = runtime
+        self.queue = runtime.queue(settings.orchestrator_queue)
         orchestrator = runtime.orchestrator
         ports = orchestrator.ports
         ports.store = _Store(ports.store, self)
-        ports.audit = _Guard(ports.audit, self, "audit")
-        ports.bus = _Guard(_SchedulingBus(ports.bus, world), self, "bus")
-        ports.metrics = _Guard(world.metrics, self, "metrics")
-        endpoint = _Guard(world.endpoint, self, "endpoint")
+        audit, bus = ports.audit, _SchedulingBus(ports.bus, world)
+        ports.audit = _Guard(self, "audit", lambda: audit)
+        ports.bus = _Guard(self, "bus", lambda: bus)
+        ports.metrics = _Guard(self, "metrics", lambda: world.metrics)
+        endpoint = _Guard(self, "endpoint", lambda: world.endpoint)
         ports.endpoints = lambda policy: endpoint
         real_dispatch = orchestrator.dispatch
 
         def dispatch(model: str) -> int:
             self.check_alive("dispatch")
-            if self.plan is not None and self.plan.point == "before_dispatch":
+            plan = self.plan
+            if plan is not None and plan.armed and (plan.point == "before_dispatch" or not plan.at):
                 aggregate, _ = ports.store.load(model)
                 if aggregate.outbox or aggregate.pending_audit:
                     self.maybe_die("before_dispatch", f"dispatch of {len(aggregate.outbox)}")
@@ -505,6 +533,7 @@ class DeliveryStats:
     crashes: int = 0  # deliveries during which the process died
     restarts: int = 0
     sweeps: int = 0
+    dropped: int = 0  # applied messages lost at a crash (drop mode)
     statuses: Counter[str] = field(default_factory=Counter)
 
 
@@ -523,6 +552,7 @@ class Courier:
         on_crash: Literal["redeliver", "drop"] = "redeliver",
         sweep_on_restart: bool | None = None,
         between: Callable[[Courier], None] | None = None,
+        at_crash: Callable[[Courier], None] | None = None,
     ) -> None:
         self.world = world
         self.start_process = start_process
@@ -534,11 +564,13 @@ class Courier:
         self.on_crash = on_crash
         self.sweep_on_restart = sweep_on_restart
         self.between = between
+        self.at_crash = at_crash
         self.pool: list[Pending] = []
         self.stats = DeliveryStats()
         self.outcomes: list[tuple[Envelope, Outcome]] = []
         self._delivered_ids: set[str] = set()
         self._seq = 0
+        self._collected_at = -1
 
     # -- what arrives
 
@@ -556,11 +588,15 @@ class Courier:
         """Take every message the orchestrator sent off its queue, into the pool."""
         while self.world.approvals:
             self.inject(self.world.approvals.pop(0))
-        queue = self.process.runtime.queue(self.process.settings.orchestrator_queue)
+        if self.world.sends == self._collected_at:
+            return 0  # nothing was sent since the queue was last read empty
+        queue = self.process.queue
         taken = 0
         while True:
+            sends = self.world.sends
             batch = list(queue.receive_messages(max_messages=32, visibility_timeout=60))
             if not batch:
+                self._collected_at = sends
                 return taken
             for message in batch:
                 envelope = parse_envelope(decode_body(message.content))
@@ -592,9 +628,17 @@ class Courier:
             outcome = self.process.orchestrator.handle(envelope)
         except ProcessDied:
             self.stats.crashes += 1
-            if self.on_crash == "drop":
-                self._consume(item)
+            if self.at_crash is not None:
+                self.at_crash(self)
             self.restart()
+            if self.on_crash == "drop" and self.process.aggregate(envelope.model).has_seen(
+                envelope.message_id
+            ):
+                # The message was applied before the crash: lose it, and let the sweep that
+                # ran at the restart finish its effects. (One not yet applied is redelivered,
+                # as any transport would: without it nothing would ever apply it.)
+                self.stats.dropped += 1
+                self._consume(item)
             return
         except Exception:
             # A transient failure: the transport redelivers it (bounded, like max deliveries).
@@ -619,6 +663,7 @@ class Courier:
         """A new process on the same settings; the timer's sweep may run first."""
         self.process = self.start_process()
         self.stats.restarts += 1
+        self._collected_at = -1
         sweep = self.sweep_on_restart
         if sweep is None:
             sweep = self.rng.random() < 0.5 if self.rng is not None else False
@@ -672,6 +717,23 @@ def run_generations(
         courier.run()
 
 
+def seed_champion(process: Process, world: World, model: str, version: str = "1") -> None:
+    """Arrange: `version` already serves 100% (deployed, champion and last known-good), so
+    the next candidate goes through the canary. The training backend numbers from version+1.
+    """
+    deployment = deployment_name(model, version)
+    serving = ServingModel(version=version, deployment=deployment, since=world.clock())
+
+    def change(aggregate: ModelAggregate) -> ModelAggregate:
+        state = PromotionState(champion=serving, last_known_good=serving)
+        return aggregate.model_copy(update={"promotion": state})
+
+    process.store.update(model, change)
+    world.endpoint.deployments[deployment] = FakeDeployment(model, version, "succeeded")
+    world.endpoint.live = {deployment: 100}
+    world.training = AutoTrainingBackend(first_version=int(version) + 1)
+
+
 def final_state(process: Process, model: str) -> dict[str, Any]:
     """What a person would call "the outcome", independent of delivery order and timing."""
     aggregate = process.aggregate(model)
@@ -680,12 +742,12 @@ def final_state(process: Process, model: str) -> dict[str, Any]:
     return {
         "champion": promotion.champion.version if promotion.champion else None,
         "champion_deployment": promotion.champion.deployment if promotion.champion else None,
-        "last_known_good": promotion.last_known_good.version
-        if promotion.last_known_good
-        else None,
+        "last_known_good": promotion.last_known_good.version if promotion.last_known_good else None,
         "active": promotion.active.status if promotion.active else None,
         "history": [(h.candidate_version, str(h.outcome)) for h in promotion.history],
-        "runs": [(r.status, r.registered_version, r.data_uri_count) for r in aggregate.retrain.runs],
+        "runs": [
+            (r.status, r.registered_version, r.data_uri_count) for r in aggregate.retrain.runs
+        ],
         "seen_keys": sorted(aggregate.retrain.seen_keys),
         "transitions": [r.action for r in records if r.action not in NOOP_ACTIONS],
     }

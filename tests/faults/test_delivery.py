@@ -23,6 +23,7 @@ from tests.faults.flow_harness import (  # noqa: F401
     courier_figures,
     final_state,
     flow_policy,
+    flow_settings_fixture,
     make_runtime,
     run_generations,
 )
@@ -33,25 +34,25 @@ SEEDS = range(6)
 _reference: dict[str, Any] = {}
 
 
-def run_flow(make_runtime: Any, rng: random.Random | None) -> tuple[Courier, World]:
-    runtime = make_runtime({MODEL: flow_policy(MODEL)})
+def run_flow(flow_settings: Any, rng: random.Random | None) -> tuple[Courier, World]:
+    settings = flow_settings({MODEL: flow_policy(MODEL)})
     world = World()
-    courier = Courier(world, lambda: Process(runtime.settings, world), rng)
+    courier = Courier(world, lambda: Process(settings, world), rng)
     run_generations(courier, MODEL)
     return courier, world
 
 
-def reference(make_runtime: Any) -> dict[str, Any]:
+def reference(flow_settings: Any) -> dict[str, Any]:
     """The outcome of delivering every message once, in order, on time (computed once)."""
     if not _reference:
-        courier, world = run_flow(make_runtime, None)
+        courier, world = run_flow(flow_settings, None)
         check_invariants(courier.process, world, MODEL)
         _reference.update(final_state(courier.process, MODEL))
     return _reference
 
 
-def test_single_in_order_delivery_runs_the_whole_flow(make_runtime: Any) -> None:
-    state = reference(make_runtime)
+def test_single_in_order_delivery_runs_the_whole_flow(flow_settings: Any) -> None:
+    state = reference(flow_settings)
     assert state["champion"] == "2" and state["last_known_good"] == "2"
     assert state["champion_deployment"] == "churn-v2"
     assert state["history"] == [("1", "completed"), ("2", "completed")]
@@ -78,11 +79,11 @@ def test_single_in_order_delivery_runs_the_whole_flow(make_runtime: Any) -> None
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_duplicated_and_reordered_delivery_reaches_the_same_outcome(
-    make_runtime: Any, seed: int, request: pytest.FixtureRequest
+    flow_settings: Any, seed: int, request: pytest.FixtureRequest
 ) -> None:
-    expected = reference(make_runtime)
+    expected = reference(flow_settings)
     with collecting(request.node.nodeid) as figures:
-        courier, world = run_flow(make_runtime, random.Random(seed))
+        courier, world = run_flow(flow_settings, random.Random(seed))
 
         assert final_state(courier.process, MODEL) == expected
         check_invariants(courier.process, world, MODEL)

@@ -142,13 +142,7 @@ def test_any_text_is_valid_or_a_policy_error(tally: Counter[str], text: str) -> 
 BASE = b"model: churn\nendpoint: churn-endpoint\ndata: {container: churn-data}\n"
 
 
-# Known bugs in orchestrator/policy.py (not owned by these tests; see docs/reliability-notes.md).
-# Strict: when one is fixed the xfail turns into a failure, and the case moves to a plain test.
-@pytest.mark.xfail(
-    strict=True,
-    raises=(OverflowError, UnicodeDecodeError, RecursionError),
-    reason="bug: an exception other than PolicyError escapes",
-)
+# Once bugs: each of these let an exception other than PolicyError escape.
 @pytest.mark.parametrize(
     "content",
     [

@@ -273,6 +273,36 @@ def test_only_the_right_approval_moves_the_promotion(promoted: Promoted) -> None
     assert promoted.dead_letters.calls == []
 
 
+class MetricsDown:
+    """MetricsReader with MLflow unreachable."""
+
+    def offline(self, model: str, candidate_version: str, champion: str | None) -> Any:
+        raise ConnectionError("MLflow is unreachable")
+
+    def live(self, model: str, promotion_id: str, step: int, arms: Any) -> Any:
+        raise ConnectionError("MLflow is unreachable")
+
+
+def test_a_gate_never_judges_metrics_the_message_brought(
+    make_runtime: Callable[..., Runtime],
+) -> None:
+    runtime = make_runtime({"churn": policy_yaml("churn")})
+    runtime.__dict__["training"] = TrainingBackend()
+    ports = runtime.orchestrator.ports
+    ports.metrics = MetricsDown()
+    ports.registry = RecordingRegistry()
+    endpoint = RecordingEndpoint()
+    ports.endpoints = lambda policy: endpoint
+    forged = Envelope.new(
+        "StartPromotion",
+        "churn",
+        {"candidate_version": "5", "offline": {"candidate": {"auc": 0.99}}},
+    )
+    runtime.orchestrator.handle(forged)
+    status = runtime.orchestrator.model_status("churn")["active_promotion"]["status"]
+    assert (status, endpoint.deployed) == ("staging_gate", [])  # inconclusive: retried later
+
+
 # --------------------------------------------------------------------------- secrets
 
 
@@ -289,7 +319,7 @@ def repository_files() -> list[Path]:
 
 def _key_value(name: str) -> re.Pattern[str]:
     # Built from pieces so that this file does not match its own patterns.
-    return re.compile(re.escape(name) + "=" + r"""([^;"'\s,)}\]]*)""", re.IGNORECASE)
+    return re.compile(re.escape(name) + "=" + r"""([^;"'`\s,)}\]]*)""", re.IGNORECASE)
 
 
 BASE64_KEY = re.compile(r"(?<![A-Za-z0-9+/=])([A-Za-z0-9+/]{86}==)(?![A-Za-z0-9+/=])")
