@@ -160,9 +160,12 @@ class Orchestrator:
         """HTTP and triggers: handle now, translating 'never handleable' to InvalidMessage."""
         return self.handle(envelope)
 
-    def dispatch(self, model: str) -> int:
-        """Run the effects and audit entries left in the model's outbox. Idempotent."""
-        aggregate, _ = self.ports.store.load(model)
+    def dispatch(self, model: str, aggregate: ModelAggregate | None = None) -> int:
+        """Run the effects and audit entries left in the model's outbox. Idempotent.
+
+        `aggregate`: the state this process has just saved, to spare a read."""
+        if aggregate is None:
+            aggregate, _ = self.ports.store.load(model)
         if not aggregate.outbox and not aggregate.pending_audit:
             return 0
         policy = self.ports.policies.get(model)
@@ -401,7 +404,7 @@ class Orchestrator:
         decision = applied.decision
         if applied.duplicate:
             return self._duplicate(envelope, aggregate)
-        self.dispatch(envelope.model)
+        self.dispatch(envelope.model, aggregate)
         assert decision is not None
         if decision.ignored:
             log.info(
