@@ -142,17 +142,7 @@ class Orchestrator:
             return self._training_job_check(envelope, policy, check)
         if envelope.type in _RETRAIN_TYPES:
             command = envelope.payload_as(retrain_policy.COMMANDS[envelope.type])
-            return self._apply(
-                envelope,
-                policy,
-                "retrain",
-                lambda aggregate, now: retrain_policy.decide(
-                    aggregate.retrain,
-                    command,  # type: ignore[arg-type]
-                    policy,
-                    now,
-                ),
-            )
+            return self._decide_retrain(envelope, policy, command)
         command = envelope.payload_as(promotion_commands.COMMANDS[envelope.type])
         return self._promotion(envelope, policy, command)
 
@@ -231,17 +221,7 @@ class Orchestrator:
         )
         if request is not None:
             command = self._observe(aggregate, request, command)
-        return self._apply(
-            envelope,
-            policy,
-            "promotion",
-            lambda aggregate, now: promotion_machine.decide(
-                aggregate.promotion,
-                command,  # type: ignore[arg-type]
-                policy,
-                now,
-            ),
-        )
+        return self._decide_promotion(envelope, policy, command)
 
     def _observe(
         self,
@@ -295,12 +275,7 @@ class Orchestrator:
             registered_version=version,
             attempt=check.attempt,
         )
-        return self._apply(
-            envelope,
-            policy,
-            "retrain",
-            lambda aggregate, now: retrain_policy.decide(aggregate.retrain, observed, policy, now),
-        )
+        return self._decide_retrain(envelope, policy, observed)
 
     def _deployment_check(
         self, envelope: Envelope, policy: ModelPolicy, check: DeploymentCheck
@@ -349,6 +324,13 @@ class Orchestrator:
                 aggregate.version,
             )
             return Outcome("rescheduled", envelope.model, aggregate.version, status.state)
+        return self._decide_promotion(envelope, policy, command)
+
+    # ------------------------------------------------------------------ load, decide, save
+
+    def _decide_promotion(
+        self, envelope: Envelope, policy: ModelPolicy, command: BaseModel
+    ) -> Outcome:
         return self._apply(
             envelope,
             policy,
@@ -361,7 +343,20 @@ class Orchestrator:
             ),
         )
 
-    # ------------------------------------------------------------------ load, decide, save
+    def _decide_retrain(
+        self, envelope: Envelope, policy: ModelPolicy, command: BaseModel
+    ) -> Outcome:
+        return self._apply(
+            envelope,
+            policy,
+            "retrain",
+            lambda aggregate, now: retrain_policy.decide(
+                aggregate.retrain,
+                command,  # type: ignore[arg-type]
+                policy,
+                now,
+            ),
+        )
 
     def _apply(
         self,

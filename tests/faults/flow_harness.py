@@ -41,7 +41,7 @@ from orchestrator.bootstrap import Runtime
 from orchestrator.messages import Envelope, parse_envelope
 from orchestrator.metrics import ArmStats, LiveMetrics, OfflineMetrics
 from orchestrator.naming import deployment_name
-from orchestrator.ports import ArmWindow, AuditRecord, ScheduledHandle
+from orchestrator.ports import ArmWindow, AuditRecord, ConcurrencyConflict, ScheduledHandle
 from orchestrator.service import Orchestrator, Outcome, data_landed_message_id
 from orchestrator.settings import Settings
 from pipelines.backend import JobStatus, TrainingRequest
@@ -427,6 +427,17 @@ class _Store:
     def __init__(self, inner: Any, process: Process) -> None:
         self._inner = inner
         self._process = process
+        save = inner.save
+
+        def counted_save(key: str, aggregate: ModelAggregate, etag: str | None) -> str:
+            try:
+                return save(key, aggregate, etag)  # type: ignore[no-any-return]
+            except ConcurrencyConflict:
+                with process.lock:
+                    process.conflicts += 1
+                raise
+
+        inner.save = counted_save  # the store's own retry loop calls it: conflicts counted
 
     def load(self, key: str) -> tuple[ModelAggregate, str | None]:
         self._process.check_alive("store.load")
@@ -461,6 +472,7 @@ class Process:
         self.dead = False
         self.lock = threading.Lock()
         self.written_versions: list[int] = []
+        self.conflicts = 0  # conditional writes refused (ETag changed since the read)
         runtime = Runtime(settings, clock=world.clock)
         runtime.__dict__["training"] = _Guard(self, "training", lambda: world.training)
         runtime.__dict__["registry"] = _Guard(self, "registry", lambda: world.registry)
@@ -479,14 +491,14 @@ class Process:
         ports.endpoints = lambda policy: endpoint
         real_dispatch = orchestrator.dispatch
 
-        def dispatch(model: str) -> int:
+        def dispatch(model: str, aggregate: ModelAggregate | None = None) -> int:
             self.check_alive("dispatch")
             plan = self.plan
             if plan is not None and plan.armed and (plan.point == "before_dispatch" or not plan.at):
-                aggregate, _ = ports.store.load(model)
-                if aggregate.outbox or aggregate.pending_audit:
-                    self.maybe_die("before_dispatch", f"dispatch of {len(aggregate.outbox)}")
-            return real_dispatch(model)
+                pending = aggregate if aggregate is not None else ports.store.load(model)[0]
+                if pending.outbox or pending.pending_audit:
+                    self.maybe_die("before_dispatch", f"dispatch of {len(pending.outbox)}")
+            return real_dispatch(model, aggregate)
 
         orchestrator.dispatch = dispatch  # type: ignore[method-assign]
         self.orchestrator: Orchestrator = orchestrator
