@@ -57,6 +57,7 @@ DEFAULT_RETRY: dict[str, Any] = {
 }
 
 DATA_COLLECTIONS = ("model_inputs", "model_outputs")
+_TRANSIENT = {408, 429, 500, 502, 503, 504}
 
 _ARM_MODEL = re.compile(r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$")
 _SHORT_MODEL = re.compile(r"^azureml:(?P<name>[^:]+):(?P<version>[^:]+)$")
@@ -128,13 +129,26 @@ class AzureMLEndpoint:
             return None
 
     def deploy(self, model_name: str, model_version: str, deployment: str) -> str:
+        """Start the deployment. What Azure ML still refuses after the retries is raised as
+        `EndpointError` with the service's message (`transient` for 408/429/5xx and
+        connection failures), so the orchestrator can fail the step instead of retrying a
+        refusal for ever."""
+        check_deployment_name(deployment)  # before any call
+        try:
+            return self._deploy(model_name, model_version, deployment)
+        except EndpointError:
+            raise
+        except Exception as exc:
+            doing = f"deploying {model_name}:{model_version} as {deployment}"
+            raise _endpoint_error(exc, doing) from exc
+
+    def _deploy(self, model_name: str, model_version: str, deployment: str) -> str:
         from azure.ai.ml.entities import (
             DataCollector,
             DeploymentCollection,
             ManagedOnlineDeployment,
         )
 
-        check_deployment_name(deployment)  # before any call
         existing = self._get_deployment(deployment)
         if existing is not None:
             state = _map_state(existing.provisioning_state)
@@ -226,6 +240,23 @@ class AzureMLEndpoint:
             validate_traffic(live, mirror, existing=_known_deployments(endpoint))
         endpoint.mirror_traffic = {name: w for name, w in mirror.items() if w > 0}
         self.client.online_endpoints.begin_create_or_update(endpoint)
+
+
+def _endpoint_error(exc: Exception, doing: str) -> EndpointError:
+    """An SDK or HTTP failure as an EndpointError carrying Azure ML's own message."""
+    from azure.core.exceptions import HttpResponseError, ServiceRequestError, ServiceResponseError
+
+    if isinstance(exc, HttpResponseError):
+        status = exc.status_code
+        error = getattr(exc, "error", None)
+        code = getattr(error, "code", None)
+        message = getattr(error, "message", None) or exc.message or str(exc)
+        text = f"{doing}: Azure ML answered {status}" + (f" {code}" if code else "")
+        return EndpointError(f"{text}: {message}", transient=status in _TRANSIENT)
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+        return EndpointError(f"{doing}: Azure ML unreachable: {exc}", transient=True)
+    # The SDK's own checks (MlException, ValidationException): a refusal.
+    return EndpointError(f"{doing}: {exc}")
 
 
 def _known_deployments(endpoint: Any) -> set[str]:

@@ -32,7 +32,15 @@ MAX_MIRROR_PERCENT = 50
 
 
 class EndpointError(Exception):
-    """An endpoint operation was refused or failed."""
+    """An endpoint operation was refused or failed; the message is the service's own.
+
+    `transient`: worth trying again later (throttled, unavailable, timed out); otherwise the
+    request itself was refused (quota, bad model, missing endpoint) and will fail again.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class InvalidTraffic(EndpointError, ValueError):

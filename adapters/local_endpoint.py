@@ -55,7 +55,8 @@ class LocalEndpoint:
             raise InvalidTraffic(reason)
         raise EndpointError(
             f"{response.request.method} {response.request.url.path}: "
-            f"{response.status_code} {reason}"
+            f"{response.status_code} {reason}",
+            transient=response.status_code in (408, 429) or response.status_code >= 500,
         )
 
     def deploy(self, model_name: str, model_version: str, deployment: str) -> str:

@@ -9,6 +9,7 @@ whole runtime is built on first use, not when function_app.py is imported.
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -44,12 +45,26 @@ def _credential() -> Any:
     return DefaultAzureCredential()
 
 
+# MLflow's HTTP client retries for minutes by default; a gate check must fail fast instead
+# (an unreachable tracking server is "inconclusive", and the check is scheduled again).
+MLFLOW_HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
+
+
 @dataclass
 class Runtime:
     """Everything a trigger needs, built from settings."""
 
     settings: Settings
     clock: Clock = utc_now
+
+    def __post_init__(self) -> None:
+        for name, value in MLFLOW_HTTP_DEFAULTS.items():
+            os.environ.setdefault(name, value)
 
     @cached_property
     def blob_service(self) -> BlobServiceClient:

@@ -174,13 +174,27 @@ class Orchestrator:
         return len(done)
 
     def sweep(self) -> dict[str, Any]:
-        """Timer: re-dispatch outboxes a crash left behind; report promotions not moving."""
+        """Timer: re-dispatch outboxes a crash left behind; report promotions not moving.
+
+        One model whose effects keep failing (its outbox is retried on the next sweep) never
+        stops the sweep for the others: it is reported under "failed"."""
         now = self.ports.clock()
         redispatched = 0
         stuck: list[dict[str, Any]] = []
+        failed: list[dict[str, str]] = []
         for model in self.ports.store.list_keys():
-            redispatched += self.dispatch(model)
-            aggregate, _ = self.ports.store.load(model)
+            try:
+                redispatched += self.dispatch(model)
+            except Exception as exc:
+                log.exception("outbox sweep: dispatching %s failed", model)
+                failed.append({"model": model, "error": f"{type(exc).__name__}: {exc}"})
+            try:
+                aggregate, _ = self.ports.store.load(model)
+            except Exception as exc:
+                log.exception("outbox sweep: cannot read %s", model)
+                if not failed or failed[-1]["model"] != model:
+                    failed.append({"model": model, "error": f"{type(exc).__name__}: {exc}"})
+                continue
             active = aggregate.promotion.active
             policy = self.ports.policies.get(model)
             if active is None or policy is None:
@@ -201,7 +215,7 @@ class Orchestrator:
                     active.status,
                     active.updated_at.isoformat(),
                 )
-        return {"redispatched": redispatched, "stuck": stuck}
+        return {"redispatched": redispatched, "stuck": stuck, "failed": failed}
 
     # ------------------------------------------------------------------ commands
 
@@ -456,7 +470,11 @@ class Orchestrator:
             case DeployModel():
                 self._deploy(aggregate, policy, effect)
             case SetTraffic():
-                self._endpoint(policy).set_traffic(dict(effect.traffic))
+                # Absolute: a deployment left out takes 0%. Zero weights are left out, so a
+                # re-dispatch still applies after a later effect deleted that deployment (a
+                # rollback's {known good: 100, candidate: 0}, then DeleteDeployment(candidate)).
+                live = {name: weight for name, weight in effect.traffic.items() if weight}
+                self._endpoint(policy).set_traffic(live)
             case DeleteDeployment():
                 self._endpoint(policy).delete(effect.deployment)
             case TagModelVersion():

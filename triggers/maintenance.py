@@ -25,3 +25,8 @@ def outbox_sweeper(timer: func.TimerRequest) -> None:
             for s in report["stuck"]
         ),
     )
+    for failure in report.get("failed", []):
+        # Retried on the next sweep; an error here means an effect keeps failing.
+        log.error(
+            "outbox sweep: %s could not be dispatched: %s", failure["model"], failure["error"]
+        )

@@ -322,17 +322,23 @@ class CrashPlan:
     before_dispatch: `Orchestrator.dispatch` called with effects or audit entries pending
     (after the save that put them there, before any of them ran). before_port_call /
     after_port_call: an effect's port call (`EFFECT_CALLS`, or only `calls`) is about to be
-    made / has just returned. `armed=False` counts nothing (e.g. while a test arranges).
+    made / has just returned. `armed=False` counts nothing (e.g. while a test arranges)
+    until the port call `arm_on`, if given, is made.
     """
 
     point: CrashPoint
     at: int
     calls: frozenset[str] = EFFECT_CALLS
     armed: bool = True
+    arm_on: str | None = None  # a port call ("metrics.live") that arms the plan once made
     seen: Counter[str] = field(default_factory=Counter)
     fired: str | None = None
 
     def hit(self, point: CrashPoint, what: str) -> bool:
+        if not self.armed and what == self.arm_on and point == "after_port_call":
+            self.armed = True
+            self.arm_on = None
+            return False
         if not self.armed or self.fired is not None:
             return False
         if point != "before_dispatch" and what not in self.calls:
@@ -542,10 +548,12 @@ class DeliveryStats:
     delivered: int = 0  # handler calls that returned
     replayed: int = 0  # of those, deliveries of a message id delivered before
     early: int = 0  # scheduled messages delivered before their time
+    reordered: int = 0  # deliveries of a message sent before one already delivered
     crashes: int = 0  # deliveries during which the process died
     restarts: int = 0
     sweeps: int = 0
     dropped: int = 0  # applied messages lost at a crash (drop mode)
+    failures: int = 0  # deliveries that raised (to be redelivered)
     statuses: Counter[str] = field(default_factory=Counter)
 
 
@@ -583,6 +591,7 @@ class Courier:
         self._delivered_ids: set[str] = set()
         self._seq = 0
         self._collected_at = -1
+        self._latest_seq = 0
 
     # -- what arrives
 
@@ -655,11 +664,15 @@ class Courier:
         except Exception:
             # A transient failure: the transport redelivers it (bounded, like max deliveries).
             item.failures += 1
+            self.stats.failures += 1
             if item.failures > 5:
                 raise
             return
         self.stats.delivered += 1
         self.stats.statuses[outcome.status] += 1
+        if item.seq < self._latest_seq:
+            self.stats.reordered += 1
+        self._latest_seq = max(self._latest_seq, item.seq)
         if envelope.message_id in self._delivered_ids:
             self.stats.replayed += 1
         self._delivered_ids.add(envelope.message_id)
@@ -683,8 +696,9 @@ class Courier:
             self.process.orchestrator.sweep()
             self.stats.sweeps += 1
 
-    def run(self, max_steps: int = 2000) -> None:
-        """Deliver until nothing is left to deliver; fail if that takes `max_steps`."""
+    def run(self, max_steps: int = 2000, until: Callable[[], bool] | None = None) -> None:
+        """Deliver until nothing is left to deliver (or `until()` is true after a delivery);
+        fail if that takes `max_steps`."""
         for _ in range(max_steps):
             self.collect()
             if not self.pool:
@@ -692,6 +706,8 @@ class Courier:
             if self.between is not None:
                 self.between(self)
             self.deliver(self._next())
+            if until is not None and until():
+                return
         raise AssertionError(f"the flow did not settle in {max_steps} deliveries: {self.pool}")
 
 
@@ -730,9 +746,10 @@ def run_generations(
 
 
 def seed_champion(process: Process, world: World, model: str, version: str = "1") -> None:
-    """Arrange: `version` already serves 100% (deployed, champion and last known-good), so
-    the next candidate goes through the canary. The training backend numbers from version+1.
-    """
+    """Arrange: `version` already serves 100% (champion and last known-good), so the next
+    candidate goes through the canary. The world's fakes follow: the fake endpoint serves it,
+    the fake training backend numbers new runs from version+1. (A test on other adapters
+    arranges their side itself.)"""
     deployment = deployment_name(model, version)
     serving = ServingModel(version=version, deployment=deployment, since=world.clock())
 
@@ -741,9 +758,11 @@ def seed_champion(process: Process, world: World, model: str, version: str = "1"
         return aggregate.model_copy(update={"promotion": state})
 
     process.store.update(model, change)
-    world.endpoint.deployments[deployment] = FakeDeployment(model, version, "succeeded")
-    world.endpoint.live = {deployment: 100}
-    world.training = AutoTrainingBackend(first_version=int(version) + 1)
+    if isinstance(world.endpoint, FakeEndpoint):
+        world.endpoint.deployments[deployment] = FakeDeployment(model, version, "succeeded")
+        world.endpoint.live = {deployment: 100}
+    if isinstance(world.training, AutoTrainingBackend):
+        world.training = AutoTrainingBackend(first_version=int(version) + 1)
 
 
 def final_state(process: Process, model: str) -> dict[str, Any]:
@@ -785,8 +804,14 @@ def check_invariants(process: Process, world: World, model: str) -> dict[str, in
     assert all(count == 1 for count in endpoint.creations.values()), endpoint.creations
     runs = aggregate.retrain.runs
     assert sorted(world.training.jobs) == sorted(run.run_id for run in runs)
-    # Audit: every message applied once (all its records from one aggregate version), and
-    # every record id once.
+    records = check_audit(process, model)
+    return {"audit_records": len(records), "deployments_created": sum(endpoint.creations.values())}
+
+
+def check_audit(process: Process, model: str) -> list[AuditRecord]:
+    """Every message applied once (all its records from one aggregate version), every record
+    id once, nothing left unwritten."""
+    assert process.aggregate(model).pending_audit == []
     records = process.audit(model)
     ids = [record.record_id for record in records]
     assert len(ids) == len(set(ids))
@@ -795,7 +820,7 @@ def check_invariants(process: Process, world: World, model: str) -> dict[str, in
         versions_by_cause[str(record.cause_id)].add(record.aggregate_version)
     applied_twice = {cause: v for cause, v in versions_by_cause.items() if len(v) > 1}
     assert applied_twice == {}, applied_twice
-    return {"audit_records": len(records), "deployments_created": sum(endpoint.creations.values())}
+    return records
 
 
 # --------------------------------------------------------------------------- figures
@@ -837,6 +862,7 @@ TOTALLED = frozenset(
         "messages_delivered",
         "messages_replayed",
         "early_deliveries",
+        "reordered_deliveries",
         "crash_points",
         "restarts",
         "sweeps",
@@ -854,6 +880,7 @@ def courier_figures(courier: Courier) -> dict[str, int]:
         "messages_delivered": stats.delivered,
         "messages_replayed": stats.replayed,
         "early_deliveries": stats.early,
+        "reordered_deliveries": stats.reordered,
         "restarts": stats.restarts,
         "sweeps": stats.sweeps,
     }

@@ -177,11 +177,10 @@ def test_sixteen_workers_on_one_model_lose_no_update(
         figures["workers"] = WORKERS
         figures["concurrent_messages"] = sum(len(plan) for plan in plans)
         figures["data_keys"] = len(keys)
-        figures["writes"] = len(written)
         figures["audit_records"] = len(records)
     refused = sum(process.conflicts for process in processes)
     assert refused > 0, "the workers never collided: no contention was tested"
     print(
-        f"conditional writes refused and re-applied: {refused}; "
+        f"writes: {len(written)}; conditional writes refused and re-applied: {refused}; "
         f"messages retried after the store gave up: {sum(conflicts.values())}"
     )

@@ -8,6 +8,9 @@ v1 removed. The process dies once, at one point:
 (b) in the middle of a dispatch: just before, or just after, the Nth effect's port call;
 (c) right after `endpoint.deploy` started the deployment, before the DeploymentCheck is sent.
 
+The same crash points are tried where things go wrong: the first canary step's gate fails
+(rolled back) and the deployment fails (failed), counting from there.
+
 A new process takes over. The crashed message is redelivered (the transport did not get a
 completion), the timer's `sweep()` runs first or not; in "drop" mode an applied message is
 lost and only the sweep can finish its effects. Every point of the flow is tried. Whatever the
@@ -22,8 +25,8 @@ from typing import Any, Literal
 
 import pytest
 
+from orchestrator.messages import Envelope
 from tests.faults.flow_harness import (  # noqa: F401
-    EFFECT_CALLS,
     Courier,
     CrashPlan,
     CrashPoint,
@@ -45,8 +48,20 @@ MODEL = "fraud"
 CHUNKS = 2
 Mode = Literal["redeliver", "sweep", "drop"]
 MODES: tuple[Mode, ...] = ("redeliver", "sweep", "drop")
+Scenario = Literal["promoted", "rolled_back", "failed"]
+# Where the crash points start: the whole flow, or from the failing gate / the deployment.
+ARM_ON: dict[Scenario, str | None] = {
+    "promoted": None,
+    "rolled_back": "metrics.live",
+    "failed": "endpoint.deploy",
+}
+EXPECTED: dict[Scenario, tuple[str, list[tuple[str, str]]]] = {
+    "promoted": ("2", [("2", "completed")]),  # champion, history
+    "rolled_back": ("1", [("2", "rolled_back")]),
+    "failed": ("1", [("2", "failed")]),
+}
 
-_baseline: dict[str, Any] = {}
+_baselines: dict[Scenario, dict[str, Any]] = {}
 
 
 def crash_flow(
@@ -54,9 +69,16 @@ def crash_flow(
     plan: CrashPlan,
     mode: Mode = "redeliver",
     at_crash: Callable[[Courier], None] | None = None,
+    scenario: Scenario = "promoted",
 ) -> Courier:
+    """v1 serves; v2 is trained and promoted (or its first canary step fails: rolled back; or
+    its deployment fails: failed). The plan counts from the start, or from ARM_ON."""
     settings = flow_settings({MODEL: flow_policy(MODEL, approval=False)})
     world = World()
+    if scenario == "rolled_back":
+        world.metrics.live_mode = "fail"
+    if scenario == "failed":
+        world.endpoint.failing_versions = {"2"}
     plan.armed = False
     courier = Courier(
         world,
@@ -67,58 +89,77 @@ def crash_flow(
         at_crash=at_crash,
     )
     seed_champion(courier.process, world, MODEL)
-    plan.armed = True
+    plan.armed = ARM_ON[scenario] is None
+    plan.arm_on = ARM_ON[scenario]
     for batch in range(2):
         courier.inject(landed(MODEL, 0, batch, 3))
     courier.run()
     return courier
 
 
-def baseline(flow_settings: Any) -> dict[str, Any]:
+def baseline(flow_settings: Any, scenario: Scenario = "promoted") -> dict[str, Any]:
     """The crash-free outcome, and how many crash points of each kind the flow has."""
-    if not _baseline:
+    if scenario not in _baselines:
         counting = CrashPlan("before_dispatch", at=0)
-        courier = crash_flow(flow_settings, counting)
+        courier = crash_flow(flow_settings, counting, scenario=scenario)
         check_invariants(courier.process, courier.world, MODEL)
-        _baseline["state"] = final_state(courier.process, MODEL)
-        _baseline["points"] = dict(counting.seen)
-    return _baseline
+        _baselines[scenario] = {
+            "state": final_state(courier.process, MODEL),
+            "points": dict(counting.seen),
+        }
+    return _baselines[scenario]
 
 
 def assert_repaired(courier: Courier, plan: CrashPlan, expected: dict[str, Any]) -> None:
     assert plan.fired is not None, f"{plan.point} #{plan.at} was never reached"
     assert courier.stats.crashes == 1 and courier.stats.restarts == 1
-    world = courier.world
     process = courier.process
-    assert final_state(process, MODEL) == expected["state"], plan.fired
-    check_invariants(process, world, MODEL)
-    assert world.endpoint.live == {"fraud-v2": 100}
-    assert set(world.endpoint.deployments) == {"fraud-v2"}
-    assert world.training.jobs == ["fraud-20260302t090000-1"]
+    state = final_state(process, MODEL)
+    assert state == expected["state"], plan.fired
+    # No orphan deployment, nothing stuck, nothing left in the outbox, no audit entry twice.
+    check_invariants(process, courier.world, MODEL)
+    champion = f"fraud-v{state['champion']}"
+    assert courier.world.endpoint.live == {champion: 100}
+    assert set(courier.world.endpoint.deployments) == {champion}
+    assert courier.world.training.jobs == ["fraud-20260302t090000-1"]
 
 
-def test_without_a_crash_the_flow_completes(flow_settings: Any) -> None:
-    expected = baseline(flow_settings)
+@pytest.mark.parametrize("scenario", list(EXPECTED))
+def test_without_a_crash_the_flow_ends_as_expected(flow_settings: Any, scenario: Scenario) -> None:
+    expected = baseline(flow_settings, scenario)
+    champion, history = EXPECTED[scenario]
     state = expected["state"]
-    assert state["champion"] == "2" and state["history"] == [("2", "completed")]
-    assert state["transitions"].count("promotion.canary") == 2
+    assert (state["champion"], state["history"]) == (champion, history)
+    assert (
+        state["transitions"].count("promotion.canary")
+        == {
+            "promoted": 2,
+            "rolled_back": 1,
+            "failed": 0,
+        }[scenario]
+    )
     points = expected["points"]
     # A dispatch after each transition with effects; an effect port call for each effect.
-    assert points["before_dispatch"] >= 10
-    assert points["before_port_call"] == points["after_port_call"] >= 20
+    assert points["before_port_call"] == points["after_port_call"]
+    assert points["before_dispatch"] >= {"promoted": 10, "rolled_back": 1, "failed": 1}[scenario]
+    assert points["before_port_call"] >= {"promoted": 20, "rolled_back": 4, "failed": 4}[scenario]
 
 
-@pytest.mark.parametrize("chunk", range(CHUNKS))
+def chunks() -> list[tuple[Scenario, int]]:
+    return [(scenario, chunk) for scenario in EXPECTED for chunk in range(CHUNKS)]
+
+
+@pytest.mark.parametrize(("scenario", "chunk"), chunks())
 def test_a_crash_between_the_save_and_the_dispatch_is_repaired(
-    flow_settings: Any, chunk: int, request: pytest.FixtureRequest
+    flow_settings: Any, scenario: Scenario, chunk: int, request: pytest.FixtureRequest
 ) -> None:
-    expected = baseline(flow_settings)
+    expected = baseline(flow_settings, scenario)
     total = expected["points"]["before_dispatch"]
     with collecting(request.node.nodeid) as figures:
         for at in range(1 + chunk, total + 1, CHUNKS):
             mode = MODES[at % len(MODES)]
             plan = CrashPlan("before_dispatch", at)
-            courier = crash_flow(flow_settings, plan, mode)
+            courier = crash_flow(flow_settings, plan, mode, scenario=scenario)
             assert_repaired(courier, plan, expected)
             figures.update(courier_figures(courier))
             figures["crash_points"] += 1
@@ -126,20 +167,20 @@ def test_a_crash_between_the_save_and_the_dispatch_is_repaired(
             figures[f"repaired_by_{mode}"] += 1
 
 
-@pytest.mark.parametrize("chunk", range(CHUNKS))
+@pytest.mark.parametrize(("scenario", "chunk"), chunks())
 def test_a_crash_in_the_middle_of_a_dispatch_is_repaired(
-    flow_settings: Any, chunk: int, request: pytest.FixtureRequest
+    flow_settings: Any, scenario: Scenario, chunk: int, request: pytest.FixtureRequest
 ) -> None:
     """Each effect port call of the flow: the process dies just before it (odd calls) or
     just after it returned (even calls): the effect is then carried out again."""
-    expected = baseline(flow_settings)
+    expected = baseline(flow_settings, scenario)
     total = expected["points"]["before_port_call"]
     with collecting(request.node.nodeid) as figures:
         for at in range(1 + chunk, total + 1, CHUNKS):
             point: CrashPoint = "before_port_call" if at % 2 else "after_port_call"
             mode = MODES[(at // 2) % len(MODES)]
             plan = CrashPlan(point, at)
-            courier = crash_flow(flow_settings, plan, mode)
+            courier = crash_flow(flow_settings, plan, mode, scenario=scenario)
             assert_repaired(courier, plan, expected)
             figures.update(courier_figures(courier))
             figures["crash_points"] += 1
@@ -179,6 +220,23 @@ def test_a_crash_after_the_deployment_started_leaves_no_orphan(
         figures[f"repaired_by_{mode}"] += 1
 
 
+def test_a_crash_after_the_rollback_deleted_the_candidate_is_repaired(
+    flow_settings: Any, request: pytest.FixtureRequest
+) -> None:
+    """The rollback's outbox is [traffic {v1: 100, v2: 0}, delete v2, ...]. Dying after the
+    delete, the repair sets the traffic again, when v2 no longer exists: the map must still
+    be accepted (a deployment at 0% is one left out), or the rollback never finishes."""
+    expected = baseline(flow_settings, "rolled_back")
+    with collecting(request.node.nodeid) as figures:
+        plan = CrashPlan("after_port_call", 1, calls=frozenset({"endpoint.delete"}))
+        courier = crash_flow(flow_settings, plan, "redeliver", scenario="rolled_back")
+        assert plan.fired == "after_port_call #1: endpoint.delete"
+        assert_repaired(courier, plan, expected)
+        assert courier.world.endpoint.traffic_maps[-2:] == [{"fraud-v1": 100}] * 2
+        figures["crash_points"] += 1
+        figures["flows"] += 1
+
+
 def test_the_sweep_alone_finishes_what_a_crash_left_in_the_outbox(
     flow_settings: Any, request: pytest.FixtureRequest
 ) -> None:
@@ -209,3 +267,50 @@ def test_the_sweep_alone_finishes_what_a_crash_left_in_the_outbox(
         assert survivor.orchestrator.sweep()["redispatched"] == 0  # idempotent
         figures["crash_points"] += 1
         figures["sweeps"] += 2
+
+
+class RegistryDownFor:
+    """The model registry refusing one model's tags (its MLflow experiment is broken)."""
+
+    def __init__(self, model: str) -> None:
+        self.model = model
+        self.tags: list[tuple[str, str]] = []
+
+    def tag(self, model: str, version: str, tags: dict[str, str]) -> None:
+        if model == self.model:
+            raise RuntimeError(f"registry refuses tags of {model}")
+        self.tags.append((model, version))
+
+
+def test_one_model_whose_effects_keep_failing_does_not_stop_the_sweep_for_the_others(
+    flow_settings: Any, request: pytest.FixtureRequest
+) -> None:
+    """Two models' processes died between the save and the dispatch. The registry refuses the
+    first model's tags: the sweep still finishes the second model's outbox, and says which
+    model it could not."""
+    settings = flow_settings(
+        {name: flow_policy(name, approval=False) for name in ("alpha", "beta")}
+    )
+    world = World()
+    world.registry = RegistryDownFor("alpha")  # type: ignore[assignment]
+    for model, envelope in (
+        ("alpha", Envelope.new("StartPromotion", "alpha", {"candidate_version": "1"})),
+        ("beta", landed("beta", 0, 0, 3)),
+    ):
+        dying = Process(settings, world, CrashPlan("before_dispatch", 1))
+        with pytest.raises(ProcessDied):
+            dying.orchestrator.handle(envelope)
+        assert Process(settings, world).aggregate(model).outbox
+
+    survivor = Process(settings, world)
+    report = survivor.orchestrator.sweep()
+
+    assert survivor.aggregate("beta").outbox == []  # beta's window close was scheduled
+    assert world.sends == 1
+    assert [failure["model"] for failure in report["failed"]] == ["alpha"]
+    assert "registry refuses tags of alpha" in report["failed"][0]["error"]
+    # alpha's effects before the refused one ran; the rest wait for the next sweep.
+    assert survivor.aggregate("alpha").outbox
+    with collecting(request.node.nodeid) as figures:
+        figures["crash_points"] += 2
+        figures["sweeps"] += 1

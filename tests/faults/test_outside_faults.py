@@ -1,0 +1,429 @@
+"""Faults of the systems around us, in the middle of a flow (issue 8, item 4).
+
+- Azure ML throttles (429) and is unavailable (503) on the pipeline job submit and on the
+  deployment create: azure-core retries with backoff and the flow completes. A permanent
+  refusal fails the step with the service's own message in the audit log. Both through the
+  real azure-ai-ml SDK (`AzureMLTrainingBackend`, `AzureMLEndpoint`) on the recording
+  transports of the contract tests.
+- MLflow unreachable during a gate (the real `MlflowMetrics` on a closed port): the gate is
+  inconclusive and holds, and never promotes.
+- Azurite (state, audit, queues) stops in the middle of a canary and starts again on the same
+  data: the flow completes.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+from azure.ai.ml import MLClient
+
+from adapters.azureml_endpoint import AzureMLEndpoint, make_ml_client
+from adapters.azureml_jobs import AzureMLTrainingBackend
+from adapters.azurite import start_azurite
+from orchestrator.bootstrap import MlflowMetrics, Runtime
+from orchestrator.settings import Settings
+from tests.endpoint import azure_replay
+from tests.faults.flow_harness import (  # noqa: F401
+    Courier,
+    FakeMetrics,
+    Process,
+    World,
+    check_audit,
+    check_invariants,
+    collecting,
+    courier_figures,
+    final_state,
+    flow_policy,
+    flow_settings_fixture,
+    landed,
+    make_runtime,
+    seed_champion,
+)
+from tests.pipelines import azure_transport
+
+MODEL = "churn"
+ENDPOINT = f"{MODEL}-ep"
+RUN_ID = "churn-20260302t090000-1"
+
+
+# --------------------------------------------------------------------------- Azure ML
+
+
+class EndpointService(azure_replay.FakeAzureML):
+    """The endpoint contract tests' canned Azure ML, answering deployment PUTs with the
+    statuses in `put_faults` first (in order)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.put_faults: list[tuple[int, str, str]] = []  # (status, code, message)
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        path = urlparse(request.url).path
+        if (
+            request.method == "PUT"
+            and "/deployments/" in path
+            and self.put_faults
+            and threading.current_thread() is self._owner
+        ):
+            status, code, message = self.put_faults.pop(0)
+            self.requests.append(azure_replay.Recorded("PUT", request.url, path, None))
+            return azure_replay._response(
+                request, status, {"error": {"code": code, "message": message}}
+            )
+        return super().send(request, **kwargs)
+
+    def deployment_puts(self, name: str) -> int:
+        return len(self.sent("PUT", f"/deployments/{name}"))
+
+
+class AzureWorld:
+    """Azure ML's side: the jobs service and the endpoint service, progressing on their own."""
+
+    def __init__(self) -> None:
+        self.jobs = azure_transport.FakeAzureML()
+        self.jobs_transport = azure_transport.RecordingTransport(self.jobs)
+        client = MLClient(
+            azure_transport.FakeCredential(),
+            "sub-1",
+            "rg-1",
+            "ws-1",
+            transport=self.jobs_transport,
+            retry_total=3,
+            retry_backoff_factor=0,  # retried at once: the test is about the retry, not the wait
+        )
+        self.training = AzureMLTrainingBackend(client)
+        self.endpoints = EndpointService()  # records azure-core's backoff instead of sleeping
+        self.endpoints.add_endpoint(ENDPOINT, traffic={"churn-v1": 100})
+        self.endpoints.add_deployment(ENDPOINT, "churn-v1", MODEL, "1")
+        ml_client = make_ml_client(
+            azure_replay.SUB,
+            azure_replay.RG,
+            azure_replay.WS,
+            azure_replay.FakeCredential(),
+            transport=self.endpoints,
+        )
+        self.endpoint = AzureMLEndpoint(lambda: ml_client, ENDPOINT)
+
+    def job_puts(self) -> list[azure_transport.Recorded]:
+        return [r for r in self.jobs_transport.requests if r.method == "PUT" and "/jobs/" in r.path]
+
+    def progress(self, courier: Courier) -> None:
+        """Between deliveries: jobs run and register v2, deployments finish creating."""
+        for name, status in list(self.jobs.job_status.items()):
+            if status == "NotStarted":
+                self.jobs.job_status[name] = "Completed"
+                self.jobs.job_tags[name] = {
+                    "registered_model_name": MODEL,
+                    "registered_model_version": "2",
+                }
+        for body in self.endpoints.deployments.values():
+            if body["properties"]["provisioningState"] == "Creating":
+                body["properties"]["provisioningState"] = "Succeeded"
+
+    def traffic(self) -> dict[str, int]:
+        return dict(self.endpoints.endpoints[ENDPOINT]["properties"]["traffic"])
+
+    def deployment_state(self, name: str) -> str:
+        return str(self.endpoints.deployments[(ENDPOINT, name)]["properties"]["provisioningState"])
+
+
+def azure_flow(flow_settings: Any, azure: AzureWorld) -> Courier:
+    settings = flow_settings({MODEL: flow_policy(MODEL, approval=False)})
+    world = World(training=azure.training, endpoint=azure.endpoint)
+    courier = Courier(world, lambda: Process(settings, world), None, between=azure.progress)
+    seed_champion(courier.process, world, MODEL)
+    courier.inject(landed(MODEL, 0, 0, 3))
+    courier.run()
+    return courier
+
+
+def throttled(status: int) -> tuple[int, str, str]:
+    return (status, "TooManyRequests" if status == 429 else "ServiceUnavailable", "try later")
+
+
+def test_azure_ml_throttling_on_submit_and_deploy_is_retried_and_the_flow_completes(
+    flow_settings: Any, request: pytest.FixtureRequest
+) -> None:
+    azure = AzureWorld()
+    job_put = lambda r: r.method == "PUT" and "/jobs/" in r.path  # noqa: E731
+    azure.jobs.faults += [
+        (job_put, azure_transport.Canned(429, {"error": {"code": "TooManyRequests"}})),
+        (job_put, azure_transport.Canned(503, {"error": {"code": "ServiceUnavailable"}})),
+    ]
+    azure.endpoints.put_faults = [throttled(429), throttled(503)]
+
+    courier = azure_flow(flow_settings, azure)
+
+    # The job PUT was sent three times (429, 503, accepted), the same job each time.
+    puts = azure.job_puts()
+    assert [p.path.rsplit("/", 1)[1] for p in puts] == [RUN_ID] * 3
+    assert puts[0].body == puts[1].body == puts[2].body
+    # The deployment PUT too; azure-core backed off between the tries (recorded, not slept):
+    # the first retry at once, the second after DEFAULT_RETRY's 2 s.
+    assert azure.endpoints.deployment_puts("churn-v2") == 3
+    assert azure.endpoints.sleeps == [2.0]
+    # Nothing failed as far as the orchestrator is concerned: the flow completed.
+    process = courier.process
+    state = final_state(process, MODEL)
+    assert state["champion"] == "2" and state["history"] == [("2", "completed")]
+    assert azure.traffic() == {"churn-v2": 100}
+    assert azure.deployment_state("churn-v1") == "Deleting"
+    assert courier.stats.failures == 0
+    assert process.aggregate(MODEL).outbox == []
+    check_audit(process, MODEL)
+    with collecting(request.node.nodeid) as figures:
+        figures["faults_injected"] = 4
+        figures["flows"] = 1
+        figures.update(courier_figures(courier))
+
+
+def test_retries_running_out_on_a_deployment_leave_it_to_the_transport(
+    flow_settings: Any, request: pytest.FixtureRequest
+) -> None:
+    """Six 503s outlast azure-core's retries: the deployment's dispatch fails as transient,
+    the message is redelivered, and the next try deploys."""
+    azure = AzureWorld()
+    azure.endpoints.put_faults = [throttled(503)] * 6
+
+    courier = azure_flow(flow_settings, azure)
+
+    assert courier.stats.failures == 1  # one delivery failed, and was delivered again
+    assert azure.endpoints.deployment_puts("churn-v2") == 7
+    state = final_state(courier.process, MODEL)
+    assert state["history"] == [("2", "completed")]
+    assert azure.traffic() == {"churn-v2": 100}
+    check_audit(courier.process, MODEL)
+    with collecting(request.node.nodeid) as figures:
+        figures["faults_injected"] = 6
+        figures["flows"] = 1
+        figures.update(courier_figures(courier))
+
+
+def test_a_job_azure_ml_refuses_fails_the_run_with_the_service_message(
+    flow_settings: Any, request: pytest.FixtureRequest
+) -> None:
+    azure = AzureWorld()
+    refusal = {"error": {"code": "UserError", "message": "Compute cpu-big is being deleted"}}
+    azure.jobs.faults.append(
+        (
+            lambda r: r.method == "PUT" and "/jobs/" in r.path,
+            azure_transport.Canned(400, refusal),
+        )
+    )
+
+    courier = azure_flow(flow_settings, azure)
+
+    assert len(azure.job_puts()) == 1  # a refusal is not retried
+    process = courier.process
+    run = process.aggregate(MODEL).retrain.runs[-1]
+    assert (run.run_id, run.status) == (RUN_ID, "failed")
+    assert run.error is not None and "Compute cpu-big is being deleted" in run.error
+    [failed] = [r for r in check_audit(process, MODEL) if r.action == "retrain.job_failed"]
+    assert "Azure ML answered 400 UserError: Compute cpu-big is being deleted" in str(
+        failed.detail["error"]
+    )
+    # Nothing was promoted, nothing deployed.
+    state = final_state(process, MODEL)
+    assert state["history"] == [] and state["champion"] == "1"
+    assert azure.endpoints.sent("PUT") == []
+    with collecting(request.node.nodeid) as figures:
+        figures["faults_injected"] = 1
+        figures["flows"] = 1
+        figures.update(courier_figures(courier))
+
+
+def test_a_deployment_azure_ml_refuses_fails_the_promotion_with_its_error(
+    flow_settings: Any, request: pytest.FixtureRequest
+) -> None:
+    azure = AzureWorld()
+    quota = "Not enough quota for Standard_DS3_v2 in westeurope"
+    azure.endpoints.put_faults = [(400, "QuotaExceeded", quota)]
+
+    courier = azure_flow(flow_settings, azure)
+
+    assert azure.endpoints.deployment_puts("churn-v2") == 1  # a refusal is not retried
+    process = courier.process
+    state = final_state(process, MODEL)
+    assert state["history"] == [("2", "failed")]
+    assert state["champion"] == "1" and state["active"] is None
+    [failed] = [r for r in check_audit(process, MODEL) if r.action == "promotion.failed"]
+    assert failed.detail["cause"] == (
+        "deployment churn-v2 failed: deploying churn:2 as churn-v2: "
+        f"Azure ML answered 400 QuotaExceeded: {quota}"
+    )
+    # Production never moved.
+    assert azure.traffic() == {"churn-v1": 100}
+    assert process.aggregate(MODEL).outbox == []
+    with collecting(request.node.nodeid) as figures:
+        figures["faults_injected"] = 1
+        figures["flows"] = 1
+        figures.update(courier_figures(courier))
+
+
+# --------------------------------------------------------------------------- MLflow
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class OfflineFromFake:
+    """Staging reads the fake; the canary's live metrics come from `live`."""
+
+    def __init__(self, live: Any) -> None:
+        self._fake = FakeMetrics()
+        self._live = live
+
+    def offline(self, *args: Any) -> Any:
+        return self._fake.offline(*args)
+
+    def live(self, *args: Any) -> Any:
+        return self._live.live(*args)
+
+
+@pytest.fixture
+def mlflow_down(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A tracking URI nobody listens on. MLflow's own HTTP retries (7, backoff factor 2:
+    about four minutes per call) are turned off here, or each read would take that long."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    return f"http://127.0.0.1:{closed_port()}"
+
+
+def mlflow_flow(
+    flow_settings: Any, tracking_uri: str, metrics: Callable[[Settings], Any]
+) -> tuple[Courier, World, Settings]:
+    settings = flow_settings(
+        {MODEL: flow_policy(MODEL, approval=False)}, MLFLOW_TRACKING_URI=tracking_uri
+    )
+    world = World()
+    world.metrics = metrics(settings)
+    courier = Courier(world, lambda: Process(settings, world), None)
+    seed_champion(courier.process, world, MODEL)
+    courier.inject(landed(MODEL, 0, 0, 3))
+    courier.run()
+    return courier, world, settings
+
+
+def test_mlflow_unreachable_at_the_staging_gate_holds_then_rejects_never_promotes(
+    flow_settings: Any, mlflow_down: str, request: pytest.FixtureRequest
+) -> None:
+    def metrics(settings: Settings) -> MlflowMetrics:
+        reader = MlflowMetrics(Runtime(settings))
+        with pytest.raises(Exception, match=urlparse(mlflow_down).netloc):
+            reader.offline(MODEL, "2", "1")  # the reader really talks to the closed port
+        return reader
+
+    courier, world, _ = mlflow_flow(flow_settings, mlflow_down, metrics)
+
+    process = courier.process
+    records = check_audit(process, MODEL)
+    gates = [r for r in records if r.action.startswith("gate.")]
+    # Three inconclusive checks (max_attempts), each rescheduled 1 s later, then rejected.
+    assert [r.action for r in gates] == ["gate.inconclusive"] * 3
+    assert all(r.detail["evidence"][0]["reason"] == "offline metrics unavailable" for r in gates)
+    state = final_state(process, MODEL)
+    assert state["history"] == [("2", "rejected")]
+    assert "promotion.deploying" not in state["transitions"]
+    assert state["champion"] == "1"
+    assert world.endpoint.deploy_calls == {} and world.endpoint.traffic_maps == []
+    assert world.endpoint.live == {"churn-v1": 100}
+    with collecting(request.node.nodeid) as figures:
+        figures["faults_injected"] = 3
+        figures["flows"] = 1
+        figures.update(courier_figures(courier))
+
+
+def test_mlflow_unreachable_during_the_canary_holds_the_split_then_rolls_back(
+    flow_settings: Any, mlflow_down: str, request: pytest.FixtureRequest
+) -> None:
+    from endpoint_server.store import RECORDS_FILE, connect
+
+    def metrics(settings: Settings) -> OfflineFromFake:
+        # The local endpoint's request log exists (empty): what fails is MLflow.
+        settings.local_endpoint_dir.mkdir(parents=True, exist_ok=True)
+        connect(settings.local_endpoint_dir / RECORDS_FILE).close()
+        return OfflineFromFake(MlflowMetrics(Runtime(settings)))
+
+    courier, world, _ = mlflow_flow(flow_settings, mlflow_down, metrics)
+
+    process = courier.process
+    actions = [r.action for r in check_audit(process, MODEL)]
+    gate_actions = [a for a in actions if a.startswith("gate.")]
+    assert gate_actions == [
+        "gate.passed",  # staging (offline metrics from the fake)
+        "gate.inconclusive",
+        "gate.extended",
+        "gate.inconclusive",
+        "gate.extended",
+        "gate.inconclusive",
+        "gate.exhausted",
+    ]
+    state = final_state(process, MODEL)
+    assert state["history"] == [("2", "rolled_back")] and state["champion"] == "1"
+    # The candidate never got more than its first step's 10%; production is whole again.
+    assert world.endpoint.traffic_maps == [
+        {"churn-v1": 90, "churn-v2": 10},
+        {"churn-v1": 100},
+    ]
+    check_invariants(process, world, MODEL)
+    with collecting(request.node.nodeid) as figures:
+        figures["faults_injected"] = 3
+        figures["flows"] = 1
+        figures.update(courier_figures(courier))
+
+
+# --------------------------------------------------------------------------- Azurite
+
+
+def test_an_azurite_restart_in_the_middle_of_the_canary_is_recovered_from(
+    flow_settings: Any, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    emulator = start_azurite(location=tmp_path / "azurite")
+    try:
+        current = {
+            "settings": flow_settings(
+                {MODEL: flow_policy(MODEL)}, AzureWebJobsStorage=emulator.connection_string
+            )
+        }
+        world = World()
+        courier = Courier(world, lambda: Process(current["settings"], world), None)
+        seed_champion(courier.process, world, MODEL)
+        courier.inject(landed(MODEL, 0, 0, 3))
+
+        def in_canary() -> bool:
+            active = courier.process.aggregate(MODEL).promotion.active
+            return active is not None and active.step == "canary-1"
+
+        courier.run(until=in_canary)
+        # The check of the first canary step sits in the queue, not yet received.
+        assert world.endpoint.live == {"churn-v1": 90, "churn-v2": 10}
+        version = courier.process.aggregate(MODEL).version
+
+        emulator.stop()
+        emulator = start_azurite(location=tmp_path / "azurite")  # same data, new ports
+        current["settings"] = current["settings"].model_copy(
+            update={"storage_connection_string": emulator.connection_string}
+        )
+        courier.restart()
+        assert courier.process.aggregate(MODEL).version == version  # the state survived
+        assert courier.collect() >= 1  # and so did the queued check
+
+        courier.run()
+        state = final_state(courier.process, MODEL)
+        assert state["history"] == [("2", "completed")] and state["champion"] == "2"
+        check_invariants(courier.process, world, MODEL)
+        with collecting(request.node.nodeid) as figures:
+            figures["faults_injected"] = 1
+            figures["flows"] = 1
+            figures.update(courier_figures(courier))
+    finally:
+        emulator.stop()
