@@ -31,8 +31,14 @@ lint: install
 bench: install
 	$(PY) -m benchmarks
 
+# The app under devhost with local.settings.json (made from the sample on first use), and the
+# local endpoint it deploys to (stops with devhost).
 devhost: install
-	$(PY) -m devhost
+	@test -f local.settings.json || cp local.settings.sample.json local.settings.json
+	@mkdir -p .local/endpoint
+	$(PY) -m endpoint_server --port 5080 --data-dir .local/endpoint \
+		--tracking-uri sqlite:///.local/mlflow.db --max-lifetime 86400 --parent-pid $$$$ & \
+	$(PY) -m devhost --settings local.settings.json
 
 demo: install
 	$(PY) -m devhost.demo

@@ -261,6 +261,9 @@ class DevHost:
                 self._set_environment(key, self._azurite.connection_string)
         where = "started" if self._azurite.started_here else "reused"
         log.info("Azurite %s: blob %s", where, self._azurite.blob_endpoint)
+        # The CLI and other tools reach this Azurite with its connection string (its ports are
+        # free ones, not 10000-10002): export it as AzureWebJobsStorage in their shell.
+        log.info("AzureWebJobsStorage=%s", self._azurite.connection_string)
 
     # --- triggers -----------------------------------------------------------------------------
 
