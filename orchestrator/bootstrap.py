@@ -65,6 +65,8 @@ class Runtime:
     def __post_init__(self) -> None:
         for name, value in MLFLOW_HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
+        for package in ("orchestrator", "adapters", "triggers", "pipelines", "promotion"):
+            logging.getLogger(package).setLevel(self.settings.log_level)
 
     @cached_property
     def blob_service(self) -> BlobServiceClient:
