@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 
+from tests.mlflow_store import mlflow_store
+
 MODEL = "bc-classifier"
 
 
@@ -24,19 +26,12 @@ class Registry:
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     """Two versions of one registered model (two logistic regressions, v2 heavily regularized)."""
-    import mlflow
 
     root = tmp_path_factory.mktemp("mlflow")
     tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    previous = (mlflow.get_tracking_uri(), mlflow.get_registry_uri())
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    try:
+    with mlflow_store(tracking_uri):  # process-wide settings put back as they were
         return _register_two_versions(tracking_uri, root)
-    finally:  # leave the process-wide MLflow settings as they were for other tests
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
 
 
 def _register_two_versions(tracking_uri: str, root: Path) -> Registry:

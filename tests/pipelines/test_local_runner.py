@@ -15,6 +15,7 @@ import pytest
 from adapters.local_runner import LocalTrainingBackend, _command_argv
 from orchestrator.settings import APP_ROOT
 from pipelines.backend import TrainingBackend, TrainingBackendError, TrainingRequest
+from tests.mlflow_store import mlflow_store
 
 PIPELINE = "pipelines/azureml/pipeline.yml"
 
@@ -46,14 +47,10 @@ def register_champion(tracking_uri: str, csv: Path, name: str) -> str:
 
     data = pd.read_csv(csv)
     model = DummyClassifier(strategy="prior").fit(data.drop(columns=["label"]), data["label"])
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
+    with mlflow_store(tracking_uri):
         with mlflow.start_run():
             info = mlflow.sklearn.log_model(model, name="model", pip_requirements=["scikit-learn"])
         version = mlflow.register_model(info.model_uri, name)
-    finally:
-        mlflow.set_tracking_uri(previous)
     return str(version.version)
 
 
