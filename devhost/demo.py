@@ -515,7 +515,7 @@ def write_report(
             )
             other.set_ylim(0, 1.05)
             other.set_ylabel("accuracy (gate)")
-            other.legend(loc="lower right", fontsize=8)
+            other.legend(loc="center right", fontsize=8)
         axis.legend(loc="upper left", fontsize=8)
     axes[-1, 0].set_xlabel("seconds since the candidate was registered")
     figure.tight_layout()
