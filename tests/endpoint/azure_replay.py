@@ -1,27 +1,21 @@
-"""A recording azure-core transport with canned Azure ML control-plane responses.
+"""Canned Azure ML control-plane responses for online endpoints and deployments.
 
-Passed as ``transport=`` to the real `MLClient`: the real SDK builds and sends the real REST
-requests; this transport records each one (method, URL, JSON body) and answers from a small
-route table of canned ARM responses. Tests then read what was really sent.
+`FakeAzureML` is the shared recording transport (`tests.azure_recording`) with a small route
+table of canned ARM responses: passed as ``transport=`` to the real `MLClient`, the real SDK
+builds and sends the real REST requests and tests read what was really sent.
 """
 
 from __future__ import annotations
 
 import copy
-import io
-import json
 import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from azure.core.credentials import AccessToken
-from azure.core.pipeline.transport import HttpTransport
-from azure.core.rest._http_response_impl import HttpResponseImpl
-from azure.core.utils import CaseInsensitiveDict
+from tests.azure_recording import Canned, Recorded, RecordingTransport, not_found
 
 SUB, RG, WS, LOCATION = "00000000-0000-0000-0000-000000000000", "rg-ml", "ws-ml", "westeurope"
 WS_ID = (
@@ -30,47 +24,7 @@ WS_ID = (
 )
 
 
-class FakeCredential:
-    """A TokenCredential that hands out a fixed token (no identity service is called)."""
-
-    def get_token(self, *scopes: str, **kwargs: Any) -> AccessToken:
-        return AccessToken("fake-token", int(time.time()) + 3600)
-
-    def get_token_info(self, *scopes: str, options: Any = None) -> Any:
-        from azure.core.credentials import AccessTokenInfo
-
-        return AccessTokenInfo("fake-token", int(time.time()) + 3600)
-
-
-@dataclass
-class Recorded:
-    method: str
-    url: str
-    path: str
-    body: Any
-
-    def json(self) -> Any:
-        return self.body
-
-
-def _response(request: Any, status: int, body: Any, headers: dict[str, str] | None = None) -> Any:
-    """A real azure.core.rest response whose body is already read (what the SDK reads back)."""
-    content = b"" if body is None else json.dumps(body).encode()
-    response = HttpResponseImpl(
-        request=request,
-        internal_response=io.BytesIO(content),
-        status_code=status,
-        reason="OK" if status < 400 else "Error",
-        content_type="application/json",
-        headers=CaseInsensitiveDict({"Content-Type": "application/json", **(headers or {})}),
-        stream_download_generator=None,
-    )
-    response._content = content  # the body, as if the stream had been read
-    response._is_stream_consumed = True
-    return response
-
-
-Handler = Callable[[Recorded, re.Match[str]], tuple[int, Any] | tuple[int, Any, dict[str, str]]]
+Handler = Callable[[Recorded, re.Match[str]], Canned]
 
 
 def endpoint_body(
@@ -115,19 +69,17 @@ def deployment_body(
     }
 
 
-def _not_found(what: str) -> tuple[int, Any]:
-    return 404, {"error": {"code": "ResourceNotFound", "message": f"{what} not found"}}
-
-
-class FakeAzureML(HttpTransport):
+class FakeAzureML(RecordingTransport):
     """Records requests; answers from canned state (endpoints, deployments) and a route table.
 
     `fail_next` queues error statuses returned (in order) before the normal answer, to show
-    that azure-core's retry policy retries them.
+    that azure-core's retry policy retries them. Only the caller's thread is answered from
+    `fail_next` and `faults`, and recorded in `requests`; the SDK's background LRO pollers
+    are recorded in `background`.
     """
 
     def __init__(self) -> None:
-        self.requests: list[Recorded] = []
+        super().__init__(self._route)
         self.endpoints: dict[str, dict[str, Any]] = {}
         self.deployments: dict[tuple[str, str], dict[str, Any]] = {}
         self.fail_next: list[int] = []
@@ -139,57 +91,49 @@ class FakeAzureML(HttpTransport):
             r"/subscriptions/[^/]+/resourceGroups/[^/]+"
             r"/providers/Microsoft\.MachineLearningServices/workspaces/[^/]+"
         )
+        endpoint = base + r"/onlineEndpoints/(?P<ep>[^/]+)"
+        deployment = endpoint + r"/deployments/(?P<dep>[^/]+)$"
+        data = base + r"/data/(?P<name>[^/]+)/versions/(?P<ver>[^/]+)$"
         self.routes: list[tuple[str, re.Pattern[str], Handler]] = [
-            (
-                "GET",
-                re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments/(?P<dep>[^/]+)$"),
-                self._get_dep,
-            ),
-            (
-                "PUT",
-                re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments/(?P<dep>[^/]+)$"),
-                self._put_dep,
-            ),
-            (
-                "DELETE",
-                re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments/(?P<dep>[^/]+)$"),
-                self._delete_dep,
-            ),
-            (
-                "GET",
-                re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)/deployments$"),
-                self._list_deps,
-            ),
-            ("GET", re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)$"), self._get_ep),
-            ("PUT", re.compile(base + r"/onlineEndpoints/(?P<ep>[^/]+)$"), self._put_ep),
+            ("GET", re.compile(deployment), self._get_dep),
+            ("PUT", re.compile(deployment), self._put_dep),
+            ("DELETE", re.compile(deployment), self._delete_dep),
+            ("GET", re.compile(endpoint + r"/deployments$"), self._list_deps),
+            ("GET", re.compile(endpoint + r"$"), self._get_ep),
+            ("PUT", re.compile(endpoint + r"$"), self._put_ep),
             ("GET", re.compile(base + r"$"), self._get_ws),
-            (
-                "PUT",
-                re.compile(base + r"/data/(?P<name>[^/]+)/versions/(?P<ver>[^/]+)$"),
-                self._put_data,
-            ),
-            (
-                "GET",
-                re.compile(base + r"/data/(?P<name>[^/]+)/versions/(?P<ver>[^/]+)$"),
-                self._get_data,
-            ),
+            ("PUT", re.compile(data), self._put_data),
+            ("GET", re.compile(data), self._get_data),
             ("GET", re.compile(base + r"/datastores/(?P<name>[^/]+)$"), self._get_datastore),
             ("GET", re.compile(r".*/operations/(?P<op>[^/]+)$"), self._get_operation),
         ]
 
     # -- the transport -----------------------------------------------------------------------
 
-    def __enter__(self) -> FakeAzureML:
-        return self
+    @staticmethod
+    def path_of(url: str) -> str:
+        """`Recorded.path`: the bare path (no scheme, host or query)."""
+        return urlparse(url).path
 
-    def __exit__(self, *args: Any) -> None:
-        return None
+    def in_caller_thread(self) -> bool:
+        return threading.current_thread() is self._owner
 
-    def open(self) -> None:
-        return None
+    def record(self, recorded: Recorded) -> None:
+        if self.in_caller_thread():
+            self.requests.append(recorded)
+        else:
+            self.background.append(recorded)
 
-    def close(self) -> None:
-        return None
+    def injected(self, recorded: Recorded) -> Canned | None:
+        if not self.in_caller_thread():
+            return None
+        if self.fail_next:
+            return Canned(
+                self.fail_next.pop(0),
+                {"error": {"code": "Transient", "message": "try again"}},
+                {"Retry-After": self.retry_after},
+            )
+        return super().injected(recorded)
 
     def sleep(self, duration: float) -> None:
         """The retry policy's waits (in the caller's thread), recorded instead of slept.
@@ -197,44 +141,19 @@ class FakeAzureML(HttpTransport):
         The SDK's LRO pollers run in their own threads and sleep for real (the canned
         operations say Retry-After: 3600), so they stay idle and send nothing during a test.
         """
-        if threading.current_thread() is self._owner:
+        if self.in_caller_thread():
             self.sleeps.append(duration)
         else:
             time.sleep(duration)
 
-    def send(self, request: Any, **kwargs: Any) -> Any:
-        raw = getattr(request, "content", None)
-        if raw is None:
-            raw = getattr(request, "body", None)
-        if isinstance(raw, bytes):
-            raw = raw.decode()
-        body = json.loads(raw) if isinstance(raw, str) and raw else raw
-        path = urlparse(request.url).path
-        rec = Recorded(request.method, request.url, path, body)
-        # What the caller's thread sent; the SDK's background LRO pollers go to `background`.
-        if threading.current_thread() is self._owner:
-            self.requests.append(rec)
-        else:
-            self.background.append(rec)
-        if self.fail_next and threading.current_thread() is self._owner:
-            status = self.fail_next.pop(0)
-            return _response(
-                request,
-                status,
-                {"error": {"code": "Transient", "message": "try again"}},
-                {"Retry-After": self.retry_after},
-            )
+    def _route(self, rec: Recorded) -> Canned:
         for method, pattern, handler in self.routes:
-            match = pattern.search(path)
-            if method == request.method and match:
-                answer = handler(rec, match)
-                return _response(request, *answer)
-        return _response(request, *_not_found(f"{request.method} {path}"))
+            match = pattern.search(rec.path)
+            if method == rec.method and match:
+                return handler(rec, match)
+        return not_found(f"{rec.method} {rec.path} not found")
 
     # -- helpers for tests -------------------------------------------------------------------
-
-    def sent(self, method: str, contains: str = "") -> list[Recorded]:
-        return [r for r in self.requests if r.method == method and contains in r.path]
 
     def add_endpoint(
         self, name: str, traffic: dict[str, int] | None = None, mirror: dict[str, int] | None = None
@@ -248,54 +167,54 @@ class FakeAzureML(HttpTransport):
 
     # -- canned answers ----------------------------------------------------------------------
 
-    def _get_dep(self, rec: Recorded, m: re.Match[str]) -> tuple[int, Any]:
+    def _get_dep(self, rec: Recorded, m: re.Match[str]) -> Canned:
         found = self.deployments.get((m["ep"], m["dep"]))
-        return (200, found) if found else _not_found(f"deployment {m['dep']}")
+        return Canned(200, found) if found else not_found(f"deployment {m['dep']} not found")
 
-    def _put_dep(self, rec: Recorded, m: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
+    def _put_dep(self, rec: Recorded, m: re.Match[str]) -> Canned:
         answer = copy.deepcopy(rec.body)
         answer.update(id=f"{WS_ID}/onlineEndpoints/{m['ep']}/deployments/{m['dep']}", name=m["dep"])
         answer["properties"]["provisioningState"] = "Creating"
         answer["properties"].setdefault("scaleSettings", {"scaleType": "Default"})
         self.deployments[(m["ep"], m["dep"])] = answer
         op = f"https://management.azure.com{WS_ID}/operations/dep-{m['dep']}?api-version=2023-04-01-preview"
-        return 201, answer, {"Azure-AsyncOperation": op, "Retry-After": "3600"}
+        return Canned(201, answer, {"Azure-AsyncOperation": op, "Retry-After": "3600"})
 
-    def _delete_dep(
-        self, rec: Recorded, m: re.Match[str]
-    ) -> tuple[int, Any] | tuple[int, Any, dict[str, str]]:
+    def _delete_dep(self, rec: Recorded, m: re.Match[str]) -> Canned:
         found = self.deployments.get((m["ep"], m["dep"]))
         if not found:
-            return 204, None
+            return Canned(204)
         found["properties"]["provisioningState"] = "Deleting"
         op = f"https://management.azure.com{WS_ID}/operations/del-{m['dep']}?api-version=2023-04-01-preview"
-        return 202, None, {"Location": op, "Retry-After": "3600"}
+        return Canned(202, None, {"Location": op, "Retry-After": "3600"})
 
-    def _get_ep(self, rec: Recorded, m: re.Match[str]) -> tuple[int, Any]:
+    def _get_ep(self, rec: Recorded, m: re.Match[str]) -> Canned:
         found = self.endpoints.get(m["ep"])
-        return (200, copy.deepcopy(found)) if found else _not_found(f"endpoint {m['ep']}")
+        if not found:
+            return not_found(f"endpoint {m['ep']} not found")
+        return Canned(200, copy.deepcopy(found))
 
-    def _put_ep(self, rec: Recorded, m: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
+    def _put_ep(self, rec: Recorded, m: re.Match[str]) -> Canned:
         answer = copy.deepcopy(rec.body)
         answer.update(id=f"{WS_ID}/onlineEndpoints/{m['ep']}", name=m["ep"])
         answer["properties"]["provisioningState"] = "Updating"
         self.endpoints[m["ep"]] = answer
         op = f"https://management.azure.com{WS_ID}/operations/ep-{m['ep']}?api-version=2023-04-01-preview"
-        return 200, answer, {"Azure-AsyncOperation": op, "Retry-After": "3600"}
+        return Canned(200, answer, {"Azure-AsyncOperation": op, "Retry-After": "3600"})
 
-    def _get_ws(self, rec: Recorded, m: re.Match[str]) -> tuple[int, Any]:
-        return 200, {"id": WS_ID, "name": WS, "location": LOCATION, "properties": {}}
+    def _get_ws(self, rec: Recorded, m: re.Match[str]) -> Canned:
+        return Canned(200, {"id": WS_ID, "name": WS, "location": LOCATION, "properties": {}})
 
-    def _put_data(self, rec: Recorded, m: re.Match[str]) -> tuple[int, Any]:
+    def _put_data(self, rec: Recorded, m: re.Match[str]) -> Canned:
         answer = copy.deepcopy(rec.body) or {}
         answer.update(id=f"{WS_ID}/data/{m['name']}/versions/{m['ver']}", name=m["ver"])
-        return 200, answer
+        return Canned(200, answer)
 
-    def _get_data(self, rec: Recorded, m: re.Match[str]) -> tuple[int, Any]:
-        return _not_found(f"data {m['name']}")
+    def _get_data(self, rec: Recorded, m: re.Match[str]) -> Canned:
+        return not_found(f"data {m['name']} not found")
 
-    def _get_datastore(self, rec: Recorded, m: re.Match[str]) -> tuple[int, Any]:
-        return 200, {
+    def _get_datastore(self, rec: Recorded, m: re.Match[str]) -> Canned:
+        datastore = {
             "id": f"{WS_ID}/datastores/{m['name']}",
             "name": m["name"],
             "properties": {
@@ -308,10 +227,11 @@ class FakeAzureML(HttpTransport):
                 "isDefault": True,
             },
         }
+        return Canned(200, datastore)
 
-    def _get_operation(self, rec: Recorded, m: re.Match[str]) -> tuple[int, Any, dict[str, str]]:
-        return 200, {"status": "InProgress"}, {"Retry-After": "3600"}
+    def _get_operation(self, rec: Recorded, m: re.Match[str]) -> Canned:
+        return Canned(200, {"status": "InProgress"}, {"Retry-After": "3600"})
 
-    def _list_deps(self, rec: Recorded, m: re.Match[str]) -> tuple[int, Any]:
+    def _list_deps(self, rec: Recorded, m: re.Match[str]) -> Canned:
         found = [body for (ep, _), body in self.deployments.items() if ep == m["ep"]]
-        return 200, {"value": copy.deepcopy(found)}
+        return Canned(200, {"value": copy.deepcopy(found)})

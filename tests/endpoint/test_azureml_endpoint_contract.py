@@ -10,7 +10,8 @@ import pytest
 
 from adapters.azureml_endpoint import DEFAULT_RETRY, AzureMLEndpoint, make_ml_client
 from adapters.endpoint import InvalidDeploymentName, InvalidTraffic, OnlineEndpoint
-from tests.endpoint.azure_replay import RG, SUB, WS, WS_ID, FakeAzureML, FakeCredential
+from tests.azure_recording import FakeCredential
+from tests.endpoint.azure_replay import RG, SUB, WS, WS_ID, FakeAzureML
 
 EP = "churn-ep"
 EP_PATH = f"{WS_ID}/onlineEndpoints/{EP}"

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from adapters.azureml_jobs import AzureMLTrainingBackend
 from adapters.azurite import start_azurite
 from orchestrator.bootstrap import MlflowMetrics, Runtime
 from orchestrator.settings import Settings
+from tests.azure_recording import Canned, FakeCredential, Recorded
 from tests.endpoint import azure_replay
 from tests.faults.flow_harness import (  # noqa: F401
     Courier,
@@ -63,20 +63,16 @@ class EndpointService(azure_replay.FakeAzureML):
         super().__init__()
         self.put_faults: list[tuple[int, str, str]] = []  # (status, code, message)
 
-    def send(self, request: Any, **kwargs: Any) -> Any:
-        path = urlparse(request.url).path
+    def injected(self, recorded: Recorded) -> Canned | None:
         if (
-            request.method == "PUT"
-            and "/deployments/" in path
+            recorded.method == "PUT"
+            and "/deployments/" in recorded.path
             and self.put_faults
-            and threading.current_thread() is self._owner
+            and self.in_caller_thread()
         ):
             status, code, message = self.put_faults.pop(0)
-            self.requests.append(azure_replay.Recorded("PUT", request.url, path, None))
-            return azure_replay._response(
-                request, status, {"error": {"code": code, "message": message}}
-            )
-        return super().send(request, **kwargs)
+            return Canned(status, {"error": {"code": code, "message": message}})
+        return super().injected(recorded)
 
     def deployment_puts(self, name: str) -> int:
         return len(self.sent("PUT", f"/deployments/{name}"))
@@ -87,13 +83,12 @@ class AzureWorld:
 
     def __init__(self) -> None:
         self.jobs = azure_transport.FakeAzureML()
-        self.jobs_transport = azure_transport.RecordingTransport(self.jobs)
         client = MLClient(
-            azure_transport.FakeCredential(),
+            FakeCredential(),
             "sub-1",
             "rg-1",
             "ws-1",
-            transport=self.jobs_transport,
+            transport=self.jobs,  # the jobs service is its recording transport
             retry_total=3,
             retry_backoff_factor=0,  # retried at once: the test is about the retry, not the wait
         )
@@ -105,13 +100,13 @@ class AzureWorld:
             azure_replay.SUB,
             azure_replay.RG,
             azure_replay.WS,
-            azure_replay.FakeCredential(),
+            FakeCredential(),
             transport=self.endpoints,
         )
         self.endpoint = AzureMLEndpoint(lambda: ml_client, ENDPOINT)
 
-    def job_puts(self) -> list[azure_transport.Recorded]:
-        return [r for r in self.jobs_transport.requests if r.method == "PUT" and "/jobs/" in r.path]
+    def job_puts(self) -> list[Recorded]:
+        return self.jobs.sent("PUT", "/jobs/")
 
     def progress(self, courier: Courier) -> None:
         """Between deliveries: jobs run and register v2, deployments finish creating."""
@@ -153,8 +148,8 @@ def test_azure_ml_throttling_on_submit_and_deploy_is_retried_and_the_flow_comple
     azure = AzureWorld()
     job_put = lambda r: r.method == "PUT" and "/jobs/" in r.path  # noqa: E731
     azure.jobs.faults += [
-        (job_put, azure_transport.Canned(429, {"error": {"code": "TooManyRequests"}})),
-        (job_put, azure_transport.Canned(503, {"error": {"code": "ServiceUnavailable"}})),
+        (job_put, Canned(429, {"error": {"code": "TooManyRequests"}})),
+        (job_put, Canned(503, {"error": {"code": "ServiceUnavailable"}})),
     ]
     azure.endpoints.put_faults = [throttled(429), throttled(503)]
 
@@ -213,7 +208,7 @@ def test_a_job_azure_ml_refuses_fails_the_run_with_the_service_message(
     azure.jobs.faults.append(
         (
             lambda r: r.method == "PUT" and "/jobs/" in r.path,
-            azure_transport.Canned(400, refusal),
+            Canned(400, refusal),
         )
     )
 

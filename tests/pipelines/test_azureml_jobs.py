@@ -10,15 +10,8 @@ from azure.ai.ml import MLClient, load_job
 from adapters.azureml_jobs import STATUS_MAP, AzureMLTrainingBackend, common_folder, data_input_for
 from orchestrator.settings import APP_ROOT
 from pipelines.backend import TrainingBackend, TrainingBackendError, TrainingRequest
-from tests.pipelines.azure_transport import (
-    ARM,
-    WORKSPACE,
-    Canned,
-    FakeAzureML,
-    FakeCredential,
-    Recorded,
-    RecordingTransport,
-)
+from tests.azure_recording import Canned, FakeCredential, Recorded, RecordingTransport
+from tests.pipelines.azure_transport import ARM, WORKSPACE, FakeAzureML
 
 PIPELINE = "pipelines/azureml/pipeline.yml"
 DATA = "https://acct.blob.core.windows.net/data/churn/2026/01/"
@@ -31,7 +24,7 @@ def service() -> FakeAzureML:
 
 @pytest.fixture
 def transport(service: FakeAzureML) -> RecordingTransport:
-    return RecordingTransport(service)
+    return service  # the service is the transport: it records what it answers
 
 
 @pytest.fixture
@@ -63,7 +56,7 @@ def request(**overrides: Any) -> TrainingRequest:
 
 
 def job_puts(transport: RecordingTransport) -> list[Recorded]:
-    return [r for r in transport.requests if r.method == "PUT" and "/jobs/" in r.path]
+    return transport.sent("PUT", "/jobs/")
 
 
 def test_pipeline_yaml_loads_and_validates_offline() -> None:
