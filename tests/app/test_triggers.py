@@ -4,7 +4,6 @@ checking the state and the messages it leaves."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 import azure.functions as func
@@ -268,9 +267,7 @@ def test_promotion_status_and_rollback_over_http(app_runtime):
     )
     document = json.loads(found.get_body())
     assert document["promotion"]["status"] == "deploying"
-    assert [r["action"] for r in document["audit"]][:1] == ["promotion.staging_gate"] or document[
-        "audit"
-    ]
+    assert "deploying" in [record["to_state"] for record in document["audit"]]
 
     rollback = user(http_api.rollback)
     assert (
@@ -316,4 +313,3 @@ def test_timer_sweeps_an_outbox_left_behind(app_runtime):
     user(maintenance.outbox_sweeper)(TimerRequest(past_due=False))
     assert backend.jobs == ["churn-left"]
     assert runtime.orchestrator.model_status("churn")["pending_effects"] == 0
-    _ = datetime.now(UTC)
