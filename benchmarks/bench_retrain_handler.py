@@ -19,9 +19,9 @@ from adapters.blob_state import BlobStateStore, ensure_container
 from benchmarks.common import Rate, measure, ratio_line
 from orchestrator.bootstrap import Runtime
 from orchestrator.messages import Envelope
-from orchestrator.service import data_landed_message_id
+from orchestrator.service import data_landed_envelope
 from orchestrator.settings import load_settings
-from pipelines.retrain_policy import DataItem, DataLanded
+from pipelines.retrain_policy import DataItem
 
 POLICY = """\
 model: bench
@@ -45,12 +45,7 @@ def landed(model: str, start: int, count: int) -> Envelope:
         )
         for n in range(start, start + count)
     ]
-    return Envelope.new(
-        "DataLanded",
-        model,
-        DataLanded(items=items, source="bench"),
-        message_id=data_landed_message_id(model, [item.key for item in items]),
-    )
+    return data_landed_envelope(model, items, "bench")
 
 
 def main(single: int = 200, batches: int = 5, batch_size: int = 1000) -> None:

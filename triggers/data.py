@@ -24,18 +24,9 @@ bp = func.Blueprint()
 
 
 def data_landed(model: str, items: list[DataItem], source: str) -> Envelope:
-    """One command per model per delivery; its id is derived from the data, so a redelivered
-    blob or batch is the same message and changes nothing."""
-    from orchestrator.messages import Envelope
-    from orchestrator.service import data_landed_message_id
-    from pipelines.retrain_policy import DataLanded
+    from orchestrator.service import data_landed_envelope
 
-    return Envelope.new(
-        "DataLanded",
-        model,
-        DataLanded(items=items, source=source),
-        message_id=data_landed_message_id(model, [item.key for item in items]),
-    )
+    return data_landed_envelope(model, items, source)
 
 
 @bp.blob_trigger(

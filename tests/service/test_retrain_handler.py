@@ -4,8 +4,8 @@ and queue on Azurite."""
 from __future__ import annotations
 
 from orchestrator.messages import Envelope
-from orchestrator.service import data_landed_message_id
-from pipelines.retrain_policy import DataItem, DataLanded
+from orchestrator.service import data_landed_envelope
+from pipelines.retrain_policy import DataItem
 from tests.service.conftest import RecordingTrainingBackend, policy_yaml, pump
 
 
@@ -17,12 +17,7 @@ def landed(model: str, start: int, count: int) -> Envelope:
         )
         for n in range(start, start + count)
     ]
-    return Envelope.new(
-        "DataLanded",
-        model,
-        DataLanded(items=items, source="eventhub"),
-        message_id=data_landed_message_id(model, [item.key for item in items]),
-    )
+    return data_landed_envelope(model, items, "eventhub")
 
 
 def test_ten_thousand_events_in_one_window_make_one_job(make_runtime):
