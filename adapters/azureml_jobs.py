@@ -13,6 +13,8 @@ and only when a backend is built (the Functions app's cold start does not pay fo
 - status: `jobs.get`, every Azure ML job status mapped to ours (`STATUS_MAP`). A completed
   job's registered version comes from the tags the evaluate_register step sets (on the
   pipeline run, else on its own child run); a failed job's error from its run details.
+- cancel: `jobs.begin_cancel`, not waited for; a job that is unknown or has already ended
+  is left as it is.
 - 429 and 5xx answers are retried by azure-core's RetryPolicy (MLClient kwargs
   retry_total / retry_backoff_factor / retry_backoff_max); what still fails is raised as
   TrainingBackendError with the service's message (`transient` for 408/429/5xx).
@@ -165,6 +167,27 @@ class AzureMLTrainingBackend:
         if request.compute:
             job.settings.default_compute = request.compute
         return job
+
+    # -- cancel ------------------------------------------------------------------------
+
+    def cancel(self, job_id: str) -> None:
+        """`jobs.begin_cancel`, not waited for. Unknown or already ended: nothing to do."""
+        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+
+        try:
+            self.ml_client.jobs.begin_cancel(job_id, polling=False)  # started, not awaited
+        except ResourceNotFoundError:
+            return
+        except HttpResponseError as exc:
+            if exc.status_code in (400, 409) and self._ended(job_id):
+                return  # the service refuses to cancel a job that has already ended
+            raise _backend_error(exc, f"canceling job {job_id}") from exc
+
+    def _ended(self, job_id: str) -> bool:
+        try:
+            return self.status(job_id).state in ("completed", "failed", "canceled")
+        except TrainingBackendError:
+            return False
 
     # -- status ------------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ thread, with MLFLOW_TRACKING_URI set. `python` in a command is this interpreter.
 The job's status lives in `work_dir/<run_id>/status.json`, so `status()` works from any
 process, and `submit` is idempotent per run id (the run folder is created exclusively).
 A step that exits non-zero fails the job with the tail of its stderr. A job whose runner
-process died is reported failed.
+process died is reported failed. `cancel` leaves a marker in the run folder (so it works from
+any process); the runner stops the running step and ends the job "canceled".
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from pipelines.backend import (
 )
 
 STATUS_FILE = "status.json"
+CANCEL_FILE = "cancel-requested"  # written by cancel(), from any process; read between waits
+CANCEL_POLL_SECONDS = 0.25
 STDERR_TAIL_LINES = 25
 STDERR_TAIL_CHARS = 3000
 _BINDING = re.compile(r"\$\{\{\s*([A-Za-z0-9_.]+)\s*\}\}")
@@ -120,6 +123,16 @@ class LocalTrainingBackend:
             service_status=data.get("step") or state,
         )
 
+    def cancel(self, job_id: str) -> None:
+        run_dir = self.work_dir / job_id
+        if not (run_dir / STATUS_FILE).exists():
+            return  # unknown: nothing to stop
+        (run_dir / CANCEL_FILE).touch()
+        data = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
+        if data.get("state") in ("queued", "running") and not _alive(data.get("pid")):
+            # No runner is left to see the marker: end it here.
+            self._write_status(run_dir, state="canceled", error="canceled")
+
     # -- helpers for tests and devhost -----------------------------------------------------
 
     def join(self, job_id: str, timeout: float | None = None) -> JobStatus:
@@ -143,6 +156,9 @@ class LocalTrainingBackend:
             outputs = {name: run_dir / "outputs" / name for name in plan.outputs}
             produced: dict[tuple[str, str], Path] = {}
             for step in plan.order:
+                if (run_dir / CANCEL_FILE).exists():
+                    self._write_status(run_dir, state="canceled", step=step, error="canceled")
+                    return
                 self._write_status(run_dir, state="running", step=step)
                 job = plan.jobs[step]
                 inputs = _resolve_inputs(step, job, values, produced)
@@ -154,6 +170,9 @@ class LocalTrainingBackend:
                     step_outputs[name] = folder
                     produced[(step, name)] = folder
                 error = self._run_step(request, run_dir, step, job, inputs, step_outputs)
+                if error == _CANCELED:
+                    self._write_status(run_dir, state="canceled", step=step, error="canceled")
+                    return
                 if error:
                     self._write_status(run_dir, state="failed", step=step, error=error)
                     return
@@ -221,23 +240,31 @@ class LocalTrainingBackend:
         env.pop("MLFLOW_RUN_ID", None)
         (step_dir / "command.json").write_text(json.dumps(argv, indent=2), encoding="utf-8")
         stdout_path, stderr_path = step_dir / "stdout.log", step_dir / "stderr.log"
+        cancel_marker = run_dir / CANCEL_FILE
         with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
             try:
-                completed = subprocess.run(
-                    argv,
-                    cwd=job.code,
-                    env=env,
-                    stdout=stdout,
-                    stderr=stderr,
-                    timeout=self.step_timeout,
-                    check=False,
+                process = subprocess.Popen(
+                    argv, cwd=job.code, env=env, stdout=stdout, stderr=stderr
                 )
-            except subprocess.TimeoutExpired:
-                return f"step {step} timed out after {self.step_timeout:g}s" + _tail(stderr_path)
             except OSError as exc:
                 return f"step {step} could not start: {exc}"
-        if completed.returncode != 0:
-            return f"step {step} failed (exit code {completed.returncode})" + _tail(stderr_path)
+            waited = 0.0
+            while True:
+                try:
+                    returncode = process.wait(timeout=CANCEL_POLL_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    waited += CANCEL_POLL_SECONDS
+                if cancel_marker.exists() or waited >= self.step_timeout:
+                    process.kill()
+                    process.wait()
+                    if cancel_marker.exists():
+                        return _CANCELED
+                    return f"step {step} timed out after {self.step_timeout:g}s" + _tail(
+                        stderr_path
+                    )
+        if returncode != 0:
+            return f"step {step} failed (exit code {returncode})" + _tail(stderr_path)
         return None
 
     def _write_status(self, run_dir: Path, **fields: Any) -> None:
@@ -254,6 +281,9 @@ class LocalTrainingBackend:
             temporary = path.with_suffix(".tmp")
             temporary.write_text(json.dumps(data, indent=2), encoding="utf-8")
             os.replace(temporary, path)
+
+
+_CANCELED = "\0canceled"  # _run_step's answer when cancel() stopped the step
 
 
 # -- the pipeline plan ----------------------------------------------------------------------

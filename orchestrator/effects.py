@@ -41,6 +41,14 @@ class SubmitTrainingJob(_Effect):
     reason: str = ""
 
 
+class CancelTrainingJob(_Effect):
+    """Ask the training backend to stop a job we gave up on (a no-op once it has ended)."""
+
+    kind: Literal["cancel_training_job"] = "cancel_training_job"
+    run_id: str
+    reason: str = ""
+
+
 class DeployModel(_Effect):
     """Start deploying a registered model version as `deployment` (does not wait)."""
 
@@ -101,6 +109,7 @@ class PublishEvent(_Effect):
 Effect = Annotated[
     SendMessage
     | SubmitTrainingJob
+    | CancelTrainingJob
     | DeployModel
     | SetTraffic
     | DeleteDeployment

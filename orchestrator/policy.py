@@ -66,6 +66,9 @@ class RetrainSettings(_Section):
     # doubling per check up to max_poll_interval.
     poll_interval: Duration = timedelta(minutes=1)
     max_poll_interval: Duration = timedelta(minutes=10)
+    # A job still queued or running this long after submission is canceled and recorded as
+    # failed, so one hung job cannot stop the model from ever training again.
+    max_job_duration: Duration = timedelta(hours=24)
 
 
 class PipelineSettings(_Section):

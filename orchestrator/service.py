@@ -23,6 +23,7 @@ from orchestrator.aggregate import ModelAggregate, OutboxItem
 from orchestrator.clock import Clock, utc_now
 from orchestrator.decision import Decision
 from orchestrator.effects import (
+    CancelTrainingJob,
     DeleteDeployment,
     DeployModel,
     Effect,
@@ -467,6 +468,8 @@ class Orchestrator:
                 self._send(model, effect, aggregate.version)
             case SubmitTrainingJob():
                 self._submit_training(aggregate, policy, effect)
+            case CancelTrainingJob():
+                self._cancel_training(effect)
             case DeployModel():
                 self._deploy(aggregate, policy, effect)
             case SetTraffic():
@@ -526,6 +529,15 @@ class Orchestrator:
                 ),
                 aggregate.version,
             )
+
+    def _cancel_training(self, effect: CancelTrainingJob) -> None:
+        try:
+            self.ports.training.cancel(effect.run_id)
+        except TrainingBackendError as exc:
+            if exc.transient:
+                raise
+            # The run has already ended in our state; a refused cancel changes nothing there.
+            log.warning("could not cancel training job %s: %s", effect.run_id, exc)
 
     def _deploy(self, aggregate: ModelAggregate, policy: ModelPolicy, effect: DeployModel) -> None:
         active = aggregate.promotion.active

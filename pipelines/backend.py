@@ -75,6 +75,10 @@ class TrainingBackend(Protocol):
         """The job's state now. Raises TrainingBackendError when it cannot be read."""
         ...
 
+    def cancel(self, job_id: str) -> None:
+        """Ask the job to stop, without waiting. A job that has ended or is unknown is fine."""
+        ...
+
 
 def training_request(
     policy: ModelPolicy,

@@ -33,7 +33,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PrivateAttr
 
 from orchestrator.decision import AuditEntry, Decision
-from orchestrator.effects import Effect, SendMessage, SubmitTrainingJob
+from orchestrator.effects import CancelTrainingJob, Effect, SendMessage, SubmitTrainingJob
 from orchestrator.policy import ModelPolicy
 
 MAX_SEEN_KEYS = 50_000  # keys remembered for deduplication (oldest forgotten first)
@@ -359,8 +359,7 @@ def _retrain_requested(
     audit: list[AuditEntry] = []
     added = False
     if command.data_uri is not None:
-        pending_uris = {item.uri for item in tracker.pending}
-        if command.data_uri in tracker.seen() or command.data_uri in pending_uris:
+        if _known_uri(tracker, command.data_uri):
             audit.append(
                 AuditEntry(
                     action="retrain.data_duplicate",
@@ -429,9 +428,17 @@ def _job_status(
         return Decision.ignore(
             tracker, f"stale: run {command.run_id} is not the running job (or already ended)"
         )
+    effects: list[Effect] = []
+    if command.state not in FINAL_STATES and command.attempt < job.checks:
+        return Decision.ignore(tracker, f"stale: check {command.attempt} was superseded")
+    limit = policy.retrain.max_job_duration
+    if command.state not in FINAL_STATES and now - job.submitted_at >= limit:
+        # Polled for longer than any job should take: end the run here and cancel it at the
+        # backend, so one hung job cannot keep the model from training again.
+        error = f"still {command.state} after {limit} (retrain.max_job_duration): canceled"
+        command = command.model_copy(update={"state": "failed", "error": error})
+        effects.append(CancelTrainingJob(run_id=job.run_id, reason=error))
     if command.state not in FINAL_STATES:
-        if command.attempt < job.checks:
-            return Decision.ignore(tracker, f"stale: check {command.attempt} was superseded")
         attempt = command.attempt + 1
         updated = job.model_copy(update={"status": command.state, "checks": attempt})
         state = tracker.model_copy(update={"current_job": updated})
@@ -470,7 +477,6 @@ def _job_status(
             "runs": [*tracker.runs, record][-MAX_RUNS:],
         }
     )
-    effects: list[Effect] = []
     audit = [
         AuditEntry(
             action=f"retrain.job_{command.state}",
@@ -564,6 +570,20 @@ def _follow_up(
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _known_uri(tracker: RetrainTracker, uri: str) -> bool:
+    """Whether a manually named data URI is data the model already has.
+
+    Blob and event keys do not contain the URI, so besides the seen keys (manual URIs are
+    their own key) this looks at what is pending, what the running job trains on and what
+    the recent runs trained on (their first MAX_HISTORY_URIS URIs).
+    """
+    if uri in tracker.seen() or any(item.uri == uri for item in tracker.pending):
+        return True
+    if tracker.current_job is not None and uri in tracker.current_job.data_uris:
+        return True
+    return any(uri in run.data_uris for run in tracker.runs)
 
 
 def _remember(

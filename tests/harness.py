@@ -25,6 +25,7 @@ class RecordingTrainingBackend:
     def __init__(self) -> None:
         self.submissions: list[TrainingRequest] = []
         self.states: dict[str, JobStatus] = {}
+        self.cancellations: list[str] = []
 
     def submit(self, request: TrainingRequest) -> str:
         self.submissions.append(request)
@@ -42,6 +43,12 @@ class RecordingTrainingBackend:
 
     def status(self, job_id: str) -> JobStatus:
         return self.states[job_id]
+
+    def cancel(self, job_id: str) -> None:
+        self.cancellations.append(job_id)
+        state = self.states.get(job_id)
+        if state is not None and state.state in ("queued", "running"):
+            self.states[job_id] = JobStatus(job_id=job_id, state="canceled")
 
 
 def policy_yaml(model: str, **overrides: str) -> str:

@@ -56,6 +56,8 @@ class FakeAzureML(RecordingTransport):
             or path.startswith(f"{WORKSPACE}/components/")
         ):
             return Canned(200, _echo(path, request.body))
+        if path.startswith(f"{WORKSPACE}/jobs/") and path.endswith("/cancel"):
+            return self._cancel(path.split("/jobs/", 1)[1].split("/")[0], method)
         if path.startswith(f"{WORKSPACE}/jobs/"):
             return self._job(path.rsplit("/", 1)[1], method, path, request.body)
         if "/history/v1.0" in url:
@@ -77,6 +79,16 @@ class FakeAzureML(RecordingTransport):
             **self.job_tags.get(name, {}),
         }
         return Canned(201 if method == "PUT" else 200, job)
+
+    def _cancel(self, name: str, method: str) -> Canned:
+        """POST .../jobs/{name}/cancel: accepted while the job runs; refused once it ended."""
+        if method != "POST" or name not in self.jobs:
+            return not_found(f"Job {name} not found")
+        if self.job_status[name] in ("Completed", "Failed", "Canceled"):
+            message = f"Job {name} is in terminal state {self.job_status[name]}"
+            return Canned(400, {"error": {"code": "UserError", "message": message}})
+        self.job_status[name] = "CancelRequested"
+        return Canned(202, None)
 
     def _history(self, path: str) -> Canned:
         parts = path.split("/runs/", 1)[1].split("/")

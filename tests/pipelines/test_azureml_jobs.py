@@ -251,6 +251,40 @@ def test_completed_reads_the_version_from_the_step_run(
     assert (status.state, status.registered_version) == ("completed", "9")
 
 
+def test_cancel_posts_the_cancel_and_does_not_wait(
+    backend: AzureMLTrainingBackend, service: FakeAzureML
+) -> None:
+    backend.submit(request())
+    name = "churn-20260101t000000-1"
+    service.job_status[name] = "Running"
+    backend.cancel(name)
+    [cancel] = service.sent("POST", "/cancel")
+    assert cancel.path == f"{ARM}{WORKSPACE}/jobs/{name}/cancel"
+    assert "api-version=" in cancel.url
+    assert backend.status(name).state == "running"  # CancelRequested: not final yet
+    service.job_status[name] = "Canceled"
+    backend.cancel(name)  # refused by the service (terminal state): nothing to do
+    backend.cancel("no-such-job")  # 404: nothing to do
+    assert len(service.sent("POST", "/cancel")) == 3
+
+
+def test_a_refused_cancel_of_a_running_job_is_an_error(
+    backend: AzureMLTrainingBackend, service: FakeAzureML
+) -> None:
+    backend.submit(request())
+    name = "churn-20260101t000000-1"
+    service.job_status[name] = "Running"
+    service.faults.append(
+        (
+            lambda r: r.method == "POST" and r.path.endswith("/cancel"),
+            Canned(403, {"error": {"code": "AuthorizationFailed", "message": "no cancel"}}),
+        )
+    )
+    with pytest.raises(TrainingBackendError, match="no cancel") as caught:
+        backend.cancel(name)
+    assert caught.value.transient is False
+
+
 def test_status_of_an_unknown_job(backend: AzureMLTrainingBackend) -> None:
     with pytest.raises(TrainingBackendError, match="not found"):
         backend.status("no-such-job")

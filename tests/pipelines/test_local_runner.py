@@ -184,3 +184,61 @@ def test_pid_liveness_uses_this_process() -> None:
     from adapters.local_runner import _alive
 
     assert _alive(os.getpid()) and not _alive(None)
+
+
+def hanging_pipeline(folder: Path) -> Path:
+    """A one-step pipeline whose step writes a marker, then sleeps far longer than any test."""
+    folder.mkdir(parents=True)
+    (folder / "hang.yml").write_text(
+        "type: command\n"
+        "inputs: {raw_data: {type: uri_folder}}\n"
+        "code: .\n"
+        "command: >-\n"
+        "  python -c \"import pathlib, time; pathlib.Path('started').touch(); time.sleep(600)\"\n"
+    )
+    (folder / "pipeline.yml").write_text(
+        "type: pipeline\n"
+        "inputs: {training_data: {type: uri_folder}}\n"
+        "jobs:\n"
+        "  hang: {type: command, component: ./hang.yml,\n"
+        "         inputs: {raw_data: '${{parent.inputs.training_data}}'}}\n"
+    )
+    return folder / "pipeline.yml"
+
+
+def test_cancel_stops_the_running_step_and_ends_the_job_canceled(tmp_path: Path) -> None:
+    pipeline = hanging_pipeline(tmp_path / "pipe")
+    data = tmp_path / "data.csv"
+    data.write_text("label\n1\n")
+    backend = LocalTrainingBackend(tmp_path / "work", "unused")
+    backend.submit(request("hang-1", [str(data)], pipeline_file=str(pipeline)))
+    started = tmp_path / "pipe" / "started"
+    for _ in range(400):  # the step is running once its marker exists (bounded wait)
+        if started.exists():
+            break
+        backend.join("hang-1", timeout=0.05)
+    assert started.exists() and backend.status("hang-1").state == "running"
+
+    backend.cancel("hang-1")
+    status = backend.join("hang-1", timeout=30)
+    assert (status.state, status.error) == ("canceled", "canceled")
+    backend.cancel("hang-1")  # again, once it has ended: nothing changes
+    backend.cancel("never-submitted")  # unknown: nothing to stop
+    assert backend.status("hang-1").state == "canceled"
+
+
+def test_cancel_of_a_job_whose_runner_died_ends_it(tmp_path: Path) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    run_dir = tmp_path / "work" / "orphan-2"
+    run_dir.mkdir(parents=True)
+    (run_dir / "status.json").write_text(
+        json.dumps({"state": "running", "step": "train", "pid": int(finished.stdout)})
+    )
+    backend = LocalTrainingBackend(tmp_path / "work", "unused")
+    backend.cancel("orphan-2")
+    assert backend.status("orphan-2").state == "canceled"

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.effects import SendMessage, SubmitTrainingJob
+from orchestrator.effects import CancelTrainingJob, SendMessage, SubmitTrainingJob
 from orchestrator.policy import ModelPolicy
 from pipelines.retrain_policy import (
     COMMANDS,
@@ -292,6 +292,35 @@ def test_job_status_polling_backs_off_and_is_bounded() -> None:
     assert run(TrainingJobStatus(run_id=run_id, state="running", attempt=3), now).ignored
 
 
+def test_a_job_running_past_max_job_duration_is_canceled_and_the_model_trains_again() -> None:
+    pol = policy(max_job_duration="2h")
+    run = Run(pol)
+    run(landed(item(1)), T0)
+    run.close_due()
+    run_id = run.submits()[0].run_id
+    submitted = run.tracker.current_job.submitted_at  # type: ignore[union-attr]
+    before = run(
+        TrainingJobStatus(run_id=run_id, state="running", attempt=1),
+        submitted + timedelta(hours=2) - timedelta(seconds=1),
+    )
+    assert not any(isinstance(e, CancelTrainingJob) for e in before.effects)
+    run(landed(item(2)), submitted + timedelta(hours=1))  # waits for the job: a follow-up
+    late = submitted + timedelta(hours=2)
+    decision = run(TrainingJobStatus(run_id=run_id, state="running", attempt=2), late)
+    [cancel] = [e for e in decision.effects if isinstance(e, CancelTrainingJob)]
+    assert cancel.run_id == run_id and "max_job_duration" in cancel.reason
+    assert run.tracker.current_job is None
+    record = run.tracker.runs[-1]
+    assert record.status == "failed" and "max_job_duration" in (record.error or "")
+    assert not run.messages("StartPromotion")
+    # The same (late) answer again, or the job's own final word later, changes nothing.
+    assert run(TrainingJobStatus(run_id=run_id, state="running", attempt=2), late).ignored
+    assert run(TrainingJobStatus(run_id=run_id, state="completed", attempt=3), late).ignored
+    # The data that waited gets its own job.
+    run.close_due(late)
+    assert [s.data_uris for s in run.submits()][-1] == [item(2).uri]
+
+
 def test_stale_statuses_are_ignored() -> None:
     run = Run(policy())
     assert run(TrainingJobStatus(run_id="nope", state="completed"), T0).ignored
@@ -371,7 +400,32 @@ def test_force_with_nothing_new_retrains_on_the_last_data() -> None:
         T0 + timedelta(hours=4),
     )
     assert run.submits()[-1].data_uris == [item(1).uri]
-    assert len(run.tracker.seen_keys) == 2  # item(1)'s key and the manual URI, once each
+    assert run.tracker.seen_keys == [item(1).key]  # the URI was known: not remembered again
+
+
+def test_a_manual_request_naming_known_data_is_not_new_data() -> None:
+    # Blob keys are name@etag, not the URI: a URI that landed as a blob, is pending, is in
+    # the running job or was trained on is still a duplicate when a person names it.
+    run = Run(policy())
+    run(landed(item(1)), T0)
+    pending = run(RetrainRequested(requested_by="erin", data_uri=item(1).uri), T0)
+    assert pending.audit[0].action == "retrain.data_duplicate"
+    run.close_due()
+    running = run(RetrainRequested(requested_by="erin", data_uri=item(1).uri), T0)
+    assert running.audit[0].action == "retrain.data_duplicate"
+    assert not run.tracker.follow_up_pending
+    run.finish()
+    trained = run(
+        RetrainRequested(requested_by="erin", data_uri=item(1).uri), T0 + timedelta(hours=2)
+    )
+    assert trained.ignored == "below the minimum new data"
+    assert len(run.submits()) == 1 and run.tracker.seen_keys == [item(1).key]
+    fresh = run(
+        RetrainRequested(requested_by="erin", data_uri=item(2).uri), T0 + timedelta(hours=2)
+    )
+    assert [e.data_uris for e in fresh.effects if isinstance(e, SubmitTrainingJob)] == [
+        [item(2).uri]
+    ]
 
 
 def test_seen_keys_are_bounded() -> None:

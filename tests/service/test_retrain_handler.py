@@ -43,3 +43,25 @@ def test_ten_thousand_events_in_one_window_make_one_job(make_runtime):
     assert len(by_model["fraud"].data_uris) == 3
     state = runtime.orchestrator.model_status("churn")["retrain"]
     assert state["current_job"]["run_id"] == by_model["churn"].run_id
+
+
+def test_a_job_that_never_ends_is_canceled_once_and_the_run_recorded(make_runtime):
+    retrain = "{debounce: 1s, min_new_files: 1, cooldown: 0s, poll_interval: 1s, "
+    retrain += "max_poll_interval: 1s, max_job_duration: 3s}"
+    runtime = make_runtime({"churn": policy_yaml("churn", retrain=retrain)})
+    backend = RecordingTrainingBackend()  # its jobs stay "queued" until canceled
+    runtime.__dict__["training"] = backend
+    runtime.orchestrator.handle(landed("churn", 0, 2))
+
+    outcomes = pump(runtime, rounds=80, until=lambda: bool(backend.cancellations))
+    [run_id] = backend.jobs
+    assert backend.cancellations == [run_id]
+    run = runtime.orchestrator.model_status("churn")["retrain"]["runs"][-1]
+    assert (run["run_id"], run["status"]) == (run_id, "failed")
+    assert "max_job_duration" in run["error"]
+    assert outcomes[-1].status == "applied"
+    # A late check for the ended run changes nothing and cancels nothing again.
+    late = Envelope.new("TrainingJobCheck", "churn", {"run_id": run_id, "attempt": 99})
+    assert runtime.orchestrator.handle(late).status == "ignored"
+    assert backend.cancellations == [run_id]
+    assert runtime.orchestrator.model_status("churn")["retrain"]["current_job"] is None
