@@ -143,18 +143,23 @@ def test_missing_data_fails_the_job(tmp_path: Path, tracking_uri: str) -> None:
     assert status.state == "failed" and "no such file or folder" in (status.error or "")
 
 
-def test_a_job_whose_runner_died_is_failed(tmp_path: Path) -> None:
+def orphan_run(work: Path, run_id: str) -> None:
+    """A run folder that says "running", left by a runner process that has exited."""
     finished = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True,
         text=True,
         check=True,
     )
-    run_dir = tmp_path / "work" / "orphan-1"
+    run_dir = work / run_id
     run_dir.mkdir(parents=True)
     (run_dir / "status.json").write_text(
         json.dumps({"state": "running", "step": "train", "pid": int(finished.stdout)})
     )
+
+
+def test_a_job_whose_runner_died_is_failed(tmp_path: Path) -> None:
+    orphan_run(tmp_path / "work", "orphan-1")
     status = LocalTrainingBackend(tmp_path / "work", "unused").status("orphan-1")
     assert status.state == "failed" and "exited" in (status.error or "")
 
@@ -228,17 +233,7 @@ def test_cancel_stops_the_running_step_and_ends_the_job_canceled(tmp_path: Path)
 
 
 def test_cancel_of_a_job_whose_runner_died_ends_it(tmp_path: Path) -> None:
-    finished = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    run_dir = tmp_path / "work" / "orphan-2"
-    run_dir.mkdir(parents=True)
-    (run_dir / "status.json").write_text(
-        json.dumps({"state": "running", "step": "train", "pid": int(finished.stdout)})
-    )
+    orphan_run(tmp_path / "work", "orphan-2")
     backend = LocalTrainingBackend(tmp_path / "work", "unused")
     backend.cancel("orphan-2")
     assert backend.status("orphan-2").state == "canceled"
