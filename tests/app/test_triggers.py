@@ -313,3 +313,38 @@ def test_timer_sweeps_an_outbox_left_behind(app_runtime):
     user(maintenance.outbox_sweeper)(TimerRequest(past_due=False))
     assert backend.jobs == ["churn-left"]
     assert runtime.orchestrator.model_status("churn")["pending_effects"] == 0
+
+
+def test_timer_reports_a_promotion_that_has_not_moved_for_too_long(make_runtime, caplog):
+    from datetime import timedelta
+
+    approval = "{required: true, approvers: [lead@contoso.com], timeout: 7d, on_timeout: reject}"
+    runtime = make_runtime(
+        {"churn": policy_yaml("churn", approval=approval, max_time_in_state="2h")}
+    )
+    runtime.orchestrator.ports.metrics = FixedMetrics()
+    set_runtime(runtime)
+    try:
+        start = Envelope.new("StartPromotion", "churn", {"candidate_version": "3", "run_id": "r"})
+        assert runtime.orchestrator.handle(start).status == "applied"
+        active = runtime.orchestrator.model_status("churn")["active_promotion"]
+        assert active["status"] == "awaiting_approval"
+        sweeper = user(maintenance.outbox_sweeper)
+
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            sweeper(TimerRequest(past_due=False))
+        assert "0 promotion(s) stuck" in caplog.text  # within max_time_in_state: quiet
+
+        clock = runtime.orchestrator.ports.clock
+        later = clock() + timedelta(hours=2, minutes=1)
+        runtime.orchestrator.ports.clock = lambda: later
+        caplog.clear()
+        with caplog.at_level("INFO"):
+            sweeper(TimerRequest(past_due=False))
+        [stuck] = runtime.orchestrator.sweep()["stuck"]
+        assert (stuck["model"], stuck["status"]) == ("churn", "awaiting_approval")
+        assert stuck["promotion_id"] == active["id"]
+        assert f"1 promotion(s) stuck; churn {active['id']} awaiting_approval" in caplog.text
+    finally:
+        set_runtime(None)

@@ -48,9 +48,7 @@ def test_background_pollers_fire_and_stop_cleanly(
     send(queue_client(azurite, unique_name), "go")
     wait_for(lambda: received == [b"go"])
 
-    started = time.monotonic()
-    host.stop()
-    assert time.monotonic() - started < 5
+    host.stop()  # returns once its threads have ended
     assert not [t for t in threading.enumerate() if t.name.startswith("devhost-")]
 
 
