@@ -58,6 +58,7 @@ DEFAULT_RETRY: dict[str, Any] = {
 
 DATA_COLLECTIONS = ("model_inputs", "model_outputs")
 _TRANSIENT = {408, 429, 500, 502, 503, 504}
+_ENDPOINT_BUSY = {"creating", "updating", "deleting"}
 
 _ARM_MODEL = re.compile(r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$")
 _SHORT_MODEL = re.compile(r"^azureml:(?P<name>[^:]+):(?P<version>[^:]+)$")
@@ -203,9 +204,44 @@ class AzureMLEndpoint:
         )
 
     def delete(self, deployment: str) -> None:
+        """Start removing the deployment once nothing routes to it.
+
+        Azure ML refuses to delete a deployment that still takes live traffic, or while the
+        endpoint is updating (the set-traffic a rollback sent just before). Both answer a
+        transient `EndpointError` without sending the DELETE, so the outbox tries again
+        later. When the deployment is the only one serving (a first model rolled back), its
+        traffic is taken away first, then the delete waits for that update.
+        """
+        check_deployment_name(deployment)
+        try:
+            self._delete(deployment)
+        except EndpointError:
+            raise
+        except Exception as exc:
+            raise _endpoint_error(exc, f"deleting deployment {deployment}") from exc
+
+    def _delete(self, deployment: str) -> None:
         from azure.core.exceptions import ResourceNotFoundError
 
-        check_deployment_name(deployment)
+        endpoint = self.client.online_endpoints.get(self.endpoint_name)
+        live = live_only(endpoint.traffic or {})
+        if deployment in live:
+            if set(live) == {deployment}:
+                endpoint.traffic = {}
+                endpoint.mirror_traffic = {}
+                self.client.online_endpoints.begin_create_or_update(endpoint)
+            raise EndpointError(
+                f"deployment {deployment} still takes {live[deployment]}% of the live traffic "
+                f"of {self.endpoint_name}: it is deleted once the traffic update is done",
+                transient=True,
+            )
+        state = str(getattr(endpoint.provisioning_state, "value", endpoint.provisioning_state))
+        if state.lower() in _ENDPOINT_BUSY:
+            raise EndpointError(
+                f"endpoint {self.endpoint_name} is {state}: deployment {deployment} is deleted "
+                "once the update is done",
+                transient=True,
+            )
         try:
             self.client.online_deployments.begin_delete(
                 name=deployment, endpoint_name=self.endpoint_name

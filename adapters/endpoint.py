@@ -91,7 +91,11 @@ class OnlineEndpoint(Protocol):
         ...
 
     def delete(self, deployment: str) -> None:
-        """Start removing `deployment`. Idempotent: a missing deployment is fine."""
+        """Start removing `deployment`. Idempotent: a missing deployment is fine.
+
+        A deployment that shares the live traffic with others is refused: move the traffic
+        first. The only deployment serving may be removed; the endpoint then serves nothing.
+        """
         ...
 
     def traffic(self) -> dict[str, int]:

@@ -176,8 +176,10 @@ class EndpointState:
         with self.lock:
             if name not in self.deployments:
                 return False
-            if self.live.get(name, 0) > 0 or self.mirror.get(name, 0) > 0:
+            others_live = any(weight > 0 for other, weight in self.live.items() if other != name)
+            if (self.live.get(name, 0) > 0 and others_live) or self.mirror.get(name, 0) > 0:
                 raise Conflict(f"deployment {name} takes traffic; move the traffic first")
+            # The only deployment serving may go (a first model rolled back): nothing serves.
             self.deployments.pop(name).state = "deleting"
             self.live.pop(name, None)
             self.mirror.pop(name, None)

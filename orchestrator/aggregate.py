@@ -22,6 +22,7 @@ class OutboxItem(BaseModel):
     id: str  # "<aggregate version>-<index>": stable across re-dispatch
     effect: Effect
     cause_id: str | None = None
+    failed_attempts: int = 0  # dispatches that failed transiently (see Ports.max_effect_attempts)
 
 
 class ModelAggregate(BaseModel):

@@ -206,6 +206,7 @@ class Runtime:
             clock=self.clock,
             deployment_poll=timedelta(seconds=self.settings.deployment_poll_seconds),
             default_compute=self.settings.azureml_compute,
+            max_effect_attempts=self.settings.max_effect_attempts,
         )
         return Orchestrator(ports)
 

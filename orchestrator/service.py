@@ -105,6 +105,9 @@ class Ports:
     deployment_poll: timedelta = timedelta(seconds=30)
     default_compute: str | None = None
     max_deployment_checks: int = 120
+    # A training submit or a deployment that still fails transiently (after the SDK's own
+    # retries) on this many dispatches fails its step, with the service's message.
+    max_effect_attempts: int = 5
 
 
 @dataclass
@@ -168,11 +171,50 @@ class Orchestrator:
                 if policy is None:
                     log.error("model %s has no policy: dropping effect %s", model, item.id)
                 else:
-                    self._execute(aggregate, policy, item)
+                    self._execute_or_give_up(aggregate, policy, item)
                 done.append(item.id)
         finally:
             self._forget_dispatched(model, set(done), flushed)
         return len(done)
+
+    def _execute_or_give_up(
+        self, aggregate: ModelAggregate, policy: ModelPolicy, item: OutboxItem
+    ) -> None:
+        """Run one effect. A transient failure is counted on the item and raised (the
+        message is redelivered, the timer sweeps); a submit or a deployment that has failed
+        `max_effect_attempts` times fails its step instead of being retried for ever."""
+        try:
+            self._execute(aggregate, policy, item)
+        except (TrainingBackendError, EndpointError) as exc:
+            attempts = item.failed_attempts + 1
+            if not isinstance(item.effect, (SubmitTrainingJob, DeployModel)):
+                raise
+            if attempts < self.ports.max_effect_attempts:
+                self._count_failed_attempt(aggregate.model, item.id, attempts)
+                raise
+            error = f"gave up after {attempts} attempts: {exc}"
+            log.error("%s for %s: %s", item.effect.kind, aggregate.model, error)
+            if isinstance(item.effect, SubmitTrainingJob):
+                self._submit_failed(aggregate, item.effect, error)
+            else:
+                self._deploy_failed(aggregate, item.effect, error)
+
+    def _count_failed_attempt(self, model: str, item_id: str, attempts: int) -> None:
+        def change(aggregate: ModelAggregate) -> ModelAggregate | None:
+            outbox = [
+                item.model_copy(update={"failed_attempts": attempts})
+                if item.id == item_id
+                else item
+                for item in aggregate.outbox
+            ]
+            if outbox == aggregate.outbox:
+                return None
+            return aggregate.model_copy(update={"outbox": outbox})
+
+        try:
+            self.ports.store.update(model, change)
+        except Exception:  # the count is best effort: the failure itself is what matters
+            log.warning("could not count a failed attempt of %s for %s", item_id, model)
 
     def sweep(self) -> dict[str, Any]:
         """Timer: re-dispatch outboxes a crash left behind; report promotions not moving.
@@ -520,15 +562,20 @@ class Orchestrator:
             if exc.transient:
                 raise
             # A permanent refusal ends the run with the service's own message.
-            self._send(
-                aggregate.model,
-                SendMessage(
-                    message_type="TrainingJobStatus",
-                    message_id=f"{effect.run_id}:submit-failed",
-                    payload={"run_id": effect.run_id, "state": "failed", "error": str(exc)},
-                ),
-                aggregate.version,
-            )
+            self._submit_failed(aggregate, effect, str(exc))
+
+    def _submit_failed(
+        self, aggregate: ModelAggregate, effect: SubmitTrainingJob, error: str
+    ) -> None:
+        self._send(
+            aggregate.model,
+            SendMessage(
+                message_type="TrainingJobStatus",
+                message_id=f"{effect.run_id}:submit-failed",
+                payload={"run_id": effect.run_id, "state": "failed", "error": error},
+            ),
+            aggregate.version,
+        )
 
     def _cancel_training(self, effect: CancelTrainingJob) -> None:
         try:
@@ -547,20 +594,7 @@ class Orchestrator:
         except EndpointError as exc:
             if getattr(exc, "transient", False):
                 raise
-            self._send(
-                aggregate.model,
-                SendMessage(
-                    message_type="DeploymentFailed",
-                    message_id=f"{promotion_id}:{effect.deployment}:deploy-failed",
-                    payload={
-                        "promotion_id": promotion_id,
-                        "deployment": effect.deployment,
-                        "error": str(exc),
-                    },
-                    promotion_id=promotion_id,
-                ),
-                aggregate.version,
-            )
+            self._deploy_failed(aggregate, effect, str(exc))
             return
         self._send(
             aggregate.model,
@@ -572,6 +606,24 @@ class Orchestrator:
                 ).model_dump(),
                 promotion_id=promotion_id,
                 not_before=self.ports.clock() + self.ports.deployment_poll,
+            ),
+            aggregate.version,
+        )
+
+    def _deploy_failed(self, aggregate: ModelAggregate, effect: DeployModel, error: str) -> None:
+        active = aggregate.promotion.active
+        promotion_id = active.id if active else ""
+        self._send(
+            aggregate.model,
+            SendMessage(
+                message_type="DeploymentFailed",
+                message_id=f"{promotion_id}:{effect.deployment}:deploy-failed",
+                payload={
+                    "promotion_id": promotion_id,
+                    "deployment": effect.deployment,
+                    "error": error,
+                },
+                promotion_id=promotion_id,
             ),
             aggregate.version,
         )

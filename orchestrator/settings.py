@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         default="approvals", validation_alias=_alias("APPROVALS_QUEUE"), min_length=3
     )
     max_deliveries: int = Field(default=5, ge=1, validation_alias=_alias("MAX_DELIVERIES"))
+    # Dispatches of a training submit or a deployment that may fail transiently (each after
+    # the SDK's own retries) before the step fails with the service's message.
+    max_effect_attempts: int = Field(
+        default=5, ge=1, validation_alias=_alias("MAX_EFFECT_ATTEMPTS")
+    )
     # How often a started deployment is polled (Azure ML deployments take minutes).
     deployment_poll_seconds: float = Field(
         default=30, gt=0, validation_alias=_alias("DEPLOYMENT_POLL_SECONDS")

@@ -180,10 +180,23 @@ class FakeAzureML(RecordingTransport):
         op = f"https://management.azure.com{WS_ID}/operations/dep-{m['dep']}?api-version=2023-04-01-preview"
         return Canned(201, answer, {"Azure-AsyncOperation": op, "Retry-After": "3600"})
 
+    def finish_updates(self) -> None:
+        """Every endpoint update the SDK started has finished (provisioning Succeeded)."""
+        for body in self.endpoints.values():
+            body["properties"]["provisioningState"] = "Succeeded"
+
     def _delete_dep(self, rec: Recorded, m: re.Match[str]) -> Canned:
         found = self.deployments.get((m["ep"], m["dep"]))
         if not found:
             return Canned(204)
+        endpoint = self.endpoints.get(m["ep"], {}).get("properties", {})
+        # As Azure ML: no delete while the endpoint updates, nor of a deployment with traffic.
+        if endpoint.get("provisioningState") != "Succeeded":
+            message = f"endpoint {m['ep']} is {endpoint.get('provisioningState')}"
+            return Canned(409, {"error": {"code": "Conflict", "message": message}})
+        if endpoint.get("traffic", {}).get(m["dep"], 0) > 0:
+            message = f"deployment {m['dep']} has traffic; set it to 0 before deleting"
+            return Canned(400, {"error": {"code": "BadArgument", "message": message}})
         found["properties"]["provisioningState"] = "Deleting"
         op = f"https://management.azure.com{WS_ID}/operations/del-{m['dep']}?api-version=2023-04-01-preview"
         return Canned(202, None, {"Location": op, "Retry-After": "3600"})

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from adapters.azureml_endpoint import DEFAULT_RETRY, AzureMLEndpoint, make_ml_client
-from adapters.endpoint import InvalidDeploymentName, InvalidTraffic, OnlineEndpoint
-from tests.azure_recording import FakeCredential
+from adapters.endpoint import EndpointError, InvalidDeploymentName, InvalidTraffic, OnlineEndpoint
+from tests.azure_recording import Canned, FakeCredential
 from tests.endpoint.azure_replay import RG, SUB, WS, WS_ID, FakeAzureML
 
 EP = "churn-ep"
@@ -172,6 +172,53 @@ def test_delete_sends_a_delete_and_a_missing_deployment_is_fine(
     assert endpoint.deployment_state("churn-v1").state == "deleting"
     endpoint.delete("churn-v8")  # not there: no error
     assert azure.sent("DELETE")[-1].path == f"{EP_PATH}/deployments/churn-v8"
+
+
+def test_a_rollback_deletes_the_candidate_only_once_the_traffic_update_is_done(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    azure.add_deployment(EP, "churn-v3", "churn", "3")
+    azure.add_endpoint(EP, traffic={"churn-v2": 75, "churn-v3": 25})
+    endpoint.set_traffic({"churn-v2": 100})  # started, not awaited: the endpoint is Updating
+    with pytest.raises(EndpointError, match="Updating") as busy:
+        endpoint.delete("churn-v3")
+    assert busy.value.transient is True  # the outbox keeps the effect and tries again
+    assert azure.sent("DELETE") == []
+    azure.finish_updates()
+    endpoint.delete("churn-v3")
+    assert [r.path for r in azure.sent("DELETE")] == [f"{EP_PATH}/deployments/churn-v3"]
+
+
+def test_deleting_the_only_serving_deployment_takes_its_traffic_away_first(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    with pytest.raises(EndpointError, match="100% of the live traffic") as serving:
+        endpoint.delete("churn-v2")
+    assert serving.value.transient is True
+    [put] = azure.sent("PUT", EP_PATH)
+    assert put.body["properties"]["traffic"] == {}
+    assert azure.sent("DELETE") == []
+    with pytest.raises(EndpointError, match="Updating"):
+        endpoint.delete("churn-v2")  # the outbox's next try, while the update runs
+    azure.finish_updates()
+    endpoint.delete("churn-v2")
+    assert [r.path for r in azure.sent("DELETE")] == [f"{EP_PATH}/deployments/churn-v2"]
+    assert len(azure.sent("PUT", EP_PATH)) == 1
+
+
+def test_a_refused_delete_carries_the_service_message(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    azure.add_deployment(EP, "churn-v1", "churn", "1")
+    azure.faults.append(
+        (
+            lambda r: r.method == "DELETE",
+            Canned(403, {"error": {"code": "AuthorizationFailed", "message": "no delete"}}),
+        )
+    )
+    with pytest.raises(EndpointError, match="403 AuthorizationFailed: no delete") as refused:
+        endpoint.delete("churn-v1")
+    assert refused.value.transient is False
 
 
 def test_throttling_and_server_errors_are_retried_by_azure_core(

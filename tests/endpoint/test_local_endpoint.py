@@ -87,10 +87,28 @@ def test_bad_traffic_is_refused_before_anything_is_sent(server: Server) -> None:
         assert sent == ["/traffic"]
 
 
-def test_a_deployment_that_takes_traffic_cannot_be_deleted(endpoint: LocalEndpoint) -> None:
-    with pytest.raises(EndpointError, match="409"):
-        endpoint.delete("bc-v1")
-    assert endpoint.deployment_state("bc-v1").state == "succeeded"
+def test_a_deployment_that_shares_the_traffic_cannot_be_deleted(endpoint: LocalEndpoint) -> None:
+    endpoint.set_traffic(SPLIT)
+    try:
+        for name in SPLIT:
+            with pytest.raises(EndpointError, match="409"):
+                endpoint.delete(name)
+            assert endpoint.deployment_state(name).state == "succeeded"
+        assert endpoint.traffic() == SPLIT
+    finally:
+        endpoint.set_traffic({"bc-v1": 100})
+
+
+def test_the_only_serving_deployment_can_be_removed(
+    endpoint: LocalEndpoint, registry: Registry
+) -> None:
+    # A first model rolled back: nothing is left to serve, which the orchestrator records.
+    endpoint.delete("bc-v1")
+    assert endpoint.deployment_state("bc-v1").state == "missing"
+    assert endpoint.traffic() == {}
+    endpoint.deploy(registry.model, "1", "bc-v1")  # put the module's endpoint back
+    assert wait_until_done(endpoint, "bc-v1").state == "succeeded"
+    endpoint.set_traffic({"bc-v1": 100})
 
 
 def test_keyed_requests_over_http_follow_the_split_and_reach_mlflow(

@@ -220,10 +220,11 @@ class FakeEndpoint:
     def delete(self, deployment: str) -> None:
         with self.lock:
             self.deletes.append(deployment)
-            if self.live.get(deployment):
+            if self.live.get(deployment) and set(self.live) != {deployment}:
                 self.violations.append(f"delete {deployment} while it takes {self.live}")
                 raise InvalidTraffic(f"{deployment} takes live traffic")
             self.deployments.pop(deployment, None)
+            self.live.pop(deployment, None)
 
     def traffic(self) -> dict[str, int]:
         with self.lock:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.messages import Envelope
 from tests.faults.flow_harness import (  # noqa: F401
     Courier,
     Process,
@@ -24,6 +25,7 @@ from tests.faults.flow_harness import (  # noqa: F401
     final_state,
     flow_policy,
     flow_settings_fixture,
+    landed,
     make_runtime,
     run_generations,
 )
@@ -108,3 +110,38 @@ def test_duplicated_and_reordered_delivery_reaches_the_same_outcome(
         assert stats.delivered > stats.sent > 0
         figures.update(courier_figures(courier))
         figures["flows"] += 1
+
+
+def test_a_first_model_rolled_back_in_its_bake_leaves_nothing_behind(flow_settings: Any) -> None:
+    """No known-good version to return to: the only deployment goes, the endpoint serves
+    nothing, and that is said in the rollback's event. Delivered twice, it changes nothing."""
+    settings = flow_settings({MODEL: flow_policy(MODEL, production_bake="1h")})
+    world = World()
+    courier = Courier(world, lambda: Process(settings, world), None)
+    for batch in range(2):
+        courier.inject(landed(MODEL, 0, batch, 3))
+    process = courier.process
+    in_bake = lambda: (  # noqa: E731
+        (active := process.aggregate(MODEL).promotion.active) is not None
+        and active.status == "production_bake"
+    )
+    courier.run(until=in_bake)
+    assert world.endpoint.live == {"churn-v1": 100}
+    promotion_id = process.aggregate(MODEL).promotion.active.id  # type: ignore[union-attr]
+    rollback = Envelope.new(
+        "RollbackRequested",
+        MODEL,
+        {"promotion_id": promotion_id, "reason": "wrong features", "requested_by": "ops"},
+        promotion_id=promotion_id,
+    )
+    courier.inject(rollback)
+    courier.inject(rollback)
+    courier.run()
+
+    state = final_state(courier.process, MODEL)
+    assert state["champion"] is None and state["history"] == [("1", "rolled_back")]
+    assert world.endpoint.deletes == ["churn-v1"] and world.endpoint.live == {}
+    assert world.endpoint.deployments == {}
+    [event] = [data for kind, _, data in world.events if kind == "promotion.rolled_back"]
+    assert event["nothing_serves"] is True and event["serving_version"] is None
+    check_invariants(courier.process, world, MODEL)

@@ -109,7 +109,8 @@ class AzureWorld:
         return self.jobs.sent("PUT", "/jobs/")
 
     def progress(self, courier: Courier) -> None:
-        """Between deliveries: jobs run and register v2, deployments finish creating."""
+        """Between deliveries: jobs run and register v2, deployments finish creating, endpoint
+        updates finish."""
         for name, status in list(self.jobs.job_status.items()):
             if status == "NotStarted":
                 self.jobs.job_status[name] = "Completed"
@@ -120,6 +121,7 @@ class AzureWorld:
         for body in self.endpoints.deployments.values():
             if body["properties"]["provisioningState"] == "Creating":
                 body["properties"]["provisioningState"] = "Succeeded"
+        self.endpoints.finish_updates()
 
     def traffic(self) -> dict[str, int]:
         return dict(self.endpoints.endpoints[ENDPOINT]["properties"]["traffic"])
@@ -163,13 +165,15 @@ def test_azure_ml_throttling_on_submit_and_deploy_is_retried_and_the_flow_comple
     # the first retry at once, the second after DEFAULT_RETRY's 2 s.
     assert azure.endpoints.deployment_puts("churn-v2") == 3
     assert azure.endpoints.sleeps == [2.0]
-    # Nothing failed as far as the orchestrator is concerned: the flow completed.
+    # The flow completed. One delivery failed on purpose: the promotion sets traffic and
+    # deletes the old deployment in one step, and Azure ML refuses the delete while the
+    # endpoint updates, so it waits for the redelivery.
     process = courier.process
     state = final_state(process, MODEL)
     assert state["champion"] == "2" and state["history"] == [("2", "completed")]
     assert azure.traffic() == {"churn-v2": 100}
     assert azure.deployment_state("churn-v1") == "Deleting"
-    assert courier.stats.failures == 0
+    assert courier.stats.failures == 1
     assert process.aggregate(MODEL).outbox == []
     check_audit(process, MODEL)
     with collecting(request.node.nodeid) as figures:
@@ -188,7 +192,9 @@ def test_retries_running_out_on_a_deployment_leave_it_to_the_transport(
 
     courier = azure_flow(flow_settings, azure)
 
-    assert courier.stats.failures == 1  # one delivery failed, and was delivered again
+    # Two deliveries failed and were delivered again: the deploy, and the delete that waits
+    # for the endpoint's traffic update.
+    assert courier.stats.failures == 2
     assert azure.endpoints.deployment_puts("churn-v2") == 7
     state = final_state(courier.process, MODEL)
     assert state["history"] == [("2", "completed")]
@@ -196,6 +202,57 @@ def test_retries_running_out_on_a_deployment_leave_it_to_the_transport(
     check_audit(courier.process, MODEL)
     with collecting(request.node.nodeid) as figures:
         figures["faults_injected"] = 6
+        figures["flows"] = 1
+        figures.update(courier_figures(courier))
+
+
+def test_azure_ml_unavailable_on_every_submit_fails_the_run_after_max_effect_attempts(
+    flow_settings: Any, request: pytest.FixtureRequest
+) -> None:
+    """503 on every job PUT: each dispatch exhausts azure-core's retries (4 tries), the
+    message is redelivered, and the fifth dispatch (MAX_EFFECT_ATTEMPTS) fails the run."""
+    azure = AzureWorld()
+    unavailable = Canned(503, {"error": {"code": "ServiceUnavailable", "message": "try later"}})
+    azure.jobs.faults += [(lambda r: r.method == "PUT" and "/jobs/" in r.path, unavailable)] * 40
+
+    courier = azure_flow(flow_settings, azure)
+
+    assert len(azure.job_puts()) == 5 * 4  # five dispatches, each the first try and 3 retries
+    assert courier.stats.failures == 4  # redelivered four times, then the step failed
+    process = courier.process
+    run = process.aggregate(MODEL).retrain.runs[-1]
+    assert (run.run_id, run.status) == (RUN_ID, "failed")
+    [failed] = [r for r in check_audit(process, MODEL) if r.action == "retrain.job_failed"]
+    assert str(failed.detail["error"]).startswith("gave up after 5 attempts: ")
+    assert "Azure ML answered 503 ServiceUnavailable: try later" in str(failed.detail["error"])
+    assert process.aggregate(MODEL).outbox == []
+    assert final_state(process, MODEL)["champion"] == "1"
+    with collecting(request.node.nodeid) as figures:
+        figures["faults_injected"] = len(azure.job_puts())
+        figures["flows"] = 1
+        figures.update(courier_figures(courier))
+
+
+def test_azure_ml_unavailable_on_every_deploy_fails_the_promotion_after_max_effect_attempts(
+    flow_settings: Any, request: pytest.FixtureRequest
+) -> None:
+    azure = AzureWorld()
+    azure.endpoints.put_faults = [throttled(503)] * 200
+
+    courier = azure_flow(flow_settings, azure)
+
+    tries = azure.endpoints.deployment_puts("churn-v2")
+    assert tries == 5 * (1 + 5)  # five dispatches, each the first try and retry_status=5
+    process = courier.process
+    state = final_state(process, MODEL)
+    assert state["history"] == [("2", "failed")] and state["champion"] == "1"
+    [failed] = [r for r in check_audit(process, MODEL) if r.action == "promotion.failed"]
+    assert "gave up after 5 attempts: " in failed.detail["cause"]
+    assert "Azure ML answered 503 ServiceUnavailable: try later" in failed.detail["cause"]
+    assert azure.traffic() == {"churn-v1": 100}  # production never moved
+    assert process.aggregate(MODEL).outbox == []
+    with collecting(request.node.nodeid) as figures:
+        figures["faults_injected"] = tries
         figures["flows"] = 1
         figures.update(courier_figures(courier))
 
