@@ -8,6 +8,7 @@ is set; a missing or malformed setting fails at start with a message naming it.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -15,6 +16,7 @@ from pydantic import AliasChoices, Field, ValidationError, field_validator, mode
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 APP_ROOT = Path(__file__).resolve().parent.parent
+_NAMESPACE_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}(\.[A-Za-z0-9-]{1,63})+")
 
 
 class SettingsError(ValueError):
@@ -125,6 +127,18 @@ class Settings(BaseSettings):
     def _is_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL")
+        return value
+
+    @field_validator("service_bus_namespace", "event_hub_namespace")
+    @classmethod
+    def _is_namespace_host(cls, value: str | None) -> str | None:
+        # The SDKs take a bare host name; a scheme or a path here fails only at the first
+        # connection, deep in AMQP, so it is refused at start instead.
+        if value is not None and not _NAMESPACE_HOST.fullmatch(value):
+            raise ValueError(
+                "must be a fully qualified namespace host name such as "
+                "<name>.servicebus.windows.net (no scheme, no path, no port)"
+            )
         return value
 
     @field_validator("storage_connection_string")

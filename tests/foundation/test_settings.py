@@ -17,6 +17,7 @@ def clean_environment(monkeypatch):
         "AzureWebJobsStorage__queueServiceUri",
         "ServiceBusConnection__fullyQualifiedNamespace",
         "ServiceBusConnection",
+        "EventHubConnection__fullyQualifiedNamespace",
         "AZUREML_SUBSCRIPTION_ID",
         "AZUREML_RESOURCE_GROUP",
         "AZUREML_WORKSPACE",
@@ -58,6 +59,17 @@ def test_identity_based_azure(monkeypatch):
         ({"AzureWebJobsStorage": AZURITE, "MAX_DELIVERIES": "many"}, "MAX_DELIVERIES"),
         ({"AzureWebJobsStorage": AZURITE, "MAX_DELIVERIES": "0"}, "MAX_DELIVERIES"),
         ({"AzureWebJobsStorage": AZURITE, "AZUREML_WORKSPACE": "ws"}, "AZUREML_SUBSCRIPTION_ID"),
+        (
+            {
+                "AzureWebJobsStorage": AZURITE,
+                "ServiceBusConnection__fullyQualifiedNamespace": "sb://ns.servicebus.windows.net/",
+            },
+            "ServiceBusConnection__fullyQualifiedNamespace: must be a fully qualified namespace",
+        ),
+        (
+            {"AzureWebJobsStorage": AZURITE, "EventHubConnection__fullyQualifiedNamespace": "ns"},
+            "EventHubConnection__fullyQualifiedNamespace: must be a fully qualified namespace",
+        ),
     ],
 )
 def test_bad_settings_fail_naming_the_setting(monkeypatch, environment, named):

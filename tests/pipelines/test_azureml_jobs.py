@@ -7,7 +7,13 @@ from typing import Any
 import pytest
 from azure.ai.ml import MLClient, load_job
 
-from adapters.azureml_jobs import STATUS_MAP, AzureMLTrainingBackend, common_folder, data_input_for
+from adapters.azureml_jobs import (
+    DEFAULT_RETRY,
+    STATUS_MAP,
+    AzureMLTrainingBackend,
+    common_folder,
+    data_input_for,
+)
 from orchestrator.settings import APP_ROOT
 from pipelines.backend import TrainingBackend, TrainingBackendError, TrainingRequest
 from tests.azure_recording import Canned, FakeCredential, Recorded, RecordingTransport
@@ -159,6 +165,31 @@ def test_429_then_success_is_retried(
     puts = job_puts(transport)
     assert len(puts) == 2 and puts[0].body == puts[1].body
     assert service.job_status["churn-20260101t000000-1"] == "NotStarted"
+
+
+class SleepRecordingAzureML(FakeAzureML):
+    """Records azure-core's retry waits instead of sleeping them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sleeps: list[float] = []
+
+    def sleep(self, duration: float) -> None:
+        self.sleeps.append(duration)
+
+
+def test_from_workspace_backs_off_exponentially_between_retries() -> None:
+    service = SleepRecordingAzureML()
+    backend = AzureMLTrainingBackend.from_workspace(
+        "sub-1", "rg-1", "ws-1", credential=FakeCredential(), transport=service
+    )
+    busy = Canned(503, {"error": {"code": "ServiceUnavailable", "message": "busy"}})
+    service.faults += [(lambda r: r.method == "PUT" and "/jobs/" in r.path, busy)] * 3
+    assert backend.submit(request()) == "churn-20260101t000000-1"
+    assert len(job_puts(service)) == 4
+    # DEFAULT_RETRY: the first retry at once, then backoff_factor * 2^(n-1): 4 s, 8 s.
+    assert DEFAULT_RETRY["retry_backoff_factor"] == 2.0
+    assert service.sleeps == [4.0, 8.0]
 
 
 def test_a_permanent_error_carries_the_service_message(
