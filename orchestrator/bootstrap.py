@@ -214,9 +214,11 @@ class Runtime:
 class MlflowMetrics:
     """MetricsReader: offline metrics from the registry's runs; live metrics of a canary step.
 
-    Locally the canary evaluation runs here, over the local endpoint's records, and logs to
-    MLflow before the gate reads it back; in Azure the evaluation component runs as an Azure
-    ML job on a schedule (see docs/endpoint.md) and this only reads.
+    The canary evaluation runs here, in the gate check, and logs to MLflow before the gate
+    reads it back: locally over the local endpoint's request log, in Azure over the data
+    collector's JSONL and the feedback tables (CANARY_RECORDS_URI, CANARY_FEEDBACK_URI).
+    The same module is the Azure ML command component pipelines/canary/component.yml, for
+    evaluating a window by hand (see docs/endpoint.md).
     """
 
     def __init__(self, runtime: Runtime) -> None:
