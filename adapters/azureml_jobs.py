@@ -107,7 +107,12 @@ class AzureMLTrainingBackend:
     # -- submit ------------------------------------------------------------------------
 
     def submit(self, request: TrainingRequest) -> str:
-        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+        from azure.core.exceptions import (
+            HttpResponseError,
+            ResourceNotFoundError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
 
         existing = self._existing(request.run_id)
         if existing is not None:
@@ -115,6 +120,11 @@ class AzureMLTrainingBackend:
         job = self._build_job(request)
         try:
             created = self.ml_client.jobs.create_or_update(job, experiment_name=request.experiment)
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            # The service was not reached (or its answer was lost) after the retries.
+            raise TrainingBackendError(
+                f"submitting {request.run_id}: Azure ML unreachable: {exc}", transient=True
+            ) from exc
         except ResourceNotFoundError as exc:
             raise _backend_error(exc, f"submitting {request.run_id}") from exc
         except HttpResponseError as exc:
@@ -127,15 +137,34 @@ class AzureMLTrainingBackend:
         return str(created.name or request.run_id)
 
     def _existing(self, name: str) -> str | None:
-        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+        from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            job = self.ml_client.jobs.get(name)
+            job = self._get(name)
         except ResourceNotFoundError:
             return None
+        return str(job.name or name)
+
+    def _get(self, name: str) -> Any:
+        """`jobs.get`; what still fails after the retries is a TrainingBackendError (404 is
+        left to the caller as ResourceNotFoundError)."""
+        from azure.core.exceptions import (
+            HttpResponseError,
+            ResourceNotFoundError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
+
+        try:
+            return self.ml_client.jobs.get(name)
+        except ResourceNotFoundError:
+            raise
         except HttpResponseError as exc:
             raise _backend_error(exc, f"reading job {name}") from exc
-        return str(job.name or name)
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            raise TrainingBackendError(
+                f"reading job {name}: Azure ML unreachable: {exc}", transient=True
+            ) from exc
 
     def _build_job(self, request: TrainingRequest) -> Any:
         from azure.ai.ml import Input, load_job
@@ -192,11 +221,11 @@ class AzureMLTrainingBackend:
     # -- status ------------------------------------------------------------------------
 
     def status(self, job_id: str) -> JobStatus:
-        from azure.core.exceptions import HttpResponseError
+        from azure.core.exceptions import ResourceNotFoundError
 
         try:
-            job = self.ml_client.jobs.get(job_id)
-        except HttpResponseError as exc:
+            job = self._get(job_id)
+        except ResourceNotFoundError as exc:
             raise _backend_error(exc, f"reading job {job_id}") from exc
         service_status = str(getattr(job.status, "value", job.status) or "Unknown")
         state = STATUS_MAP.get(service_status, "running")

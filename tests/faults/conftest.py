@@ -1,5 +1,6 @@
 """Fixtures for the bad-input and security tests: the service layer's, re-exported, and a
-tally of the inputs each test tried (printed when the test ends: `pytest tests/faults -s`)."""
+tally of the inputs each test tried (printed when the test ends: `pytest tests/faults -s`,
+and recorded in docs/reliability-figures.json with the other fault figures)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.faults.flow_harness import record_figures
 from tests.service.conftest import make_runtime  # noqa: F401
 
 
@@ -19,4 +21,7 @@ def tally(request: pytest.FixtureRequest) -> Iterator[Counter[str]]:
     total = sum(counts.values())
     print(
         f"\nFAULTS {request.node.name}: {total} inputs {json.dumps(dict(sorted(counts.items())))}"
+    )
+    record_figures(
+        request.node.nodeid, {"inputs_tried": total, "inputs_by_kind": dict(sorted(counts.items()))}
     )

@@ -192,6 +192,29 @@ def test_from_workspace_backs_off_exponentially_between_retries() -> None:
     assert service.sleeps == [4.0, 8.0]
 
 
+class UnreachableOnPut(FakeAzureML):
+    """The network fails every job PUT (no answer at all), as during a DNS or TLS outage."""
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        if request.method == "PUT" and "/jobs/" in request.url:
+            from azure.core.exceptions import ServiceRequestError
+
+            self.requests.append(Recorded(request.method, request.url, "", None))
+            raise ServiceRequestError("connection refused")
+        return super().send(request, **kwargs)
+
+
+def test_an_unreachable_service_is_a_transient_error_not_a_failed_run() -> None:
+    service = UnreachableOnPut()
+    client = MLClient(
+        FakeCredential(), "sub-1", "rg-1", "ws-1", transport=service, retry_backoff_factor=0
+    )
+    with pytest.raises(TrainingBackendError, match="Azure ML unreachable") as caught:
+        AzureMLTrainingBackend(client).submit(request())
+    assert caught.value.transient is True  # redelivered and counted, never failed at once
+    assert len([r for r in service.requests if r.method == "PUT"]) > 1  # azure-core retried
+
+
 def test_a_permanent_error_carries_the_service_message(
     backend: AzureMLTrainingBackend, service: FakeAzureML
 ) -> None:
