@@ -305,12 +305,17 @@ def test_completed_reads_the_version_from_the_step_run(
     assert (status.state, status.registered_version) == ("completed", "9")
 
 
+def running_job(backend: AzureMLTrainingBackend, service: FakeAzureML) -> str:
+    """Submit the job, and let the service say it runs; its name."""
+    name = backend.submit(request())
+    service.job_status[name] = "Running"
+    return name
+
+
 def test_cancel_posts_the_cancel_and_does_not_wait(
     backend: AzureMLTrainingBackend, service: FakeAzureML
 ) -> None:
-    backend.submit(request())
-    name = "churn-20260101t000000-1"
-    service.job_status[name] = "Running"
+    name = running_job(backend, service)
     backend.cancel(name)
     [cancel] = service.sent("POST", "/cancel")
     assert cancel.path == f"{ARM}{WORKSPACE}/jobs/{name}/cancel"
@@ -325,9 +330,7 @@ def test_cancel_posts_the_cancel_and_does_not_wait(
 def test_a_refused_cancel_of_a_running_job_is_an_error(
     backend: AzureMLTrainingBackend, service: FakeAzureML
 ) -> None:
-    backend.submit(request())
-    name = "churn-20260101t000000-1"
-    service.job_status[name] = "Running"
+    name = running_job(backend, service)
     service.faults.append(
         (
             lambda r: r.method == "POST" and r.path.endswith("/cancel"),
