@@ -1,8 +1,9 @@
 """Canary evaluation component: per-deployment live metrics of one canary step -> MLflow.
 
 Joins the recorded predictions of the step's window with the feedback (true labels) that has
-arrived, computes per-deployment counts, error rate, latency percentiles and accuracy, and logs
-them under the promotion's canary run (naming in `pipelines.canary.live_metrics`).
+arrived, computes per-deployment counts, error rate, latency percentiles, accuracy and (when
+the outputs carry a positive-class score, see `positive_scores`) ROC AUC, and logs them under
+the promotion's canary run (naming in `pipelines.canary.live_metrics`).
 
 Two readers, one computation:
 
@@ -12,7 +13,8 @@ Two readers, one computation:
   joined on ``correlationid``) plus a feedback table (CSV or JSONL with request_id, label).
 
 Run as the Azure ML command component in ``component.yml``, or ``python -m
-pipelines.canary.evaluate_canary --help``. mlflow is imported lazily; pandas is not needed.
+pipelines.canary.evaluate_canary --help``. mlflow and scipy are imported lazily; pandas
+and scikit-learn are not needed.
 """
 
 from __future__ import annotations
@@ -77,9 +79,23 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
+# Keys of an output row (a dict) that hold the predicted class, and the positive-class score.
+LABEL_KEYS = ("label", "prediction")
+SCORE_KEYS = ("probability", "score")
+
+
+def _predicted_class(prediction: Any) -> Any:
+    if isinstance(prediction, dict):
+        if len(prediction) == 1:
+            return next(iter(prediction.values()))
+        for key in LABEL_KEYS:
+            if key in prediction:
+                return prediction[key]
+    return prediction
+
+
 def _same(prediction: Any, label: Any) -> bool:
-    if isinstance(prediction, dict) and len(prediction) == 1:
-        prediction = next(iter(prediction.values()))
+    prediction = _predicted_class(prediction)
     try:
         return math.isclose(float(prediction), float(label), rel_tol=0, abs_tol=1e-9)
     except (TypeError, ValueError):
@@ -95,6 +111,74 @@ def is_correct(outputs: Any, label: Any) -> bool:
     predictions = outputs if isinstance(outputs, list) else [outputs]
     labels = label if isinstance(label, list) else [label]
     return len(predictions) == len(labels) and all(map(_same, predictions, labels))
+
+
+def _number(value: Any) -> float | None:
+    """A finite real number (JSON number or numeric string), else None. Bools are not scores."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _row_score(row: Any) -> float | None:
+    if isinstance(row, dict):
+        for key in SCORE_KEYS:
+            if key in row:
+                return _row_score(row[key]) if isinstance(row[key], list) else _number(row[key])
+        return None
+    if isinstance(row, list) and len(row) == 2:
+        # A binary predict_proba row [P(negative), P(positive)]: scikit-learn orders the
+        # columns by sorted class, so the second is the greater label's. Two numbers that are
+        # not a probability pair (a two-output regression) are no score.
+        negative, positive = _number(row[0]), _number(row[1])
+        if negative is None or positive is None or min(negative, positive) < 0:
+            return None
+        return positive if math.isclose(negative + positive, 1.0, abs_tol=1e-6) else None
+    return None  # a bare number is a predicted class, not a score
+
+
+def positive_scores(outputs: Any) -> list[float] | None:
+    """The positive-class score of every predicted row, or None when a row carries none.
+
+    A row carries one as ``{"probability" | "score": p, ...}`` (a number, or a
+    ``[P(negative), P(positive)]`` pair), or as a bare ``[P(negative), P(positive)]`` pair
+    summing to 1 (a binary ``predict_proba`` row). The positive class is the greater of the
+    two labels. Today's local endpoint serves ``pyfunc.predict`` of scikit-learn models, which
+    records classes only: scores appear when a model's pyfunc returns them.
+    """
+    if outputs is None:
+        return None
+    # Always a list of rows: predict_proba of one row is [[p0, p1]], while [0, 1] is two
+    # predicted classes (bare numbers, so no scores).
+    rows = outputs if isinstance(outputs, list) else [outputs]
+    scores = [_row_score(row) for row in rows]
+    if not scores or any(score is None for score in scores):
+        return None
+    return [score for score in scores if score is not None]
+
+
+def auc_of(scores: Sequence[float], labels: Sequence[Any]) -> float | None:
+    """ROC AUC of positive-class scores against numeric labels of exactly two classes (the
+    greater is positive); None when it is undefined (one class, a non-numeric label)."""
+    numeric = [float(x) if isinstance(x, bool) else _number(x) for x in labels]
+    if not scores or len(scores) != len(numeric) or any(x is None for x in numeric):
+        return None
+    classes = sorted(set(numeric))
+    if len(classes) != 2:
+        return None
+    # AUC = Mann-Whitney U / (n+ * n-), from average ranks (a tie counts half). scipy, not
+    # scikit-learn: the Functions app runs this in the gate check and ships without sklearn.
+    from scipy.stats import rankdata
+
+    positive = classes[1]
+    ranks = rankdata(list(scores))
+    positives = [rank for rank, label in zip(ranks, numeric, strict=True) if label == positive]
+    n_pos, n_neg = len(positives), len(numeric) - len(positives)
+    return float((sum(positives) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _sample(values: list[float], size: int) -> list[float]:
@@ -156,8 +240,44 @@ def compute_arm_stats(
     }
 
 
-def arm_metrics(arm: ArmStats) -> dict[str, float]:
-    """The metrics logged for one arm (undefined ones left out)."""
+def compute_arm_auc(
+    records: Iterable[PredictionRecord],
+    feedback: Mapping[str, Any],
+    window_start: datetime,
+    window_end: datetime,
+) -> dict[str, float]:
+    """Per-deployment ROC AUC over the labeled rows, for the arms where it is defined.
+
+    The requests are those `compute_arm_stats` counts as labeled (successful, in the window,
+    with a label). An arm gets an AUC only when every one of them carries a positive-class
+    score for each of its rows (`positive_scores`) and the labels hold exactly two numeric
+    classes; an arm with any labeled request without scores gets none rather than an AUC of a
+    subset.
+    """
+    scores: dict[str, list[float]] = {}
+    labels: dict[str, list[Any]] = {}
+    unscored: set[str] = set()
+    for record in records:
+        if not window_start <= record.time < window_end or record.status >= 400:
+            continue
+        if record.request_id not in feedback:
+            continue
+        label = feedback[record.request_id]
+        row_labels = label if isinstance(label, list) else [label]
+        row_scores = positive_scores(record.outputs)
+        if row_scores is None or len(row_scores) != len(row_labels):
+            unscored.add(record.deployment)
+            continue
+        scores.setdefault(record.deployment, []).extend(row_scores)
+        labels.setdefault(record.deployment, []).extend(row_labels)
+    aucs = {
+        name: auc_of(scores[name], labels[name]) for name in sorted(scores) if name not in unscored
+    }
+    return {name: auc for name, auc in aucs.items() if auc is not None}
+
+
+def arm_metrics(arm: ArmStats, auc: float | None = None) -> dict[str, float]:
+    """The metrics logged for one arm (undefined ones left out); `auc` from compute_arm_auc."""
     metrics: dict[str, float] = {
         "requests": arm.requests,
         "errors": arm.errors,
@@ -168,6 +288,8 @@ def arm_metrics(arm: ArmStats) -> dict[str, float]:
         metrics["error_rate"] = arm.error_rate
     if arm.accuracy is not None:
         metrics["accuracy"] = arm.accuracy
+    if auc is not None:
+        metrics["auc"] = auc
     if arm.latency_ms:
         metrics["latency_p50_ms"] = percentile(arm.latency_ms, 50)
         metrics["latency_p95_ms"] = percentile(arm.latency_ms, 95)
@@ -323,9 +445,13 @@ def log_arm_stats(
     window_start: datetime,
     window_end: datetime,
     *,
+    auc: Mapping[str, float] | None = None,
     experiment_name: str = CANARY_EXPERIMENT,
 ) -> str:
-    """Log one evaluation under the promotion's canary run (created on first use); its id."""
+    """Log one evaluation under the promotion's canary run (created on first use); its id.
+
+    `auc` (from compute_arm_auc) adds ``{deployment}.auc`` for the arms it names.
+    """
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
@@ -351,7 +477,7 @@ def log_arm_stats(
     for deployment, arm in arms.items():
         metrics += [
             Metric(metric_key(deployment, name), float(value), at, step)
-            for name, value in arm_metrics(arm).items()
+            for name, value in arm_metrics(arm, (auc or {}).get(deployment)).items()
         ]
     client.log_batch(run_id, metrics=metrics)
     client.log_dict(
@@ -375,8 +501,37 @@ def evaluate(
     deployments: Iterable[str] = (),
     experiment_name: str = CANARY_EXPERIMENT,
 ) -> dict[str, ArmStats]:
-    """compute_arm_stats, then log_arm_stats."""
+    """compute_arm_stats and compute_arm_auc, then log_arm_stats."""
+    arms, _ = _evaluate(
+        records,
+        feedback,
+        tracking=tracking,
+        promotion_id=promotion_id,
+        step=step,
+        window_start=window_start,
+        window_end=window_end,
+        deployments=deployments,
+        experiment_name=experiment_name,
+    )
+    return arms
+
+
+def _evaluate(
+    records: Iterable[PredictionRecord],
+    feedback: Mapping[str, Any],
+    *,
+    tracking: str | MlflowClient | None,
+    promotion_id: str,
+    step: int,
+    window_start: datetime,
+    window_end: datetime,
+    deployments: Iterable[str],
+    experiment_name: str,
+) -> tuple[dict[str, ArmStats], dict[str, float]]:
+    records = list(records)  # read twice
     arms = compute_arm_stats(records, feedback, window_start, window_end, deployments=deployments)
+    # ArmStats (orchestrator.metrics) has no AUC field: it travels beside the arms.
+    aucs = compute_arm_auc(records, feedback, window_start, window_end)
     log_arm_stats(
         tracking,
         promotion_id,
@@ -384,9 +539,10 @@ def evaluate(
         arms,
         window_start,
         window_end,
+        auc=aucs,
         experiment_name=experiment_name,
     )
-    return arms
+    return arms, aucs
 
 
 def collect_local_live_metrics(
@@ -465,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         records = read_data_collector(args.records, args.window_start, args.window_end)
         feedback = read_feedback_table(args.feedback) if args.feedback else {}
     deployments = [name for name in args.deployments.split(",") if name.strip()]
-    arms = evaluate(
+    arms, aucs = _evaluate(
         records,
         feedback,
         tracking=args.tracking_uri,
@@ -481,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
         "step": args.step,
         "window_start": args.window_start.isoformat(),
         "window_end": args.window_end.isoformat(),
-        "arms": {name: arm_metrics(arm) for name, arm in arms.items()},
+        "arms": {name: arm_metrics(arm, aucs.get(name)) for name, arm in arms.items()},
     }
     if args.output:
         out = Path(args.output)

@@ -9,7 +9,8 @@ Naming (shared with `evaluate_canary`, which writes them):
   inconclusive gate) stay apart:
   ``canary.window_start`` / ``canary.window_end`` (epoch seconds), and per deployment
   ``{deployment}.requests``, ``.errors``, ``.labeled``, ``.correct``, ``.error_rate``,
-  ``.accuracy``, ``.latency_p50_ms``, ``.latency_p95_ms`` (the last four only when defined)
+  ``.accuracy``, ``.auc``, ``.latency_p50_ms``, ``.latency_p95_ms`` (the last five only when
+  defined; ``.auc`` is logged for people and dashboards, `ArmStats` does not carry it)
 - the latency sample as the artifact ``canary/step-{step}/latency-{window_end_ms}.json``
   (``{deployment: [ms, ...]}``)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,10 +14,12 @@ from orchestrator.metrics import ArmStats
 from pipelines.canary.evaluate_canary import (
     PredictionRecord,
     arm_metrics,
+    compute_arm_auc,
     compute_arm_stats,
     log_arm_stats,
     main,
     percentile,
+    positive_scores,
     read_data_collector,
     read_feedback_table,
 )
@@ -48,6 +51,26 @@ RECORDS = [
 ]
 FEEDBACK = {"r1": 1, "r2": 1, "r3": 0, "c1": "1", "c2": 0, "c3": 1, "c4": 1}
 
+# Outputs that carry a positive-class score, in the shapes a pyfunc can return: rows
+# {"label", "probability"} (a DataFrame's records) and [P(0), P(1)] pairs (predict_proba).
+SCORED = [
+    rec("s1", "prod-v1", 1, 200, [{"label": 1, "probability": 0.9}], 10.0),
+    rec("s2", "prod-v1", 2, 200, [[0.6, 0.4]], 10.0),
+    rec("s3", "prod-v1", 3, 200, [[0.7, 0.3], [0.4, 0.6]], 10.0),  # two rows, two labels
+    rec("s4", "prod-v1", 4, 200, [{"label": 0, "probability": 0.4}], 10.0),
+    rec("s5", "prod-v1", 5, 500, None, 10.0),  # failed: no row, whatever its label
+    rec("s6", "prod-v1", 6, 200, [[0.99, 0.01]], 10.0),  # no label arrives: not counted
+    rec("s7", "prod-v1", 700, 200, [[0.0, 1.0]], 10.0),  # outside the window
+    rec("o1", "one-class-v2", 1, 200, [[0.2, 0.8]], 10.0),
+    rec("o2", "one-class-v2", 2, 200, [[0.3, 0.7]], 10.0),
+    rec("m1", "mixed-v3", 1, 200, [[0.2, 0.8]], 10.0),
+    rec("m2", "mixed-v3", 2, 200, [0], 10.0),  # a class only: this arm has no AUC at all
+]
+SCORED_FEEDBACK = {
+    "s1": 1, "s2": "1", "s3": [0, 0], "s4": 0, "s5": 1, "s7": 0,
+    "o1": 1, "o2": 1, "m1": 1, "m2": 0,
+}  # fmt: skip
+
 
 def test_stats_equal_a_hand_computation() -> None:
     arms = compute_arm_stats(
@@ -74,6 +97,64 @@ def test_stats_equal_a_hand_computation() -> None:
     assert arm_metrics(arms["canary-v2"])["accuracy"] == pytest.approx(2 / 3)
     assert arm_metrics(arms["canary-v2"])["latency_p95_ms"] == pytest.approx(68.0)
     assert arm_metrics(arms["idle-v3"]) == {"requests": 0, "errors": 0, "labeled": 0, "correct": 0}
+    # Those outputs are predicted classes, no scores: no AUC for any arm.
+    assert compute_arm_auc(RECORDS, FEEDBACK, T0, T1) == {}
+
+
+def test_auc_equals_a_count_of_concordant_pairs() -> None:
+    # prod-v1's labeled rows, as (positive-class score, label):
+    #   s1 (0.9, 1), s2 (0.4, 1), s3 (0.3, 0) and (0.6, 0), s4 (0.4, 0).
+    # Positives {0.9, 0.4} x negatives {0.3, 0.6, 0.4}: 6 pairs. 0.9 beats all three (3);
+    # 0.4 beats 0.3 (1), loses to 0.6 (0), ties 0.4 (1/2). AUC = 4.5 / 6 = 0.75.
+    aucs = compute_arm_auc(SCORED, SCORED_FEEDBACK, T0, T1)
+    assert aucs == {"prod-v1": pytest.approx(0.75)}  # one-class-v2, mixed-v3: absent
+    arms = compute_arm_stats(SCORED, SCORED_FEEDBACK, T0, T1)
+    assert arm_metrics(arms["prod-v1"], aucs.get("prod-v1"))["auc"] == pytest.approx(0.75)
+    assert "auc" not in arm_metrics(arms["one-class-v2"], aucs.get("one-class-v2"))
+    # Accuracy reads a dict row's "label" (s1, s4 right). A bare probability pair names no
+    # class, so s2 and s3 cannot count as correct: a known limit, accuracy is not AUC's job.
+    assert (arms["prod-v1"].labeled, arms["prod-v1"].correct) == (4, 2)
+
+
+def test_what_counts_as_a_score() -> None:
+    assert positive_scores([[0.25, 0.75], {"score": -1.5}, {"probability": [0.1, 0.9]}]) == [
+        0.75,
+        -1.5,
+        0.9,
+    ]
+    assert positive_scores([1, 0]) is None  # two predicted classes, not a probability pair
+    assert positive_scores([[3.0, 4.0]]) is None  # two regression outputs: they sum to 7
+    assert positive_scores([{"label": 1}]) is None
+    assert positive_scores([[0.2, 0.8], 1]) is None  # every row, or none
+    assert positive_scores(None) is None
+    # Labels that are not two numeric classes give no AUC either.
+    scored = [rec("a", "d-v1", 1, 200, [[0.2, 0.8]]), rec("b", "d-v1", 2, 200, [[0.9, 0.1]])]
+    assert compute_arm_auc(scored, {"a": "yes", "b": "no"}, T0, T1) == {}
+    assert compute_arm_auc(scored, {"a": 2, "b": 1}, T0, T1) == {"d-v1": 1.0}
+    assert compute_arm_auc(scored, {"a": True, "b": False}, T0, T1) == {"d-v1": 1.0}
+
+
+def test_auc_of_a_real_classifier_matches_scikit_learn_on_the_holdout() -> None:
+    from sklearn.datasets import load_breast_cancer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import train_test_split
+
+    from endpoint_server.app import to_json
+
+    x, y = load_breast_cancer(return_X_y=True)
+    x_train, x_test, y_train, y_test = train_test_split(x, y, test_size=0.3, random_state=0)
+    model = LogisticRegression(max_iter=5000).fit(x_train, y_train)
+    # One request per holdout row, recorded as the local endpoint records a predict_proba
+    # pyfunc's answer (to_json of the array).
+    records = [
+        rec(f"h{i}", "bc-v1", 1 + i * 0.01, 200, to_json(model.predict_proba(x_test[i : i + 1])))
+        for i in range(len(x_test))
+    ]
+    feedback = {f"h{i}": int(label) for i, label in enumerate(y_test)}
+    [auc] = compute_arm_auc(records, feedback, T0, T1).values()
+    assert auc == pytest.approx(roc_auc_score(y_test, model.predict_proba(x_test)[:, 1]))
+    assert 0.9 < auc < 1.0  # a real model, neither a coin nor a made-up 1.0
 
 
 def test_percentile_and_the_latency_sample_cap() -> None:
@@ -110,6 +191,15 @@ def test_metrics_round_trip_through_mlflow(tracking_uri: str) -> None:
     assert {m.key for m in client.get_metric_history(run_id, "canary-v2.accuracy")} == {
         "canary-v2.accuracy"
     }
+    assert client.get_metric_history(run_id, "prod-v1.auc") == []  # no scores: no AUC
+
+    scored = compute_arm_stats(SCORED, SCORED_FEEDBACK, T0, T1)
+    aucs = compute_arm_auc(SCORED, SCORED_FEEDBACK, T0, T1)
+    scored_run = log_arm_stats(tracking_uri, "p-auc", 1, scored, T0, T1, auc=aucs)
+    [auc] = client.get_metric_history(scored_run, "prod-v1.auc")
+    assert (auc.step, auc.value) == (1, pytest.approx(0.75))
+    assert client.get_metric_history(scored_run, "one-class-v2.auc") == []
+    assert client.get_metric_history(scored_run, "one-class-v2.requests") != []
 
     live = read_live_metrics(tracking_uri, "p-round", 2, ["prod-v1", "canary-v2"], T0, T1)
     assert live.arms == arms
@@ -213,9 +303,11 @@ def test_the_data_collector_reader_joins_inputs_outputs_and_feedback(tmp_path: P
     assert arms["canary-v2"] == ArmStats(deployment="canary-v2", requests=1, labeled=1, correct=0)
 
 
-def test_main_on_a_local_request_log(tmp_path: Path, tracking_uri: str) -> None:
-    store = RecordStore(tmp_path / "records.sqlite")
-    for r in RECORDS:
+def _write_request_log(
+    folder: Path, records: list[PredictionRecord], feedback: dict[str, Any]
+) -> None:
+    store = RecordStore(folder / "records.sqlite")
+    for r in records:
         store.record(
             Record(
                 r.request_id,
@@ -231,9 +323,13 @@ def test_main_on_a_local_request_log(tmp_path: Path, tracking_uri: str) -> None:
                 r.mirrored,
             )
         )
-    for rid, label in FEEDBACK.items():
+    for rid, label in feedback.items():
         store.feedback(rid, label, T1.timestamp())
     store.close()
+
+
+def test_main_on_a_local_request_log(tmp_path: Path, tracking_uri: str) -> None:
+    _write_request_log(tmp_path, RECORDS, FEEDBACK)
     out = tmp_path / "out"
     assert main([
         "--source", "local_sqlite", "--records", str(tmp_path),
@@ -244,6 +340,7 @@ def test_main_on_a_local_request_log(tmp_path: Path, tracking_uri: str) -> None:
     ]) == 0  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     assert summary["arms"]["prod-v1"]["latency_p95_ms"] == pytest.approx(38.0)
+    assert "auc" not in summary["arms"]["prod-v1"]
     live = read_live_metrics(tracking_uri, "p-cli", 3, ["prod-v1", "canary-v2"], T0, T1)
     assert live.arms == compute_arm_stats(RECORDS, FEEDBACK, T0, T1)
 
@@ -257,3 +354,28 @@ def test_the_component_yaml_loads_with_the_azure_ml_sdk() -> None:
     assert set(component.inputs) >= {"records", "feedback", "promotion_id", "step", "window_start"}
     assert component.command.startswith("python -m pipelines.canary.evaluate_canary")
     assert (path.parent / component.code / "pipelines" / "canary" / "evaluate_canary.py").exists()
+
+
+def test_main_logs_auc_from_scored_outputs_in_the_request_log(
+    tmp_path: Path, tracking_uri: str
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    _write_request_log(tmp_path, SCORED, SCORED_FEEDBACK)  # outputs survive the JSON column
+    out = tmp_path / "out"
+    assert main([
+        "--source", "local_sqlite", "--records", str(tmp_path),
+        "--promotion-id", "p-cli-auc", "--step", "0",
+        "--window-start", T0.isoformat(), "--window-end", T1.isoformat(),
+        "--tracking-uri", tracking_uri, "--output", str(out),
+    ]) == 0  # fmt: skip
+    arms = json.loads((out / "summary.json").read_text())["arms"]
+    assert arms["prod-v1"]["auc"] == pytest.approx(0.75)
+    assert "auc" not in arms["one-class-v2"] and "auc" not in arms["mixed-v3"]
+    client = MlflowClient(tracking_uri)
+    [run] = client.search_runs(
+        [client.get_experiment_by_name("retrain-orchestrator-canary").experiment_id],
+        filter_string="attributes.run_name = 'promotion-p-cli-auc-canary'",
+    )
+    assert run.data.metrics["prod-v1.auc"] == pytest.approx(0.75)
+    assert "mixed-v3.auc" not in run.data.metrics

@@ -1,4 +1,9 @@
-"""Keyed weighted routing: shares, stickiness, the pin header (real HTTP)."""
+"""Keyed weighted routing, the pure function (`endpoint_server.routing`), no server.
+
+Shares, stickiness, stable buckets, keys staying on a growing canary, zero weights and the
+independent mirror bucket. The same share and stickiness over real HTTP to the local endpoint:
+test_keyed_http_share.py; the pin header: test_local_endpoint.py.
+"""
 
 from __future__ import annotations
 
