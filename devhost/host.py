@@ -37,7 +37,7 @@ from devhost.http_server import ANONYMOUS, HttpDispatcher, HttpFunction, build_h
 from devhost.invoke import Invoker
 from devhost.keys import DEFAULT_KEY_FILE, resolve_function_key
 from devhost.messaging import queue_message_from_delivery, service_bus_message_from_delivery
-from devhost.mlflow_ui import MlflowUi, start_mlflow_ui
+from devhost.mlflow_ui import UI_URL_SETTING, MlflowUi, start_mlflow_ui
 from devhost.outputs import OutputSink
 from devhost.pollers import (
     BLOB_POISON_QUEUE,
@@ -424,7 +424,9 @@ class DevHost:
 
     def _start_mlflow_ui(self) -> None:
         self._mlflow = start_mlflow_ui(
-            os.environ.get("MLFLOW_TRACKING_URI"), self._state_dir / "mlflow-ui.log"
+            os.environ.get("MLFLOW_TRACKING_URI"),
+            self._state_dir / "mlflow-ui.log",
+            os.environ.get(UI_URL_SETTING) or None,
         )
 
     def _log_startup(self) -> None:
@@ -446,7 +448,8 @@ class DevHost:
         if self.function_key:
             lines.append(f"Function key ({self.function_key_source}): {self.function_key}")
         if self._mlflow is not None:
-            lines.append(f"MLflow UI: {self._mlflow.url}")
+            reused = " (already running)" if self._mlflow.reused else ""
+            lines.append(f"MLflow UI: {self._mlflow.url}{reused}")
         return lines
 
 

@@ -174,6 +174,8 @@ def event_from_event_data(event: EventData) -> func.EventHubEvent:
 
     if event.body_type == AmqpMessageBodyType.DATA:
         body = _join(event.body)
+    elif isinstance(event.body, bytes):  # a binary AMQP value: as sent, not decoded as UTF-8
+        body = event.body
     else:
         body = event.body_as_str(encoding="utf-8").encode()
     return func.EventHubEvent(

@@ -320,9 +320,18 @@ class ServiceBusReceiverPoller:
         self._max_wait = max_wait
         self._batch = batch
         self._client = service_bus_client(connection)
+        # A batch is locked when received and handled one message at a time: without renewal
+        # (the host renews for maxAutoLockRenewalDuration, 5 min) the locks of the last ones can
+        # expire first (LockDuration is 1 min by default), so they would run twice.
+        from azure.servicebus import AutoLockRenewer
+
+        self._renewer = AutoLockRenewer(
+            max_lock_renewal_duration=PROCESSING_VISIBILITY.total_seconds()
+        )
         self._receiver: Any = None if self._sessions else self._open_receiver()
 
     def _open_receiver(self, **options: Any) -> Any:
+        options["auto_lock_renewer"] = self._renewer
         if self._queue:
             return self._client.get_queue_receiver(self._queue, **options)
         return self._client.get_subscription_receiver(self._topic, self._subscription, **options)
@@ -358,6 +367,7 @@ class ServiceBusReceiverPoller:
     def close(self) -> None:
         if self._receiver is not None:
             self._receiver.close()
+        self._renewer.close()
         self._client.close()
 
 
@@ -403,13 +413,20 @@ class EventHubReceiverPoller:
 
     def _on_batch(self, partition: PartitionContext, events: list[EventData]) -> None:
         if not events:
-            return
-        converted = [event_from_event_data(event) for event in events]
-        for payload in [converted] if self._many else converted:
-            try:
-                self._invoker.invoke_with_retry_policy(payload)
-            except Exception:
-                log.warning("%s: events failed; not retried (as the host does)", self.name)
+            return  # max_wait_time passed with nothing new
+        # Nothing may escape this callback: the SDK would drop the partition and read it again
+        # from the last checkpoint, so a batch that cannot be converted would fail forever and
+        # hold back every later event. It is logged and checkpointed, like a failed invocation.
+        try:
+            converted = [event_from_event_data(event) for event in events]
+        except Exception:
+            log.exception("%s: %d event(s) could not be read; skipped", self.name, len(events))
+        else:
+            for payload in [converted] if self._many else converted:
+                try:
+                    self._invoker.invoke_with_retry_policy(payload)
+                except Exception:
+                    log.warning("%s: events failed; not retried (as the host does)", self.name)
         partition.update_checkpoint(events[-1])
 
     def poll_once(self) -> int:

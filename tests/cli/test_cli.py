@@ -326,3 +326,35 @@ def test_a_settings_error_is_bad_input(monkeypatch, capsys, tmp_path):
     assert "AzureWebJobsStorage" in capsys.readouterr().err
     assert cli.main(["--settings", str(tmp_path / "missing.json"), "status", "churn"]) == 2
     assert "no such settings file" in capsys.readouterr().err
+
+
+def test_main_reject_sends_the_decision_as_the_approver(make_runtime, capsys):
+    runtime = approval_runtime(make_runtime, "g")
+    promotion_id = awaiting_approval(runtime, version="7")
+
+    code = cli.main(
+        ["reject", promotion_id, "--as", "oncall@contoso.com", "--comment", "latency too high"],
+        runtime=runtime,
+    )
+
+    assert code == 0
+    [envelope] = received(runtime, runtime.settings.approvals_queue)
+    assert envelope.type == "ApprovalDecision"
+    assert (envelope.model, envelope.promotion_id) == ("churn", promotion_id)
+    assert envelope.payload == {
+        "promotion_id": promotion_id,
+        "step": "approval",
+        "candidate_version": "7",
+        "decision": "reject",
+        "approver": "oncall@contoso.com",
+        "comment": "latency too high",
+    }
+    text = capsys.readouterr().out
+    assert envelope.message_id in text
+    assert f"reject promotion {promotion_id}, step approval, candidate v7" in text
+    assert "as oncall@contoso.com" in text
+    assert "note:" not in text  # an allowed approver, a promotion that waits: nothing to warn
+    # The message is one the orchestrator acts on: the promotion ends rejected by that person.
+    assert runtime.orchestrator.handle(envelope).status == "applied"
+    [entry] = runtime.orchestrator.model_status("churn")["recent_promotions"]
+    assert (entry["promotion_id"], entry["outcome"]) == (promotion_id, "rejected")

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import azure.functions as func
@@ -52,11 +52,26 @@ def test_background_pollers_fire_and_stop_cleanly(
     assert not [t for t in threading.enumerate() if t.name.startswith("devhost-")]
 
 
-def test_cli_serves_polls_and_stops_on_sigterm(
-    azurite: Azurite, unique_name: str, tmp_path: Path
-) -> None:
+class Output:
+    """A child's output, read in a thread so its pipe never fills."""
+
+    def __init__(self, lines: list[str], rest: Iterator[str]) -> None:
+        self._lines = lines
+        self._reader = threading.Thread(target=lambda: lines.extend(rest), daemon=True)
+        self._reader.start()
+
+    def text(self) -> str:
+        """All of it, once the child has exited (its end of the pipe is closed)."""
+        self._reader.join(timeout=20)
+        return "".join(self._lines)
+
+
+def start_cli(
+    azurite: Azurite, queue: str, tmp_path: Path
+) -> tuple[subprocess.Popen[str], str, Output]:
+    """`python -m devhost` on the sample app: the process, its URL and its output."""
     settings = tmp_path / "local.settings.json"
-    settings.write_text(json.dumps({"Values": {"SAMPLE_QUEUE": unique_name}}))
+    settings.write_text(json.dumps({"Values": {"SAMPLE_QUEUE": queue}}))
     environment = {
         **os.environ,
         "AzureWebJobsStorage": azurite.connection_string,
@@ -69,18 +84,43 @@ def test_cli_serves_polls_and_stops_on_sigterm(
     process = subprocess.Popen(
         command, cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
+        # A shell without job control starts background jobs with SIGINT ignored, and Python
+        # then keeps ignoring it: give the child the default, as a terminal's Ctrl-C finds it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        url = None
-        for line in process.stdout:
-            found = re.search(r"serving (http://127\.0\.0\.1:\d+/api)", line)
-            if found:
-                url = found[1]
-                break
-        assert url, "devhost did not report its URL"
-        threading.Thread(target=process.stdout.read, daemon=True).start()  # drain the rest
+    assert process.stdout is not None
+    output: list[str] = []
+    url = None
+    for line in process.stdout:
+        output.append(line)
+        found = re.search(r"serving (http://127\.0\.0\.1:\d+/api)", line)
+        if found:
+            url = found[1]
+            break
+    if url is None:
+        process.kill()
+        process.wait(timeout=20)
+        raise AssertionError("devhost did not report its URL: " + "".join(output[-20:]))
+    return process, url, Output(output, process.stdout)
 
+
+def stop_with(process: subprocess.Popen[str], signum: signal.Signals) -> int:
+    """Send `signum` and wait for the exit code; a child that ignores it is killed (and the
+    test fails) rather than left running."""
+    process.send_signal(signum)
+    try:
+        return process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=20)
+        raise AssertionError(f"devhost did not stop on {signum.name}") from None
+
+
+def test_cli_serves_polls_and_stops_on_sigterm(
+    azurite: Azurite, unique_name: str, tmp_path: Path
+) -> None:
+    process, url, _ = start_cli(azurite, unique_name, tmp_path)
+    try:
         assert httpx.get(f"{url}/hello/ada").status_code == 401
         response = httpx.get(f"{url}/hello/ada", headers={"x-functions-key": "cli-key"})
         assert response.text == "hello ada"
@@ -90,8 +130,23 @@ def test_cli_serves_polls_and_stops_on_sigterm(
         wait_for(lambda: _exists(done) and bool(done.peek_messages()))
         assert [m.content for m in done.peek_messages()] == ["Y2Jh"]  # base64("cba")
     finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
+        assert stop_with(process, signal.SIGTERM) == 0
+
+
+def test_cli_stops_cleanly_on_ctrl_c(azurite: Azurite, unique_name: str, tmp_path: Path) -> None:
+    process, url, output = start_cli(azurite, unique_name, tmp_path)
+    try:
+        response = httpx.get(f"{url}/hello/bo", headers={"x-functions-key": "cli-key"})
+        assert response.text == "hello bo"
+    finally:
+        code = stop_with(process, signal.SIGINT)  # what Ctrl-C sends
+
+    assert code == 0
+    text = output.text()
+    assert "stopping" in text
+    assert "Traceback" not in text  # KeyboardInterrupt ends the wait, not a thread or the stop
+    with pytest.raises(httpx.ConnectError):  # the server went with the process
+        httpx.get(f"{url}/hello/bo", headers={"x-functions-key": "cli-key"})
 
 
 def _exists(queue: QueueClient) -> bool:
