@@ -51,8 +51,13 @@ class ApprovalDecision(_Command):
 
 
 class ApprovalTimedOut(_Command):
+    """Scheduled by the machine at the approval's expiry. `timeout_id` is the id it was scheduled
+    under: once a resume has rescheduled the timeout, the earlier one is stale. None (a message
+    from before the field existed, or sent by hand) is judged by promotion and step only."""
+
     promotion_id: str
     step: str
+    timeout_id: str | None = None
 
 
 class DeploymentReady(_Command):

@@ -459,9 +459,9 @@ def _schedule_timeout(t: _Transition, at: datetime) -> None:
         SendMessage(
             message_type="ApprovalTimedOut",
             message_id=message_id,
-            payload=ApprovalTimedOut(promotion_id=promotion.id, step=APPROVAL).model_dump(
-                mode="json"
-            ),
+            payload=ApprovalTimedOut(
+                promotion_id=promotion.id, step=APPROVAL, timeout_id=message_id
+            ).model_dump(mode="json"),
             promotion_id=promotion.id,
             not_before=at,
         )
@@ -513,6 +513,9 @@ def _on_approval_timeout(t: _Transition, command: ApprovalTimedOut) -> Decision[
     if reason is None and promotion is not None:
         if promotion.status != Status.AWAITING_APPROVAL or command.step != promotion.step:
             reason = f"no approval pending for step {command.step!r}"
+        elif command.timeout_id is not None and command.timeout_id != promotion.pending_check_id:
+            # Rescheduled by a resume: only the timeout scheduled last counts.
+            reason = f"stale timeout {command.timeout_id} (expected {promotion.pending_check_id})"
         elif promotion.paused:
             reason = "promotion is paused: timeout held, resume reschedules it"
     if reason is not None:
@@ -776,9 +779,14 @@ def _rollback(
     promotion = t.promotion
     deployed = promotion.status in DEPLOYED
     had_traffic = promotion.status in (Status.CANARY, Status.PROMOTING, Status.PRODUCTION_BAKE)
-    t.move(Status.ROLLING_BACK, promotion.step, reason, by)
     known_good = t.state.last_known_good
     serving: str | None = known_good.version if known_good else None
+    # Where traffic returns to (None: no known-good version, nothing serves afterwards). In the
+    # production bake this differs from the champion, which is the candidate until now.
+    target = (
+        {"version": known_good.version, "deployment": known_good.deployment} if known_good else None
+    )
+    t.move(Status.ROLLING_BACK, promotion.step, reason, by, rollback_target=target)
     if deployed:
         if known_good is not None:
             traffic = {known_good.deployment: 100}
@@ -796,7 +804,14 @@ def _rollback(
         f"promotion.{stage}", reason=reason, serving_version=serving, nothing_serves=nothing_serves
     )
     _finish(
-        t, terminal, reason, tag=stage, by=by, start_next=start_next, nothing_serves=nothing_serves
+        t,
+        terminal,
+        reason,
+        tag=stage,
+        by=by,
+        start_next=start_next,
+        rollback_target=target,
+        nothing_serves=nothing_serves,
     )
 
 

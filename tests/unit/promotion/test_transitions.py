@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from orchestrator.decision import AuditEntry, Decision
 from orchestrator.effects import DeleteDeployment, SendMessage, SetTraffic, TagModelVersion
 from promotion.commands import (
     ApprovalDecision,
@@ -25,7 +26,7 @@ from promotion.commands import (
 )
 from promotion.state import PromotionState, PromotionStatus
 
-from .support import APPROVER, Harness, dep, make_policy, offline, with_champion
+from .support import APPROVER, Harness, dep, make_policy, offline, serving, with_champion
 
 S = PromotionStatus
 
@@ -47,8 +48,17 @@ def staging_gate(**policy: object) -> Harness:
     return h
 
 
-def awaiting_approval(on_timeout: str = "reject") -> Harness:
-    h = fresh(approval={"required": True, "approvers": [APPROVER], "on_timeout": on_timeout})
+def first_model_staging_gate() -> Harness:
+    h = first_model()
+    h.start(quality="none")
+    assert h.status == S.STAGING_GATE
+    return h
+
+
+def awaiting_approval(on_timeout: str = "reject", **policy: object) -> Harness:
+    h = fresh(
+        approval={"required": True, "approvers": [APPROVER], "on_timeout": on_timeout}, **policy
+    )
     h.start()
     assert h.status == S.AWAITING_APPROVAL
     return h
@@ -130,6 +140,26 @@ def resume(h: Harness) -> ResumePromotion:
     return ResumePromotion(promotion_id=h.active.id, requested_by="ops")
 
 
+def timeout(h: Harness, attempt: int | None = None) -> ApprovalTimedOut:
+    """The approval timeout as the machine scheduled it (attempt None: the pending one)."""
+    timeout_id = (
+        h.active.pending_check_id
+        if attempt is None
+        else f"{h.active.id}:approval:timeout:{attempt}"
+    )
+    return ApprovalTimedOut(promotion_id=h.active.id, step="approval", timeout_id=timeout_id)
+
+
+def resumed(given: Callable[[], Harness]) -> Callable[[], Harness]:
+    def build() -> Harness:
+        h = given()
+        h.send(resume(h))
+        assert not h.active.paused
+        return h
+
+    return build
+
+
 def stale_check(h: Harness) -> GateCheck:
     return GateCheck(
         promotion_id=h.active.id,
@@ -137,6 +167,24 @@ def stale_check(h: Harness) -> GateCheck:
         check_id="old:check:0",
         offline=offline("pass"),
     )
+
+
+def pause(h: Harness) -> PausePromotion:
+    return PausePromotion(promotion_id=h.active.id, requested_by="ops")
+
+
+def failed(h: Harness) -> DeploymentFailed:
+    return DeploymentFailed(
+        promotion_id=h.active.id, deployment=h.active.candidate_deployment, error="crash"
+    )
+
+
+def newer(h: Harness) -> StartPromotion:
+    return StartPromotion(candidate_version="3", offline=offline("pass"))
+
+
+MoveEffect = SetTraffic | DeleteDeployment
+Then = Callable[[Harness, Decision[PromotionState], PromotionState], None]
 
 
 @dataclass(frozen=True)
@@ -147,6 +195,69 @@ class Case:
     status: PromotionStatus
     effects: list[str] = field(default_factory=list)
     ignored: bool = False
+    # The exact SetTraffic / DeleteDeployment effects, in order. Required when `effects` has any.
+    moves: tuple[MoveEffect, ...] | None = None
+    # Further assertions: on the harness after the command, its decision and the state before.
+    then: Then | None = None
+
+
+def traffic(**weights: int) -> SetTraffic:
+    """`traffic(v1=100, v2=0)`: a SetTraffic keyed by the versions' deployment names."""
+    return SetTraffic(traffic={dep(name[1:]): weight for name, weight in weights.items()})
+
+
+def delete(version: str) -> DeleteDeployment:
+    return DeleteDeployment(deployment=dep(version))
+
+
+def now_paused(h: Harness, decision: Decision[PromotionState], before: PromotionState) -> None:
+    assert h.active.paused and h.active.paused_by == "ops"
+    assert [entry.action for entry in decision.audit] == ["promotion.paused"]
+
+
+def rescheduled(step: str, attempt: int) -> Then:
+    """Resumed: one new check for `step` under a new id, due when the held one was (or now)."""
+
+    def then(h: Harness, decision: Decision[PromotionState], before: PromotionState) -> None:
+        assert before.active is not None and before.active.check_due_at is not None
+        assert not h.active.paused
+        (send,) = decision.effects
+        assert isinstance(send, SendMessage) and send.message_type == "GateCheck"
+        assert send.message_id == f"{h.active.id}:{step}:check:{attempt}"
+        assert send.message_id == h.active.pending_check_id != before.active.pending_check_id
+        assert send.not_before == max(h.now, before.active.check_due_at)
+
+    return then
+
+
+def refused(reason: str) -> Then:
+    def then(h: Harness, decision: Decision[PromotionState], before: PromotionState) -> None:
+        assert decision.ignored == reason
+        assert decision.audit[0].detail["reason"] == reason
+
+    return then
+
+
+def assert_timeout_rescheduled(h: Harness, decision: Decision[PromotionState]) -> None:
+    (send,) = decision.effects
+    assert isinstance(send, SendMessage) and send.message_type == "ApprovalTimedOut"
+    assert send.message_id == h.active.pending_check_id == f"{h.active.id}:approval:timeout:2"
+    assert ApprovalTimedOut.model_validate(send.payload) == timeout(h)
+    assert send.not_before == h.active.approval_expires_at
+
+
+def assert_stale_timeout(h: Harness, decision: Decision[PromotionState]) -> None:
+    pending = h.active.pending_check_id
+    assert pending == f"{h.active.id}:approval:timeout:2"
+    assert (
+        decision.ignored == f"stale timeout {h.active.id}:approval:timeout:1 (expected {pending})"
+    )
+
+
+def superseded(h: Harness, decision: Decision[PromotionState], before: PromotionState) -> None:
+    assert h.state.history[-1].outcome == S.ROLLED_BACK
+    assert "superseded by v3" in h.state.history[-1].reason
+    assert h.active.candidate_version == "3" and h.active.baseline == h.state.last_known_good
 
 
 PUB, TAG, SEND, DEPLOY, TRAFFIC, DELETE, ASK = (
@@ -154,6 +265,8 @@ PUB, TAG, SEND, DEPLOY, TRAFFIC, DELETE, ASK = (
     "delete_deployment", "request_approval",
 )  # fmt: skip
 ROLLBACK_LIVE = [TRAFFIC, DELETE, PUB, TAG]  # traffic first, then delete, then record
+ROLLBACK_BAKE = [TRAFFIC, DELETE, TAG, PUB, TAG]  # ... and the known-good is tagged production
+BACK_TO_V1 = (traffic(v1=100, v2=0), delete("2"))  # all traffic on v1 first, then delete v2
 
 CASES = [
     # starting and the staging gate
@@ -252,6 +365,31 @@ CASES = [
         S.ROLLED_BACK,
         [PUB, TAG],
     ),
+    Case("staging pause -> paused", staging_gate, pause, S.STAGING_GATE, [], then=now_paused),
+    Case(
+        "paused staging check -> held",
+        paused(staging_gate),
+        lambda h: h.check("pass"),
+        S.STAGING_GATE,
+        ignored=True,
+        then=refused("promotion is paused: check held, resume reschedules it"),
+    ),
+    Case(
+        "paused staging resume -> check rescheduled",
+        paused(staging_gate),
+        resume,
+        S.STAGING_GATE,
+        [SEND],
+        then=rescheduled("staging", 2),
+    ),
+    Case(
+        "paused staging rollback -> rolled_back (nothing deployed)",
+        paused(staging_gate),
+        rollback,
+        S.ROLLED_BACK,
+        [PUB, TAG],
+        moves=(),
+    ),
     # approval
     Case("approved -> deploying", awaiting_approval, approve, S.DEPLOYING, [DEPLOY]),
     Case(
@@ -311,6 +449,23 @@ CASES = [
         [PUB, TAG],
     ),
     Case(
+        "paused awaiting approval rollback -> rolled_back",
+        paused(awaiting_approval),
+        rollback,
+        S.ROLLED_BACK,
+        [PUB, TAG],
+        moves=(),
+    ),
+    Case(
+        "awaiting approval, newer candidate, supersede -> the new one awaits approval",
+        lambda: awaiting_approval(on_newer_candidate="supersede"),
+        newer,
+        S.AWAITING_APPROVAL,
+        [PUB, TAG, PUB, TAG, ASK, SEND],
+        moves=(),
+        then=superseded,
+    ),
+    Case(
         "paused approval -> refused",
         paused(awaiting_approval),
         approve,
@@ -330,15 +485,46 @@ CASES = [
         resume,
         S.AWAITING_APPROVAL,
         [SEND],
+        then=lambda h, decision, before: assert_timeout_rescheduled(h, decision),
+    ),
+    Case(
+        "scheduled approval timeout -> rejected",
+        awaiting_approval,
+        timeout,
+        S.REJECTED,
+        [TAG, PUB],
+    ),
+    Case(
+        "pre-pause approval timeout after resume -> stale",
+        resumed(paused(awaiting_approval)),
+        lambda h: timeout(h, attempt=1),
+        S.AWAITING_APPROVAL,
+        ignored=True,
+        then=lambda h, decision, before: assert_stale_timeout(h, decision),
+    ),
+    Case(
+        "rescheduled approval timeout after resume -> rejected",
+        resumed(paused(awaiting_approval)),
+        timeout,
+        S.REJECTED,
+        [TAG, PUB],
     ),
     # deployment
-    Case("deployment ready -> canary step 1", deploying, ready, S.CANARY, [TRAFFIC, SEND]),
+    Case(
+        "deployment ready -> canary step 1",
+        deploying,
+        ready,
+        S.CANARY,
+        [TRAFFIC, SEND],
+        moves=(traffic(v1=90, v2=10),),
+    ),
     Case(
         "first model ready -> 100% and bake",
         lambda: deploying(first_model()),
         ready,
         S.PRODUCTION_BAKE,
         [TRAFFIC, TAG, PUB, SEND],
+        moves=(traffic(v2=100),),
     ),
     Case(
         "no canary steps -> 100% and bake",
@@ -346,6 +532,7 @@ CASES = [
         ready,
         S.PRODUCTION_BAKE,
         [TRAFFIC, TAG, PUB, SEND],
+        moves=(traffic(v2=100, v1=0),),
     ),
     Case(
         "ready for another deployment -> ignored",
@@ -362,6 +549,7 @@ CASES = [
         ),
         S.FAILED,
         [TRAFFIC, DELETE, PUB, TAG],
+        moves=(traffic(v1=100), delete("2")),
     ),
     Case(
         "deploying rollback -> rolled_back",
@@ -369,16 +557,33 @@ CASES = [
         rollback,
         S.ROLLED_BACK,
         [TRAFFIC, DELETE, PUB, TAG],
+        moves=(traffic(v1=100), delete("2")),
     ),
     Case("paused deploying, ready -> held", paused(deploying), ready, S.DEPLOYING, []),
+    Case(
+        "paused deploying rollback -> rolled_back",
+        paused(deploying),
+        rollback,
+        S.ROLLED_BACK,
+        [TRAFFIC, DELETE, PUB, TAG],
+        moves=(traffic(v1=100), delete("2")),
+    ),
     # canary
-    Case("canary pass -> next step", canary, lambda h: h.check("pass"), S.CANARY, [TRAFFIC, SEND]),
+    Case(
+        "canary pass -> next step",
+        canary,
+        lambda h: h.check("pass"),
+        S.CANARY,
+        [TRAFFIC, SEND],
+        moves=(traffic(v1=50, v2=50),),
+    ),
     Case(
         "last canary step pass -> production bake",
         last_canary_step,
         lambda h: h.check("pass"),
         S.PRODUCTION_BAKE,
         [TRAFFIC, TAG, PUB, SEND],
+        moves=(traffic(v2=100, v1=0),),
     ),
     Case(
         "canary fail -> rolled_back",
@@ -386,6 +591,7 @@ CASES = [
         lambda h: h.check("fail"),
         S.ROLLED_BACK,
         ROLLBACK_LIVE,
+        moves=BACK_TO_V1,
     ),
     Case("canary inconclusive -> extended", canary, lambda h: h.check("few"), S.CANARY, [SEND]),
     Case("canary metrics missing -> extended", canary, lambda h: h.check("none"), S.CANARY, [SEND]),
@@ -395,6 +601,7 @@ CASES = [
         lambda h: h.check("few"),
         S.ROLLED_BACK,
         ROLLBACK_LIVE,
+        moves=BACK_TO_V1,
     ),
     Case(
         "canary exhausted, promote -> next step",
@@ -408,6 +615,7 @@ CASES = [
         lambda h: h.check("few"),
         S.CANARY,
         [TRAFFIC, SEND],
+        moves=(traffic(v1=50, v2=50),),
     ),
     Case("canary stale check -> ignored", canary, stale_check, S.CANARY, ignored=True),
     Case(
@@ -416,8 +624,16 @@ CASES = [
         promote_now,
         S.PRODUCTION_BAKE,
         [TRAFFIC, TAG, PUB, SEND],
+        moves=(traffic(v2=100, v1=0),),
     ),
-    Case("canary rollback -> rolled_back", canary, rollback, S.ROLLED_BACK, ROLLBACK_LIVE),
+    Case(
+        "canary rollback -> rolled_back",
+        canary,
+        rollback,
+        S.ROLLED_BACK,
+        ROLLBACK_LIVE,
+        moves=BACK_TO_V1,
+    ),
     Case(
         "canary deployment failed -> failed",
         canary,
@@ -426,6 +642,7 @@ CASES = [
         ),
         S.FAILED,
         ROLLBACK_LIVE,
+        moves=BACK_TO_V1,
     ),
     Case(
         "canary pause -> paused",
@@ -450,6 +667,7 @@ CASES = [
         rollback,
         S.ROLLED_BACK,
         ROLLBACK_LIVE,
+        moves=BACK_TO_V1,
     ),
     Case("paused canary resume -> check rescheduled", paused(canary), resume, S.CANARY, [SEND]),
     Case(
@@ -460,6 +678,14 @@ CASES = [
         ignored=True,
     ),
     Case("resume when running -> ignored", canary, resume, S.CANARY, ignored=True),
+    Case(
+        "approval in canary -> refused (stale)",
+        canary,
+        approve,
+        S.CANARY,
+        ignored=True,
+        then=refused("no approval expected in canary"),
+    ),
     # production bake
     Case(
         "bake pass -> completed, old deployment removed",
@@ -467,13 +693,15 @@ CASES = [
         lambda h: h.check("pass"),
         S.COMPLETED,
         [TRAFFIC, DELETE, TAG, PUB],
+        moves=(traffic(v2=100), delete("1")),
     ),
     Case(
         "bake fail -> rolled_back to the old champion",
         production_bake,
         lambda h: h.check("fail"),
         S.ROLLED_BACK,
-        [TRAFFIC, DELETE, TAG, PUB, TAG],
+        ROLLBACK_BAKE,
+        moves=BACK_TO_V1,
     ),
     Case(
         "bake inconclusive -> extended",
@@ -487,17 +715,53 @@ CASES = [
         production_bake,
         rollback,
         S.ROLLED_BACK,
-        [TRAFFIC, DELETE, TAG, PUB, TAG],
+        ROLLBACK_BAKE,
+        moves=BACK_TO_V1,
     ),
     Case(
         "paused bake rollback -> rolled_back",
         paused(production_bake),
         rollback,
         S.ROLLED_BACK,
-        [TRAFFIC, DELETE, TAG, PUB, TAG],
+        ROLLBACK_BAKE,
+        moves=BACK_TO_V1,
     ),
     Case(
         "bake promote now -> ignored", production_bake, promote_now, S.PRODUCTION_BAKE, ignored=True
+    ),
+    Case(
+        "bake deployment failed -> failed, back on the old champion",
+        production_bake,
+        failed,
+        S.FAILED,
+        ROLLBACK_BAKE,
+        moves=BACK_TO_V1,
+    ),
+    Case("bake pause -> paused", production_bake, pause, S.PRODUCTION_BAKE, [], then=now_paused),
+    Case(
+        "paused bake check -> held",
+        paused(production_bake),
+        lambda h: h.check("fail"),
+        S.PRODUCTION_BAKE,
+        ignored=True,
+        then=refused("promotion is paused: check held, resume reschedules it"),
+    ),
+    Case(
+        "paused bake resume -> check rescheduled",
+        paused(production_bake),
+        resume,
+        S.PRODUCTION_BAKE,
+        [SEND],
+        then=rescheduled("bake", 2),
+    ),
+    Case(
+        "bake, newer candidate, supersede -> rolled back, the new one deploying",
+        lambda: production_bake(on_newer_candidate="supersede"),
+        newer,
+        S.DEPLOYING,
+        [*ROLLBACK_BAKE, PUB, TAG, DEPLOY],
+        moves=BACK_TO_V1,
+        then=superseded,
     ),
     Case(
         "first model bake pass -> completed",
@@ -512,6 +776,15 @@ CASES = [
         rollback,
         S.ROLLED_BACK,
         [DELETE, PUB, TAG],
+        moves=(delete("2"),),
+    ),
+    Case(
+        "first model bake deployment failed -> failed, nothing serves",
+        first_model_bake,
+        failed,
+        S.FAILED,
+        [DELETE, PUB, TAG],
+        moves=(delete("2"),),
     ),
     # commands with nothing to act on
     Case(
@@ -545,6 +818,29 @@ CASES = [
 ]
 
 
+def _rollback_entries(decision: Decision[PromotionState]) -> list[AuditEntry]:
+    """The rolling_back entry and the rolled_back / failed one that follows it."""
+    return [
+        entry
+        for entry in decision.audit
+        if entry.to_state == S.ROLLING_BACK or entry.from_state == S.ROLLING_BACK
+    ]
+
+
+def _assert_rollback_target(decision: Decision[PromotionState], before: PromotionState) -> None:
+    """Any rollback records where traffic returns: the known-good model, or None."""
+    entries = _rollback_entries(decision)
+    if not entries:
+        return
+    assert [entry.to_state for entry in entries[:1]] == [S.ROLLING_BACK] and len(entries) == 2
+    known_good = before.last_known_good
+    target = (
+        {"version": known_good.version, "deployment": known_good.deployment} if known_good else None
+    )
+    for entry in entries:
+        assert entry.detail["rollback_target"] == target
+
+
 def _status(h: Harness) -> PromotionStatus | None:
     if h.state.active is None and not h.state.history:
         return None
@@ -567,10 +863,20 @@ def test_transition(case: Case) -> None:
         )
         assert decision.audit[0].action == expected
         assert _status(h) in (case.status, None)
+        if case.then is not None:
+            case.then(h, decision, before)
         return
     assert decision.ignored is None
     assert h.status == case.status
     assert [effect.kind for effect in decision.effects] == case.effects
+    if {TRAFFIC, DELETE} & set(case.effects):
+        assert case.moves is not None, "a row that moves traffic or deletes must say how"
+    if case.moves is not None:
+        moved = [e for e in decision.effects if isinstance(e, SetTraffic | DeleteDeployment)]
+        assert moved == list(case.moves)
+    _assert_rollback_target(decision, before)
+    if case.then is not None:
+        case.then(h, decision, before)
     # Applying the same command again changes nothing (content-based idempotence).
     again = h.send(command)
     assert again.ignored and again.state == decision.state and not again.effects
@@ -609,6 +915,38 @@ def test_rollback_puts_all_traffic_on_known_good_before_deleting(given) -> None:
     assert h.state.champion == h.state.last_known_good and h.state.champion.version == "1"  # type: ignore[union-attr]
     tags = [e for e in effects if isinstance(e, TagModelVersion) and e.model_version == "2"]
     assert tags[-1].tags["retrain.stage"] == "rolled_back"
+
+
+@pytest.mark.parametrize(
+    "when",
+    [rollback, lambda h: h.check("fail"), failed, newer],
+    ids=["rollback", "gate failed", "deployment failed", "superseded"],
+)
+def test_rollback_from_the_bake_records_the_known_good_target_not_the_champion(when) -> None:
+    h = production_bake(on_newer_candidate="supersede")
+    # In the bake the candidate is already the champion; the rollback target is the old model.
+    assert h.state.champion is not None and h.state.champion.version == "2"
+    assert h.state.last_known_good is not None and h.state.last_known_good.version == "1"
+    decision = h.send(when(h))
+    rolling, finished = _rollback_entries(decision)
+    assert rolling.action == "promotion.rolling_back" and rolling.from_state == S.PRODUCTION_BAKE
+    assert finished.action in ("promotion.rolled_back", "promotion.failed")
+    for entry in (rolling, finished):
+        assert entry.detail["rollback_target"] == {"version": "1", "deployment": dep("1")}
+    assert finished.detail["nothing_serves"] is False
+    assert h.state.champion == h.state.last_known_good == serving("1")
+
+
+@pytest.mark.parametrize(
+    ("given", "nothing_serves"), [(first_model_bake, True), (first_model_staging_gate, False)]
+)
+def test_rollback_without_known_good_records_no_target(given, nothing_serves) -> None:
+    h = given()
+    rolling, finished = _rollback_entries(h.send(rollback(h)))
+    assert rolling.detail["rollback_target"] is None
+    assert finished.detail["rollback_target"] is None
+    # Only a first model that took traffic leaves nothing serving; before that nothing did.
+    assert finished.detail["nothing_serves"] is nothing_serves
 
 
 def test_first_model_rollback_records_that_nothing_serves() -> None:
