@@ -10,7 +10,7 @@ Everything is real: Azurite, the Functions app under devhost, the local pipeline
 (scikit-learn + MLflow), the local endpoint, MLflow. Timings come from the demo policy in
 devhost/demo_policies/. At the end: a report with each promotion's timeline.
 
-    python -m devhost.demo [--output demo-output] [--no-mlflow-ui] [--quick]
+    python -m devhost.demo [--output demo-output] [--no-mlflow-ui]
 """
 
 from __future__ import annotations

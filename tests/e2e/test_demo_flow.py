@@ -1,5 +1,5 @@
-"""End to end: a shortened `make demo` on real Azurite, devhost, the local pipeline runner,
-the local endpoint and MLflow. Three models: the first goes to production, a better one walks
+"""End to end: the `make demo` story (its demo policy's short timings, no MLflow UI) on real
+Azurite, devhost, the local pipeline runner, the local endpoint and MLflow. Three models: the first goes to production, a better one walks
 the canary to production, and one trained on flipped labels (which fools the offline
 evaluation, whose holdout is flipped too) is caught by its canary gate and rolled back."""
 
