@@ -45,7 +45,7 @@ NAMESPACE = "devhost-test.servicebus.windows.net"
 # Service Bus and Event Hubs connection strings have the same shape; nothing connects to it.
 CONNECTION = MessagingConnection(
     connection_string=f"Endpoint=sb://{NAMESPACE}/;SharedAccessKeyName=test;"
-    "SharedAccessKey=not-a-secret"
+    "SharedAccessKey=<test-key>"
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from azure.storage.blob import BlobServiceClient
 
-from adapters.azurite import Azurite, _answers, ensure_azurite, start_azurite
+from adapters.azurite import DEV_KEY, Azurite, _answers, ensure_azurite, start_azurite
 
 
 def test_a_running_azurite_is_reused_not_restarted(azurite: Azurite, unique_name: str) -> None:
@@ -20,7 +20,7 @@ def test_a_running_azurite_is_reused_not_restarted(azurite: Azurite, unique_name
 
 def test_settings_pointing_at_nothing_start_one_on_free_ports() -> None:
     nothing = (
-        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DEV_KEY};"
         "BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;"
         "QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;"
         "TableEndpoint=http://127.0.0.1:9/devstoreaccount1;"
