@@ -1,7 +1,8 @@
 """End to end: the `make demo` story (its demo policy's short timings, no MLflow UI) on real
-Azurite, devhost, the local pipeline runner, the local endpoint and MLflow. Three models: the first goes to production, a better one walks
-the canary to production, and one trained on flipped labels (which fools the offline
-evaluation, whose holdout is flipped too) is caught by its canary gate and rolled back."""
+Azurite, devhost, the local pipeline runner, the local endpoint and MLflow. Three models: the
+first goes to production, a better one walks the canary to production, and one trained on
+flipped labels (which fools the offline evaluation, whose holdout is flipped too) is caught by
+its canary gate and rolled back."""
 
 from __future__ import annotations
 
