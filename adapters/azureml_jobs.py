@@ -121,10 +121,8 @@ class AzureMLTrainingBackend:
         try:
             created = self.ml_client.jobs.create_or_update(job, experiment_name=request.experiment)
         except (ServiceRequestError, ServiceResponseError) as exc:
-            # The service was not reached (or its answer was lost) after the retries.
-            raise TrainingBackendError(
-                f"submitting {request.run_id}: Azure ML unreachable: {exc}", transient=True
-            ) from exc
+            # Not reached, or its answer was lost (the job may exist: the next try finds it).
+            raise _backend_error(exc, f"submitting {request.run_id}") from exc
         except ResourceNotFoundError as exc:
             raise _backend_error(exc, f"submitting {request.run_id}") from exc
         except HttpResponseError as exc:
@@ -159,12 +157,8 @@ class AzureMLTrainingBackend:
             return self.ml_client.jobs.get(name)
         except ResourceNotFoundError:
             raise
-        except HttpResponseError as exc:
+        except (HttpResponseError, ServiceRequestError, ServiceResponseError) as exc:
             raise _backend_error(exc, f"reading job {name}") from exc
-        except (ServiceRequestError, ServiceResponseError) as exc:
-            raise TrainingBackendError(
-                f"reading job {name}: Azure ML unreachable: {exc}", transient=True
-            ) from exc
 
     def _build_job(self, request: TrainingRequest) -> Any:
         from azure.ai.ml import Input, load_job
@@ -201,7 +195,12 @@ class AzureMLTrainingBackend:
 
     def cancel(self, job_id: str) -> None:
         """`jobs.begin_cancel`, not waited for. Unknown or already ended: nothing to do."""
-        from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+        from azure.core.exceptions import (
+            HttpResponseError,
+            ResourceNotFoundError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
 
         try:
             self.ml_client.jobs.begin_cancel(job_id, polling=False)  # started, not awaited
@@ -210,6 +209,8 @@ class AzureMLTrainingBackend:
         except HttpResponseError as exc:
             if exc.status_code in (400, 409) and self._ended(job_id):
                 return  # the service refuses to cancel a job that has already ended
+            raise _backend_error(exc, f"canceling job {job_id}") from exc
+        except (ServiceRequestError, ServiceResponseError) as exc:
             raise _backend_error(exc, f"canceling job {job_id}") from exc
 
     def _ended(self, job_id: str) -> bool:
@@ -302,6 +303,12 @@ def _looks_like_file(uri: str) -> bool:
 
 
 def _backend_error(exc: Any, doing: str) -> TrainingBackendError:
+    """An SDK failure as a TrainingBackendError: the service's status and message, or
+    "unreachable" (transient) when no answer came back after the retries."""
+    from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+
+    if isinstance(exc, (ServiceRequestError, ServiceResponseError)):
+        return TrainingBackendError(f"{doing}: Azure ML unreachable: {exc}", transient=True)
     status = getattr(exc, "status_code", None)
     error = getattr(exc, "error", None)
     code = getattr(error, "code", None)

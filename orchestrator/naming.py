@@ -33,7 +33,8 @@ def deployment_name(model: str, version: str) -> str:
     A model name that is already a lowercase slug with a plain version (``[a-z0-9]+``) is kept
     as it is while the result fits in 32 characters. Anything else (uppercase, '_' or '.',
     a digit first, a long name, a version with other characters) is slugged and shortened, and
-    gets a short hash of what was lost, so distinct inputs keep distinct names:
+    gets a short hash (6 hex digits) of what was lost, so distinct inputs keep distinct names
+    but for a hash collision (or a plain name that spells out another's hashed form):
     ``Churn_Model`` v1 -> ``churn-model-431ffb-v1``, never ``churn-model-v1``.
     """
     version = str(version)

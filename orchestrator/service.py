@@ -314,6 +314,16 @@ class Orchestrator:
         aggregate, _ = self.ports.store.load(envelope.model)
         if aggregate.has_seen(envelope.message_id):
             return self._duplicate(envelope, aggregate)
+        if not aggregate.retrain.is_current_job(check.run_id):
+            # The run has ended (or never was): nothing to ask the backend, which may be down.
+            # The policy records it as stale without reading the state.
+            return self._decide_retrain(
+                envelope,
+                policy,
+                retrain_policy.TrainingJobStatus(
+                    run_id=check.run_id, state="running", attempt=check.attempt
+                ),
+            )
         if aggregate.outbox:
             # The submit may still sit in the outbox (its dispatch failed): send it first, or
             # the backend would rightly answer "no such job".

@@ -577,13 +577,14 @@ def _known_uri(tracker: RetrainTracker, uri: str) -> bool:
 
     Blob and event keys do not contain the URI, so besides the seen keys (manual URIs are
     their own key) this looks at what is pending, what the running job trains on and what
-    the recent runs trained on (their first MAX_HISTORY_URIS URIs).
+    the recent completed runs trained on (their first MAX_HISTORY_URIS URIs). The data of a
+    run that failed or was canceled was never trained on: naming it again is new data.
     """
     if uri in tracker.seen() or any(item.uri == uri for item in tracker.pending):
         return True
     if tracker.current_job is not None and uri in tracker.current_job.data_uris:
         return True
-    return any(uri in run.data_uris for run in tracker.runs)
+    return any(run.status == "completed" and uri in run.data_uris for run in tracker.runs)
 
 
 def _remember(

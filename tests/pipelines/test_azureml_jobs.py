@@ -187,9 +187,10 @@ def test_from_workspace_backs_off_exponentially_between_retries() -> None:
     service.faults += [(lambda r: r.method == "PUT" and "/jobs/" in r.path, busy)] * 3
     assert backend.submit(request()) == "churn-20260101t000000-1"
     assert len(job_puts(service)) == 4
-    # DEFAULT_RETRY: the first retry at once, then backoff_factor * 2^(n-1): 4 s, 8 s.
-    assert DEFAULT_RETRY["retry_backoff_factor"] == 2.0
-    assert service.sleeps == [4.0, 8.0]
+    # azure-core: the first retry at once, then backoff_factor * 2^(n-1) for the n-th error.
+    factor = DEFAULT_RETRY["retry_backoff_factor"]
+    assert service.sleeps == [factor * 2, factor * 4]
+    assert all(sleep > 0 for sleep in service.sleeps)
 
 
 class UnreachableOnPut(FakeAzureML):

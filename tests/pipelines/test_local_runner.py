@@ -218,13 +218,14 @@ def test_cancel_stops_the_running_step_and_ends_the_job_canceled(tmp_path: Path)
     backend = LocalTrainingBackend(tmp_path / "work", "unused")
     backend.submit(request("hang-1", [str(data)], pipeline_file=str(pipeline)))
     started = tmp_path / "pipe" / "started"
-    for _ in range(400):  # the step is running once its marker exists (bounded wait)
-        if started.exists():
-            break
-        backend.join("hang-1", timeout=0.05)
-    assert started.exists() and backend.status("hang-1").state == "running"
-
-    backend.cancel("hang-1")
+    try:
+        for _ in range(400):  # the step is running once its marker exists (bounded wait)
+            if started.exists():
+                break
+            backend.join("hang-1", timeout=0.05)
+        assert started.exists() and backend.status("hang-1").state == "running"
+    finally:
+        backend.cancel("hang-1")  # whatever happened, no sleeping step is left behind
     status = backend.join("hang-1", timeout=30)
     assert (status.state, status.error) == ("canceled", "canceled")
     backend.cancel("hang-1")  # again, once it has ended: nothing changes

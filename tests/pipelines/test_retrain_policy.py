@@ -428,6 +428,19 @@ def test_a_manual_request_naming_known_data_is_not_new_data() -> None:
     ]
 
 
+def test_data_of_a_failed_run_named_again_is_new_data() -> None:
+    run = Run(policy())
+    run(landed(item(1)), T0)
+    run.close_due()
+    run.finish(state="failed", version=None, error="step train failed")
+    again = run(
+        RetrainRequested(requested_by="erin", data_uri=item(1).uri), T0 + timedelta(hours=2)
+    )
+    assert again.audit[0].action != "retrain.data_duplicate"
+    [submit] = [e for e in again.effects if isinstance(e, SubmitTrainingJob)]
+    assert submit.data_uris == [item(1).uri]
+
+
 def test_seen_keys_are_bounded() -> None:
     tracker = RetrainTracker(seen_keys=[f"k{n}" for n in range(MAX_SEEN_KEYS)])
     decision = decide(tracker, landed(item(1)), policy(), T0)

@@ -65,3 +65,13 @@ def test_a_job_that_never_ends_is_canceled_once_and_the_run_recorded(make_runtim
     assert runtime.orchestrator.handle(late).status == "ignored"
     assert backend.cancellations == [run_id]
     assert runtime.orchestrator.model_status("churn")["retrain"]["current_job"] is None
+
+
+def test_a_check_for_a_run_that_is_not_running_asks_the_backend_nothing(make_runtime):
+    runtime = make_runtime({"churn": policy_yaml("churn")})
+    backend = RecordingTrainingBackend()  # status() of a job it never saw would raise
+    runtime.__dict__["training"] = backend
+    check = Envelope.new("TrainingJobCheck", "churn", {"run_id": "churn-gone", "attempt": 3})
+    outcome = runtime.orchestrator.handle(check)
+    assert outcome.status == "ignored" and "churn-gone" in (outcome.reason or "")
+    assert backend.states == {}
