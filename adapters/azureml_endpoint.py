@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from adapters.endpoint import (
+    DeploymentBusy,
     DeploymentState,
     DeploymentStatus,
     EndpointError,
@@ -206,11 +207,12 @@ class AzureMLEndpoint:
     def delete(self, deployment: str) -> None:
         """Start removing the deployment once nothing routes to it.
 
-        Azure ML refuses to delete a deployment that still takes live traffic, or while the
-        endpoint is updating (the set-traffic a rollback sent just before). Both answer a
-        transient `EndpointError` without sending the DELETE, so the outbox tries again
-        later. When the deployment is the only one serving (a first model rolled back), its
-        traffic is taken away first, then the delete waits for that update.
+        Azure ML refuses to delete a deployment while the endpoint is updating (the
+        set-traffic a rollback sent just before), or one that still takes live traffic. Both
+        raise `DeploymentBusy` without sending the DELETE: the orchestrator keeps the effect
+        and the timer's sweep tries again. When the deployment is the only one serving (a
+        first model rolled back), its traffic is taken away first, then the delete waits for
+        that update.
         """
         check_deployment_name(deployment)
         try:
@@ -218,29 +220,31 @@ class AzureMLEndpoint:
         except EndpointError:
             raise
         except Exception as exc:
-            raise _endpoint_error(exc, f"deleting deployment {deployment}") from exc
+            error = _endpoint_error(exc, f"deleting deployment {deployment}")
+            if getattr(exc, "status_code", None) == 409:  # an update started meanwhile
+                raise DeploymentBusy(str(error)) from exc
+            raise error from exc
 
     def _delete(self, deployment: str) -> None:
         from azure.core.exceptions import ResourceNotFoundError
 
         endpoint = self.client.online_endpoints.get(self.endpoint_name)
+        # The endpoint's state first: while it updates, the traffic read back may be the old.
+        state = str(getattr(endpoint.provisioning_state, "value", endpoint.provisioning_state))
+        if state.lower() in _ENDPOINT_BUSY:
+            raise DeploymentBusy(
+                f"endpoint {self.endpoint_name} is {state}: deployment {deployment} is deleted "
+                "once the update is done"
+            )
         live = live_only(endpoint.traffic or {})
         if deployment in live:
             if set(live) == {deployment}:
                 endpoint.traffic = {}
                 endpoint.mirror_traffic = {}
                 self.client.online_endpoints.begin_create_or_update(endpoint)
-            raise EndpointError(
+            raise DeploymentBusy(
                 f"deployment {deployment} still takes {live[deployment]}% of the live traffic "
-                f"of {self.endpoint_name}: it is deleted once the traffic update is done",
-                transient=True,
-            )
-        state = str(getattr(endpoint.provisioning_state, "value", endpoint.provisioning_state))
-        if state.lower() in _ENDPOINT_BUSY:
-            raise EndpointError(
-                f"endpoint {self.endpoint_name} is {state}: deployment {deployment} is deleted "
-                "once the update is done",
-                transient=True,
+                f"of {self.endpoint_name}: it is deleted once the traffic update is done"
             )
         try:
             self.client.online_deployments.begin_delete(

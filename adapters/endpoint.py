@@ -43,6 +43,15 @@ class EndpointError(Exception):
         self.transient = transient
 
 
+class DeploymentBusy(EndpointError):
+    """The deployment cannot be removed yet: the endpoint is still applying a traffic change
+    (Azure ML takes minutes), or traffic still reaches the deployment. Nothing was refused;
+    the same call succeeds once the update is done."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=True)
+
+
 class InvalidTraffic(EndpointError, ValueError):
     """A traffic or mirror map breaks the rules; `reason` says which one."""
 
@@ -95,6 +104,7 @@ class OnlineEndpoint(Protocol):
 
         A deployment that shares the live traffic with others is refused: move the traffic
         first. The only deployment serving may be removed; the endpoint then serves nothing.
+        Raises `DeploymentBusy` when the endpoint must finish an update first.
         """
         ...
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from adapters.endpoint import EndpointError, OnlineEndpoint
+from adapters.endpoint import DeploymentBusy, EndpointError, OnlineEndpoint
 from orchestrator.aggregate import ModelAggregate, OutboxItem
 from orchestrator.clock import Clock, utc_now
 from orchestrator.decision import Decision
@@ -171,7 +171,14 @@ class Orchestrator:
                 if policy is None:
                     log.error("model %s has no policy: dropping effect %s", model, item.id)
                 else:
-                    self._execute_or_give_up(aggregate, policy, item)
+                    try:
+                        self._execute_or_give_up(aggregate, policy, item)
+                    except DeploymentBusy as busy:
+                        # Not a failure: the endpoint is still applying a traffic change (an
+                        # Azure ML update takes minutes). The delete stays in the outbox for
+                        # the timer's sweep; the effects after it do not depend on it.
+                        log.info("%s: %s; the outbox sweep tries again", model, busy)
+                        continue
                 done.append(item.id)
         finally:
             self._forget_dispatched(model, set(done), flushed)
