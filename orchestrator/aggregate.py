@@ -7,7 +7,7 @@ crash between the save and the dispatch is repaired by dispatching again.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field
 
 from orchestrator.effects import Effect
 from orchestrator.ports import AuditRecord
@@ -23,6 +23,7 @@ class OutboxItem(BaseModel):
     effect: Effect
     cause_id: str | None = None
     failed_attempts: int = 0  # dispatches that failed transiently (see Ports.max_effect_attempts)
+    first_failed_at: AwareDatetime | None = None
 
 
 class ModelAggregate(BaseModel):

@@ -207,6 +207,7 @@ class Runtime:
             deployment_poll=timedelta(seconds=self.settings.deployment_poll_seconds),
             default_compute=self.settings.azureml_compute,
             max_effect_attempts=self.settings.max_effect_attempts,
+            effect_retry_window=timedelta(seconds=self.settings.effect_retry_seconds),
         )
         return Orchestrator(ports)
 

@@ -9,6 +9,7 @@ or by the timer's outbox sweep.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -54,6 +55,9 @@ from promotion import machine as promotion_machine
 from promotion.state import PromotionState
 
 log = logging.getLogger(__name__)
+
+# Effects that stop being retried after a while (see Orchestrator._execute_or_give_up).
+_GIVE_UP_EFFECTS = (SubmitTrainingJob, DeployModel, CancelTrainingJob)
 
 DEPLOYMENT_CHECK = "DeploymentCheck"
 
@@ -106,8 +110,11 @@ class Ports:
     default_compute: str | None = None
     max_deployment_checks: int = 120
     # A training submit or a deployment that still fails transiently (after the SDK's own
-    # retries) on this many dispatches fails its step, with the service's message.
+    # retries) on this many dispatches, and this long after its first failure, fails its step
+    # with the service's message (redeliveries come at once: the window keeps a short outage
+    # from failing a step).
     max_effect_attempts: int = 5
+    effect_retry_window: timedelta = timedelta(minutes=15)
 
 
 @dataclass
@@ -187,31 +194,45 @@ class Orchestrator:
     def _execute_or_give_up(
         self, aggregate: ModelAggregate, policy: ModelPolicy, item: OutboxItem
     ) -> None:
-        """Run one effect. A transient failure is counted on the item and raised (the
-        message is redelivered, the timer sweeps); a submit or a deployment that has failed
-        `max_effect_attempts` times fails its step instead of being retried for ever."""
+        """Run one effect. A transient failure is counted on the item and raised (the message
+        is redelivered, the timer sweeps). A submit, a deployment or a cancel still failing
+        after `max_effect_attempts` dispatches and `effect_retry_window` since its first
+        failure gives up: the submit or deployment fails its step with the service's message.
+        """
         try:
             self._execute(aggregate, policy, item)
         except (TrainingBackendError, EndpointError) as exc:
+            effect = item.effect
+            if isinstance(exc, DeploymentBusy) or not isinstance(effect, _GIVE_UP_EFFECTS):
+                raise
+            now = self.ports.clock()
             attempts = item.failed_attempts + 1
-            if not isinstance(item.effect, (SubmitTrainingJob, DeployModel)):
+            first = item.first_failed_at or now
+            if attempts < self.ports.max_effect_attempts or (
+                now - first < self.ports.effect_retry_window
+            ):
+                self._count_failed_attempt(aggregate.model, item.id, attempts, first)
                 raise
-            if attempts < self.ports.max_effect_attempts:
-                self._count_failed_attempt(aggregate.model, item.id, attempts)
-                raise
-            error = f"gave up after {attempts} attempts: {exc}"
-            log.error("%s for %s: %s", item.effect.kind, aggregate.model, error)
-            if isinstance(item.effect, SubmitTrainingJob):
-                self._submit_failed(aggregate, item.effect, error)
-            else:
-                self._deploy_failed(aggregate, item.effect, error)
+            waited = int((now - first).total_seconds())
+            error = f"gave up after {attempts} attempts in {waited} s: {exc}"
+            log.error("%s for %s: %s", effect.kind, aggregate.model, error)
+            if isinstance(effect, SubmitTrainingJob):
+                self._submit_failed(aggregate, effect, error)
+                # The service may have created the job without our hearing of it: stop it.
+                with contextlib.suppress(Exception):
+                    self.ports.training.cancel(effect.run_id)
+            elif isinstance(effect, DeployModel):
+                self._deploy_failed(aggregate, effect, error)
+            # A cancel that never goes through is only logged: the run has already ended.
 
-    def _count_failed_attempt(self, model: str, item_id: str, attempts: int) -> None:
+    def _count_failed_attempt(
+        self, model: str, item_id: str, attempts: int, first_failed_at: datetime
+    ) -> None:
+        counted = {"failed_attempts": attempts, "first_failed_at": first_failed_at}
+
         def change(aggregate: ModelAggregate) -> ModelAggregate | None:
             outbox = [
-                item.model_copy(update={"failed_attempts": attempts})
-                if item.id == item_id
-                else item
+                item.model_copy(update=counted) if item.id == item_id else item
                 for item in aggregate.outbox
             ]
             if outbox == aggregate.outbox:
@@ -224,7 +245,9 @@ class Orchestrator:
             log.warning("could not count a failed attempt of %s for %s", item_id, model)
 
     def sweep(self) -> dict[str, Any]:
-        """Timer: re-dispatch outboxes a crash left behind; report promotions not moving.
+        """Timer: re-dispatch outboxes a crash left behind; report promotions not moving;
+        check training jobs past their max_job_duration (so a lost check chain cannot keep a
+        model from training for ever).
 
         One model whose effects keep failing (its outbox is retried on the next sweep) never
         stops the sweep for the others: it is reported under "failed"."""
@@ -232,6 +255,7 @@ class Orchestrator:
         redispatched = 0
         stuck: list[dict[str, Any]] = []
         failed: list[dict[str, str]] = []
+        overdue_jobs: list[str] = []
         for model in self.ports.store.list_keys():
             try:
                 redispatched += self.dispatch(model)
@@ -247,7 +271,14 @@ class Orchestrator:
                 continue
             active = aggregate.promotion.active
             policy = self.ports.policies.get(model)
-            if active is None or policy is None:
+            if policy is None:
+                continue
+            overdue = retrain_policy.overdue_check(aggregate.retrain, policy, now)
+            if overdue is not None:
+                log.warning("training job of %s is past max_job_duration: checking it", model)
+                self._send(model, overdue, aggregate.version)
+                overdue_jobs.append(str(overdue.payload["run_id"]))
+            if active is None:
                 continue
             if now - active.updated_at > policy.max_time_in_state:
                 stuck.append(
@@ -265,7 +296,12 @@ class Orchestrator:
                     active.status,
                     active.updated_at.isoformat(),
                 )
-        return {"redispatched": redispatched, "stuck": stuck, "failed": failed}
+        return {
+            "redispatched": redispatched,
+            "stuck": stuck,
+            "failed": failed,
+            "overdue_jobs": overdue_jobs,
+        }
 
     # ------------------------------------------------------------------ commands
 

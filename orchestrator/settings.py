@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     max_effect_attempts: int = Field(
         default=5, ge=1, validation_alias=_alias("MAX_EFFECT_ATTEMPTS")
     )
+    # ... and at least this long after the first failure (redeliveries come at once).
+    effect_retry_seconds: float = Field(
+        default=900, ge=0, validation_alias=_alias("EFFECT_RETRY_SECONDS")
+    )
     # How often a started deployment is polled (Azure ML deployments take minutes).
     deployment_poll_seconds: float = Field(
         default=30, gt=0, validation_alias=_alias("DEPLOYMENT_POLL_SECONDS")

@@ -643,6 +643,22 @@ def _close_message(policy: ModelPolicy, window: Window) -> SendMessage:
     )
 
 
+def overdue_check(
+    tracker: RetrainTracker, policy: ModelPolicy, now: datetime
+) -> SendMessage | None:
+    """A TrainingJobCheck for a job past `max_job_duration`, for the timer's sweep to send:
+    it ends the run even when its own chain of checks was lost (a check dead-lettered while
+    the backend could not be read). None when no job is overdue."""
+    job = tracker.current_job
+    if job is None or now - job.submitted_at < policy.retrain.max_job_duration:
+        return None
+    return SendMessage(
+        message_type=JOB_CHECK,
+        message_id=f"{check_message_id(job.run_id, job.checks)}:overdue",
+        payload=TrainingJobCheck(run_id=job.run_id, attempt=job.checks).model_dump(mode="json"),
+    )
+
+
 def _check_message(policy: ModelPolicy, run_id: str, attempt: int, now: datetime) -> SendMessage:
     return SendMessage(
         message_type=JOB_CHECK,

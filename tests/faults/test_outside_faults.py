@@ -130,8 +130,10 @@ class AzureWorld:
         return str(self.endpoints.deployments[(ENDPOINT, name)]["properties"]["provisioningState"])
 
 
-def azure_flow(flow_settings: Any, azure: AzureWorld, *, sweep: bool = True) -> Courier:
-    settings = flow_settings({MODEL: flow_policy(MODEL, approval=False)})
+def azure_flow(
+    flow_settings: Any, azure: AzureWorld, *, sweep: bool = True, **settings_overrides: str
+) -> Courier:
+    settings = flow_settings({MODEL: flow_policy(MODEL, approval=False)}, **settings_overrides)
     world = World(training=azure.training, endpoint=azure.endpoint)
     courier = Courier(world, lambda: Process(settings, world), None, between=azure.progress)
     seed_champion(courier.process, world, MODEL)
@@ -243,7 +245,8 @@ def test_azure_ml_unavailable_on_every_submit_fails_the_run_after_max_effect_att
     unavailable = Canned(503, {"error": {"code": "ServiceUnavailable", "message": "try later"}})
     azure.jobs.faults += [(lambda r: r.method == "PUT" and "/jobs/" in r.path, unavailable)] * 40
 
-    courier = azure_flow(flow_settings, azure)
+    # No retry window: the redeliveries here come at once (the window has its own test).
+    courier = azure_flow(flow_settings, azure, EFFECT_RETRY_SECONDS="0")
 
     assert len(azure.job_puts()) == 5 * 4  # five dispatches, each the first try and 3 retries
     assert courier.stats.failures == 4  # redelivered four times, then the step failed
@@ -251,7 +254,7 @@ def test_azure_ml_unavailable_on_every_submit_fails_the_run_after_max_effect_att
     run = process.aggregate(MODEL).retrain.runs[-1]
     assert (run.run_id, run.status) == (RUN_ID, "failed")
     [failed] = [r for r in check_audit(process, MODEL) if r.action == "retrain.job_failed"]
-    assert str(failed.detail["error"]).startswith("gave up after 5 attempts: ")
+    assert str(failed.detail["error"]).startswith("gave up after 5 attempts in 0 s: ")
     assert "Azure ML answered 503 ServiceUnavailable: try later" in str(failed.detail["error"])
     assert process.aggregate(MODEL).outbox == []
     assert final_state(process, MODEL)["champion"] == "1"
@@ -267,7 +270,7 @@ def test_azure_ml_unavailable_on_every_deploy_fails_the_promotion_after_max_effe
     azure = AzureWorld()
     azure.endpoints.put_faults = [throttled(503)] * 200
 
-    courier = azure_flow(flow_settings, azure)
+    courier = azure_flow(flow_settings, azure, EFFECT_RETRY_SECONDS="0")
 
     tries = azure.endpoints.deployment_puts("churn-v2")
     assert tries == 5 * (1 + 5)  # five dispatches, each the first try and retry_status=5
@@ -275,7 +278,7 @@ def test_azure_ml_unavailable_on_every_deploy_fails_the_promotion_after_max_effe
     state = final_state(process, MODEL)
     assert state["history"] == [("2", "failed")] and state["champion"] == "1"
     [failed] = [r for r in check_audit(process, MODEL) if r.action == "promotion.failed"]
-    assert "gave up after 5 attempts: " in failed.detail["cause"]
+    assert "gave up after 5 attempts in 0 s: " in failed.detail["cause"]
     assert "Azure ML answered 503 ServiceUnavailable: try later" in failed.detail["cause"]
     assert azure.traffic() == {"churn-v1": 100}  # production never moved
     assert process.aggregate(MODEL).outbox == []

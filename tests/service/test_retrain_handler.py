@@ -3,7 +3,8 @@ and queue on Azurite."""
 
 from __future__ import annotations
 
-from orchestrator.messages import Envelope
+from adapters.storage_queue_bus import decode_body
+from orchestrator.messages import Envelope, parse_envelope
 from orchestrator.service import data_landed_envelope
 from pipelines.retrain_policy import DataItem
 from tests.service.conftest import RecordingTrainingBackend, policy_yaml, pump
@@ -75,3 +76,30 @@ def test_a_check_for_a_run_that_is_not_running_asks_the_backend_nothing(make_run
     outcome = runtime.orchestrator.handle(check)
     assert outcome.status == "ignored" and "churn-gone" in (outcome.reason or "")
     assert backend.states == {}
+
+
+def test_the_sweep_ends_a_job_whose_checks_were_lost(make_runtime):
+    from datetime import timedelta
+
+    retrain = "{debounce: 1s, min_new_files: 1, cooldown: 0s, max_job_duration: 2h}"
+    runtime = make_runtime({"churn": policy_yaml("churn", retrain=retrain)})
+    backend = RecordingTrainingBackend()  # the job stays "queued"
+    runtime.__dict__["training"] = backend
+    orchestrator = runtime.orchestrator
+    orchestrator.handle(landed("churn", 0, 1))
+    pump(runtime, until=lambda: bool(backend.jobs))
+    [run_id] = backend.jobs
+    queue = runtime.queue(runtime.settings.orchestrator_queue)
+    queue.clear_messages()  # the scheduled checks are lost
+    assert orchestrator.sweep()["overdue_jobs"] == []  # not overdue yet: nothing sent
+
+    later = orchestrator.ports.clock() + timedelta(hours=2)
+    orchestrator.ports.clock = lambda: later
+    assert orchestrator.sweep()["overdue_jobs"] == [run_id]
+    [check] = [parse_envelope(decode_body(m.content)) for m in queue.receive_messages()]
+    assert check.type == "TrainingJobCheck" and check.payload["run_id"] == run_id
+    assert orchestrator.handle(check).status == "applied"
+    run = orchestrator.model_status("churn")["retrain"]["runs"][-1]
+    assert (run["run_id"], run["status"]) == (run_id, "failed")
+    assert backend.cancellations == [run_id]
+    assert orchestrator.sweep()["overdue_jobs"] == []  # ended: nothing more to check
