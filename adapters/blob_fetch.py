@@ -48,12 +48,17 @@ class BlobFetcher:
         self._credential = credential
         self._clients: dict[str, BlobServiceClient] = {}
 
-    def __call__(self, uri: str, dest_dir: Path) -> list[Path]:
+    def __call__(
+        self, uri: str, dest_dir: Path, *, include: Callable[[str], bool] | None = None
+    ) -> list[Path]:
+        """Fetch `uri` into `dest_dir`. `include` (blob folders only) picks the blobs by their
+        path below the folder, so only those are downloaded; a folder with blobs none of which
+        is picked is an empty answer, a folder with no blobs at all an error."""
         dest_dir = Path(dest_dir)
         dest_dir.mkdir(parents=True, exist_ok=True)
         parsed = urlparse(uri)
         if parsed.scheme in ("http", "https"):
-            return self._fetch_blob(uri, dest_dir)
+            return self._fetch_blob(uri, dest_dir, include)
         if parsed.scheme == "file":
             return _copy_local(Path(url2pathname(unquote(parsed.path))), dest_dir)
         if parsed.scheme == "" or (len(parsed.scheme) == 1 and uri[1:3] in (":\\", ":/")):
@@ -97,13 +102,15 @@ class BlobFetcher:
             self._clients[account_url] = client
         return (client, *_split_container(path, uri))
 
-    def _fetch_blob(self, uri: str, dest_dir: Path) -> list[Path]:
+    def _fetch_blob(
+        self, uri: str, dest_dir: Path, include: Callable[[str], bool] | None = None
+    ) -> list[Path]:
         from azure.core.exceptions import AzureError, ResourceNotFoundError
 
         service, container, blob_path = self._service_for(uri)
         container_client = service.get_container_client(container)
         try:
-            if blob_path and not blob_path.endswith("/"):
+            if blob_path and not blob_path.endswith("/") and include is None:
                 blob = container_client.get_blob_client(blob_path)
                 try:
                     target = dest_dir / Path(blob_path).name
@@ -114,9 +121,13 @@ class BlobFetcher:
                     target.unlink(missing_ok=True)  # not a blob: try it as a folder
             prefix = blob_path.rstrip("/") + "/" if blob_path else ""
             written: list[Path] = []
+            listed = False
             for item in container_client.list_blobs(name_starts_with=prefix or None):
                 relative = item.name[len(prefix) :]
                 if not relative or relative.endswith("/"):
+                    continue
+                listed = True
+                if include is not None and not include(relative):
                     continue
                 target = _safe_join(dest_dir, relative)
                 target.parent.mkdir(parents=True, exist_ok=True)
@@ -127,7 +138,7 @@ class BlobFetcher:
             raise FetchError(f"cannot fetch {uri!r}: {exc.reason or 'not found'}") from exc
         except AzureError as exc:
             raise FetchError(f"cannot fetch {uri!r}: {exc}") from exc
-        if not written:
+        if not listed:
             raise FetchError(f"cannot fetch {uri!r}: no blob or folder of that name")
         return written
 

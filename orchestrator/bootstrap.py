@@ -299,7 +299,9 @@ class MlflowMetrics:
         fetch = BlobFetcher(credential=_credential())
         with tempfile.TemporaryDirectory() as folder:
             records_dir, feedback_dir = Path(folder, "records"), Path(folder, "feedback")
-            fetch(settings.canary_records_uri, records_dir)
+            # Only the hour folders around the window: the collector keeps every hour.
+            window = evaluate_canary.collector_files_in(start, end)
+            fetch(settings.canary_records_uri, records_dir, include=window)
             fetch(settings.canary_feedback_uri, feedback_dir)
             return (
                 evaluate_canary.read_data_collector(records_dir, start, end),

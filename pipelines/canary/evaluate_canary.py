@@ -26,9 +26,9 @@ import math
 import re
 import sqlite3
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -347,6 +347,33 @@ def read_local_feedback(path: Path | str) -> dict[str, Any]:
 
 
 _DEPLOYMENT_IN_SOURCE = re.compile(r"/deployments/([^/]+)")
+_HOUR_FOLDER = re.compile(r"(?:^|/)(\d{4})/(\d{2})/(\d{2})/(\d{2})/")
+
+
+def collector_files_in(
+    window_start: datetime, window_end: datetime, margin: timedelta = timedelta(hours=1)
+) -> Callable[[str], bool]:
+    """Which data collector files (paths below the records folder) can hold the window's
+    requests: the JSONL of the ``yyyy/MM/dd/HH`` folders from an hour (`margin`) before the
+    window to an hour after it (an output may land in the next hour's folder). The collector
+    keeps every hour since the deployment started, so the gate fetches only these. A JSONL
+    file outside that layout is kept (it cannot be told apart)."""
+    low = (window_start - margin).astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    high = (window_end + margin).astimezone(UTC)
+
+    def include(path: str) -> bool:
+        if not path.endswith(".jsonl"):
+            return False
+        match = _HOUR_FOLDER.search(path)
+        if match is None:
+            return True
+        try:
+            hour = datetime(*(int(part) for part in match.groups()), tzinfo=UTC)
+        except ValueError:  # digits that are no date (a month 13): not the collector's
+            return True
+        return low <= hour <= high
+
+    return include
 
 
 def _parse_time(value: str) -> datetime:

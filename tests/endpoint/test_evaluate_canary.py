@@ -14,6 +14,7 @@ from orchestrator.metrics import ArmStats
 from pipelines.canary.evaluate_canary import (
     PredictionRecord,
     arm_metrics,
+    collector_files_in,
     compute_arm_auc,
     compute_arm_stats,
     log_arm_stats,
@@ -326,6 +327,23 @@ def _write_request_log(
     for rid, label in feedback.items():
         store.feedback(rid, label, T1.timestamp())
     store.close()
+
+
+def test_only_the_collector_hour_folders_around_the_window_are_fetched() -> None:
+    # Window 10:20-10:50 UTC: the 09:00 (an hour before) through 11:00 (an hour after) folders.
+    include = collector_files_in(
+        datetime(2026, 3, 2, 10, 20, tzinfo=UTC), datetime(2026, 3, 2, 10, 50, tzinfo=UTC)
+    )
+    base = "churn-v2/model_inputs/2026/03/02"
+    assert [hour for hour in range(24) if include(f"{base}/{hour:02d}/part-0.jsonl")] == [
+        9,
+        10,
+        11,
+    ]
+    assert not include("churn-v2/model_inputs/2026/03/01/10/part-0.jsonl")  # the day before
+    assert not include(f"{base}/10/_meta.json")  # not collector JSONL
+    assert include("exported/requests.jsonl")  # another layout: kept, it cannot be told
+    assert include("churn-v2/model_outputs/2026/13/02/10/part-0.jsonl")  # no date: kept
 
 
 def test_main_on_a_local_request_log(tmp_path: Path, tracking_uri: str) -> None:

@@ -64,3 +64,27 @@ def test_fetches_blobs_and_blob_folders_from_azurite(
     # Or with a client the caller built.
     by_url = BlobFetcher(blob_service_client=service)(f"{base}/churn/2026/01/a.csv", tmp_path / "c")
     assert [p.name for p in by_url] == ["a.csv"]
+
+
+@pytest.mark.azurite
+def test_a_folder_fetch_can_pick_its_blobs(
+    azurite: object, unique_name: str, tmp_path: Path
+) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    connection_string = azurite.connection_string  # type: ignore[attr-defined]
+    container = BlobServiceClient.from_connection_string(connection_string).create_container(
+        unique_name
+    )
+    for hour in ("09", "10", "11"):
+        container.upload_blob(f"mdc/dep/model_inputs/2026/03/02/{hour}/a.jsonl", b"{}\n")
+    base = f"{azurite.blob_endpoint.rstrip('/')}/{unique_name}"  # type: ignore[attr-defined]
+    fetcher = BlobFetcher(connection_string=connection_string)
+
+    picked = fetcher(f"{base}/mdc/", tmp_path / "picked", include=lambda path: "/10/" in path)
+    assert [p.relative_to(tmp_path / "picked").as_posix() for p in picked] == [
+        "dep/model_inputs/2026/03/02/10/a.jsonl"
+    ]
+    assert fetcher(f"{base}/mdc/", tmp_path / "none", include=lambda path: False) == []
+    with pytest.raises(FetchError, match="no blob or folder"):  # nothing there at all
+        fetcher(f"{base}/elsewhere/", tmp_path / "x", include=lambda path: True)
