@@ -3,13 +3,24 @@
 Registers the blueprints in triggers/. Imports nothing heavy: azure-ai-ml, mlflow,
 scikit-learn, pandas and scipy are loaded only inside the code paths that use them, and the
 runtime (clients, policies) is built on first use, so the host indexes the app quickly.
+Under a Functions host the settings are validated here, so a bad one fails the app at start.
 """
 
 from __future__ import annotations
 
+import os
+
 import azure.functions as func
 
 from triggers import data, health, http_api, maintenance, messages
+
+if os.environ.get("FUNCTIONS_WORKER_RUNTIME"):
+    # Under a Functions host (Azure, func start, devhost): a missing or malformed setting
+    # stops the app here, naming the setting, instead of failing every invocation. The first
+    # invocation would read the settings anyway, so the cold start as a whole is unchanged.
+    from orchestrator.settings import load_settings
+
+    load_settings()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 for blueprint in (health.bp, http_api.bp, data.bp, messages.bp, maintenance.bp):

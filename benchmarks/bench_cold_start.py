@@ -8,6 +8,7 @@ Aim: <= 1.5.
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -31,13 +32,23 @@ BARE_APP = textwrap.dedent(
 TIMED = "import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
 
 
-def import_seconds(statement: str) -> float:
+# What a Functions host adds to the worker's environment that changes the import: under a
+# host, function_app validates the settings (pydantic-settings) as it is imported.
+UNDER_HOST = {
+    "FUNCTIONS_WORKER_RUNTIME": "python",
+    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+}
+
+
+def import_seconds(statement: str, environment: dict[str, str] | None = None) -> float:
+    env = {k: v for k, v in os.environ.items() if k != "FUNCTIONS_WORKER_RUNTIME"}
     result = subprocess.run(
         [sys.executable, "-c", TIMED.format(statement=statement)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
+        env=env | (environment or {}),
     )
     return float(result.stdout.strip().splitlines()[-1])
 
@@ -47,15 +58,22 @@ def main(rounds: int = 15) -> float:
 
     count = len(function_app.app._function_builders)  # the functions the app declares
     bare = BARE_APP.format(count=count)
-    ours, floor = [], []
+    ours, hosted, floor = [], [], []
     for _ in range(rounds):
         ours.append(import_seconds("import function_app"))
+        hosted.append(import_seconds("import function_app", UNDER_HOST))
         floor.append(import_seconds(f"exec({bare!r})"))
     ours_median, floor_median = statistics.median(ours), statistics.median(floor)
+    hosted_median = statistics.median(hosted)
     ratio = ours_median / floor_median
     print(f"import function_app ({count} functions)   median {ours_median * 1000:7.1f} ms")
+    print(f"  ... under a host (settings checked) median {hosted_median * 1000:7.1f} ms")
     print(f"bare FunctionApp, {count} functions        median {floor_median * 1000:7.1f} ms")
     print(f"cold start ratio (ours / bare): {ratio:.2f}  (aim: <= 1.5)")
+    print(
+        f"cold start ratio under a host (ours / bare): {hosted_median / floor_median:.2f}"
+        "  (the settings the first invocation would read anyway)"
+    )
     return ratio
 
 

@@ -103,7 +103,17 @@ def load_app(target: str | ModuleType | func.FunctionApp) -> func.FunctionApp:
     """The FunctionApp in a module (by name or object), or the app itself."""
     if isinstance(target, func.FunctionApp):
         return target
-    module = importlib.import_module(target) if isinstance(target, str) else target
+    if isinstance(target, str):
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            if exc.name != target:
+                raise DevHostError(f"the app {target!r} failed to load: {exc}") from exc
+            raise DevHostError(f"no module {target!r} (run devhost from the app's folder)") from exc
+        except Exception as exc:  # as the Functions host: the app fails to index, with why
+            raise DevHostError(f"the app {target!r} failed to load: {exc}") from exc
+    else:
+        module = target
     apps = [value for value in vars(module).values() if isinstance(value, func.FunctionApp)]
     if not apps:
         raise DevHostError(f"module {module.__name__!r} defines no azure.functions.FunctionApp")

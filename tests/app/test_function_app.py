@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import inspect
 import json
+import os
 import re
 import subprocess
 import sys
@@ -167,5 +168,47 @@ def test_import_loads_no_heavy_module():
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+
+
+def host_environment(**settings: str) -> dict[str, str]:
+    """The environment a Functions host gives the worker: the app settings, and the runtime."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("MAX_DELIVERIES",)}
+    return (
+        clean
+        | {
+            "FUNCTIONS_WORKER_RUNTIME": "python",
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        }
+        | settings
+    )
+
+
+def test_under_a_host_a_bad_setting_stops_the_app_at_import_naming_it():
+    result = subprocess.run(
+        [sys.executable, "-c", "import function_app"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=host_environment(MAX_DELIVERIES="many"),
+    )
+    assert result.returncode != 0
+    assert "SettingsError: invalid settings: MAX_DELIVERIES" in result.stderr
+
+
+def test_under_a_host_good_settings_still_load_no_heavy_module():
+    probe = (
+        "import sys, function_app; "
+        f"print([m for m in {HEAVY!r} "
+        "if any(k == m or k.startswith(m + '.') for k in sys.modules)])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=host_environment(),
     )
     assert result.stdout.strip() == "[]"

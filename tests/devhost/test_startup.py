@@ -11,7 +11,7 @@ import pytest
 
 from adapters.azurite import Azurite
 from devhost.connections import HOST_STORAGE, local_queue_name
-from devhost.discovery import discover
+from devhost.discovery import discover, load_app
 from devhost.http_server import RouteTemplate
 from devhost.keys import resolve_function_key
 from devhost.settings import DevHostError, HostConfig
@@ -130,3 +130,17 @@ def test_retry_policy_and_context_for_event_hubs(
     send(queue_client(azurite, unique_name), "event")
     assert host.run_pending_once() == 1
     assert attempts == [0, 1, 2]
+
+
+def test_an_app_that_fails_to_import_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As the real host: an app whose import raises (a bad setting, say) fails to index.
+    (tmp_path / "broken_app.py").write_text(
+        "raise ValueError('invalid settings: MAX_DELIVERIES: must be >= 1')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(DevHostError, match="'broken_app' failed to load: invalid settings"):
+        load_app("broken_app")
+    with pytest.raises(DevHostError, match="no module 'no_such_app'"):
+        load_app("no_such_app")
