@@ -527,37 +527,11 @@ def evaluate(
     window_end: datetime,
     deployments: Iterable[str] = (),
     experiment_name: str = CANARY_EXPERIMENT,
-) -> dict[str, ArmStats]:
-    """compute_arm_stats and compute_arm_auc, then log_arm_stats."""
-    arms, _ = _evaluate(
-        records,
-        feedback,
-        tracking=tracking,
-        promotion_id=promotion_id,
-        step=step,
-        window_start=window_start,
-        window_end=window_end,
-        deployments=deployments,
-        experiment_name=experiment_name,
-    )
-    return arms
-
-
-def _evaluate(
-    records: Iterable[PredictionRecord],
-    feedback: Mapping[str, Any],
-    *,
-    tracking: str | MlflowClient | None,
-    promotion_id: str,
-    step: int,
-    window_start: datetime,
-    window_end: datetime,
-    deployments: Iterable[str],
-    experiment_name: str,
 ) -> tuple[dict[str, ArmStats], dict[str, float]]:
+    """compute_arm_stats and compute_arm_auc, then log_arm_stats; the arms, and the AUCs
+    (ArmStats, in orchestrator.metrics, has no AUC field: they travel beside the arms)."""
     records = list(records)  # read twice
     arms = compute_arm_stats(records, feedback, window_start, window_end, deployments=deployments)
-    # ArmStats (orchestrator.metrics) has no AUC field: it travels beside the arms.
     aucs = compute_arm_auc(records, feedback, window_start, window_end)
     log_arm_stats(
         tracking,
@@ -648,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         records = read_data_collector(args.records, args.window_start, args.window_end)
         feedback = read_feedback_table(args.feedback) if args.feedback else {}
     deployments = [name for name in args.deployments.split(",") if name.strip()]
-    arms, aucs = _evaluate(
+    arms, aucs = evaluate(
         records,
         feedback,
         tracking=args.tracking_uri,
