@@ -58,7 +58,8 @@ DEFAULT_RETRY: dict[str, Any] = {
 }
 
 DATA_COLLECTIONS = ("model_inputs", "model_outputs")
-_TRANSIENT = {408, 429, 500, 502, 503, 504}
+# 409: another operation on the endpoint is in progress (Azure ML runs one at a time).
+_TRANSIENT = {408, 409, 429, 500, 502, 503, 504}
 _ENDPOINT_BUSY = {"creating", "updating", "deleting"}
 
 _ARM_MODEL = re.compile(r"/models/(?P<name>[^/]+)/versions/(?P<version>[^/]+)$")
@@ -237,14 +238,31 @@ class AzureMLEndpoint:
                 "once the update is done"
             )
         live = live_only(endpoint.traffic or {})
+        mirror = live_only(endpoint.mirror_traffic or {})
         if deployment in live:
-            if set(live) == {deployment}:
+            if _known_deployments(endpoint) <= {deployment}:
+                # The endpoint's only deployment (a first model rolled back): take its traffic
+                # away, then delete it once that update is done. Nothing serves afterwards.
                 endpoint.traffic = {}
                 endpoint.mirror_traffic = {}
                 self.client.online_endpoints.begin_create_or_update(endpoint)
-            raise DeploymentBusy(
+                raise DeploymentBusy(
+                    f"deployment {deployment} is the only one of {self.endpoint_name}: its "
+                    "traffic is taken away, then it is deleted"
+                )
+            # The update that should have moved the traffic is done, and it did not: the
+            # traffic change failed or was overridden. Loud, and tried again.
+            raise EndpointError(
                 f"deployment {deployment} still takes {live[deployment]}% of the live traffic "
-                f"of {self.endpoint_name}: it is deleted once the traffic update is done"
+                f"of {self.endpoint_name} ({live}): not deleted; move its traffic first",
+                transient=True,
+            )
+        if deployment in mirror:
+            endpoint.mirror_traffic = {name: w for name, w in mirror.items() if name != deployment}
+            self.client.online_endpoints.begin_create_or_update(endpoint)
+            raise DeploymentBusy(
+                f"deployment {deployment} is mirrored on {self.endpoint_name}: the mirror is "
+                "removed, then it is deleted"
             )
         try:
             self.client.online_deployments.begin_delete(

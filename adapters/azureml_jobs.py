@@ -216,7 +216,7 @@ class AzureMLTrainingBackend:
     def _ended(self, job_id: str) -> bool:
         try:
             return self.status(job_id).state in ("completed", "failed", "canceled")
-        except TrainingBackendError:
+        except Exception:  # cannot tell: the refusal that asked is what gets reported
             return False
 
     # -- status ------------------------------------------------------------------------
@@ -244,13 +244,17 @@ class AzureMLTrainingBackend:
 
     def _registration(self, job_id: str, tags: dict[str, str]) -> tuple[str | None, str | None]:
         """The registered model, from the pipeline run's tags or its children's."""
-        from azure.core.exceptions import HttpResponseError
+        from azure.core.exceptions import (
+            HttpResponseError,
+            ServiceRequestError,
+            ServiceResponseError,
+        )
 
         if tags.get(REGISTERED_VERSION_TAG):
             return tags.get(REGISTERED_MODEL_TAG), tags[REGISTERED_VERSION_TAG]
         try:
             children = list(self.ml_client.jobs._runs_operations.get_run_children(job_id))
-        except HttpResponseError as exc:
+        except (HttpResponseError, ServiceRequestError, ServiceResponseError) as exc:
             raise _backend_error(exc, f"reading the steps of job {job_id}") from exc
         for child in children:
             child_tags = dict(getattr(child, "tags", None) or {})

@@ -9,7 +9,6 @@ or by the timer's outbox sweep.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -217,13 +216,24 @@ class Orchestrator:
             error = f"gave up after {attempts} attempts in {waited} s: {exc}"
             log.error("%s for %s: %s", effect.kind, aggregate.model, error)
             if isinstance(effect, SubmitTrainingJob):
+                # The service may have created the job without our hearing of it: a cancel
+                # goes into the outbox (kept, retried) before the run is failed.
+                cancel = CancelTrainingJob(run_id=effect.run_id, reason=error)
+                self._enqueue(aggregate.model, OutboxItem(id=f"{item.id}-cancel", effect=cancel))
                 self._submit_failed(aggregate, effect, error)
-                # The service may have created the job without our hearing of it: stop it.
-                with contextlib.suppress(Exception):
-                    self.ports.training.cancel(effect.run_id)
             elif isinstance(effect, DeployModel):
                 self._deploy_failed(aggregate, effect, error)
             # A cancel that never goes through is only logged: the run has already ended.
+
+    def _enqueue(self, model: str, added: OutboxItem) -> None:
+        """Add an effect to the model's outbox (once: its id is deterministic)."""
+
+        def change(aggregate: ModelAggregate) -> ModelAggregate | None:
+            if any(item.id == added.id for item in aggregate.outbox):
+                return None
+            return aggregate.model_copy(update={"outbox": [*aggregate.outbox, added]})
+
+        self.ports.store.update(model, change)
 
     def _count_failed_attempt(
         self, model: str, item_id: str, attempts: int, first_failed_at: datetime

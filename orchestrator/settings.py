@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     storage_queue_uri: str | None = Field(
         default=None, validation_alias=_alias("AzureWebJobsStorage__queueServiceUri")
     )
+    # The host's shorthand for the public cloud: the service URIs follow from the account.
+    storage_account_name: str | None = Field(
+        default=None,
+        validation_alias=_alias("AzureWebJobsStorage__accountName"),
+        pattern=r"^[a-z0-9]{3,24}$",
+    )
     state_container: str = Field(
         default="retrain-state", validation_alias=_alias("STATE_CONTAINER"), min_length=3
     )
@@ -159,10 +165,19 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _storage_is_configured(self) -> Settings:
+        if self.storage_account_name and not self.storage_connection_string:
+            account = self.storage_account_name
+            self.storage_blob_uri = (
+                self.storage_blob_uri or f"https://{account}.blob.core.windows.net"
+            )
+            self.storage_queue_uri = (
+                self.storage_queue_uri or f"https://{account}.queue.core.windows.net"
+            )
         if not self.storage_connection_string and not self.storage_blob_uri:
             raise ValueError(
-                "AzureWebJobsStorage (a connection string, local only) or "
-                "AzureWebJobsStorage__blobServiceUri (identity-based) must be set"
+                "AzureWebJobsStorage (a connection string, local only), "
+                "AzureWebJobsStorage__blobServiceUri or AzureWebJobsStorage__accountName "
+                "(identity-based) must be set"
             )
         azureml = [
             self.azureml_subscription_id,

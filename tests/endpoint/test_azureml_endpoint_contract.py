@@ -9,7 +9,13 @@ from __future__ import annotations
 import pytest
 
 from adapters.azureml_endpoint import DEFAULT_RETRY, AzureMLEndpoint, make_ml_client
-from adapters.endpoint import EndpointError, InvalidDeploymentName, InvalidTraffic, OnlineEndpoint
+from adapters.endpoint import (
+    DeploymentBusy,
+    EndpointError,
+    InvalidDeploymentName,
+    InvalidTraffic,
+    OnlineEndpoint,
+)
 from tests.azure_recording import Canned, FakeCredential
 from tests.endpoint.azure_replay import RG, SUB, WS, WS_ID, FakeAzureML
 
@@ -192,7 +198,7 @@ def test_a_rollback_deletes_the_candidate_only_once_the_traffic_update_is_done(
 def test_deleting_the_only_serving_deployment_takes_its_traffic_away_first(
     azure: FakeAzureML, endpoint: AzureMLEndpoint
 ) -> None:
-    with pytest.raises(EndpointError, match="100% of the live traffic") as serving:
+    with pytest.raises(DeploymentBusy, match="the only one") as serving:
         endpoint.delete("churn-v2")
     assert serving.value.transient is True
     [put] = azure.sent("PUT", EP_PATH)
@@ -204,6 +210,48 @@ def test_deleting_the_only_serving_deployment_takes_its_traffic_away_first(
     endpoint.delete("churn-v2")
     assert [r.path for r in azure.sent("DELETE")] == [f"{EP_PATH}/deployments/churn-v2"]
     assert len(azure.sent("PUT", EP_PATH)) == 1
+
+
+def test_traffic_that_did_not_move_is_a_loud_error_not_a_wait(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    # The rollback's traffic update is done, yet the candidate still takes traffic (the update
+    # failed, or someone set it by hand): not deleted, nothing drained, said as an error.
+    azure.add_deployment(EP, "churn-v3", "churn", "3")
+    azure.add_endpoint(EP, traffic={"churn-v2": 75, "churn-v3": 25})
+    with pytest.raises(EndpointError, match="still takes 25% of the live traffic") as stuck:
+        endpoint.delete("churn-v3")
+    assert not isinstance(stuck.value, DeploymentBusy) and stuck.value.transient is True
+    assert azure.sent("DELETE") == [] and azure.sent("PUT") == []
+
+
+def test_a_mirrored_deployment_loses_its_mirror_before_it_is_deleted(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    azure.add_deployment(EP, "churn-v3", "churn", "3")
+    azure.add_endpoint(EP, traffic={"churn-v2": 100}, mirror={"churn-v3": 10})
+    with pytest.raises(DeploymentBusy, match="mirrored"):
+        endpoint.delete("churn-v3")
+    [put] = azure.sent("PUT", EP_PATH)
+    assert put.body["properties"]["mirrorTraffic"] == {}
+    assert put.body["properties"]["traffic"] == {"churn-v2": 100}
+    azure.finish_updates()
+    endpoint.delete("churn-v3")
+    assert [r.path for r in azure.sent("DELETE")] == [f"{EP_PATH}/deployments/churn-v3"]
+
+
+def test_a_deploy_while_another_operation_runs_is_transient(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    azure.faults.append(
+        (
+            lambda r: r.method == "PUT" and "/deployments/" in r.path,
+            Canned(409, {"error": {"code": "Conflict", "message": "an operation is in progress"}}),
+        )
+    )
+    with pytest.raises(EndpointError, match="409 Conflict") as busy:
+        endpoint.deploy("churn", "3", "churn-v3")
+    assert busy.value.transient is True  # retried, and counted toward giving up
 
 
 def test_a_refused_delete_carries_the_service_message(

@@ -15,6 +15,7 @@ def clean_environment(monkeypatch):
         "AzureWebJobsStorage",
         "AzureWebJobsStorage__blobServiceUri",
         "AzureWebJobsStorage__queueServiceUri",
+        "AzureWebJobsStorage__accountName",
         "ServiceBusConnection__fullyQualifiedNamespace",
         "ServiceBusConnection",
         "EventHubConnection__fullyQualifiedNamespace",
@@ -47,6 +48,15 @@ def test_identity_based_azure(monkeypatch):
     assert settings.storage_connection_string is None
 
 
+def test_identity_based_storage_by_account_name_alone(monkeypatch):
+    # What the Functions host itself accepts: the public cloud's URIs follow from the account.
+    monkeypatch.setenv("AzureWebJobsStorage__accountName", "retrainstate")
+    settings = load_settings()
+    assert settings.storage_blob_uri == "https://retrainstate.blob.core.windows.net"
+    assert settings.storage_queue_uri == "https://retrainstate.queue.core.windows.net"
+    assert settings.storage_connection_string is None
+
+
 @pytest.mark.parametrize(
     ("environment", "named"),
     [
@@ -55,6 +65,10 @@ def test_identity_based_azure(monkeypatch):
         (
             {"AzureWebJobsStorage__blobServiceUri": "acct.blob.core.windows.net"},
             "AzureWebJobsStorage__blobServiceUri: must be an http(s) URL",
+        ),
+        (
+            {"AzureWebJobsStorage__accountName": "Not_An-Account"},
+            "AzureWebJobsStorage__accountName",
         ),
         ({"AzureWebJobsStorage": AZURITE, "MAX_DELIVERIES": "many"}, "MAX_DELIVERIES"),
         ({"AzureWebJobsStorage": AZURITE, "MAX_DELIVERIES": "0"}, "MAX_DELIVERIES"),

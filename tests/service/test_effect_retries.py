@@ -50,9 +50,14 @@ def test_a_submit_failing_for_longer_than_the_window_fails_its_run(make_runtime)
 
     now[0] = START + timedelta(minutes=10)
     assert orchestrator.dispatch("churn") == 1  # given up: done, not raised
-    assert orchestrator.ports.store.load("churn")[0].outbox == []
     assert len(backend.submissions) == 5
-    assert backend.cancellations == ["churn-r1"]  # the job may exist unheard of: stopped
+    # The job may exist unheard of: a cancel waits in the outbox, dispatched (and retried) as
+    # any effect.
+    [cancel] = orchestrator.ports.store.load("churn")[0].outbox
+    assert (cancel.effect.kind, cancel.effect.run_id) == ("cancel_training_job", "churn-r1")
+    assert orchestrator.dispatch("churn") == 1
+    assert backend.cancellations == ["churn-r1"]
+    assert orchestrator.ports.store.load("churn")[0].outbox == []
     queue = runtime.queue(runtime.settings.orchestrator_queue)
     [status] = [parse_envelope(decode_body(m.content)) for m in queue.peek_messages(32)]
     assert status.type == "TrainingJobStatus"
