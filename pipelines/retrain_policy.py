@@ -431,10 +431,10 @@ def _job_status(
     effects: list[Effect] = []
     if command.state not in FINAL_STATES and command.attempt < job.checks:
         return Decision.ignore(tracker, f"stale: check {command.attempt} was superseded")
-    limit = policy.retrain.max_job_duration
-    if command.state not in FINAL_STATES and now - job.submitted_at >= limit:
+    if command.state not in FINAL_STATES and _overdue(job, policy, now):
         # Polled for longer than any job should take: end the run here and cancel it at the
         # backend, so one hung job cannot keep the model from training again.
+        limit = policy.retrain.max_job_duration
         error = f"still {command.state} after {limit} (retrain.max_job_duration): canceled"
         command = command.model_copy(update={"state": "failed", "error": error})
         effects.append(CancelTrainingJob(run_id=job.run_id, reason=error))
@@ -643,6 +643,10 @@ def _close_message(policy: ModelPolicy, window: Window) -> SendMessage:
     )
 
 
+def _overdue(job: CurrentJob, policy: ModelPolicy, now: datetime) -> bool:
+    return now - job.submitted_at >= policy.retrain.max_job_duration
+
+
 def overdue_check(
     tracker: RetrainTracker, policy: ModelPolicy, now: datetime
 ) -> SendMessage | None:
@@ -650,7 +654,7 @@ def overdue_check(
     it ends the run even when its own chain of checks was lost (a check dead-lettered while
     the backend could not be read). None when no job is overdue."""
     job = tracker.current_job
-    if job is None or now - job.submitted_at < policy.retrain.max_job_duration:
+    if job is None or not _overdue(job, policy, now):
         return None
     return SendMessage(
         message_type=JOB_CHECK,
