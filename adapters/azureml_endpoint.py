@@ -15,17 +15,19 @@ import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from adapters.endpoint import (
-    DeploymentBusy,
-    DeploymentState,
-    DeploymentStatus,
-    EndpointError,
-    InvalidTraffic,
+from adapters.traffic_rules import (
     check_deployment_name,
     live_only,
     mirror_after_traffic,
     validate_mirror_shape,
     validate_traffic,
+)
+from orchestrator.ports import (
+    DeploymentBusy,
+    DeploymentState,
+    DeploymentStatus,
+    EndpointError,
+    InvalidTraffic,
 )
 
 if TYPE_CHECKING:

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from orchestrator.ports import BackendJobState, JobStatus, TrainingBackendError, TrainingRequest
 from orchestrator.settings import APP_ROOT
-from pipelines.backend import (
+from pipelines.contract import (
     CHAMPION_INPUT,
     DATA_URIS_INPUT,
     MODEL_NAME_INPUT,
@@ -36,10 +37,6 @@ from pipelines.backend import (
     REGISTERED_MODEL_TAG,
     REGISTERED_VERSION_TAG,
     RUN_ID_INPUT,
-    BackendJobState,
-    JobStatus,
-    TrainingBackendError,
-    TrainingRequest,
     data_uris_text,
 )
 

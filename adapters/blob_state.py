@@ -79,10 +79,18 @@ class BlobStateStore(Generic[A]):
             raise ConcurrencyConflict(f"{key} changed since it was read") from exc
         return str(result["etag"])
 
-    def update(self, key: str, change: Callable[[A], A | None]) -> tuple[A, bool]:
+    def update(
+        self,
+        key: str,
+        change: Callable[[A], A | None],
+        loaded: tuple[A, str | None] | None = None,
+    ) -> tuple[A, bool]:
         """Optimistic concurrency: a conflicting write reloads, re-applies and retries."""
         for attempt in range(self._max_attempts):
-            current, etag = self.load(key)
+            if attempt == 0 and loaded is not None:
+                current, etag = loaded
+            else:
+                current, etag = self.load(key)
             changed = change(current)
             if changed is None:
                 return current, False

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from adapters.endpoint import (
-    DeploymentStatus,
-    EndpointError,
-    InvalidTraffic,
+from adapters.traffic_rules import (
     check_deployment_name,
     live_only,
     validate_mirror_shape,
     validate_traffic,
 )
+from orchestrator.ports import DeploymentStatus, EndpointError, InvalidTraffic
 
 _STATES = {
     "Creating": "creating",

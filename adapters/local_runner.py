@@ -30,17 +30,15 @@ from typing import Any
 import yaml
 
 from adapters.blob_fetch import Fetch, FetchError, fetch
+from orchestrator.ports import JobStatus, TrainingBackendError, TrainingRequest
 from orchestrator.settings import APP_ROOT
-from pipelines.backend import (
+from pipelines.contract import (
     CHAMPION_INPUT,
     DATA_URIS_INPUT,
     MODEL_NAME_INPUT,
     NO_CHAMPION,
     REGISTRATION_OUTPUT,
     RUN_ID_INPUT,
-    JobStatus,
-    TrainingBackendError,
-    TrainingRequest,
     data_uris_text,
 )
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from orchestrator.metrics import OfflineMetrics
+from domain.metrics import OfflineMetrics
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

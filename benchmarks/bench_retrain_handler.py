@@ -19,9 +19,9 @@ from adapters.blob_state import BlobStateStore, ensure_container
 from benchmarks.common import Rate, measure, ratio_line
 from orchestrator.bootstrap import Runtime
 from orchestrator.messages import Envelope
-from orchestrator.service import data_landed_envelope
 from orchestrator.settings import load_settings
-from pipelines.retrain_policy import DataItem
+from retrain.commands import DataItem
+from triggers.envelopes import data_landed_envelope
 
 POLICY = """\
 model: bench
@@ -60,17 +60,17 @@ def main(single: int = 200, batches: int = 5, batch_size: int = 1000) -> None:
                 RETRAIN_LOCAL_DIR=folder,
             )
         )
-        orchestrator = runtime.orchestrator
-        orchestrator.handle(landed("bench", 10**9, 1))  # warm up: create the aggregate
+        handlers = runtime.handlers
+        handlers.handle(landed("bench", 10**9, 1))  # warm up: create the aggregate
 
         one_by_one = measure(
             "events one at a time (1 write each)",
-            lambda n: orchestrator.handle(landed("bench", n, 1)),
+            lambda n: handlers.handle(landed("bench", n, 1)),
             single,
         )
         started = time.perf_counter()
         for index in range(batches):
-            orchestrator.handle(landed("bench", 10**6 + index * batch_size, batch_size))
+            handlers.handle(landed("bench", 10**6 + index * batch_size, batch_size))
         batched = Rate(
             f"events in batches of {batch_size} (1 write per batch)",
             batches * batch_size,

@@ -39,15 +39,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from adapters.endpoint import (
-    InvalidTraffic,
-    live_only,
-    mirror_after_traffic,
-    validate_traffic,
-)
+from adapters.traffic_rules import live_only, mirror_after_traffic, validate_traffic
+from domain.naming import is_valid_deployment_name
 from endpoint_server.routing import mirror_target, route
 from endpoint_server.store import RECORDS_FILE, Record, RecordStore
-from orchestrator.naming import is_valid_deployment_name
+from orchestrator.ports import InvalidTraffic
 
 log = logging.getLogger(__name__)
 

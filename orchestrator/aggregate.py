@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pydantic import AwareDatetime, BaseModel, Field
 
-from orchestrator.effects import Effect
+from domain.effects import Effect
 from orchestrator.ports import AuditRecord
-from pipelines.retrain_policy import RetrainTracker
 from promotion.state import PromotionState
+from retrain.state import RetrainTracker
 
 # Message ids remembered per model, to drop exact redeliveries before `decide`.
 SEEN_MESSAGES_KEPT = 2000

@@ -1,6 +1,6 @@
 """One bootstrap that wires the real (Azure) or local adapters from Settings.
 
-Azure when the settings say so (identity-based connections, DefaultAzureCredential);
+Azure when the settings say so (identity-based connections, `adapters.azure_credential`);
 otherwise the local stand-ins: Azurite queues for Service Bus and Event Hubs, the local
 pipeline runner, the local endpoint. Heavy SDKs are imported here only when wired, and the
 whole runtime is built on first use, not when function_app.py is imported.
@@ -10,39 +10,41 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from adapters.azure_credential import azure_credential
+from domain.policy import ModelPolicy
 from orchestrator.aggregate import ModelAggregate
 from orchestrator.clock import Clock, utc_now
-from orchestrator.policy import ModelPolicy, load_policies
-from orchestrator.ports import ArmWindow
-from orchestrator.service import Orchestrator, Ports
+from orchestrator.handlers import MessageHandlers
+from orchestrator.maintenance import Maintenance
+from orchestrator.outbox import Outbox
+from orchestrator.policy_files import load_policies
+from orchestrator.ports import (
+    AuditLog,
+    MetricsReader,
+    OnlineEndpoint,
+    Ports,
+    StateStore,
+    TrainingBackend,
+)
+from orchestrator.queries import Queries
 from orchestrator.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from azure.storage.blob import BlobServiceClient
+    from azure.storage.blob import BlobServiceClient, ContainerClient
     from azure.storage.queue import QueueClient, QueueServiceClient
 
     from adapters.dead_letters import BlobDeadLetters
-    from adapters.endpoint import OnlineEndpoint
-    from orchestrator.metrics import LiveMetrics, OfflineMetrics
-    from pipelines.backend import TrainingBackend
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTER_CONTAINER = "dead-letters"
-
-
-def _credential() -> Any:
-    from azure.identity import DefaultAzureCredential
-
-    return DefaultAzureCredential()
 
 
 # MLflow's HTTP client retries for minutes by default; a gate check must fail fast instead
@@ -55,18 +57,103 @@ MLFLOW_HTTP_DEFAULTS = {
 }
 
 
+# What `bootstrap` lets a caller replace (tests: in-memory fakes; devhost: nothing).
+OVERRIDABLE = frozenset(
+    {
+        "store",
+        "audit",
+        "bus",
+        "training",
+        "endpoints",
+        "metrics",
+        "registry",
+        "events",
+        "policies",
+        "dead_letters",
+    }
+)
+
+
+def bootstrap(
+    settings: Settings | None = None, *, clock: Clock = utc_now, **overrides: Any
+) -> Runtime:
+    """The runtime for `settings` (default: from the environment), with any port replaced.
+
+    `overrides` names ports from OVERRIDABLE: `store`, `audit`, `bus`, `training`,
+    `endpoints` (a callable policy -> OnlineEndpoint), `metrics`, `registry`, `events`,
+    `policies` (model -> ModelPolicy) and `dead_letters`. A port not overridden is built from
+    the settings on first use, so a runtime whose ports are all given never opens a client.
+    """
+    unknown = sorted(set(overrides) - OVERRIDABLE)
+    if unknown:
+        raise TypeError(f"bootstrap: unknown port(s) {unknown}; known: {sorted(OVERRIDABLE)}")
+    return Runtime(settings if settings is not None else load_settings(), clock, overrides)
+
+
 @dataclass
 class Runtime:
-    """Everything a trigger needs, built from settings."""
+    """Everything a trigger needs, built from settings on first use (see `bootstrap`)."""
 
     settings: Settings
     clock: Clock = utc_now
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name, value in MLFLOW_HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
-        for package in ("orchestrator", "adapters", "triggers", "pipelines", "promotion"):
+        for package in (
+            "orchestrator",
+            "adapters",
+            "triggers",
+            "pipelines",
+            "promotion",
+            "retrain",
+            "domain",
+        ):
             logging.getLogger(package).setLevel(self.settings.log_level)
+
+    # ------------------------------------------------------------------ the service layer
+
+    @cached_property
+    def ports(self) -> Ports:
+        settings = self.settings
+        return Ports(
+            store=self._given("store", self._state_store),
+            audit=self._given("audit", self._audit_log),
+            bus=self._given("bus", lambda: self.bus_for(settings.orchestrator_queue)),
+            training=self.training,
+            endpoints=self._given("endpoints", lambda: self.endpoint_for),
+            metrics=self._given("metrics", self._metrics),
+            registry=self.registry,
+            events=self.events,
+            policies=self.policies,
+            clock=self.clock,
+            deployment_poll=timedelta(seconds=settings.deployment_poll_seconds),
+            default_compute=settings.azureml_compute,
+            max_effect_attempts=settings.max_effect_attempts,
+            effect_retry_window=timedelta(seconds=settings.effect_retry_seconds),
+        )
+
+    @cached_property
+    def outbox(self) -> Outbox:
+        return Outbox(self.ports)
+
+    @cached_property
+    def handlers(self) -> MessageHandlers:
+        return MessageHandlers(self.ports, self.outbox)
+
+    @cached_property
+    def queries(self) -> Queries:
+        return Queries(self.ports)
+
+    @cached_property
+    def maintenance(self) -> Maintenance:
+        return Maintenance(self.ports, self.outbox)
+
+    def _given(self, port: str, build: Callable[[], Any]) -> Any:
+        return self.overrides[port] if port in self.overrides else build()
+
+    # ------------------------------------------------------------------ the adapters
 
     @cached_property
     def blob_service(self) -> BlobServiceClient:
@@ -77,7 +164,7 @@ class Runtime:
                 _resolve_dev_storage(self.settings.storage_connection_string)
             )
         assert self.settings.storage_blob_uri
-        return BlobServiceClient(self.settings.storage_blob_uri, credential=_credential())
+        return BlobServiceClient(self.settings.storage_blob_uri, credential=azure_credential())
 
     @cached_property
     def queue_service(self) -> QueueServiceClient:
@@ -90,7 +177,7 @@ class Runtime:
         uri = self.settings.storage_queue_uri or str(self.settings.storage_blob_uri).replace(
             ".blob.", ".queue."
         )
-        return QueueServiceClient(uri, credential=_credential())
+        return QueueServiceClient(uri, credential=azure_credential())
 
     def queue(self, name: str) -> QueueClient:
         from adapters.storage_queue_bus import ensure_queue
@@ -99,10 +186,12 @@ class Runtime:
 
     @cached_property
     def policies(self) -> dict[str, ModelPolicy]:
-        return load_policies(self.settings.policy_dir)
+        return self._given("policies", lambda: load_policies(self.settings.policy_dir))
 
     @cached_property
     def dead_letters(self) -> BlobDeadLetters:
+        if "dead_letters" in self.overrides:
+            return self.overrides["dead_letters"]
         from adapters.blob_state import ensure_container
         from adapters.dead_letters import BlobDeadLetters
 
@@ -125,6 +214,8 @@ class Runtime:
 
     @cached_property
     def training(self) -> TrainingBackend:
+        if "training" in self.overrides:
+            return self.overrides["training"]
         settings = self.settings
         if settings.uses_azureml:
             from adapters.azureml_jobs import AzureMLTrainingBackend
@@ -167,6 +258,8 @@ class Runtime:
 
     @cached_property
     def events(self) -> Any:
+        if "events" in self.overrides:
+            return self.overrides["events"]
         settings = self.settings
         if settings.uses_event_hubs:
             from adapters.events import EventHubPublisher
@@ -182,131 +275,33 @@ class Runtime:
 
     @cached_property
     def registry(self) -> Any:
+        if "registry" in self.overrides:
+            return self.overrides["registry"]
         from adapters.mlflow_registry import MlflowRegistry
 
         return MlflowRegistry(self.settings.tracking_uri)
 
-    @cached_property
-    def orchestrator(self) -> Orchestrator:
-        from adapters.blob_state import BlobAuditLog, BlobStateStore, ensure_container
+    def _state_container(self) -> ContainerClient:
+        from adapters.blob_state import ensure_container
 
-        container = ensure_container(
+        return ensure_container(
             self.blob_service.get_container_client(self.settings.state_container)
         )
-        ports = Ports(
-            store=BlobStateStore(container, ModelAggregate, ModelAggregate.new),
-            audit=BlobAuditLog(container),
-            bus=self.bus_for(self.settings.orchestrator_queue),
-            training=self.training,
-            endpoints=self.endpoint_for,
-            metrics=MlflowMetrics(self),
-            registry=self.registry,
-            events=self.events,
-            policies=self.policies,
-            clock=self.clock,
-            deployment_poll=timedelta(seconds=self.settings.deployment_poll_seconds),
-            default_compute=self.settings.azureml_compute,
-            max_effect_attempts=self.settings.max_effect_attempts,
-            effect_retry_window=timedelta(seconds=self.settings.effect_retry_seconds),
-        )
-        return Orchestrator(ports)
 
+    def _state_store(self) -> StateStore[ModelAggregate]:
+        from adapters.blob_state import BlobStateStore
 
-class MlflowMetrics:
-    """MetricsReader: offline metrics from the registry's runs; live metrics of a canary step.
+        return BlobStateStore(self._state_container(), ModelAggregate, ModelAggregate.new)
 
-    The canary evaluation runs here, in the gate check, and logs to MLflow before the gate
-    reads it back: locally over the local endpoint's request log, in Azure over the data
-    collector's JSONL and the feedback tables (CANARY_RECORDS_URI, CANARY_FEEDBACK_URI).
-    The same module is the Azure ML command component pipelines/canary/component.yml, for
-    evaluating a window by hand (see docs/endpoint.md).
-    """
+    def _audit_log(self) -> AuditLog:
+        from adapters.blob_state import BlobAuditLog
 
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
+        return BlobAuditLog(self._state_container())
 
-    def offline(
-        self, model: str, candidate_version: str, champion_version: str | None
-    ) -> OfflineMetrics:
-        return self._runtime.registry.offline(model, candidate_version, champion_version)
+    def _metrics(self) -> MetricsReader:
+        from adapters.mlflow_metrics import MlflowMetrics
 
-    def live(self, model: str, promotion_id: str, step: int, arms: list[ArmWindow]) -> LiveMetrics:
-        """Evaluate the step's request log, log it to MLflow, and read it back as the gate does.
-
-        Arms judged over different windows (the production bake compares the candidate now
-        with production during the last canary step) are evaluated window by window.
-        """
-        from pipelines.canary import evaluate_canary
-
-        settings = self._runtime.settings
-        by_window: dict[tuple[datetime, datetime], list[str]] = {}
-        for arm in arms:
-            by_window.setdefault((arm.window_start, arm.window_end), []).append(arm.deployment)
-        merged: LiveMetrics | None = None
-        for (start, end), deployments in by_window.items():
-            records, feedback = self._records(start, end)
-            evaluate_canary.evaluate(
-                records,
-                feedback,
-                tracking=settings.tracking_uri,
-                promotion_id=promotion_id,
-                step=step,
-                window_start=start,
-                window_end=end,
-                deployments=deployments,
-            )
-            from pipelines.canary.live_metrics import read_live_metrics
-
-            read = read_live_metrics(
-                settings.tracking_uri, promotion_id, step, deployments, start, end
-            )
-            if merged is None:
-                merged = read
-            else:
-                merged = merged.model_copy(
-                    update={
-                        "arms": {**merged.arms, **read.arms},
-                        "window_start": min(merged.window_start, read.window_start),
-                        "window_end": max(merged.window_end, read.window_end),
-                    }
-                )
-        assert merged is not None
-        return merged
-
-    def _records(self, start: datetime, end: datetime) -> tuple[list[Any], dict[str, Any]]:
-        """The endpoint's request records in the window, and the feedback labels."""
-        from pipelines.canary import evaluate_canary
-
-        settings = self._runtime.settings
-        if not settings.uses_azureml:
-            if settings.local_endpoint_url:
-                from adapters.local_endpoint import LocalEndpoint
-
-                with LocalEndpoint(settings.local_endpoint_url) as endpoint:
-                    endpoint.flush_records()
-            folder = settings.local_endpoint_dir
-            return (
-                evaluate_canary.read_local_records(folder, start, end),
-                evaluate_canary.read_local_feedback(folder),
-            )
-        # Azure: the data collector's JSONL and the feedback tables, fetched from blob storage.
-        if not settings.canary_records_uri or not settings.canary_feedback_uri:
-            raise RuntimeError(
-                "CANARY_RECORDS_URI and CANARY_FEEDBACK_URI must be set to judge a canary in Azure"
-            )
-        from adapters.blob_fetch import BlobFetcher
-
-        fetch = BlobFetcher(credential=_credential())
-        with tempfile.TemporaryDirectory() as folder:
-            records_dir, feedback_dir = Path(folder, "records"), Path(folder, "feedback")
-            # Only the hour folders around the window: the collector keeps every hour.
-            window = evaluate_canary.collector_files_in(start, end)
-            fetch(settings.canary_records_uri, records_dir, include=window)
-            fetch(settings.canary_feedback_uri, feedback_dir)
-            return (
-                evaluate_canary.read_data_collector(records_dir, start, end),
-                evaluate_canary.read_feedback_table(feedback_dir),
-            )
+        return MlflowMetrics(self.settings, self.registry)
 
 
 def _resolve_dev_storage(connection_string: str) -> str:

@@ -1,15 +1,36 @@
-"""The small Protocols the service layer talks to. Adapters implement them."""
+"""Every port of the service layer, in one place: the small Protocols it talks to, the data
+they exchange and the errors they raise. Adapters (adapters/, endpoint_server/) implement them;
+the service layer (orchestrator/) imports only this module, never an adapter.
+
+  port             Azure adapter                  local adapter
+  StateStore       adapters.blob_state            the same, on Azurite
+  AuditLog         adapters.blob_state            the same, on Azurite
+  MessageBus       adapters.service_bus           adapters.storage_queue_bus (Azurite)
+  TrainingBackend  adapters.azureml_jobs          adapters.local_runner
+  OnlineEndpoint   adapters.azureml_endpoint      adapters.local_endpoint (endpoint_server)
+  MetricsReader    adapters.mlflow_metrics        the same, on a SQLite MLflow store
+  ModelRegistry    adapters.mlflow_registry       the same
+  EventPublisher   adapters.events (Event Hubs)   adapters.events (an Azurite queue)
+
+Nothing heavy is imported here: the Functions app imports this module.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from domain.metrics import LiveMetrics, OfflineMetrics
+from domain.policy import ModelPolicy
+from orchestrator.clock import Clock, utc_now
 from orchestrator.messages import Envelope
-from orchestrator.metrics import LiveMetrics, OfflineMetrics
+
+if TYPE_CHECKING:
+    from orchestrator.aggregate import ModelAggregate
 
 A = TypeVar("A", bound=BaseModel)
 
@@ -48,8 +69,16 @@ class StateStore(Protocol[A]):
         """Write if unchanged since `etag` (create if None); raise ConcurrencyConflict."""
         ...
 
-    def update(self, key: str, change: Callable[[A], A | None]) -> tuple[A, bool]:
-        """Load, apply, save; on conflict reload and re-apply (bounded). Returns (state, wrote)."""
+    def update(
+        self,
+        key: str,
+        change: Callable[[A], A | None],
+        loaded: tuple[A, str | None] | None = None,
+    ) -> tuple[A, bool]:
+        """Load, apply, save; on conflict reload and re-apply (bounded). Returns (state, wrote).
+
+        `loaded`: the (aggregate, ETag) the caller has just read; the first attempt starts
+        from it instead of reading again (a stale one only costs a conflict and a reload)."""
         ...
 
     def list_keys(self) -> list[str]: ...
@@ -104,3 +133,176 @@ class EventPublisher(Protocol):
     """Lifecycle events and approval requests for the outside world."""
 
     def publish(self, event_type: str, model: str, data: dict[str, Any]) -> None: ...
+
+
+# --------------------------------------------------------------------------- training backend
+
+BackendJobState = Literal["queued", "running", "completed", "failed", "canceled"]
+
+
+class TrainingBackendError(RuntimeError):
+    """The backend refused or failed a request; the message is the service's own."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class TrainingRequest(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$")  # the job name
+    model: str  # also the registered model name
+    pipeline_file: str  # path to pipeline.yml (relative paths: to the app root)
+    data_uris: list[str] = Field(min_length=1)
+    data_input: str = "training_data"
+    experiment: str
+    compute: str | None = None  # None keeps the YAML's default compute
+    champion_version: str | None = None  # the production model, evaluated on the same holdout
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class JobStatus(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    job_id: str
+    state: BackendJobState
+    error: str | None = None
+    registered_model: str | None = None  # set when completed
+    registered_version: str | None = None
+    service_status: str | None = None  # the backend's own status word, for the audit log
+
+
+@runtime_checkable
+class TrainingBackend(Protocol):
+    def submit(self, request: TrainingRequest) -> str:
+        """Start the pipeline; return the job id. Submitting the same run_id twice is a no-op."""
+        ...
+
+    def status(self, job_id: str) -> JobStatus:
+        """The job's state now. Raises TrainingBackendError when it cannot be read."""
+        ...
+
+    def cancel(self, job_id: str) -> None:
+        """Ask the job to stop, without waiting. A job that has ended or is unknown is fine."""
+        ...
+
+
+# --------------------------------------------------------------------------- online endpoint
+
+DeploymentState = Literal["creating", "succeeded", "failed", "deleting", "missing"]
+
+
+class EndpointError(Exception):
+    """An endpoint operation was refused or failed; the message is the service's own.
+
+    `transient`: worth trying again later (throttled, unavailable, timed out); otherwise the
+    request itself was refused (quota, bad model, missing endpoint) and will fail again.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class DeploymentBusy(EndpointError):
+    """The deployment cannot be removed yet: the endpoint is still applying a traffic change
+    (Azure ML takes minutes), or traffic still reaches the deployment. Nothing was refused;
+    the same call succeeds once the update is done."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=True)
+
+
+class InvalidTraffic(EndpointError, ValueError):
+    """A traffic or mirror map breaks the rules; `reason` says which one."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DeploymentStatus:
+    deployment: str
+    state: DeploymentState
+    error: str | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """True when the state will not change by itself (succeeded, failed or missing)."""
+        return self.state in ("succeeded", "failed", "missing")
+
+
+@runtime_checkable
+class OnlineEndpoint(Protocol):
+    """One online endpoint: its deployments and how live traffic is split between them."""
+
+    def deploy(self, model_name: str, model_version: str, deployment: str) -> str:
+        """Start deploying registered `model_name` `model_version` as `deployment`; do not wait.
+
+        Idempotent: when `deployment` exists with the same model version (and has not failed)
+        nothing is sent. Returns the deployment name.
+        """
+        ...
+
+    def deployment_state(self, deployment: str) -> DeploymentStatus: ...
+
+    def set_traffic(self, traffic: dict[str, int]) -> None:
+        """Set the live split to this absolute map (validated first; see the module doc).
+
+        A mirror on a deployment that now takes live traffic is dropped.
+        """
+        ...
+
+    def set_mirror(self, mirror: dict[str, int]) -> None:
+        """Set the absolute mirror (shadow) map; ``{}`` turns mirroring off."""
+        ...
+
+    def delete(self, deployment: str) -> None:
+        """Start removing `deployment`. Idempotent: a missing deployment is fine.
+
+        A deployment that shares the live traffic with others is refused: move the traffic
+        first. The only deployment serving may be removed; the endpoint then serves nothing.
+        Raises `DeploymentBusy` when the endpoint must finish an update first.
+        """
+        ...
+
+    def traffic(self) -> dict[str, int]:
+        """The live split, zero weights omitted."""
+        ...
+
+
+class InvalidDeploymentName(EndpointError, ValueError):
+    """A deployment name that Azure ML would refuse."""
+
+
+# --------------------------------------------------------------------------- the bundle
+
+
+@dataclass
+class Ports:
+    """What the service layer is given: every port, the policies, the clock and the knobs of
+    the outbox. `orchestrator.bootstrap` builds it from settings (and takes overrides)."""
+
+    store: StateStore[ModelAggregate]
+    audit: AuditLog
+    bus: MessageBus
+    training: TrainingBackend
+    endpoints: Callable[[ModelPolicy], OnlineEndpoint]
+    metrics: MetricsReader
+    registry: ModelRegistry
+    events: EventPublisher
+    policies: Mapping[str, ModelPolicy]
+    clock: Clock = utc_now
+    deployment_poll: timedelta = timedelta(seconds=30)
+    default_compute: str | None = None
+    max_deployment_checks: int = 120
+    # A training submit or a deployment that still fails transiently (after the SDK's own
+    # retries) on this many dispatches, and this long after its first failure, fails its step
+    # with the service's message (redeliveries come at once: the window keeps a short outage
+    # from failing a step).
+    max_effect_attempts: int = 5
+    effect_retry_window: timedelta = timedelta(minutes=15)

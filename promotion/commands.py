@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from orchestrator.metrics import LiveMetrics, OfflineMetrics
+from domain.metrics import LiveMetrics, OfflineMetrics
 
 
 class _Command(BaseModel):

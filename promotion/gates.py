@@ -17,8 +17,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from orchestrator.metrics import ArmStats, LiveMetrics, OfflineMetrics
-from orchestrator.policy import CanaryGate, CanarySettings, ChampionGate, StagingGate, ThresholdGate
+from domain.metrics import ArmStats, LiveMetrics, OfflineMetrics
+from domain.policy import CanaryGate, CanarySettings, ChampionGate, StagingGate, ThresholdGate
 
 Outcome = Literal["pass", "fail", "inconclusive"]
 

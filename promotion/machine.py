@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from orchestrator.decision import AuditEntry, Decision
-from orchestrator.effects import (
+from domain.decision import AuditEntry, Decision
+from domain.effects import (
     DeleteDeployment,
     DeployModel,
     Effect,
@@ -33,8 +33,8 @@ from orchestrator.effects import (
     SetTraffic,
     TagModelVersion,
 )
-from orchestrator.naming import deployment_name
-from orchestrator.policy import ModelPolicy
+from domain.naming import deployment_name
+from domain.policy import ModelPolicy
 from promotion.commands import (
     ApprovalDecision,
     ApprovalTimedOut,

@@ -13,10 +13,10 @@ import pytest
 
 from adapters.storage_queue_bus import StorageQueueConsumer
 from orchestrator.bootstrap import Runtime
+from orchestrator.handlers import Outcome
 from orchestrator.messages import Envelope
-from orchestrator.service import Outcome
+from orchestrator.ports import JobStatus, TrainingRequest
 from orchestrator.settings import load_settings
-from pipelines.backend import JobStatus, TrainingRequest
 
 
 class RecordingTrainingBackend:
@@ -118,7 +118,7 @@ def pump(
     outcomes: list[Outcome] = []
 
     def handle(envelope: Envelope, deliveries: int) -> None:
-        outcomes.append(runtime.orchestrator.handle(envelope))
+        outcomes.append(runtime.handlers.handle(envelope))
 
     for _ in range(rounds):
         consumer.poll(handle)

@@ -13,7 +13,7 @@ import azure.functions as func
 
 if TYPE_CHECKING:
     from orchestrator.messages import Envelope
-    from pipelines.retrain_policy import DataItem
+    from retrain.commands import DataItem
 
 # Cold start: the orchestrator (pydantic models, clients) is imported on the first
 # invocation, not when the host indexes the app.
@@ -24,7 +24,7 @@ bp = func.Blueprint()
 
 
 def data_landed(model: str, items: list[DataItem], source: str) -> Envelope:
-    from orchestrator.service import data_landed_envelope
+    from triggers.envelopes import data_landed_envelope
 
     return data_landed_envelope(model, items, source)
 
@@ -53,7 +53,7 @@ def data_blob_landed(blob: func.InputStream) -> None:
     properties = blob.blob_properties or {}
     etag = properties.get("ETag") or properties.get("Etag") or properties.get("etag")
     item = blob_item(name, blob.uri, etag, blob.length)
-    outcome = runtime.orchestrator.handle(data_landed(policy.model, [item], "blob"))
+    outcome = runtime.handlers.handle(data_landed(policy.model, [item], "blob"))
     log.info("blob %s -> %s: %s", name, policy.model, outcome.status)
 
 
@@ -91,5 +91,5 @@ def data_events(events: list[func.EventHubEvent]) -> None:
                 {"sequence_number": event.sequence_number, "partition_key": event.partition_key},
             )
     for model, items in group_by_model(pairs).items():
-        outcome = runtime.orchestrator.handle(data_landed(model, items, "eventhub"))
+        outcome = runtime.handlers.handle(data_landed(model, items, "eventhub"))
         log.info("%d data event(s) -> %s: %s", len(items), model, outcome.status)

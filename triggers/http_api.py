@@ -52,7 +52,7 @@ def requester(req: func.HttpRequest) -> str:
 def retrain(req: func.HttpRequest) -> func.HttpResponse:
     from orchestrator.bootstrap import get_runtime
     from orchestrator.messages import Envelope, InvalidMessage
-    from pipelines.retrain_policy import RetrainRequested
+    from retrain.commands import RetrainRequested
     from triggers.payloads import BadPayload, RetrainBody, parse_json_body
 
     try:
@@ -77,7 +77,7 @@ def retrain(req: func.HttpRequest) -> func.HttpResponse:
     )
     envelope = Envelope.new("RetrainRequested", body.model, command, message_id=f"http:{run_id}")
     try:
-        outcome = runtime.orchestrator.handle(envelope)
+        outcome = runtime.handlers.handle(envelope)
     except InvalidMessage as exc:
         return problem(400, "Invalid request", exc.reason)
     status_url = f"/api/models/{body.model}"
@@ -97,11 +97,11 @@ def retrain(req: func.HttpRequest) -> func.HttpResponse:
 @bp.route(route="models/{model}", methods=["GET"])
 def model_status(req: func.HttpRequest) -> func.HttpResponse:
     from orchestrator.bootstrap import get_runtime
-    from orchestrator.service import UnknownModel
+    from orchestrator.policy_files import UnknownModel
 
     model = req.route_params.get("model", "")
     try:
-        return json_response(get_runtime().orchestrator.model_status(model))
+        return json_response(get_runtime().queries.model_status(model))
     except UnknownModel:
         return problem(404, "Unknown model", f"model: no policy for {model!r}")
 
@@ -111,12 +111,12 @@ def promotion_status(req: func.HttpRequest) -> func.HttpResponse:
     from orchestrator.bootstrap import get_runtime
 
     promotion_id = req.route_params.get("promotion_id", "")
-    orchestrator = get_runtime().orchestrator
-    found = orchestrator.find_promotion(promotion_id)
+    queries = get_runtime().queries
+    found = queries.find_promotion(promotion_id)
     if found is None:
         return problem(404, "Unknown promotion", f"promotion_id: {promotion_id!r} not found")
     model, promotion = found
-    audit = orchestrator.audit_trail(model, promotion_id)
+    audit = queries.audit_trail(model, promotion_id)
     return json_response(
         {
             "model": model,
@@ -138,8 +138,8 @@ def rollback(req: func.HttpRequest) -> func.HttpResponse:
         body = parse_json_body(req.get_body(), RollbackBody)
     except BadPayload as exc:
         return problem(400, "Invalid request body", exc.reason)
-    orchestrator = get_runtime().orchestrator
-    found = orchestrator.find_promotion(promotion_id)
+    runtime = get_runtime()
+    found = runtime.queries.find_promotion(promotion_id)
     if found is None:
         return problem(404, "Unknown promotion", f"promotion_id: {promotion_id!r} not found")
     model, _ = found
@@ -153,7 +153,7 @@ def rollback(req: func.HttpRequest) -> func.HttpResponse:
         promotion_id=promotion_id,
         message_id=f"http:rollback:{uuid.uuid4().hex}",
     )
-    outcome = orchestrator.handle(envelope)
+    outcome = runtime.handlers.handle(envelope)
     if outcome.status == "ignored":
         return problem(409, "Rollback not applied", outcome.reason or "promotion is not active")
     return json_response(

@@ -15,7 +15,7 @@ bp = func.Blueprint()
 def outbox_sweeper(timer: func.TimerRequest) -> None:
     from orchestrator.bootstrap import get_runtime
 
-    report = get_runtime().orchestrator.sweep()
+    report = get_runtime().maintenance.sweep()
     log.info(
         "outbox sweep: %d effect(s) re-dispatched, %d promotion(s) stuck%s",
         report["redispatched"],

@@ -42,7 +42,7 @@ def handle_message(
                 f"{envelope.type} is not accepted on the {source} queue "
                 f"(only {', '.join(sorted(allowed))})"
             )
-        outcome = runtime.orchestrator.handle(envelope)
+        outcome = runtime.handlers.handle(envelope)
     except InvalidMessage as exc:
         runtime.dead_letters.record(source, exc.reason, body, properties)
         log.error("dead-lettered a %s message: %s", source, exc.reason)

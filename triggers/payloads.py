@@ -18,8 +18,8 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from orchestrator.policy import ModelPolicy
-from pipelines.retrain_policy import DataItem
+from domain.policy import ModelPolicy
+from retrain.commands import DataItem
 
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 

@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.metrics import ArmStats, LiveMetrics
+from domain.metrics import ArmStats, LiveMetrics
 from pipelines.canary.live_metrics import (
     CANARY_EXPERIMENT,
     WINDOW_END,

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.metrics import ArmStats, LiveMetrics
+from domain.metrics import ArmStats, LiveMetrics
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

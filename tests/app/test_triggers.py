@@ -10,11 +10,11 @@ import azure.functions as func
 import pytest
 from azure.functions.timer import TimerRequest
 
-from adapters.endpoint import DeploymentStatus
 from adapters.storage_queue_bus import decode_body
+from domain.metrics import OfflineMetrics
 from orchestrator.bootstrap import set_runtime
 from orchestrator.messages import Envelope
-from orchestrator.metrics import OfflineMetrics
+from orchestrator.ports import DeploymentStatus
 from tests.service.conftest import RecordingTrainingBackend, policy_yaml
 from triggers import data, health, http_api, maintenance, messages
 
@@ -71,8 +71,8 @@ def app_runtime(make_runtime):
     backend = RecordingTrainingBackend()
     runtime.__dict__["training"] = backend
     endpoint = InMemoryEndpoint()
-    runtime.orchestrator.ports.endpoints = lambda policy: endpoint
-    runtime.orchestrator.ports.metrics = FixedMetrics()
+    runtime.ports.endpoints = lambda policy: endpoint
+    runtime.ports.metrics = FixedMetrics()
     set_runtime(runtime)
     yield runtime, backend, endpoint
     set_runtime(None)
@@ -180,7 +180,7 @@ def test_blob_trigger_records_the_data_once_and_schedules_the_window(app_runtime
         data=b"a,label\n1,0\n",
     )
     user(data.data_blob_landed)(blob)
-    after_first = runtime.orchestrator.model_status("churn")
+    after_first = runtime.queries.model_status("churn")
     assert [item["key"] for item in after_first["retrain"]["pending"]] == [
         "blob:training-data/churn/2026-11-22.csv@0x8D1"
     ]
@@ -188,7 +188,7 @@ def test_blob_trigger_records_the_data_once_and_schedules_the_window(app_runtime
     assert after_first["retrain"]["window"] is not None
     assert waiting(runtime) == 1 and queued(runtime) == []
     user(data.data_blob_landed)(blob)  # the same blob and ETag fires again: no change
-    assert runtime.orchestrator.model_status("churn")["version"] == after_first["version"]
+    assert runtime.queries.model_status("churn")["version"] == after_first["version"]
     elsewhere = func.blob.InputStream(
         name="training-data/unrelated/file.csv", uri="u", length=1, data=b"x"
     )
@@ -226,8 +226,8 @@ def test_event_hub_batch_writes_once_per_model(app_runtime):
         )
     )
     user(data.data_events)(events)
-    churn = runtime.orchestrator.model_status("churn")
-    fraud = runtime.orchestrator.model_status("fraud")
+    churn = runtime.queries.model_status("churn")
+    fraud = runtime.queries.model_status("fraud")
     assert len(churn["retrain"]["pending"]) == 51 and len(fraud["retrain"]["pending"]) == 50
     # One state write per model for the whole batch (the dispatch bookkeeping is the second).
     assert churn["version"] <= 2 and fraud["version"] <= 2
@@ -257,8 +257,8 @@ def test_orchestrator_queue_message_is_handled(app_runtime):
 def test_promotion_status_and_rollback_over_http(app_runtime):
     runtime, _, endpoint = app_runtime
     start = Envelope.new("StartPromotion", "churn", {"candidate_version": "1"})
-    runtime.orchestrator.handle(start)
-    active = runtime.orchestrator.model_status("churn")["active_promotion"]
+    runtime.handlers.handle(start)
+    active = runtime.queries.model_status("churn")["active_promotion"]
     assert active["status"] == "deploying"
     promotion_id = active["id"]
 
@@ -275,11 +275,11 @@ def test_promotion_status_and_rollback_over_http(app_runtime):
     )
     response = rollback(request("POST", "x", {"reason": "bad smell"}, promotion_id=promotion_id))
     assert response.status_code == 202
-    status = runtime.orchestrator.model_status("churn")
+    status = runtime.queries.model_status("churn")
     assert status["active_promotion"] is None
     assert status["recent_promotions"][-1]["outcome"] == "rolled_back"
     assert ("delete", endpoint.calls[0][1]) in endpoint.calls  # the candidate was removed
-    trail = runtime.orchestrator.audit_trail("churn", promotion_id)
+    trail = runtime.queries.audit_trail("churn", promotion_id)
     rolled = [r for r in trail if r.to_state == "rolled_back"]
     assert rolled and rolled[0].actor == "function-key"
     assert (
@@ -290,9 +290,9 @@ def test_promotion_status_and_rollback_over_http(app_runtime):
 
 def test_timer_sweeps_an_outbox_left_behind(app_runtime):
     runtime, backend, _ = app_runtime
-    from orchestrator.effects import SubmitTrainingJob
+    from domain.effects import SubmitTrainingJob
 
-    store = runtime.orchestrator.ports.store
+    store = runtime.ports.store
     from orchestrator.aggregate import OutboxItem
 
     store.update(
@@ -312,7 +312,7 @@ def test_timer_sweeps_an_outbox_left_behind(app_runtime):
     )
     user(maintenance.outbox_sweeper)(TimerRequest(past_due=False))
     assert backend.jobs == ["churn-left"]
-    assert runtime.orchestrator.model_status("churn")["pending_effects"] == 0
+    assert runtime.queries.model_status("churn")["pending_effects"] == 0
 
 
 def test_timer_reports_a_promotion_that_has_not_moved_for_too_long(make_runtime, caplog):
@@ -322,12 +322,12 @@ def test_timer_reports_a_promotion_that_has_not_moved_for_too_long(make_runtime,
     runtime = make_runtime(
         {"churn": policy_yaml("churn", approval=approval, max_time_in_state="2h")}
     )
-    runtime.orchestrator.ports.metrics = FixedMetrics()
+    runtime.ports.metrics = FixedMetrics()
     set_runtime(runtime)
     try:
         start = Envelope.new("StartPromotion", "churn", {"candidate_version": "3", "run_id": "r"})
-        assert runtime.orchestrator.handle(start).status == "applied"
-        active = runtime.orchestrator.model_status("churn")["active_promotion"]
+        assert runtime.handlers.handle(start).status == "applied"
+        active = runtime.queries.model_status("churn")["active_promotion"]
         assert active["status"] == "awaiting_approval"
         sweeper = user(maintenance.outbox_sweeper)
 
@@ -336,13 +336,13 @@ def test_timer_reports_a_promotion_that_has_not_moved_for_too_long(make_runtime,
             sweeper(TimerRequest(past_due=False))
         assert "0 promotion(s) stuck" in caplog.text  # within max_time_in_state: quiet
 
-        clock = runtime.orchestrator.ports.clock
+        clock = runtime.ports.clock
         later = clock() + timedelta(hours=2, minutes=1)
-        runtime.orchestrator.ports.clock = lambda: later
+        runtime.ports.clock = lambda: later
         caplog.clear()
         with caplog.at_level("INFO"):
             sweeper(TimerRequest(past_due=False))
-        [stuck] = runtime.orchestrator.sweep()["stuck"]
+        [stuck] = runtime.maintenance.sweep()["stuck"]
         assert (stuck["model"], stuck["status"]) == ("churn", "awaiting_approval")
         assert stuck["promotion_id"] == active["id"]
         assert f"1 promotion(s) stuck; churn {active['id']} awaiting_approval" in caplog.text

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from adapters.azureml_endpoint import DEFAULT_RETRY, AzureMLEndpoint, make_ml_client
-from adapters.endpoint import (
+from orchestrator.ports import (
     DeploymentBusy,
     EndpointError,
     InvalidDeploymentName,

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from domain.metrics import ArmStats
 from endpoint_server.store import Record, RecordStore
-from orchestrator.metrics import ArmStats
 from pipelines.canary.evaluate_canary import (
     PredictionRecord,
     arm_metrics,

@@ -11,9 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.endpoint import EndpointError, InvalidTraffic, OnlineEndpoint
 from adapters.local_endpoint import LocalEndpoint
 from endpoint_server.routing import route
+from orchestrator.ports import EndpointError, InvalidTraffic, OnlineEndpoint
 from pipelines.canary.evaluate_canary import collect_local_live_metrics, is_correct
 from tests.endpoint.conftest import Registry, Server, wait_until_done
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapters.endpoint import InvalidTraffic, mirror_after_traffic, validate_traffic
+from adapters.traffic_rules import mirror_after_traffic, validate_traffic
+from orchestrator.ports import InvalidTraffic
 
 OK = [
     ({"prod-v1": 100}, None, None),

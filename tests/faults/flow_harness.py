@@ -34,21 +34,31 @@ from typing import Any, Literal
 
 import pytest
 
-from adapters.endpoint import DeploymentStatus, InvalidTraffic, validate_traffic
+from adapters.events import QueueEventPublisher
 from adapters.storage_queue_bus import decode_body
+from adapters.traffic_rules import validate_traffic
+from domain.metrics import ArmStats, LiveMetrics, OfflineMetrics
+from domain.naming import deployment_name
 from orchestrator.aggregate import ModelAggregate
-from orchestrator.bootstrap import Runtime
+from orchestrator.bootstrap import Runtime, bootstrap
+from orchestrator.handlers import Outcome
 from orchestrator.messages import Envelope, parse_envelope
-from orchestrator.metrics import ArmStats, LiveMetrics, OfflineMetrics
-from orchestrator.naming import deployment_name
-from orchestrator.ports import ArmWindow, AuditRecord, ConcurrencyConflict, ScheduledHandle
-from orchestrator.service import Orchestrator, Outcome, data_landed_message_id
+from orchestrator.ports import (
+    ArmWindow,
+    AuditRecord,
+    ConcurrencyConflict,
+    DeploymentStatus,
+    InvalidTraffic,
+    JobStatus,
+    ScheduledHandle,
+    TrainingRequest,
+)
 from orchestrator.settings import Settings
-from pipelines.backend import JobStatus, TrainingRequest
-from pipelines.retrain_policy import DataItem, DataLanded
 from promotion.commands import ApprovalDecision
 from promotion.state import PromotionState, ServingModel
+from retrain.commands import DataItem, DataLanded
 from tests.harness import RecordingTrainingBackend, make_runtime, policy_yaml
+from triggers.envelopes import data_landed_message_id
 
 # Fixtures: a test module imports both (`flow_settings` needs `make_runtime`).
 __all__ = ["flow_settings_fixture", "make_runtime"]
@@ -320,7 +330,7 @@ EFFECT_CALLS = frozenset(
 class CrashPlan:
     """Die at the `at`-th occurrence (1-based) of `point`, once. `at=0` only counts.
 
-    before_dispatch: `Orchestrator.dispatch` called with effects or audit entries pending
+    before_dispatch: `Outbox.dispatch` called with effects or audit entries pending
     (after the save that put them there, before any of them ran). before_port_call /
     after_port_call: an effect's port call (`EFFECT_CALLS`, or only `calls`) is about to be
     made / has just returned. `armed=False` counts nothing (e.g. while a test arranges)
@@ -455,10 +465,13 @@ class _Store:
         return self._inner.save(key, aggregate, etag)  # type: ignore[no-any-return]
 
     def update(
-        self, key: str, change: Callable[[ModelAggregate], ModelAggregate | None]
+        self,
+        key: str,
+        change: Callable[[ModelAggregate], ModelAggregate | None],
+        loaded: tuple[ModelAggregate, str | None] | None = None,
     ) -> tuple[ModelAggregate, bool]:
         self._process.check_alive("store.update")
-        aggregate, wrote = self._inner.update(key, change)
+        aggregate, wrote = self._inner.update(key, change, loaded)
         if wrote:
             with self._process.lock:
                 self._process.written_versions.append(aggregate.version)
@@ -480,23 +493,28 @@ class Process:
         self.lock = threading.Lock()
         self.written_versions: list[int] = []
         self.conflicts = 0  # conditional writes refused (ETag changed since the read)
-        runtime = Runtime(settings, clock=world.clock)
-        runtime.__dict__["training"] = _Guard(self, "training", lambda: world.training)
-        runtime.__dict__["registry"] = _Guard(self, "registry", lambda: world.registry)
-        events = _Events(runtime.events, world)
-        runtime.__dict__["events"] = _Guard(self, "events", lambda: events)
+        runtime = bootstrap(
+            settings,
+            clock=world.clock,
+            training=_Guard(self, "training", lambda: world.training),
+            registry=_Guard(self, "registry", lambda: world.registry),
+            events=_Guard(self, "events", lambda: events),
+            metrics=_Guard(self, "metrics", lambda: world.metrics),
+            endpoints=lambda policy: endpoint,
+        )
+        endpoint = _Guard(self, "endpoint", lambda: world.endpoint)
+        # The real lifecycle-events queue on Azurite, with the world watching what is published.
+        events = _Events(QueueEventPublisher(runtime.queue(settings.lifecycle_events_hub)), world)
         self.runtime = runtime
         self.queue = runtime.queue(settings.orchestrator_queue)
-        orchestrator = runtime.orchestrator
-        ports = orchestrator.ports
+        # The real Azurite store, audit log and bus, behind the kill switch.
+        ports = self.ports = runtime.ports
         ports.store = _Store(ports.store, self)
         audit, bus = ports.audit, _SchedulingBus(ports.bus, world)
         ports.audit = _Guard(self, "audit", lambda: audit)
         ports.bus = _Guard(self, "bus", lambda: bus)
-        ports.metrics = _Guard(self, "metrics", lambda: world.metrics)
-        endpoint = _Guard(self, "endpoint", lambda: world.endpoint)
-        ports.endpoints = lambda policy: endpoint
-        real_dispatch = orchestrator.dispatch
+        outbox = runtime.outbox
+        real_dispatch = outbox.dispatch
 
         def dispatch(model: str, aggregate: ModelAggregate | None = None) -> int:
             self.check_alive("dispatch")
@@ -507,8 +525,10 @@ class Process:
                     self.maybe_die("before_dispatch", f"dispatch of {len(pending.outbox)}")
             return real_dispatch(model, aggregate)
 
-        orchestrator.dispatch = dispatch  # type: ignore[method-assign]
-        self.orchestrator: Orchestrator = orchestrator
+        outbox.dispatch = dispatch  # type: ignore[method-assign]
+        self.outbox = outbox
+        self.handlers = runtime.handlers
+        self.maintenance = runtime.maintenance
 
     def check_alive(self, what: str) -> None:
         if self.dead:
@@ -521,14 +541,14 @@ class Process:
 
     @property
     def store(self) -> Any:
-        return self.orchestrator.ports.store
+        return self.ports.store
 
     def aggregate(self, model: str) -> ModelAggregate:
         aggregate, _ = self.store.load(model)
         return aggregate  # type: ignore[no-any-return]
 
     def audit(self, model: str) -> list[AuditRecord]:
-        return self.orchestrator.ports.audit.read(model)  # type: ignore[no-any-return]
+        return self.ports.audit.read(model)  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- delivery
@@ -647,7 +667,7 @@ class Courier:
     def deliver(self, item: Pending) -> None:
         envelope = item.envelope
         try:
-            outcome = self.process.orchestrator.handle(envelope)
+            outcome = self.process.handlers.handle(envelope)
         except ProcessDied:
             self.stats.crashes += 1
             if self.at_crash is not None:
@@ -694,7 +714,7 @@ class Courier:
         if sweep is None:
             sweep = self.rng.random() < 0.5 if self.rng is not None else False
         if sweep or self.on_crash == "drop":
-            self.process.orchestrator.sweep()
+            self.process.maintenance.sweep()
             self.stats.sweeps += 1
 
     def run(self, max_steps: int = 2000, until: Callable[[], bool] | None = None) -> None:

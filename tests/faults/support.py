@@ -13,11 +13,10 @@ from typing import Any
 import azure.functions as func
 from hypothesis import HealthCheck, settings
 
-from adapters.endpoint import DeploymentStatus
+from domain.metrics import LiveMetrics, OfflineMetrics
 from orchestrator.aggregate import ModelAggregate
 from orchestrator.bootstrap import DEAD_LETTER_CONTAINER, Runtime, set_runtime
-from orchestrator.metrics import LiveMetrics, OfflineMetrics
-from pipelines.backend import TrainingBackendError
+from orchestrator.ports import DeploymentStatus, TrainingBackendError
 from tests.service.conftest import RecordingTrainingBackend
 
 # Derandomized and without the example database: the same examples on every run, so the
@@ -119,7 +118,7 @@ class SaveSpy:
     saves: list[tuple[str, ModelAggregate]] = field(default_factory=list, repr=False)
 
     def install(self, runtime: Runtime) -> SaveSpy:
-        store = runtime.orchestrator.ports.store
+        store = runtime.ports.store
         real_save = store.save
 
         def save(key: str, aggregate: ModelAggregate, etag: str | None) -> str:
@@ -133,7 +132,7 @@ class SaveSpy:
 
 def aggregate(runtime: Runtime, model: str) -> tuple[ModelAggregate, bool]:
     """The stored aggregate and whether it exists at all."""
-    state, etag = runtime.orchestrator.ports.store.load(model)
+    state, etag = runtime.ports.store.load(model)
     return state, etag is not None
 
 

@@ -72,7 +72,7 @@ def test_a_blob_name_is_dead_lettered_ignored_or_kept(
 ) -> None:
     kind, name = blob
     tally[kind] += 1
-    store = runtime.orchestrator.ports.store
+    store = runtime.ports.store
     version = store.load("churn")[0].version
     dead = len(dead_letters.calls)
     stream = InputStream(

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
+from orchestrator.handlers import Outcome
 from orchestrator.messages import Envelope
 from orchestrator.ports import ConcurrencyConflict
-from orchestrator.service import Outcome
 from promotion.commands import ApprovalDecision, GateCheck
 from tests.faults.flow_harness import (  # noqa: F401
     APPROVER,
@@ -73,7 +73,7 @@ def test_sixteen_workers_on_one_model_lose_no_update(
     world.auto_approve = False
     arranging = Process(settings, world)
     seed_champion(arranging, world, MODEL)
-    arranging.orchestrator.handle(
+    arranging.handlers.handle(
         Envelope.new("StartPromotion", MODEL, {"candidate_version": "2"}, message_id="start-v2")
     )
     before = arranging.aggregate(MODEL)
@@ -94,7 +94,7 @@ def test_sixteen_workers_on_one_model_lose_no_update(
             for envelope in plans[worker]:
                 for _attempt in range(10):  # a transport redelivers a message that failed
                     try:
-                        outcome = processes[worker].orchestrator.handle(envelope)
+                        outcome = processes[worker].handlers.handle(envelope)
                     except ConcurrencyConflict:
                         conflicts[worker] += 1
                         continue
@@ -116,7 +116,7 @@ def test_sixteen_workers_on_one_model_lose_no_update(
 
     # Nothing left behind: a last dispatch (the timer's sweep) finds nothing to do.
     survivor = Process(settings, world)
-    assert survivor.orchestrator.sweep()["redispatched"] == 0
+    assert survivor.maintenance.sweep()["redispatched"] == 0
     after = survivor.aggregate(MODEL)
     assert after.outbox == [] and after.pending_audit == []
 

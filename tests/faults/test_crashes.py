@@ -264,19 +264,19 @@ def test_the_sweep_alone_finishes_what_a_crash_left_in_the_outbox(
         plan.armed = True
         envelope = landed(MODEL, 0, 0, 3)
         with pytest.raises(ProcessDied, match="before_dispatch #1"):
-            process.orchestrator.handle(envelope)
+            process.handlers.handle(envelope)
         aggregate = Process(settings, world).aggregate(MODEL)
         assert aggregate.has_seen(envelope.message_id) and aggregate.outbox
         assert world.sends == 0  # the window's close was never scheduled
 
         survivor = Process(settings, world)
-        report = survivor.orchestrator.sweep()
+        report = survivor.maintenance.sweep()
         assert report["redispatched"] == len(aggregate.outbox)
         assert survivor.aggregate(MODEL).outbox == []
         assert world.sends == 1
         records = survivor.audit(MODEL)
         assert [r.action for r in records] == ["retrain.data_accumulated", "retrain.window_opened"]
-        assert survivor.orchestrator.sweep()["redispatched"] == 0  # idempotent
+        assert survivor.maintenance.sweep()["redispatched"] == 0  # idempotent
         figures["crash_points"] += 1
         figures["sweeps"] += 2
 
@@ -311,11 +311,11 @@ def test_one_model_whose_effects_keep_failing_does_not_stop_the_sweep_for_the_ot
     ):
         dying = Process(settings, world, CrashPlan("before_dispatch", 1))
         with pytest.raises(ProcessDied):
-            dying.orchestrator.handle(envelope)
+            dying.handlers.handle(envelope)
         assert Process(settings, world).aggregate(model).outbox
 
     survivor = Process(settings, world)
-    report = survivor.orchestrator.sweep()
+    report = survivor.maintenance.sweep()
 
     assert survivor.aggregate("beta").outbox == []  # beta's window close was scheduled
     assert world.sends == 1

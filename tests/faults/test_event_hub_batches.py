@@ -227,7 +227,7 @@ def test_a_batch_keeps_the_valid_events_and_dead_letters_each_bad_one(
     batch = [event.fresh(nonce) for event in batch]
     for event in batch:
         tally[event.kind] += 1
-    store = runtime.orchestrator.ports.store
+    store = runtime.ports.store
     before = {model: store.load(model)[0] for model in MODELS}
     dead_before, saves_before = len(dead_letters.calls), len(saves.saves)
 
@@ -271,19 +271,19 @@ def test_one_batch_of_many_events_is_one_command_per_model(
         for n in range(200)
     ] + [Event("bytes", b"garbage")]
     handled: list[str] = []
-    real_handle = runtime.orchestrator.handle
+    real_handle = runtime.handlers.handle
 
     def handle(envelope):  # type: ignore[no-untyped-def]
         handled.append(envelope.model)
         return real_handle(envelope)
 
-    runtime.orchestrator.handle = handle  # type: ignore[method-assign]
+    runtime.handlers.handle = handle  # type: ignore[method-assign]
     with installed(runtime):
         data_events(hub_events(batch))
     assert sorted(handled) == sorted(MODELS)
     assert len(dead_letters.calls) == 1
     for model in MODELS:
-        state = runtime.orchestrator.model_status(model)["retrain"]
+        state = runtime.queries.model_status(model)["retrain"]
         assert len(state["pending"]) == 100
         transitions = {saved.version for key, saved in saves.saves if key == model}
         assert len(transitions) <= 2  # the transition, then the outbox flush

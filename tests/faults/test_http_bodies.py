@@ -209,7 +209,7 @@ headers = st.fixed_dictionaries(
 
 
 def versions(runtime: Runtime) -> dict[str, int]:
-    store = runtime.orchestrator.ports.store
+    store = runtime.ports.store
     return {key: store.load(key)[0].version for key in store.list_keys()}
 
 
@@ -270,16 +270,16 @@ def test_retrain_answers_every_body_with_400_404_or_202(
 @pytest.fixture
 def promotion_id(runtime: Runtime) -> str:
     """An active promotion of churn (staging passed, deploying), built through the handler."""
-    ports = runtime.orchestrator.ports
+    ports = runtime.ports
     ports.metrics = FixedMetrics({"auc": 0.95})
     ports.registry = RecordingRegistry()
     endpoint = RecordingEndpoint()
     ports.endpoints = lambda policy: endpoint
-    outcome = runtime.orchestrator.handle(
+    outcome = runtime.handlers.handle(
         Envelope.new("StartPromotion", "churn", StartPromotion(candidate_version="7"))
     )
     assert outcome.status == "applied"
-    active = runtime.orchestrator.model_status("churn")["active_promotion"]
+    active = runtime.queries.model_status("churn")["active_promotion"]
     assert active is not None
     return str(active["id"])
 
@@ -305,7 +305,7 @@ def test_rollback_answers_every_body_with_400_404_or_409_or_202(
     route = promotion_id if known else unknown_id
     tally[case.kind + ("" if known else " (unknown promotion)")] += 1
     before = versions(runtime)
-    promotion_before = runtime.orchestrator.find_promotion(promotion_id)
+    promotion_before = runtime.queries.find_promotion(promotion_id)
     with installed(runtime):
         response = call(
             rollback,
@@ -326,7 +326,7 @@ def test_rollback_answers_every_body_with_400_404_or_409_or_202(
     if response.status_code in (400, 404):
         assert versions(runtime) == before, "a rejected request wrote state"
     # 409: the promotion was already rolled back; the audit notes the refusal, nothing moves.
-    assert runtime.orchestrator.find_promotion(promotion_id) == promotion_before
+    assert runtime.queries.find_promotion(promotion_id) == promotion_before
 
 
 def test_a_dotted_model_name_can_be_retrained(runtime: Runtime) -> None:

@@ -25,7 +25,8 @@ from azure.ai.ml import MLClient
 from adapters.azureml_endpoint import AzureMLEndpoint, make_ml_client
 from adapters.azureml_jobs import AzureMLTrainingBackend
 from adapters.azurite import start_azurite
-from orchestrator.bootstrap import MlflowMetrics, Runtime
+from adapters.mlflow_metrics import MlflowMetrics
+from adapters.mlflow_registry import MlflowRegistry
 from orchestrator.settings import Settings
 from tests.azure_recording import Canned, FakeCredential, Recorded
 from tests.endpoint import azure_replay
@@ -144,7 +145,7 @@ def azure_flow(
     # sweep (here: once the update is done, as minutes later in Azure).
     if sweep:
         azure.progress(courier)
-        courier.process.orchestrator.sweep()
+        courier.process.maintenance.sweep()
     return courier
 
 
@@ -205,10 +206,10 @@ def test_a_delete_azure_ml_cannot_take_yet_waits_in_the_outbox_and_blocks_nothin
     registry = courier.world.registry.tags
     assert (MODEL, "1", "archived") in [(m, v, t.get("retrain.stage")) for m, v, t in registry]
     assert "promotion.completed" in [kind for kind, _, _ in courier.world.events]
-    process.orchestrator.sweep()  # the update still runs: it waits again
+    process.maintenance.sweep()  # the update still runs: it waits again
     assert len(process.aggregate(MODEL).outbox) == 1
     azure.progress(courier)  # the traffic update is done
-    process.orchestrator.sweep()
+    process.maintenance.sweep()
     assert process.aggregate(MODEL).outbox == []
     assert [r.path.rsplit("/", 1)[1] for r in azure.endpoints.sent("DELETE")] == ["churn-v1"]
     assert azure.traffic() == {"churn-v2": 100}
@@ -400,7 +401,7 @@ def test_mlflow_unreachable_at_the_staging_gate_holds_then_rejects_never_promote
     flow_settings: Any, mlflow_down: str, request: pytest.FixtureRequest
 ) -> None:
     def metrics(settings: Settings) -> MlflowMetrics:
-        reader = MlflowMetrics(Runtime(settings))
+        reader = MlflowMetrics(settings, MlflowRegistry(settings.tracking_uri))
         with pytest.raises(Exception, match=urlparse(mlflow_down).netloc):
             reader.offline(MODEL, "2", "1")  # the reader really talks to the closed port
         return reader
@@ -434,7 +435,7 @@ def test_mlflow_unreachable_during_the_canary_holds_the_split_then_rolls_back(
         # The local endpoint's request log exists (empty): what fails is MLflow.
         settings.local_endpoint_dir.mkdir(parents=True, exist_ok=True)
         connect(settings.local_endpoint_dir / RECORDS_FILE).close()
-        return OfflineFromFake(MlflowMetrics(Runtime(settings)))
+        return OfflineFromFake(MlflowMetrics(settings, MlflowRegistry(settings.tracking_uri)))
 
     courier, world, _ = mlflow_flow(flow_settings, mlflow_down, metrics)
 

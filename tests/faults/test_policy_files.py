@@ -13,7 +13,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.policy import ModelPolicy, PolicyError, load_policy, parse_policy
+from domain.policy import ModelPolicy, PolicyError, parse_policy
+from orchestrator.policy_files import load_policy
 from tests.faults.support import fuzz
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "unit" / "promotion" / "example_policy.yml"

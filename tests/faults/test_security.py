@@ -139,14 +139,14 @@ def promoted(make_runtime: Callable[..., Runtime]) -> Promoted:
         }
     )
     runtime.__dict__["training"] = TrainingBackend()
-    ports = runtime.orchestrator.ports
+    ports = runtime.ports
     ports.metrics = FixedMetrics({"auc": 0.95})  # no MLflow data: our own port, faked
     ports.registry = RecordingRegistry()
     endpoint = RecordingEndpoint()
     ports.endpoints = lambda policy: endpoint
     start = Envelope.new("StartPromotion", "churn", StartPromotion(candidate_version=VERSION))
-    assert runtime.orchestrator.handle(start).status == "applied"
-    active = runtime.orchestrator.model_status("churn")["active_promotion"]
+    assert runtime.handlers.handle(start).status == "applied"
+    active = runtime.queries.model_status("churn")["active_promotion"]
     assert active["status"] == "awaiting_approval", active
     return Promoted(runtime, active["id"], endpoint, spy_dead_letters(runtime))
 
@@ -161,7 +161,7 @@ def send_approval(promoted: Promoted, model: str, message_id: str, **payload: st
 
 
 def active(runtime: Runtime) -> dict[str, Any]:
-    return dict(runtime.orchestrator.model_status("churn")["active_promotion"])
+    return dict(runtime.queries.model_status("churn")["active_promotion"])
 
 
 def is_allowed(approver: str) -> bool:
@@ -229,7 +229,7 @@ def test_an_approval_that_does_not_match_changes_nothing_and_is_audited(
 
     runtime = promoted.runtime
     before = active(runtime)
-    since = runtime.orchestrator.ports.store.load(model)[0].version
+    since = runtime.ports.store.load(model)[0].version
     message_id = f"approval-{uuid.uuid4().hex}"
     send_approval(promoted, model, message_id, **approval)
 
@@ -237,9 +237,7 @@ def test_an_approval_that_does_not_match_changes_nothing_and_is_audited(
     assert promoted.endpoint.deployed == []
     assert promoted.dead_letters.calls == []
     audit = [
-        record
-        for record in runtime.orchestrator.ports.audit.read(model, since)
-        if record.cause_id == message_id
+        record for record in runtime.ports.audit.read(model, since) if record.cause_id == message_id
     ]
     assert [record.action for record in audit] == ["approval.refused"], audit
     assert audit[0].detail["reason"]
@@ -265,7 +263,7 @@ def test_only_the_right_approval_moves_the_promotion(promoted: Promoted) -> None
     assert active(runtime)["status"] == "deploying"
     actions = [
         (record.cause_id, record.action)
-        for record in runtime.orchestrator.audit_trail("churn")
+        for record in runtime.queries.audit_trail("churn")
         if record.cause_type == "ApprovalDecision"
     ]
     assert ("m1", "approval.refused") in actions and ("m3", "approval.refused") in actions
@@ -288,7 +286,7 @@ def test_a_gate_never_judges_metrics_the_message_brought(
 ) -> None:
     runtime = make_runtime({"churn": policy_yaml("churn")})
     runtime.__dict__["training"] = TrainingBackend()
-    ports = runtime.orchestrator.ports
+    ports = runtime.ports
     ports.metrics = MetricsDown()
     ports.registry = RecordingRegistry()
     endpoint = RecordingEndpoint()
@@ -298,8 +296,8 @@ def test_a_gate_never_judges_metrics_the_message_brought(
         "churn",
         {"candidate_version": "5", "offline": {"candidate": {"auc": 0.99}}},
     )
-    runtime.orchestrator.handle(forged)
-    status = runtime.orchestrator.model_status("churn")["active_promotion"]["status"]
+    runtime.handlers.handle(forged)
+    status = runtime.queries.model_status("churn")["active_promotion"]["status"]
     assert (status, endpoint.deployed) == ("staging_gate", [])  # inconclusive: retried later
 
 

@@ -23,9 +23,10 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.bootstrap import Runtime
-from orchestrator.service import DEPLOYMENT_CHECK, MESSAGE_TYPES, DeploymentCheck
-from pipelines import retrain_policy
+from orchestrator.handlers import MESSAGE_TYPES
+from orchestrator.outbox import DEPLOYMENT_CHECK, DeploymentCheck
 from promotion import commands as promotion_commands
+from retrain import commands as retrain_commands
 from tests.faults.support import (
     PATHOLOGICAL_JSON,
     DeadLetterSpy,
@@ -45,7 +46,7 @@ approvals_queue = user_function(messages.approvals_queue)
 
 MODELS = ("churn", "fraud")
 PAYLOAD_TYPES: dict[str, type[BaseModel]] = {
-    **retrain_policy.COMMANDS,
+    **retrain_commands.COMMANDS,
     **promotion_commands.COMMANDS,
     DEPLOYMENT_CHECK: DeploymentCheck,
 }
@@ -276,7 +277,7 @@ def dead_letters(runtime: Runtime) -> DeadLetterSpy:
 
 
 def versions(runtime: Runtime) -> dict[str, int]:
-    store = runtime.orchestrator.ports.store
+    store = runtime.ports.store
     return {key: store.load(key)[0].version for key in store.list_keys()}
 
 

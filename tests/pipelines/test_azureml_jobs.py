@@ -14,8 +14,8 @@ from adapters.azureml_jobs import (
     common_folder,
     data_input_for,
 )
+from orchestrator.ports import TrainingBackend, TrainingBackendError, TrainingRequest
 from orchestrator.settings import APP_ROOT
-from pipelines.backend import TrainingBackend, TrainingBackendError, TrainingRequest
 from tests.azure_recording import Canned, FakeCredential, Recorded, RecordingTransport
 from tests.pipelines.azure_transport import ARM, WORKSPACE, FakeAzureML
 

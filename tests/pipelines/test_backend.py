@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from orchestrator.effects import SubmitTrainingJob
-from orchestrator.policy import ModelPolicy
-from pipelines.backend import data_uris_text, training_request
+from domain.effects import SubmitTrainingJob
+from domain.policy import ModelPolicy
+from orchestrator.outbox import training_request
+from pipelines.contract import data_uris_text
 
 
 def policy(**pipeline: object) -> ModelPolicy:

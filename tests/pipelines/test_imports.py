@@ -1,4 +1,4 @@
-"""The Functions app imports the retrain policy and the backend port: they must stay light."""
+"""The Functions app imports the pure rules and the ports: they must stay light."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from orchestrator.settings import APP_ROOT
 HEAVY = ["azure.ai.ml", "mlflow", "sklearn", "pandas", "azure.storage.blob"]
 
 
-def test_policy_and_backend_import_nothing_heavy() -> None:
+def test_rules_and_ports_import_nothing_heavy() -> None:
     script = (
-        "import json, sys; import pipelines.retrain_policy, pipelines.backend; "
+        "import json, sys; "
+        "import retrain.decide, domain.policy, orchestrator.ports, pipelines.contract; "
         f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     )
     loaded = subprocess.run(

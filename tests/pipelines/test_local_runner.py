@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from adapters.local_runner import LocalTrainingBackend, _command_argv
+from orchestrator.ports import TrainingBackend, TrainingBackendError, TrainingRequest
 from orchestrator.settings import APP_ROOT
-from pipelines.backend import TrainingBackend, TrainingBackendError, TrainingRequest
 from tests.mlflow_store import mlflow_store
 
 PIPELINE = "pipelines/azureml/pipeline.yml"

@@ -8,21 +8,19 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.effects import CancelTrainingJob, SendMessage, SubmitTrainingJob
-from orchestrator.policy import ModelPolicy
-from pipelines.retrain_policy import (
+from domain.effects import CancelTrainingJob, SendMessage, SubmitTrainingJob
+from domain.policy import ModelPolicy
+from retrain.commands import (
     COMMANDS,
-    MAX_SEEN_KEYS,
     DataItem,
     DataLanded,
     RetrainCommand,
     RetrainRequested,
-    RetrainTracker,
     RetrainWindowClosed,
     TrainingJobStatus,
-    decide,
-    poll_delay,
 )
+from retrain.decide import decide, poll_delay
+from retrain.state import MAX_SEEN_KEYS, RetrainTracker
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 

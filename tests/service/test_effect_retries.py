@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from adapters.storage_queue_bus import decode_body
+from domain.effects import SubmitTrainingJob
 from orchestrator.aggregate import OutboxItem
-from orchestrator.effects import SubmitTrainingJob
 from orchestrator.messages import parse_envelope
-from pipelines.backend import TrainingBackendError, TrainingRequest
+from orchestrator.ports import TrainingBackendError, TrainingRequest
 from tests.service.conftest import RecordingTrainingBackend, policy_yaml
 
 START = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -31,11 +31,10 @@ def test_a_submit_failing_for_longer_than_the_window_fails_its_run(make_runtime)
     )
     backend = Unavailable()
     runtime.__dict__["training"] = backend
-    orchestrator = runtime.orchestrator
     now = [START]
-    orchestrator.ports.clock = lambda: now[0]
+    runtime.ports.clock = lambda: now[0]
     submit = SubmitTrainingJob(run_id="churn-r1", data_uris=["https://a/x.csv"])
-    orchestrator.ports.store.update(
+    runtime.ports.store.update(
         "churn", lambda a: a.model_copy(update={"outbox": [OutboxItem(id="1-0", effect=submit)]})
     )
 
@@ -43,21 +42,21 @@ def test_a_submit_failing_for_longer_than_the_window_fails_its_run(make_runtime)
     for minutes in (0, 0, 0, 9):
         now[0] = START + timedelta(minutes=minutes)
         with pytest.raises(TrainingBackendError, match="503"):
-            orchestrator.dispatch("churn")
-    [item] = orchestrator.ports.store.load("churn")[0].outbox
+            runtime.outbox.dispatch("churn")
+    [item] = runtime.ports.store.load("churn")[0].outbox
     assert (item.failed_attempts, item.first_failed_at) == (4, START)
     assert backend.cancellations == []
 
     now[0] = START + timedelta(minutes=10)
-    assert orchestrator.dispatch("churn") == 1  # given up: done, not raised
+    assert runtime.outbox.dispatch("churn") == 1  # given up: done, not raised
     assert len(backend.submissions) == 5
     # The job may exist unheard of: a cancel waits in the outbox, dispatched (and retried) as
     # any effect.
-    [cancel] = orchestrator.ports.store.load("churn")[0].outbox
+    [cancel] = runtime.ports.store.load("churn")[0].outbox
     assert (cancel.effect.kind, cancel.effect.run_id) == ("cancel_training_job", "churn-r1")
-    assert orchestrator.dispatch("churn") == 1
+    assert runtime.outbox.dispatch("churn") == 1
     assert backend.cancellations == ["churn-r1"]
-    assert orchestrator.ports.store.load("churn")[0].outbox == []
+    assert runtime.ports.store.load("churn")[0].outbox == []
     queue = runtime.queue(runtime.settings.orchestrator_queue)
     [status] = [parse_envelope(decode_body(m.content)) for m in queue.peek_messages(32)]
     assert status.type == "TrainingJobStatus"

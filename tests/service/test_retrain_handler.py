@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from adapters.storage_queue_bus import decode_body
 from orchestrator.messages import Envelope, parse_envelope
-from orchestrator.service import data_landed_envelope
-from pipelines.retrain_policy import DataItem
+from retrain.commands import DataItem
 from tests.service.conftest import RecordingTrainingBackend, policy_yaml, pump
+from triggers.envelopes import data_landed_envelope
 
 
 def landed(model: str, start: int, count: int) -> Envelope:
@@ -25,15 +25,14 @@ def test_ten_thousand_events_in_one_window_make_one_job(make_runtime):
     runtime = make_runtime({"churn": policy_yaml("churn"), "fraud": policy_yaml("fraud")})
     backend = RecordingTrainingBackend()
     runtime.__dict__["training"] = backend
-    orchestrator = runtime.orchestrator
     batches = [landed("churn", start, 1000) for start in range(0, 10_000, 1000)]
     for batch in batches:
-        assert orchestrator.handle(batch).status == "applied"
+        assert runtime.handlers.handle(batch).status == "applied"
     # Event Hubs redelivers a batch, and a producer sends the same events again.
-    assert orchestrator.handle(batches[3]).status == "duplicate"
+    assert runtime.handlers.handle(batches[3]).status == "duplicate"
     again = landed("churn", 2500, 1000)
-    assert orchestrator.handle(again).status == "ignored"
-    orchestrator.handle(landed("fraud", 0, 3))
+    assert runtime.handlers.handle(again).status == "ignored"
+    runtime.handlers.handle(landed("fraud", 0, 3))
 
     pump(runtime, until=lambda: len(backend.jobs) == 2)
     pump(runtime, rounds=8)  # nothing more arrives: no second job per model
@@ -42,7 +41,7 @@ def test_ten_thousand_events_in_one_window_make_one_job(make_runtime):
     by_model = {request.model: request for request in backend.submissions}
     assert len(by_model["churn"].data_uris) == 10_000
     assert len(by_model["fraud"].data_uris) == 3
-    state = runtime.orchestrator.model_status("churn")["retrain"]
+    state = runtime.queries.model_status("churn")["retrain"]
     assert state["current_job"]["run_id"] == by_model["churn"].run_id
 
 
@@ -52,20 +51,20 @@ def test_a_job_that_never_ends_is_canceled_once_and_the_run_recorded(make_runtim
     runtime = make_runtime({"churn": policy_yaml("churn", retrain=retrain)})
     backend = RecordingTrainingBackend()  # its jobs stay "queued" until canceled
     runtime.__dict__["training"] = backend
-    runtime.orchestrator.handle(landed("churn", 0, 2))
+    runtime.handlers.handle(landed("churn", 0, 2))
 
     outcomes = pump(runtime, rounds=80, until=lambda: bool(backend.cancellations))
     [run_id] = backend.jobs
     assert backend.cancellations == [run_id]
-    run = runtime.orchestrator.model_status("churn")["retrain"]["runs"][-1]
+    run = runtime.queries.model_status("churn")["retrain"]["runs"][-1]
     assert (run["run_id"], run["status"]) == (run_id, "failed")
     assert "max_job_duration" in run["error"]
     assert outcomes[-1].status == "applied"
     # A late check for the ended run changes nothing and cancels nothing again.
     late = Envelope.new("TrainingJobCheck", "churn", {"run_id": run_id, "attempt": 99})
-    assert runtime.orchestrator.handle(late).status == "ignored"
+    assert runtime.handlers.handle(late).status == "ignored"
     assert backend.cancellations == [run_id]
-    assert runtime.orchestrator.model_status("churn")["retrain"]["current_job"] is None
+    assert runtime.queries.model_status("churn")["retrain"]["current_job"] is None
 
 
 def test_a_check_for_a_run_that_is_not_running_asks_the_backend_nothing(make_runtime):
@@ -73,7 +72,7 @@ def test_a_check_for_a_run_that_is_not_running_asks_the_backend_nothing(make_run
     backend = RecordingTrainingBackend()  # status() of a job it never saw would raise
     runtime.__dict__["training"] = backend
     check = Envelope.new("TrainingJobCheck", "churn", {"run_id": "churn-gone", "attempt": 3})
-    outcome = runtime.orchestrator.handle(check)
+    outcome = runtime.handlers.handle(check)
     assert outcome.status == "ignored" and "churn-gone" in (outcome.reason or "")
     assert backend.states == {}
 
@@ -85,21 +84,20 @@ def test_the_sweep_ends_a_job_whose_checks_were_lost(make_runtime):
     runtime = make_runtime({"churn": policy_yaml("churn", retrain=retrain)})
     backend = RecordingTrainingBackend()  # the job stays "queued"
     runtime.__dict__["training"] = backend
-    orchestrator = runtime.orchestrator
-    orchestrator.handle(landed("churn", 0, 1))
+    runtime.handlers.handle(landed("churn", 0, 1))
     pump(runtime, until=lambda: bool(backend.jobs))
     [run_id] = backend.jobs
     queue = runtime.queue(runtime.settings.orchestrator_queue)
     queue.clear_messages()  # the scheduled checks are lost
-    assert orchestrator.sweep()["overdue_jobs"] == []  # not overdue yet: nothing sent
+    assert runtime.maintenance.sweep()["overdue_jobs"] == []  # not overdue yet: nothing sent
 
-    later = orchestrator.ports.clock() + timedelta(hours=2)
-    orchestrator.ports.clock = lambda: later
-    assert orchestrator.sweep()["overdue_jobs"] == [run_id]
+    later = runtime.ports.clock() + timedelta(hours=2)
+    runtime.ports.clock = lambda: later
+    assert runtime.maintenance.sweep()["overdue_jobs"] == [run_id]
     [check] = [parse_envelope(decode_body(m.content)) for m in queue.receive_messages()]
     assert check.type == "TrainingJobCheck" and check.payload["run_id"] == run_id
-    assert orchestrator.handle(check).status == "applied"
-    run = orchestrator.model_status("churn")["retrain"]["runs"][-1]
+    assert runtime.handlers.handle(check).status == "applied"
+    run = runtime.queries.model_status("churn")["retrain"]["runs"][-1]
     assert (run["run_id"], run["status"]) == (run_id, "failed")
     assert backend.cancellations == [run_id]
-    assert orchestrator.sweep()["overdue_jobs"] == []  # ended: nothing more to check
+    assert runtime.maintenance.sweep()["overdue_jobs"] == []  # ended: nothing more to check

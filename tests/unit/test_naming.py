@@ -1,4 +1,4 @@
-"""orchestrator.naming.deployment_name: valid Azure names, deterministic, distinct per input."""
+"""domain.naming.deployment_name: valid Azure names, deterministic, distinct per input."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from orchestrator.naming import deployment_name, is_valid_deployment_name
+from domain.naming import deployment_name, is_valid_deployment_name
 
 # The Azure rule, written out again here rather than imported, so a wrong pattern in
 # naming.py cannot make these tests agree with it.

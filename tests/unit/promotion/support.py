@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from orchestrator.decision import Decision
-from orchestrator.metrics import ArmStats, LiveMetrics, OfflineMetrics
-from orchestrator.naming import deployment_name
-from orchestrator.policy import ModelPolicy
+from domain.decision import Decision
+from domain.metrics import ArmStats, LiveMetrics, OfflineMetrics
+from domain.naming import deployment_name
+from domain.policy import ModelPolicy
 from promotion.commands import GateCheck, PromotionCommand, StartPromotion
 from promotion.machine import decide, observation_needed
 from promotion.state import Promotion, PromotionState, PromotionStatus, ServingModel

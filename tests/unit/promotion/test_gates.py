@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.metrics import ArmStats, LiveMetrics, OfflineMetrics
-from orchestrator.policy import CanarySettings, ChampionGate, ThresholdGate
+from domain.metrics import ArmStats, LiveMetrics, OfflineMetrics
+from domain.policy import CanarySettings, ChampionGate, ThresholdGate
 from promotion.gates import GateEvidence, GateResult, evaluate_canary, evaluate_staging
 
 from .support import T0

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.policy import PolicyError, load_policy, parse_policy
+from domain.policy import PolicyError, parse_policy
+from orchestrator.policy_files import load_policy
 
 EXAMPLE = Path(__file__).with_name("example_policy.yml")
 BASE = "model: churn\nendpoint: churn-endpoint\ndata: {container: churn-data}\n"

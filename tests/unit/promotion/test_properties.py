@@ -17,15 +17,15 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.decision import Decision
-from orchestrator.effects import (
+from domain.decision import Decision
+from domain.effects import (
     DeleteDeployment,
     DeployModel,
     RequestApproval,
     SendMessage,
     SetTraffic,
 )
-from orchestrator.policy import ModelPolicy
+from domain.policy import ModelPolicy
 from promotion.commands import (
     COMMANDS,
     ApprovalDecision,

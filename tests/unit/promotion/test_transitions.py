@@ -9,8 +9,8 @@ from datetime import timedelta
 
 import pytest
 
-from orchestrator.decision import AuditEntry, Decision
-from orchestrator.effects import DeleteDeployment, SendMessage, SetTraffic, TagModelVersion
+from domain.decision import AuditEntry, Decision
+from domain.effects import DeleteDeployment, SendMessage, SetTraffic, TagModelVersion
 from promotion.commands import (
     ApprovalDecision,
     ApprovalTimedOut,

@@ -1,0 +1,118 @@
+"""MetricsReader on MLflow: offline metrics from the registry's runs, live metrics of a canary
+step (evaluated from the endpoint's request log, logged to MLflow, read back as the gate does).
+
+mlflow and the canary evaluation are imported lazily: the Functions app must not pay for them
+at cold start.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from adapters.azure_credential import azure_credential
+from domain.metrics import LiveMetrics, OfflineMetrics
+from orchestrator.ports import ArmWindow
+
+if TYPE_CHECKING:
+    from adapters.mlflow_registry import MlflowRegistry
+    from orchestrator.settings import Settings
+
+
+class MlflowMetrics:
+    """MetricsReader: offline metrics from the registry's runs; live metrics of a canary step.
+
+    The canary evaluation runs here, in the gate check, and logs to MLflow before the gate
+    reads it back: locally over the local endpoint's request log, in Azure over the data
+    collector's JSONL and the feedback tables (CANARY_RECORDS_URI, CANARY_FEEDBACK_URI).
+    The same module is the Azure ML command component pipelines/canary/component.yml, for
+    evaluating a window by hand (see docs/endpoint.md).
+    """
+
+    def __init__(self, settings: Settings, registry: MlflowRegistry) -> None:
+        self._settings = settings
+        self._registry = registry
+
+    def offline(
+        self, model: str, candidate_version: str, champion_version: str | None
+    ) -> OfflineMetrics:
+        return self._registry.offline(model, candidate_version, champion_version)
+
+    def live(self, model: str, promotion_id: str, step: int, arms: list[ArmWindow]) -> LiveMetrics:
+        """Evaluate the step's request log, log it to MLflow, and read it back as the gate does.
+
+        Arms judged over different windows (the production bake compares the candidate now
+        with production during the last canary step) are evaluated window by window.
+        """
+        from pipelines.canary import evaluate_canary
+        from pipelines.canary.live_metrics import read_live_metrics
+
+        settings = self._settings
+        by_window: dict[tuple[datetime, datetime], list[str]] = {}
+        for arm in arms:
+            by_window.setdefault((arm.window_start, arm.window_end), []).append(arm.deployment)
+        merged: LiveMetrics | None = None
+        for (start, end), deployments in by_window.items():
+            records, feedback = self._records(start, end)
+            evaluate_canary.evaluate(
+                records,
+                feedback,
+                tracking=settings.tracking_uri,
+                promotion_id=promotion_id,
+                step=step,
+                window_start=start,
+                window_end=end,
+                deployments=deployments,
+            )
+            read = read_live_metrics(
+                settings.tracking_uri, promotion_id, step, deployments, start, end
+            )
+            if merged is None:
+                merged = read
+            else:
+                merged = merged.model_copy(
+                    update={
+                        "arms": {**merged.arms, **read.arms},
+                        "window_start": min(merged.window_start, read.window_start),
+                        "window_end": max(merged.window_end, read.window_end),
+                    }
+                )
+        assert merged is not None
+        return merged
+
+    def _records(self, start: datetime, end: datetime) -> tuple[list[Any], dict[str, Any]]:
+        """The endpoint's request records in the window, and the feedback labels."""
+        from pipelines.canary import evaluate_canary
+
+        settings = self._settings
+        if not settings.uses_azureml:
+            if settings.local_endpoint_url:
+                from adapters.local_endpoint import LocalEndpoint
+
+                with LocalEndpoint(settings.local_endpoint_url) as endpoint:
+                    endpoint.flush_records()
+            folder = settings.local_endpoint_dir
+            return (
+                evaluate_canary.read_local_records(folder, start, end),
+                evaluate_canary.read_local_feedback(folder),
+            )
+        # Azure: the data collector's JSONL and the feedback tables, fetched from blob storage.
+        if not settings.canary_records_uri or not settings.canary_feedback_uri:
+            raise RuntimeError(
+                "CANARY_RECORDS_URI and CANARY_FEEDBACK_URI must be set to judge a canary in Azure"
+            )
+        from adapters.blob_fetch import BlobFetcher
+
+        fetch = BlobFetcher(credential=azure_credential())
+        with tempfile.TemporaryDirectory() as folder:
+            records_dir, feedback_dir = Path(folder, "records"), Path(folder, "feedback")
+            # Only the hour folders around the window: the collector keeps every hour.
+            window = evaluate_canary.collector_files_in(start, end)
+            fetch(settings.canary_records_uri, records_dir, include=window)
+            fetch(settings.canary_feedback_uri, feedback_dir)
+            return (
+                evaluate_canary.read_data_collector(records_dir, start, end),
+                evaluate_canary.read_feedback_table(feedback_dir),
+            )

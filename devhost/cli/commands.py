@@ -1,0 +1,420 @@
+"""What each CLI command does, as small functions taking a Runtime: build the command, send
+it as an envelope on the app's queue (`send_approval`, `request_retrain`, `request_rollback`,
+`request_promote_now`, `request_pause`, `request_resume`), upload data where the blob trigger
+watches (`send_data`), read state and audit back (`model_report`, `promotion_report`).
+
+Nothing here parses arguments or prints: devhost/cli/main.py does, with devhost/cli/render.py.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.messages import Envelope
+
+if TYPE_CHECKING:
+    from azure.storage.blob import BlobServiceClient
+
+    from domain.policy import ModelPolicy
+    from orchestrator.bootstrap import Runtime
+
+DATA_CONNECTION = "DataStorage"  # the connection the blob trigger reads (triggers/data.py)
+_DEV_STORAGE = "usedevelopmentstorage=true"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class CliError(Exception):
+    """A failure worth one line to the person; `exit_code` 1."""
+
+    exit_code = 1
+
+
+class BadInput(CliError):
+    """The person asked for something that cannot be: unknown model or promotion, bad flags."""
+
+    exit_code = 2
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class SentMessage:
+    """One envelope sent on one of the app's queues, and what the person should know."""
+
+    queue: str
+    envelope: Envelope
+    notes: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "sent": True,
+            "queue": self.queue,
+            "message_id": self.envelope.message_id,
+            "type": self.envelope.type,
+            "model": self.envelope.model,
+            "promotion_id": self.envelope.promotion_id,
+            "payload": self.envelope.payload,
+            "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class UploadedBlob:
+    file: str
+    container: str
+    blob_name: str
+    url: str
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "container": self.container,
+            "blob": self.blob_name,
+            "url": self.url,
+            "size": self.size,
+        }
+
+
+@dataclass(frozen=True)
+class DataUpload:
+    model: str
+    blobs: list[UploadedBlob]
+    notes: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "uploaded": [blob.to_json() for blob in self.blobs],
+            "notes": list(self.notes),
+        }
+
+
+# --------------------------------------------------------------------------- lookups
+
+
+def policy_for(runtime: Runtime, model: str) -> ModelPolicy:
+    policy = runtime.policies.get(model)
+    if policy is None:
+        known = ", ".join(sorted(runtime.policies)) or "none"
+        raise BadInput(
+            f"unknown model {model!r} (policies in {runtime.settings.policy_dir}: {known})"
+        )
+    return policy
+
+
+def find_promotion(runtime: Runtime, promotion_id: str) -> tuple[str, dict[str, Any]]:
+    """(model, promotion document) of an active or recent promotion; BadInput when unknown."""
+    found = runtime.queries.find_promotion(promotion_id)
+    if found is None:
+        raise BadInput(
+            f"unknown promotion {promotion_id!r} (not active nor in any model's recent history)"
+        )
+    return found
+
+
+def default_actor() -> str:
+    """Who a command is from when `--as` is optional: the local user, marked as the CLI."""
+    try:
+        user = getpass.getuser()
+    except Exception:  # no login name (containers): still say where it came from
+        user = "unknown"
+    return f"cli:{user}"
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _send(
+    runtime: Runtime, queue: str, envelope: Envelope, notes: Sequence[str] = ()
+) -> SentMessage:
+    runtime.bus_for(queue).send(envelope)
+    return SentMessage(queue=queue, envelope=envelope, notes=tuple(notes))
+
+
+def _message_id(kind: str) -> str:
+    return f"cli:{kind}:{uuid.uuid4().hex}"
+
+
+def _command(command_type: type[BaseModel], **fields: Any) -> BaseModel:
+    try:
+        return command_type(**fields)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise BadInput(f"invalid {command_type.__name__}: {problems}") from exc
+
+
+def send_approval(
+    runtime: Runtime,
+    promotion_id: str,
+    decision: Literal["approve", "reject"],
+    approver: str,
+    *,
+    comment: str = "",
+    step: str | None = None,
+    candidate_version: str | None = None,
+) -> SentMessage:
+    """Send an ApprovalDecision on the approvals queue, filled from the promotion's state.
+
+    `step` and `candidate_version` default to the active promotion's current ones. The app's
+    approvals trigger checks the approver against the model's policy; this only warns.
+    """
+    from promotion.commands import ApprovalDecision
+
+    if not approver.strip():
+        raise BadInput("--as must name the approver")
+    model, promotion = find_promotion(runtime, promotion_id)
+    policy = policy_for(runtime, model)
+    active = "status" in promotion and "step" in promotion  # history entries have neither
+    notes: list[str] = []
+    if active and promotion["status"] != "awaiting_approval":
+        notes.append(
+            f"promotion is {promotion['status']} (step {promotion['step']}), not awaiting "
+            "approval: the orchestrator will refuse this answer"
+        )
+    if not active:
+        outcome = promotion.get("outcome", "finished")
+        if step is None or candidate_version is None:
+            raise BadInput(
+                f"promotion {promotion_id!r} has ended ({outcome}); nothing awaits approval "
+                "(pass --step and --version to send an answer anyway)"
+            )
+        notes.append(f"promotion has ended ({outcome}): the orchestrator will refuse this answer")
+    step = step or promotion["step"]
+    candidate_version = candidate_version or promotion["candidate_version"]
+    approvers = list(policy.approval.approvers)
+    if approver.casefold() not in {name.casefold() for name in approvers}:
+        allowed = ", ".join(approvers) or "nobody"
+        notes.append(
+            f"{approver} is not among {model}'s approvers ({allowed}): the orchestrator will "
+            "refuse this answer"
+        )
+    command = _command(
+        ApprovalDecision,
+        promotion_id=promotion_id,
+        step=step,
+        candidate_version=candidate_version,
+        decision=decision,
+        approver=approver,
+        comment=comment,
+    )
+    envelope = Envelope.new(
+        "ApprovalDecision",
+        model,
+        command,
+        promotion_id=promotion_id,
+        message_id=_message_id(decision),
+    )
+    return _send(runtime, runtime.settings.approvals_queue, envelope, notes)
+
+
+def manual_run_id(model: str) -> str:
+    """`<model>-manual-<12 hex>`, with characters a job name cannot hold made dashes."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", model).strip("-_") or "model"
+    return f"{slug}-manual-{uuid.uuid4().hex[:12]}"
+
+
+def request_retrain(
+    runtime: Runtime,
+    model: str,
+    *,
+    data_uri: str | None = None,
+    reason: str = "manual",
+    force: bool = False,
+    requested_by: str | None = None,
+) -> SentMessage:
+    """Send RetrainRequested on the orchestrator queue; the run id is in the payload."""
+    from retrain.commands import RetrainRequested
+
+    policy_for(runtime, model)
+    run_id = manual_run_id(model)
+    command = _command(
+        RetrainRequested,
+        run_id=run_id,
+        reason=reason,
+        data_uri=data_uri,
+        force=force,
+        requested_by=requested_by or default_actor(),
+    )
+    envelope = Envelope.new("RetrainRequested", model, command, message_id=f"cli:{run_id}")
+    return _send(runtime, runtime.settings.orchestrator_queue, envelope)
+
+
+def _promotion_command(
+    runtime: Runtime,
+    promotion_id: str,
+    command_type: type[BaseModel],
+    kind: str,
+    **fields: Any,
+) -> SentMessage:
+    model, promotion = find_promotion(runtime, promotion_id)
+    notes = []
+    if "status" not in promotion:
+        outcome = promotion.get("outcome", "finished")
+        notes.append(f"promotion has ended ({outcome}): the orchestrator will change nothing")
+    command = _command(command_type, promotion_id=promotion_id, **fields)
+    envelope = Envelope.new(
+        command_type.__name__,
+        model,
+        command,
+        promotion_id=promotion_id,
+        message_id=_message_id(kind),
+    )
+    return _send(runtime, runtime.settings.orchestrator_queue, envelope, notes)
+
+
+def request_rollback(
+    runtime: Runtime, promotion_id: str, reason: str, requested_by: str | None = None
+) -> SentMessage:
+    from promotion.commands import RollbackRequested
+
+    return _promotion_command(
+        runtime,
+        promotion_id,
+        RollbackRequested,
+        "rollback",
+        reason=reason,
+        requested_by=requested_by or default_actor(),
+    )
+
+
+def request_promote_now(
+    runtime: Runtime, promotion_id: str, reason: str, requested_by: str
+) -> SentMessage:
+    from promotion.commands import PromoteNow
+
+    return _promotion_command(
+        runtime, promotion_id, PromoteNow, "promote-now", reason=reason, requested_by=requested_by
+    )
+
+
+def request_pause(
+    runtime: Runtime, promotion_id: str, requested_by: str, reason: str = ""
+) -> SentMessage:
+    from promotion.commands import PausePromotion
+
+    return _promotion_command(
+        runtime, promotion_id, PausePromotion, "pause", reason=reason, requested_by=requested_by
+    )
+
+
+def request_resume(
+    runtime: Runtime, promotion_id: str, requested_by: str, reason: str = ""
+) -> SentMessage:
+    from promotion.commands import ResumePromotion
+
+    return _promotion_command(
+        runtime, promotion_id, ResumePromotion, "resume", reason=reason, requested_by=requested_by
+    )
+
+
+# --------------------------------------------------------------------------- data
+
+
+def data_blob_service(
+    runtime: Runtime, environ: Mapping[str, str] | None = None
+) -> BlobServiceClient:
+    """The account the blob trigger watches: the `DataStorage` connection when it is set,
+    else the app's own storage. Like devhost, `UseDevelopmentStorage=true` means the same
+    Azurite as the app's storage."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(DATA_CONNECTION, "")
+    identity = any(
+        environ.get(f"{DATA_CONNECTION}__{suffix}")
+        for suffix in ("blobServiceUri", "serviceUri", "accountName")
+    )
+    if value.strip().lower() == _DEV_STORAGE or not (value or identity):
+        return runtime.blob_service
+    from devhost.host.connections import blob_service
+
+    return blob_service(DATA_CONNECTION, environ)
+
+
+def send_data(
+    runtime: Runtime,
+    model: str,
+    files: Sequence[Path | str],
+    *,
+    blob_service: BlobServiceClient | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> DataUpload:
+    """Upload files as `<prefix><file name>` into the model's data container (created when
+    missing). The blob trigger turns each new blob into a DataLanded command."""
+    from adapters.blob_state import ensure_container
+
+    policy = policy_for(runtime, model)
+    paths = [Path(file) for file in files]
+    if not paths:
+        raise BadInput("send-data needs at least one file")
+    for path in paths:
+        if not path.is_file():
+            raise BadInput(f"{path}: no such file")
+    environ = os.environ if environ is None else environ
+    notes: list[str] = []
+    watched = environ.get("DATA_CONTAINER")
+    if watched and watched != policy.data.container:
+        notes.append(
+            f"DATA_CONTAINER is {watched!r} but {model}'s data container is "
+            f"{policy.data.container!r}: the blob trigger will not see these files"
+        )
+    service = blob_service or data_blob_service(runtime, environ)
+    container = ensure_container(service.get_container_client(policy.data.container))
+    uploaded: list[UploadedBlob] = []
+    for path in paths:
+        blob_name = f"{policy.data.prefix}{path.name}"
+        blob = container.get_blob_client(blob_name)
+        with path.open("rb") as stream:
+            blob.upload_blob(stream, overwrite=True)
+        uploaded.append(
+            UploadedBlob(
+                file=str(path),
+                container=policy.data.container,
+                blob_name=blob_name,
+                url=blob.url,
+                size=path.stat().st_size,
+            )
+        )
+    return DataUpload(model=model, blobs=uploaded, notes=tuple(notes))
+
+
+# --------------------------------------------------------------------------- status
+
+
+def model_report(runtime: Runtime, model: str) -> dict[str, Any]:
+    """The model's status as the HTTP API gives it, with the dedup keys counted, not listed."""
+    from orchestrator.policy_files import UnknownModel
+
+    try:
+        status = runtime.queries.model_status(model)
+    except UnknownModel:
+        policy_for(runtime, model)  # raises BadInput naming the known models
+        raise
+    retrain = dict(status.get("retrain") or {})
+    retrain["seen_keys_count"] = len(retrain.pop("seen_keys", []) or [])
+    return status | {"retrain": retrain}
+
+
+def promotion_report(runtime: Runtime, promotion_id: str) -> dict[str, Any]:
+    """The promotion (active or recent) and its audit trail, oldest first."""
+    model, promotion = find_promotion(runtime, promotion_id)
+    audit = runtime.queries.audit_trail(model, promotion_id)
+    return {
+        "model": model,
+        "promotion": promotion,
+        "audit": [record.model_dump(mode="json") for record in audit],
+    }

@@ -1,0 +1,40 @@
+"""`make demo`: the whole loop on one machine, no Azure subscription.
+
+The entry point of `python -m devhost.demo [--output demo-output] [--no-mlflow-ui]`; the demo
+itself is devhost/demo/story.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from devhost.demo.story import REPO, DemoOptions, run_demo
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m devhost.demo", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--output", type=Path, default=REPO / "demo-output")
+    parser.add_argument("--no-mlflow-ui", action="store_true")
+    arguments = parser.parse_args(argv)
+    options = DemoOptions(
+        output_dir=arguments.output.resolve(), mlflow_ui=not arguments.no_mlflow_ui
+    )
+    result = run_demo(options)
+    console = options.console
+    console.print()
+    for phase in result.phases:
+        console.print(
+            f"[bold]{phase.name}[/bold]: v{phase.version} {phase.outcome} ({phase.seconds:.0f} s)"
+        )
+    production = result.final_status.get("production") or {}
+    console.print(
+        f"Production now: v{production.get('version')}; endpoint traffic {result.endpoint_traffic}"
+    )
+    console.print(f"Report: {result.report_html}  (timeline: {result.timeline_png})")
+    console.print(f"The demo took {result.seconds:.0f} s.")
+    if result.mlflow_url:
+        console.print(f"MLflow UI was at {result.mlflow_url}; it stopped with the demo.")
+    return 0

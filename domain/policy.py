@@ -1,0 +1,205 @@
+"""The per-model policy: one YAML document per model, validated with pydantic.
+
+Pure: `parse_policy` takes the text; reading the files is `orchestrator.policy_files`.
+A bad document fails with its source, the field and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _parse_duration(value: Any) -> Any:
+    """Accept "90s", "10m", "2h", "1d" (and what pydantic accepts: seconds, ISO 8601)."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match:
+            return timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
+    return value
+
+
+def _not_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError("a duration cannot be negative")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(_parse_duration), AfterValidator(_not_negative)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataSource(_Section):
+    """Where new training data for the model lands."""
+
+    container: str = Field(min_length=3, max_length=63)
+    prefix: str = ""
+
+
+class RetrainSettings(_Section):
+    debounce: Duration = timedelta(minutes=10)  # how long a window collects data before one job
+    min_new_files: int = Field(default=1, ge=0)
+    min_new_rows: int = Field(default=0, ge=0)  # only counted where events report rows
+    cooldown: Duration = timedelta(minutes=30)  # after the last job ended
+    # How often a running training job is polled: poll_interval after submission, then
+    # doubling per check up to max_poll_interval.
+    poll_interval: Duration = timedelta(minutes=1)
+    max_poll_interval: Duration = timedelta(minutes=10)
+    # A job still queued or running this long after submission is canceled and recorded as
+    # failed, so one hung job cannot stop the model from ever training again.
+    max_job_duration: Duration = timedelta(hours=24)
+
+
+class PipelineSettings(_Section):
+    file: str = "pipelines/azureml/pipeline.yml"  # relative to the repository / app root
+    experiment: str | None = None  # defaults to "<model>-retrain"
+    compute: str | None = None  # Azure ML compute target; None keeps the YAML's
+    data_input: str = "training_data"  # the pipeline input that receives the new data
+
+
+class ThresholdGate(_Section):
+    """Candidate's offline metric against a fixed value: `auc >= 0.80`."""
+
+    kind: Literal["threshold"] = "threshold"
+    metric: str
+    op: Literal[">=", "<="] = ">="
+    value: Finite
+
+
+class ChampionGate(_Section):
+    """Candidate against the production model on the same holdout: `auc >= champion - 0.01`."""
+
+    kind: Literal["champion"] = "champion"
+    metric: str
+    higher_is_better: bool = True
+    margin: Finite = Field(default=0.0, ge=0)  # how much worse than the champion is tolerated
+
+
+class CanaryGate(_Section):
+    """Canary against production on live metrics: a non-inferiority test."""
+
+    kind: Literal["canary"] = "canary"
+    metric: Literal["accuracy", "error_rate", "latency_ms"]
+    test: Literal["two_proportion", "mann_whitney", "bootstrap"] = "two_proportion"
+    margin: Finite = Field(default=0.02, ge=0)  # tolerated degradation (absolute for rates,
+    # relative for latency: 0.1 = 10% slower)
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+
+    @model_validator(mode="after")
+    def _test_fits_metric(self) -> CanaryGate:
+        rate = self.metric in ("accuracy", "error_rate")
+        if rate and self.test != "two_proportion":
+            raise ValueError(f"metric {self.metric} is a rate: use test two_proportion")
+        if not rate and self.test == "two_proportion":
+            raise ValueError("latency_ms is not a rate: use test mann_whitney or bootstrap")
+        return self
+
+
+StagingGate = Annotated[ThresholdGate | ChampionGate, Field(discriminator="kind")]
+
+
+class StagingSettings(_Section):
+    gates: list[StagingGate] = Field(default_factory=list)
+    # Offline metrics that cannot be read make the gate inconclusive: it is retried after
+    # `retry_delay`, and after `max_attempts` inconclusive evaluations the candidate is rejected.
+    retry_delay: Duration = timedelta(minutes=10)
+    max_attempts: int = Field(default=3, ge=1)
+
+
+class ApprovalSettings(_Section):
+    required: bool = False
+    approvers: list[str] = Field(default_factory=list, validate_default=True)
+    timeout: Duration = timedelta(hours=24)
+    on_timeout: Literal["reject", "approve"] = "reject"
+
+    @field_validator("approvers")
+    @classmethod
+    def _approvers_when_required(cls, approvers: list[str], info: ValidationInfo) -> list[str]:
+        # A field validator (not a model one) so the error names approval.approvers.
+        if info.data.get("required") and not approvers:
+            raise ValueError("approval.required is true but approvers is empty")
+        return approvers
+
+
+class CanarySettings(_Section):
+    steps: list[int] = Field(default_factory=lambda: [10, 25, 50])  # percent on the candidate
+    bake: Duration = timedelta(minutes=30)  # per step, before its gate check
+    min_samples_per_arm: int = Field(default=200, ge=1)
+    gates: list[CanaryGate] = Field(default_factory=list)
+    max_extensions: int = Field(default=3, ge=0)  # inconclusive checks that extend the bake
+    on_exhausted: Literal["rollback", "promote"] = "rollback"
+
+    @field_validator("steps")
+    @classmethod
+    def _steps_increase(cls, steps: list[int]) -> list[int]:
+        if any(not 0 < step < 100 for step in steps):
+            raise ValueError("canary steps must be between 1 and 99 percent")
+        if steps != sorted(set(steps)):
+            raise ValueError("canary steps must strictly increase")
+        return steps
+
+
+class ModelPolicy(_Section):
+    model: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    endpoint: str = Field(min_length=3, max_length=32, pattern=r"^[A-Za-z][A-Za-z0-9-]*$")
+    data: DataSource
+    retrain: RetrainSettings = RetrainSettings()
+    pipeline: PipelineSettings = PipelineSettings()
+    staging: StagingSettings = StagingSettings()
+    approval: ApprovalSettings = ApprovalSettings()
+    canary: CanarySettings = CanarySettings()
+    production_bake: Duration = timedelta(hours=1)
+    on_newer_candidate: Literal["queue", "supersede"] = "queue"
+    # The longest a promotion may sit in one state before the timer reports it as stuck.
+    max_time_in_state: Duration = timedelta(hours=48)
+
+
+class PolicyError(ValueError):
+    """An invalid policy file: names the file, the field and the reason."""
+
+    def __init__(self, path: Path | str, field: str, reason: str) -> None:
+        super().__init__(f"{path}: {field}: {reason}")
+        self.path = str(path)
+        self.field = field
+        self.reason = reason
+
+
+def parse_policy(text: str, source: Path | str = "<policy>") -> ModelPolicy:
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(source, "(file)", f"not valid YAML: {exc}") from exc
+    except RecursionError as exc:
+        raise PolicyError(source, "(file)", "YAML nested too deeply") from exc
+    if not isinstance(document, dict):
+        raise PolicyError(source, "(file)", "expected a mapping at the top level")
+    try:
+        return ModelPolicy.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "(root)"
+        raise PolicyError(source, field, first["msg"]) from exc
+    except (OverflowError, RecursionError) as exc:  # e.g. a duration of 10**15 days
+        raise PolicyError(source, "(file)", f"a value is out of range: {exc}") from exc

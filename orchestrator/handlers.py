@@ -1,0 +1,351 @@
+"""Message handlers: one table from message type to handler, one load per message.
+
+Every handler has one shape: the model's aggregate is loaded once (by `handle`), a message
+already seen is dropped (its pending effects are dispatched), any observation the domain asks
+for is read, the pure rules `decide`, and the new state is saved with its effects and audit
+entries in the outbox (one conditional write, starting from the aggregate already loaded),
+then the outbox is dispatched. A crash anywhere is repaired by redelivery (the duplicate still
+dispatches what is pending) or by the timer's sweep.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from domain.decision import Decision
+from domain.effects import SendMessage
+from domain.metrics import LiveMetrics, OfflineMetrics
+from domain.policy import ModelPolicy
+from orchestrator.aggregate import ModelAggregate, OutboxItem
+from orchestrator.messages import Envelope, InvalidMessage
+from orchestrator.outbox import DEPLOYMENT_CHECK, DeploymentCheck, Outbox, deployment_check_id
+from orchestrator.policy_files import UnknownModel, policy_for
+from orchestrator.ports import ArmWindow, AuditRecord, Ports, TrainingBackendError
+from promotion import commands as promotion_commands
+from promotion import machine as promotion_machine
+from retrain import commands as retrain_commands
+from retrain import decide as retrain_rules
+from retrain.commands import JOB_CHECK, TrainingJobCheck, TrainingJobStatus
+
+log = logging.getLogger(__name__)
+
+Section = Literal["retrain", "promotion"]
+Loaded = tuple[ModelAggregate, str | None]
+
+# Message type -> the payload model it is parsed into.
+PAYLOADS: dict[str, type[BaseModel]] = {
+    **retrain_commands.COMMANDS,
+    **promotion_commands.COMMANDS,
+    DEPLOYMENT_CHECK: DeploymentCheck,
+}
+MESSAGE_TYPES = frozenset(PAYLOADS)
+
+
+@dataclass
+class Outcome:
+    """What handling one message did, for logs, HTTP answers and tests."""
+
+    status: Literal["applied", "ignored", "duplicate", "rescheduled"]
+    model: str
+    version: int
+    reason: str | None = None
+    effects: int = 0
+
+
+@dataclass
+class _Applied:
+    decision: Decision[Any] | None = None
+    aggregate: ModelAggregate | None = None
+    duplicate: bool = False
+
+
+Handler = Callable[["MessageHandlers", Envelope, ModelPolicy, Any, Loaded], Outcome]
+
+
+class MessageHandlers:
+    def __init__(self, ports: Ports, outbox: Outbox) -> None:
+        self.ports = ports
+        self.outbox = outbox
+
+    def handle(self, envelope: Envelope) -> Outcome:
+        """Handle one command or event from a queue. Raises InvalidMessage for a message that
+        can never be handled (dead-letter it); any other error is transient (retry)."""
+        payload_type = PAYLOADS.get(envelope.type)
+        if payload_type is None:
+            raise InvalidMessage(f"unknown message type {envelope.type!r}")
+        try:
+            policy = policy_for(self.ports.policies, envelope.model)
+        except UnknownModel as exc:
+            raise InvalidMessage(str(exc)) from exc
+        command = envelope.payload_as(payload_type)
+        loaded = self.ports.store.load(envelope.model)
+        if loaded[0].has_seen(envelope.message_id):
+            return self._duplicate(envelope, loaded[0])
+        handler = _HANDLERS.get(envelope.type, MessageHandlers._promotion)
+        return handler(self, envelope, policy, command, loaded)
+
+    # ------------------------------------------------------------------ handlers
+
+    def _retrain(
+        self, envelope: Envelope, policy: ModelPolicy, command: BaseModel, loaded: Loaded | None
+    ) -> Outcome:
+        return self._apply(
+            envelope,
+            "retrain",
+            lambda aggregate, now: retrain_rules.decide(
+                aggregate.retrain,
+                command,  # type: ignore[arg-type]
+                policy,
+                now,
+            ),
+            loaded,
+        )
+
+    def _promotion(
+        self, envelope: Envelope, policy: ModelPolicy, command: BaseModel, loaded: Loaded | None
+    ) -> Outcome:
+        aggregate = loaded[0] if loaded else self.ports.store.load(envelope.model)[0]
+        # Metrics are observed here, never taken from a message: a sender cannot pass a gate.
+        forged = {name: None for name in ("offline", "live") if name in type(command).model_fields}
+        command = command.model_copy(update=forged)
+        request = promotion_machine.observation_needed(
+            aggregate.promotion,
+            command,  # type: ignore[arg-type]
+            policy,
+            self.ports.clock(),
+        )
+        if request is not None:
+            command = self._observe(aggregate, request, command)
+        return self._decide_promotion(envelope, policy, command, loaded)
+
+    def _decide_promotion(
+        self, envelope: Envelope, policy: ModelPolicy, command: BaseModel, loaded: Loaded | None
+    ) -> Outcome:
+        return self._apply(
+            envelope,
+            "promotion",
+            lambda aggregate, now: promotion_machine.decide(
+                aggregate.promotion,
+                command,  # type: ignore[arg-type]
+                policy,
+                now,
+            ),
+            loaded,
+        )
+
+    def _training_job_check(
+        self, envelope: Envelope, policy: ModelPolicy, check: TrainingJobCheck, loaded: Loaded
+    ) -> Outcome:
+        aggregate = loaded[0]
+        if not aggregate.retrain.is_current_job(check.run_id):
+            # The run has ended (or never was): nothing to ask the backend, which may be down.
+            # The policy records it as stale without reading the state.
+            running = TrainingJobStatus(run_id=check.run_id, state="running", attempt=check.attempt)
+            return self._retrain(envelope, policy, running, loaded)
+        fresh: Loaded | None = loaded
+        if aggregate.outbox:
+            # The submit may still sit in the outbox (its dispatch failed): send it first, or
+            # the backend would rightly answer "no such job". The dispatch rewrites the
+            # aggregate, so the save below reads it again.
+            self.outbox.dispatch(envelope.model, aggregate)
+            fresh = None
+        try:
+            status = self.ports.training.status(check.run_id)
+            state, error, version = status.state, status.error, status.registered_version
+        except TrainingBackendError as exc:
+            if exc.transient:
+                raise
+            state, error, version = "failed", str(exc), None
+        observed = TrainingJobStatus(
+            run_id=check.run_id,
+            state=state,
+            error=error,
+            registered_version=version,
+            attempt=check.attempt,
+        )
+        return self._retrain(envelope, policy, observed, fresh)
+
+    def _deployment_check(
+        self, envelope: Envelope, policy: ModelPolicy, check: DeploymentCheck, loaded: Loaded
+    ) -> Outcome:
+        aggregate = loaded[0]
+        active = aggregate.promotion.active
+        if active is None or active.id != check.promotion_id:
+            log.info("deployment check for %s: promotion has moved on", check.promotion_id)
+            return Outcome("ignored", envelope.model, aggregate.version, "promotion has moved on")
+        status = self.outbox.endpoint(policy).deployment_state(check.deployment)
+        command: BaseModel
+        if status.state == "succeeded":
+            command = promotion_commands.DeploymentReady(
+                promotion_id=check.promotion_id, deployment=check.deployment
+            )
+        elif (
+            status.state in ("failed", "missing")
+            or check.attempt >= self.ports.max_deployment_checks
+        ):
+            error = status.error or (
+                f"deployment is {status.state}"
+                if status.state != "creating"
+                else f"not ready after {check.attempt} checks"
+            )
+            command = promotion_commands.DeploymentFailed(
+                promotion_id=check.promotion_id, deployment=check.deployment, error=error
+            )
+        else:
+            attempt = check.attempt + 1
+            next_check = SendMessage(
+                message_type=DEPLOYMENT_CHECK,
+                message_id=deployment_check_id(check.promotion_id, check.deployment, attempt),
+                payload=check.model_copy(update={"attempt": attempt}).model_dump(),
+                promotion_id=check.promotion_id,
+                not_before=self.ports.clock() + self.ports.deployment_poll,
+            )
+            self.outbox.send(envelope.model, next_check, aggregate.version)
+            return Outcome("rescheduled", envelope.model, aggregate.version, status.state)
+        return self._decide_promotion(envelope, policy, command, loaded)
+
+    # ------------------------------------------------------------------ observations
+
+    def _observe(
+        self,
+        aggregate: ModelAggregate,
+        request: promotion_machine.ObservationRequest,
+        command: BaseModel,
+    ) -> BaseModel:
+        """Read the metrics a gate will judge. A failure leaves them None: inconclusive."""
+        model = aggregate.model
+        try:
+            if request.kind == "offline":
+                assert request.candidate_version is not None
+                offline: OfflineMetrics = self.ports.metrics.offline(
+                    model, request.candidate_version, request.champion_version
+                )
+                return command.model_copy(update={"offline": offline})
+            active = aggregate.promotion.active
+            assert active is not None
+            # The canary step's index; the production bake comes after the last step.
+            step = active.step_index if active.step_index >= 0 else len(active.canary_steps)
+            if active.status == "production_bake":
+                step = len(active.canary_steps)
+            arms = [ArmWindow.model_validate(arm.model_dump()) for arm in request.arms]
+            live: LiveMetrics = self.ports.metrics.live(model, active.id, step, arms)
+            return command.model_copy(update={"live": live})
+        except Exception as exc:  # the gate judges "no data": inconclusive, never a pass
+            log.warning("could not read %s metrics for %s: %s", request.kind, model, exc)
+            return command.model_copy(update={request.kind: None})
+
+    # ------------------------------------------------------------------ decide, save, dispatch
+
+    def _apply(
+        self,
+        envelope: Envelope,
+        section: Section,
+        decide: Callable[[ModelAggregate, datetime], Decision[Any]],
+        loaded: Loaded | None,
+    ) -> Outcome:
+        now = self.ports.clock()
+        applied = _Applied()
+
+        def change(aggregate: ModelAggregate) -> ModelAggregate | None:
+            applied.aggregate, applied.decision, applied.duplicate = aggregate, None, False
+            if aggregate.has_seen(envelope.message_id):
+                applied.duplicate = True
+                return None
+            decision = decide(aggregate, now)
+            applied.decision = decision
+            if decision.ignored and not decision.audit:
+                return None
+            version = aggregate.version + 1
+            records = [
+                _audit_record(aggregate.model, version, seq, now, entry, envelope)
+                for seq, entry in enumerate(decision.audit)
+            ]
+            items = [
+                OutboxItem(id=f"{version}-{index}", effect=effect, cause_id=envelope.message_id)
+                for index, effect in enumerate(decision.effects)
+            ]
+            return aggregate.model_copy(
+                update={
+                    section: decision.state,
+                    "outbox": [*aggregate.outbox, *items],
+                    "pending_audit": [*aggregate.pending_audit, *records],
+                    "seen_messages": aggregate.remember(envelope.message_id),
+                }
+            )
+
+        aggregate, _ = self.ports.store.update(envelope.model, change, loaded=loaded)
+        decision = applied.decision
+        if applied.duplicate:
+            return self._duplicate(envelope, aggregate)
+        self.outbox.dispatch(envelope.model, aggregate)
+        assert decision is not None
+        if decision.ignored:
+            log.info(
+                "%s %s for %s changed nothing: %s",
+                envelope.type,
+                envelope.message_id,
+                envelope.model,
+                decision.ignored,
+            )
+        status: Literal["applied", "ignored"] = (
+            "ignored" if decision.ignored and not decision.effects else "applied"
+        )
+        return Outcome(
+            status, envelope.model, aggregate.version, decision.ignored, len(decision.effects)
+        )
+
+    def _duplicate(self, envelope: Envelope, aggregate: ModelAggregate) -> Outcome:
+        log.info(
+            "%s %s for %s: already handled", envelope.type, envelope.message_id, envelope.model
+        )
+        # A redelivery after a crash between save and dispatch finishes the dispatch.
+        self.outbox.dispatch(envelope.model, aggregate)
+        return Outcome("duplicate", envelope.model, aggregate.version, "message already handled")
+
+
+# Message types with a handler of their own; every other type is a promotion command.
+_HANDLERS: dict[str, Handler] = {
+    DEPLOYMENT_CHECK: MessageHandlers._deployment_check,
+    JOB_CHECK: MessageHandlers._training_job_check,
+    **{
+        message_type: MessageHandlers._retrain
+        for message_type in retrain_commands.COMMANDS
+        if message_type != JOB_CHECK
+    },
+}
+
+
+def _audit_record(
+    model: str, version: int, seq: int, now: datetime, entry: Any, envelope: Envelope
+) -> AuditRecord:
+    detail = dict(entry.detail)
+    payload = envelope.payload
+    actor = (
+        detail.get("caused_by")
+        or detail.get("by")
+        or detail.get("approver")
+        or detail.get("requested_by")
+        or payload.get("approver")
+        or payload.get("requested_by")
+        or "system"
+    )
+    return AuditRecord(
+        model=model,
+        aggregate_version=version,
+        seq=seq,
+        time=now,
+        action=entry.action,
+        promotion_id=entry.promotion_id,
+        from_state=entry.from_state,
+        to_state=entry.to_state,
+        cause_type=envelope.type,
+        cause_id=envelope.message_id,
+        actor=str(actor),
+        detail=detail,
+    )

@@ -1,0 +1,76 @@
+"""The timer's sweep: re-dispatch outboxes a crash left behind, check training jobs past their
+`max_job_duration` (so a lost check chain cannot keep a model from training for ever), and
+report promotions that have not moved for `max_time_in_state`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from orchestrator.outbox import Outbox
+from orchestrator.ports import Ports
+from retrain.decide import overdue_check
+
+log = logging.getLogger(__name__)
+
+
+class Maintenance:
+    def __init__(self, ports: Ports, outbox: Outbox) -> None:
+        self.ports = ports
+        self.outbox = outbox
+
+    def sweep(self) -> dict[str, Any]:
+        """One pass over every model. One model whose effects keep failing (its outbox is
+        retried on the next sweep) never stops the sweep for the others: it is reported under
+        "failed"."""
+        now = self.ports.clock()
+        redispatched = 0
+        stuck: list[dict[str, Any]] = []
+        failed: list[dict[str, str]] = []
+        overdue_jobs: list[str] = []
+        for model in self.ports.store.list_keys():
+            try:
+                redispatched += self.outbox.dispatch(model)
+            except Exception as exc:
+                log.exception("outbox sweep: dispatching %s failed", model)
+                failed.append({"model": model, "error": f"{type(exc).__name__}: {exc}"})
+            try:
+                aggregate, _ = self.ports.store.load(model)
+            except Exception as exc:
+                log.exception("outbox sweep: cannot read %s", model)
+                if not failed or failed[-1]["model"] != model:
+                    failed.append({"model": model, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            policy = self.ports.policies.get(model)
+            if policy is None:
+                continue
+            overdue = overdue_check(aggregate.retrain, policy, now)
+            if overdue is not None:
+                log.warning("training job of %s is past max_job_duration: checking it", model)
+                self.outbox.send(model, overdue, aggregate.version)
+                overdue_jobs.append(str(overdue.payload["run_id"]))
+            active = aggregate.promotion.active
+            if active is None:
+                continue
+            if now - active.updated_at > policy.max_time_in_state:
+                stuck.append(
+                    {
+                        "model": model,
+                        "promotion_id": active.id,
+                        "status": str(active.status),
+                        "since": active.updated_at.isoformat(),
+                    }
+                )
+                log.warning(
+                    "promotion %s of %s has been %s since %s",
+                    active.id,
+                    model,
+                    active.status,
+                    active.updated_at.isoformat(),
+                )
+        return {
+            "redispatched": redispatched,
+            "stuck": stuck,
+            "failed": failed,
+            "overdue_jobs": overdue_jobs,
+        }

@@ -1,0 +1,601 @@
+"""The retrain rules: a pure function `(tracker, command, policy, now) -> Decision`.
+
+One `RetrainTracker` per model lives in the model's aggregate. It remembers which data it
+has seen (deduplication), the data accumulated since the last job, the open debounce
+window, the running job and a short history. `decide` never does I/O and never reads the
+clock; it returns the new tracker, the effects to dispatch and the audit entries.
+
+Rules (see docs/retraining.md):
+
+- Deduplication: an item counts once, by its key (blob name + ETag, or event id), across
+  windows. The last `MAX_SEEN_KEYS` keys are remembered.
+- Debounce: the first new item when no window is open opens one and schedules a
+  `RetrainWindowClosed` message at `now + debounce`; later items only accumulate.
+- Minimum: when the window closes with less than `min_new_files` items (or, when every
+  pending item reports its rows, less than `min_new_rows` rows), the window closes without
+  a job and the data stays pending; the next new item opens a new window, whose close
+  counts everything pending.
+- Cooldown: a window that closes less than `cooldown` after the last job ended is moved
+  to the end of the cooldown (a new scheduled `RetrainWindowClosed`).
+- One job at a time: a window that closes while a job runs marks `follow_up_pending`; when
+  the job ends, exactly one follow-up is scheduled for the end of the cooldown (or
+  submitted at once when there is no cooldown left), with everything pending.
+- A manual `RetrainRequested` skips the debounce and the cooldown; with `force` it also
+  skips the minimum. Neither skips deduplication.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+
+from domain.decision import AuditEntry, Decision
+from domain.effects import CancelTrainingJob, Effect, SendMessage, SubmitTrainingJob
+from domain.policy import ModelPolicy
+from retrain.commands import (
+    FINAL_STATES,
+    JOB_CHECK,
+    START_PROMOTION,
+    WINDOW_CLOSED,
+    DataItem,
+    DataLanded,
+    RetrainCommand,
+    RetrainRequested,
+    RetrainWindowClosed,
+    TrainingJobCheck,
+    TrainingJobStatus,
+)
+from retrain.state import (
+    MAX_HISTORY_URIS,
+    MAX_RUNS,
+    MAX_SEEN_KEYS,
+    CurrentJob,
+    PendingItem,
+    RetrainTracker,
+    RunRecord,
+    Window,
+)
+
+# --------------------------------------------------------------------------- names
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-_") or "model"
+
+
+def window_id_for(seq: int, now: datetime) -> str:
+    return f"{now:%Y%m%dT%H%M%S}-{seq}".lower()
+
+
+def run_id_for(model: str, window_id: str) -> str:
+    """The training run id, also the Azure ML job name (letters, digits, '-', '_')."""
+    return f"{_slug(model)}-{window_id}"
+
+
+def window_message_id(model: str, window_id: str, seq: int) -> str:
+    base = f"{model}:window:{window_id}"
+    return base if seq == 0 else f"{base}:{seq}"
+
+
+def check_message_id(run_id: str, attempt: int) -> str:
+    return f"{run_id}:check:{attempt}"
+
+
+def poll_delay(policy: ModelPolicy, attempt: int) -> timedelta:
+    """Delay before check `attempt` (1-based): poll_interval doubling, at most max_poll_interval."""
+    settings = policy.retrain
+    delay = settings.poll_interval * (2 ** min(max(attempt - 1, 0), 20))
+    return min(delay, max(settings.max_poll_interval, settings.poll_interval))
+
+
+# --------------------------------------------------------------------------- decide
+
+
+def decide(
+    tracker: RetrainTracker, command: RetrainCommand, policy: ModelPolicy, now: datetime
+) -> Decision[RetrainTracker]:
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    if isinstance(command, DataLanded):
+        return _data_landed(tracker, command, policy, now)
+    if isinstance(command, RetrainWindowClosed):
+        return _window_closed(tracker, command, policy, now)
+    if isinstance(command, RetrainRequested):
+        return _retrain_requested(tracker, command, policy, now)
+    if isinstance(command, TrainingJobStatus):
+        return _job_status(tracker, command, policy, now)
+    raise TypeError(f"the retrain policy does not handle {type(command).__name__}")
+
+
+def _data_landed(
+    tracker: RetrainTracker, command: DataLanded, policy: ModelPolicy, now: datetime
+) -> Decision[RetrainTracker]:
+    seen = tracker.seen()
+    fresh: list[DataItem] = []
+    batch_keys: set[str] = set()
+    for item in command.items:
+        if item.key in seen or item.key in batch_keys:
+            continue
+        batch_keys.add(item.key)
+        fresh.append(item)
+    if not fresh:
+        return Decision.ignore(
+            tracker, f"duplicate: all {len(command.items)} item(s) were already seen"
+        )
+    state = _remember(tracker, [(item.uri, item.key, item.rows) for item in fresh], now)
+    audit = [
+        AuditEntry(
+            action="retrain.data_accumulated",
+            detail={
+                "source": command.source,
+                "new_items": len(fresh),
+                "duplicates": len(command.items) - len(fresh),
+                "pending_items": len(state.pending),
+                "window_id": state.window.id if state.window else None,
+            },
+        )
+    ]
+    effects: list[Effect] = []
+    if state.window is None:
+        state, effects, opened = _open_window(state, policy, now, now + policy.retrain.debounce)
+        audit.append(opened)
+    return Decision(state=state, effects=effects, audit=audit)
+
+
+def _window_closed(
+    tracker: RetrainTracker, command: RetrainWindowClosed, policy: ModelPolicy, now: datetime
+) -> Decision[RetrainTracker]:
+    window = tracker.window
+    if window is None or window.id != command.window_id:
+        return Decision.ignore(tracker, f"stale: window {command.window_id} is not open")
+    if command.seq != window.seq:
+        return Decision.ignore(
+            tracker, f"stale: window {window.id} close #{command.seq} was rescheduled"
+        )
+    detail = _pending_detail(tracker) | {"window_id": window.id}
+    if not window.skip_minimum and not _meets_minimum(tracker, policy):
+        state = tracker.model_copy(update={"window": None})
+        return Decision(
+            state=state,
+            audit=[
+                AuditEntry(
+                    action="retrain.window_below_minimum",
+                    detail=detail
+                    | {
+                        "min_new_files": policy.retrain.min_new_files,
+                        "min_new_rows": policy.retrain.min_new_rows,
+                    },
+                )
+            ],
+        )
+    if not tracker.pending:
+        state = tracker.model_copy(update={"window": None})
+        return Decision(
+            state=state, audit=[AuditEntry(action="retrain.window_empty", detail=detail)]
+        )
+    if tracker.current_job is not None:
+        state = tracker.model_copy(
+            update={
+                "window": None,
+                "follow_up_pending": True,
+                "follow_up_force": tracker.follow_up_force or window.skip_minimum,
+                "follow_up_reason": tracker.follow_up_reason or window.reason,
+            }
+        )
+        return Decision(
+            state=state,
+            audit=[
+                AuditEntry(
+                    action="retrain.follow_up_pending",
+                    detail=detail | {"running_job": tracker.current_job.run_id},
+                )
+            ],
+        )
+    cooldown_end = _cooldown_end(tracker, policy)
+    if cooldown_end is not None and now < cooldown_end:
+        moved = window.model_copy(update={"closes_at": cooldown_end, "seq": window.seq + 1})
+        state = tracker.model_copy(update={"window": moved})
+        return Decision(
+            state=state,
+            effects=[_close_message(policy, moved)],
+            audit=[
+                AuditEntry(
+                    action="retrain.window_deferred",
+                    detail=detail | {"cooldown_until": cooldown_end.isoformat()},
+                )
+            ],
+        )
+    reason = f"{window.reason}: window {window.id}, {len(tracker.pending)} new item(s)"
+    return _submit(tracker, policy, now, run_id_for(policy.model, window.id), reason, None)
+
+
+def _retrain_requested(
+    tracker: RetrainTracker, command: RetrainRequested, policy: ModelPolicy, now: datetime
+) -> Decision[RetrainTracker]:
+    if command.run_id is not None and _known_run(tracker, command.run_id):
+        return Decision.ignore(tracker, f"duplicate: run {command.run_id} was already requested")
+    state = tracker
+    audit: list[AuditEntry] = []
+    added = False
+    if command.data_uri is not None:
+        if _known_uri(tracker, command.data_uri):
+            audit.append(
+                AuditEntry(
+                    action="retrain.data_duplicate",
+                    detail={"data_uri": command.data_uri, "requested_by": command.requested_by},
+                )
+            )
+        else:
+            state = _remember(state, [(command.data_uri, command.data_uri, None)], now)
+            added = True
+    request = {
+        "requested_by": command.requested_by,
+        "reason": command.reason,
+        "force": command.force,
+        "data_uri": command.data_uri,
+        "data_added": added,
+    }
+    if not command.force and not (state.pending and _meets_minimum(state, policy)):
+        audit.append(
+            AuditEntry(
+                action="retrain.request_below_minimum", detail=request | _pending_detail(state)
+            )
+        )
+        if state is tracker:
+            return Decision(state=tracker, audit=audit, ignored="below the minimum new data")
+        return Decision(state=state, audit=audit)
+    if state.current_job is not None:
+        state = state.model_copy(
+            update={
+                "follow_up_pending": True,
+                "follow_up_force": state.follow_up_force or command.force,
+                "follow_up_reason": f"manual ({command.requested_by}): {command.reason}",
+                "follow_up_manual": True,
+            }
+        )
+        audit.append(
+            AuditEntry(
+                action="retrain.follow_up_pending",
+                detail=request | {"running_job": state.current_job.run_id},  # type: ignore[union-attr]
+            )
+        )
+        return Decision(state=state, audit=audit)
+    fallback = None
+    if not state.pending:  # force with nothing new: the given data, else the last run's
+        if command.data_uri is not None:
+            fallback = [command.data_uri]
+        elif tracker.runs and tracker.runs[-1].data_uri_count == len(tracker.runs[-1].data_uris):
+            fallback = list(tracker.runs[-1].data_uris)
+        if not fallback:
+            audit.append(AuditEntry(action="retrain.request_no_data", detail=request))
+            return Decision(state=state, audit=audit, ignored="nothing to train on")
+    run_id = command.run_id
+    if run_id is None:
+        seq = state.window_seq + 1
+        state = state.model_copy(update={"window_seq": seq})
+        run_id = run_id_for(policy.model, f"manual-{window_id_for(seq, now)}")
+    reason = f"manual ({command.requested_by}): {command.reason}"
+    decision = _submit(state, policy, now, run_id, reason, fallback)
+    return Decision(state=decision.state, effects=decision.effects, audit=audit + decision.audit)
+
+
+def _job_status(
+    tracker: RetrainTracker, command: TrainingJobStatus, policy: ModelPolicy, now: datetime
+) -> Decision[RetrainTracker]:
+    job = tracker.current_job
+    if job is None or job.run_id != command.run_id:
+        return Decision.ignore(
+            tracker, f"stale: run {command.run_id} is not the running job (or already ended)"
+        )
+    effects: list[Effect] = []
+    if command.state not in FINAL_STATES and command.attempt < job.checks:
+        return Decision.ignore(tracker, f"stale: check {command.attempt} was superseded")
+    if command.state not in FINAL_STATES and _overdue(job, policy, now):
+        # Polled for longer than any job should take: end the run here and cancel it at the
+        # backend, so one hung job cannot keep the model from training again.
+        limit = policy.retrain.max_job_duration
+        error = f"still {command.state} after {limit} (retrain.max_job_duration): canceled"
+        command = command.model_copy(update={"state": "failed", "error": error})
+        effects.append(CancelTrainingJob(run_id=job.run_id, reason=error))
+    if command.state not in FINAL_STATES:
+        attempt = command.attempt + 1
+        updated = job.model_copy(update={"status": command.state, "checks": attempt})
+        state = tracker.model_copy(update={"current_job": updated})
+        return Decision(
+            state=state,
+            effects=[_check_message(policy, job.run_id, attempt, now)],
+            audit=[
+                AuditEntry(
+                    action="retrain.job_progress",
+                    from_state=job.status,
+                    to_state=command.state,
+                    detail={"run_id": job.run_id, "next_check": attempt},
+                )
+            ],
+        )
+
+    error = command.error
+    version = command.registered_version
+    if command.state == "completed" and not version:
+        error = error or "the job completed without registering a model version"
+    record = RunRecord(
+        run_id=job.run_id,
+        reason=job.reason,
+        status=command.state,  # type: ignore[arg-type]
+        error=error,
+        registered_version=version,
+        submitted_at=job.submitted_at,
+        ended_at=now,
+        data_uris=job.data_uris[:MAX_HISTORY_URIS],
+        data_uri_count=len(job.data_uris),
+    )
+    state = tracker.model_copy(
+        update={
+            "current_job": None,
+            "last_job_ended_at": now,
+            "runs": [*tracker.runs, record][-MAX_RUNS:],
+        }
+    )
+    audit = [
+        AuditEntry(
+            action=f"retrain.job_{command.state}",
+            from_state=job.status,
+            to_state=command.state,
+            detail={"run_id": job.run_id, "error": error, "registered_version": version},
+        )
+    ]
+    if command.state == "completed" and version:
+        effects.append(
+            SendMessage(
+                message_type=START_PROMOTION,
+                message_id=f"{job.run_id}:start-promotion",
+                payload={"candidate_version": version, "run_id": job.run_id},
+            )
+        )
+    if state.follow_up_pending:
+        follow = _follow_up(state, policy, now)
+        state = follow.state
+        effects.extend(follow.effects)
+        audit.extend(follow.audit)
+    return Decision(state=state, effects=effects, audit=audit)
+
+
+def _follow_up(
+    tracker: RetrainTracker, policy: ModelPolicy, now: datetime
+) -> Decision[RetrainTracker]:
+    """The job ended and a follow-up was asked for: one window closing at the cooldown end."""
+    reason = tracker.follow_up_reason or "follow-up"
+    force = tracker.follow_up_force
+    manual = tracker.follow_up_manual
+    state = tracker.model_copy(
+        update={
+            "follow_up_pending": False,
+            "follow_up_force": False,
+            "follow_up_reason": None,
+            "follow_up_manual": False,
+        }
+    )
+    if not state.pending:
+        return Decision(state=state, audit=[AuditEntry(action="retrain.follow_up_no_data")])
+    # A person's request skips the debounce and the cooldown: it is submitted now.
+    due = now if manual else max(now, _cooldown_end(state, policy) or now)
+    if manual:
+        window = state.window
+        seq = state.window_seq + 1
+        state = state.model_copy(update={"window_seq": seq})
+        run_id = run_id_for(policy.model, window.id if window else window_id_for(seq, now))
+        text = f"{reason}: follow-up, {len(state.pending)} new item(s)"
+        return _submit(state, policy, now, run_id, text, None, force=force)
+    window = state.window
+    if window is not None:
+        # Data landed after the follow-up was asked for: the open window carries it all.
+        moved = window.model_copy(
+            update={
+                "closes_at": max(window.closes_at, due),
+                "seq": window.seq + 1,
+                "skip_minimum": True,
+                "reason": reason,
+            }
+        )
+        state = state.model_copy(update={"window": moved})
+        return Decision(
+            state=state,
+            effects=[_close_message(policy, moved)],
+            audit=[
+                AuditEntry(
+                    action="retrain.follow_up_scheduled",
+                    detail={"window_id": moved.id, "closes_at": moved.closes_at.isoformat()},
+                )
+            ],
+        )
+    if due <= now:
+        seq = state.window_seq + 1
+        state = state.model_copy(update={"window_seq": seq})
+        run_id = run_id_for(policy.model, window_id_for(seq, now))
+        text = f"{reason}: follow-up, {len(state.pending)} new item(s)"
+        return _submit(state, policy, now, run_id, text, None, force=force)
+    state, effects, opened = _open_window(state, policy, now, due, skip_minimum=True, reason=reason)
+    return Decision(
+        state=state,
+        effects=effects,
+        audit=[
+            opened,
+            AuditEntry(
+                action="retrain.follow_up_scheduled",
+                detail={"window_id": state.window.id, "closes_at": due.isoformat()},  # type: ignore[union-attr]
+            ),
+        ],
+    )
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _known_uri(tracker: RetrainTracker, uri: str) -> bool:
+    """Whether a manually named data URI is data the model already has.
+
+    Blob and event keys do not contain the URI, so besides the seen keys (manual URIs are
+    their own key) this looks at what is pending, what the running job trains on and what
+    the recent completed runs trained on (their first MAX_HISTORY_URIS URIs). The data of a
+    run that failed or was canceled was never trained on: naming it again is new data.
+    """
+    if uri in tracker.seen() or any(item.uri == uri for item in tracker.pending):
+        return True
+    if tracker.current_job is not None and uri in tracker.current_job.data_uris:
+        return True
+    return any(run.status == "completed" and uri in run.data_uris for run in tracker.runs)
+
+
+def _remember(
+    tracker: RetrainTracker, items: list[tuple[str, str, int | None]], now: datetime
+) -> RetrainTracker:
+    """Add new items to pending and their keys to the seen keys (bounded)."""
+    keys = [key for _, key, _ in items]
+    seen_keys = tracker.seen_keys + keys
+    seen = set(tracker.seen())
+    seen.update(keys)
+    overflow = len(seen_keys) - MAX_SEEN_KEYS
+    if overflow > 0:
+        for old in seen_keys[:overflow]:
+            seen.discard(old)
+        seen_keys = seen_keys[overflow:]
+    pending = tracker.pending + [
+        PendingItem(uri=uri, key=key, rows=rows, landed_at=now) for uri, key, rows in items
+    ]
+    state = tracker.model_copy(update={"seen_keys": seen_keys, "pending": pending})
+    state._seen = seen
+    return state
+
+
+def _open_window(
+    tracker: RetrainTracker,
+    policy: ModelPolicy,
+    now: datetime,
+    closes_at: datetime,
+    *,
+    skip_minimum: bool = False,
+    reason: str = "new data",
+) -> tuple[RetrainTracker, list[Effect], AuditEntry]:
+    seq = tracker.window_seq + 1
+    window = Window(
+        id=window_id_for(seq, now),
+        opened_at=now,
+        closes_at=closes_at,
+        skip_minimum=skip_minimum,
+        reason=reason,
+    )
+    state = tracker.model_copy(update={"window": window, "window_seq": seq})
+    state._seen = tracker._seen
+    audit = AuditEntry(
+        action="retrain.window_opened",
+        detail={"window_id": window.id, "closes_at": closes_at.isoformat()},
+    )
+    return state, [_close_message(policy, window)], audit
+
+
+def _close_message(policy: ModelPolicy, window: Window) -> SendMessage:
+    return SendMessage(
+        message_type=WINDOW_CLOSED,
+        message_id=window_message_id(policy.model, window.id, window.seq),
+        payload=RetrainWindowClosed(window_id=window.id, seq=window.seq).model_dump(mode="json"),
+        not_before=window.closes_at,
+    )
+
+
+def _overdue(job: CurrentJob, policy: ModelPolicy, now: datetime) -> bool:
+    return now - job.submitted_at >= policy.retrain.max_job_duration
+
+
+def overdue_check(
+    tracker: RetrainTracker, policy: ModelPolicy, now: datetime
+) -> SendMessage | None:
+    """A TrainingJobCheck for a job past `max_job_duration`, for the timer's sweep to send:
+    it ends the run even when its own chain of checks was lost (a check dead-lettered while
+    the backend could not be read). None when no job is overdue."""
+    job = tracker.current_job
+    if job is None or not _overdue(job, policy, now):
+        return None
+    return SendMessage(
+        message_type=JOB_CHECK,
+        message_id=f"{check_message_id(job.run_id, job.checks)}:overdue",
+        payload=TrainingJobCheck(run_id=job.run_id, attempt=job.checks).model_dump(mode="json"),
+    )
+
+
+def _check_message(policy: ModelPolicy, run_id: str, attempt: int, now: datetime) -> SendMessage:
+    return SendMessage(
+        message_type=JOB_CHECK,
+        message_id=check_message_id(run_id, attempt),
+        payload=TrainingJobCheck(run_id=run_id, attempt=attempt).model_dump(mode="json"),
+        not_before=now + poll_delay(policy, attempt),
+    )
+
+
+def _submit(
+    tracker: RetrainTracker,
+    policy: ModelPolicy,
+    now: datetime,
+    run_id: str,
+    reason: str,
+    fallback_uris: list[str] | None,
+    *,
+    force: bool = False,
+) -> Decision[RetrainTracker]:
+    data_uris = [item.uri for item in tracker.pending] or list(fallback_uris or [])
+    job = CurrentJob(run_id=run_id, submitted_at=now, data_uris=data_uris, reason=reason)
+    state = tracker.model_copy(
+        update={
+            "current_job": job,
+            "pending": [],
+            "window": None,
+            "follow_up_pending": False,
+            "follow_up_force": False,
+            "follow_up_reason": None,
+            "follow_up_manual": False,
+        }
+    )
+    state._seen = tracker._seen
+    return Decision(
+        state=state,
+        effects=[
+            SubmitTrainingJob(run_id=run_id, data_uris=data_uris, reason=reason),
+            _check_message(policy, run_id, 1, now),
+        ],
+        audit=[
+            AuditEntry(
+                action="retrain.job_submitted",
+                to_state="submitted",
+                detail={
+                    "run_id": run_id,
+                    "reason": reason,
+                    "data_uri_count": len(data_uris),
+                    "rows": tracker.pending_rows,
+                    "forced": force,
+                },
+            )
+        ],
+    )
+
+
+def _meets_minimum(tracker: RetrainTracker, policy: ModelPolicy) -> bool:
+    settings = policy.retrain
+    if len(tracker.pending) < settings.min_new_files:
+        return False
+    rows = tracker.pending_rows
+    return rows is None or rows >= settings.min_new_rows
+
+
+def _cooldown_end(tracker: RetrainTracker, policy: ModelPolicy) -> datetime | None:
+    if tracker.last_job_ended_at is None:
+        return None
+    return tracker.last_job_ended_at + policy.retrain.cooldown
+
+
+def _known_run(tracker: RetrainTracker, run_id: str) -> bool:
+    if tracker.current_job is not None and tracker.current_job.run_id == run_id:
+        return True
+    return any(run.run_id == run_id for run in tracker.runs)
+
+
+def _pending_detail(tracker: RetrainTracker) -> dict[str, object]:
+    return {"pending_items": len(tracker.pending), "pending_rows": tracker.pending_rows}
