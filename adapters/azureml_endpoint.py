@@ -79,9 +79,9 @@ def make_ml_client(
     from azure.ai.ml import MLClient
 
     if credential is None:
-        from azure.identity import DefaultAzureCredential
+        from adapters.azure_credential import azure_credential
 
-        credential = DefaultAzureCredential()
+        credential = azure_credential()
     # show_progress=False: no progress dots from the SDK's pollers in the Functions log.
     options = {"show_progress": False, **DEFAULT_RETRY, **kwargs}
     return MLClient(credential, subscription_id, resource_group, workspace, **options)

@@ -89,9 +89,9 @@ class AzureMLTrainingBackend:
         from azure.ai.ml import MLClient
 
         if credential is None:
-            from azure.identity import DefaultAzureCredential
+            from adapters.azure_credential import azure_credential
 
-            credential = DefaultAzureCredential()
+            credential = azure_credential()
         client = MLClient(
             credential,
             subscription_id,

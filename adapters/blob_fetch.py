@@ -95,9 +95,9 @@ class BlobFetcher:
 
             credential = self._credential
             if credential is None:
-                from azure.identity import DefaultAzureCredential
+                from adapters.azure_credential import azure_credential
 
-                credential = DefaultAzureCredential()
+                credential = azure_credential()
             client = BlobServiceClient(account_url=account_url, credential=credential)
             self._clients[account_url] = client
         return (client, *_split_container(path, uri))

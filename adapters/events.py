@@ -59,9 +59,9 @@ class EventHubPublisher:
                 connection_string, eventhub_name=hub
             )
         elif namespace:
-            from azure.identity import DefaultAzureCredential
+            from adapters.azure_credential import azure_credential
 
-            producer = EventHubProducerClient(namespace, hub, DefaultAzureCredential())
+            producer = EventHubProducerClient(namespace, hub, azure_credential())
         else:
             raise ValueError("Event Hubs needs a namespace or a connection string")
         return cls(producer)

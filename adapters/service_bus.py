@@ -58,9 +58,9 @@ class ServiceBusBus:
         if connection_string:
             client = ServiceBusClient.from_connection_string(connection_string)
         elif namespace:
-            from azure.identity import DefaultAzureCredential
+            from adapters.azure_credential import azure_credential
 
-            client = ServiceBusClient(namespace, DefaultAzureCredential())
+            client = ServiceBusClient(namespace, azure_credential())
         else:
             raise ValueError("Service Bus needs a namespace or a connection string")
         return cls(client.get_queue_sender(queue), sessions=sessions)

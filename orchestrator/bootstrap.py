@@ -17,7 +17,6 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from adapters.azure_credential import azure_credential
 from domain.policy import ModelPolicy
 from orchestrator.aggregate import ModelAggregate
 from orchestrator.clock import Clock, utc_now
@@ -157,27 +156,15 @@ class Runtime:
 
     @cached_property
     def blob_service(self) -> BlobServiceClient:
-        from azure.storage.blob import BlobServiceClient
+        from adapters.storage_clients import blob_service
 
-        if self.settings.storage_connection_string:
-            return BlobServiceClient.from_connection_string(
-                _resolve_dev_storage(self.settings.storage_connection_string)
-            )
-        assert self.settings.storage_blob_uri
-        return BlobServiceClient(self.settings.storage_blob_uri, credential=azure_credential())
+        return blob_service(self.settings)
 
     @cached_property
     def queue_service(self) -> QueueServiceClient:
-        from azure.storage.queue import QueueServiceClient
+        from adapters.storage_clients import queue_service
 
-        if self.settings.storage_connection_string:
-            return QueueServiceClient.from_connection_string(
-                _resolve_dev_storage(self.settings.storage_connection_string)
-            )
-        uri = self.settings.storage_queue_uri or str(self.settings.storage_blob_uri).replace(
-            ".blob.", ".queue."
-        )
-        return QueueServiceClient(uri, credential=azure_credential())
+        return queue_service(self.settings)
 
     def queue(self, name: str) -> QueueClient:
         from adapters.storage_queue_bus import ensure_queue
@@ -302,20 +289,6 @@ class Runtime:
         from adapters.mlflow_metrics import MlflowMetrics
 
         return MlflowMetrics(self.settings, self.registry)
-
-
-def _resolve_dev_storage(connection_string: str) -> str:
-    """`UseDevelopmentStorage=true` means Azurite on its default ports, as the host reads it."""
-    if connection_string.strip().lower() != "usedevelopmentstorage=true":
-        return connection_string
-    from adapters.azurite import DEV_ACCOUNT, DEV_KEY
-
-    host = "http://127.0.0.1"
-    return (
-        f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
-        f"BlobEndpoint={host}:10000/{DEV_ACCOUNT};QueueEndpoint={host}:10001/{DEV_ACCOUNT};"
-        f"TableEndpoint={host}:10002/{DEV_ACCOUNT};"
-    )
 
 
 _runtime: Runtime | None = None
