@@ -4,6 +4,11 @@ The Python worker's Service Bus binding cannot dead-letter a message itself, and
 has no dead-letter queue at all, so a trigger that meets a message it can never handle
 records it here, with the reason, and completes it: nothing is lost, nothing crash-loops.
 One JSON blob per record in the `dead-letters` container of the state storage account.
+
+A record never keeps a secret the sender put in a URL: every query string (a SAS token) and
+any other `sig=` value are removed from the body and the reason
+(`domain.data_location.redact_body`), so the record shows what was sent, minus the token.
+Nor a person's bearer token: the envelope's `auth` is blanked (`redact_token`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,24 @@ from datetime import UTC, datetime
 from typing import Any
 
 from azure.storage.blob import ContainerClient
+
+from domain.data_location import redact_body, redact_text
+
+REDACTED = "<redacted bearer token>"
+
+
+def redact_token(text: str) -> str:
+    """The body with a person's bearer token (the envelope's `auth`) blanked: a dead letter is
+    kept for diagnosis, and a still valid token must not outlive its message in storage."""
+    if '"auth"' not in text:
+        return text
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(document, dict) or not document.get("auth"):
+        return text
+    return json.dumps(document | {"auth": REDACTED})
 
 
 class BlobDeadLetters:
@@ -26,12 +49,13 @@ class BlobDeadLetters:
         now = datetime.now(UTC)
         name = f"{source}/{now:%Y/%m/%d}/{now:%H%M%S%f}-{uuid.uuid4().hex[:8]}.json"
         text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+        text = redact_token(text)
         document = {
             "source": source,
-            "reason": reason,
+            "reason": redact_text(reason),
             "dead_lettered_at": now.isoformat(),
             "properties": properties or {},
-            "body": text[:200_000],
+            "body": redact_body(text)[:200_000],
         }
         self._container.upload_blob(name, json.dumps(document, default=str).encode())
         return name

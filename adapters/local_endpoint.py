@@ -1,12 +1,15 @@
 """The online endpoint port on the local endpoint server (`endpoint_server`), over HTTP.
 
 Same rules as Azure: traffic maps are validated before anything is sent, `deploy` and
-`delete` are idempotent and do not wait, and the server re-checks every map.
+`delete` are idempotent and do not wait, and the server re-checks every map. Every request
+carries the server's key (`Authorization: Bearer <key>`; `LOCAL_ENDPOINT_KEY`, or the key file
+the server generated), as Azure ML's endpoint keys are sent; the key is never logged.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from adapters.traffic_rules import (
     check_deployment_name,
@@ -16,6 +19,11 @@ from adapters.traffic_rules import (
 )
 from orchestrator.ports import DeploymentStatus, EndpointError, InvalidTraffic
 
+if TYPE_CHECKING:
+    from orchestrator.settings import Settings
+
+KEY_FILE = "endpoint.key"  # in RETRAIN_LOCAL_DIR: where the server keeps a key it generated
+
 _STATES = {
     "Creating": "creating",
     "Succeeded": "succeeded",
@@ -24,14 +32,39 @@ _STATES = {
 }
 
 
-class LocalEndpoint:
-    """`OnlineEndpoint` over the local endpoint server at `base_url`."""
+def read_key_file(path: Path) -> str | None:
+    """The key in `path` (as the server wrote it), or None when there is none."""
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
 
-    def __init__(self, base_url: str, timeout: float = 30.0, client: Any = None) -> None:
+
+class LocalEndpoint:
+    """`OnlineEndpoint` over the local endpoint server at `base_url`, sending `key`."""
+
+    def __init__(
+        self, base_url: str, timeout: float = 30.0, client: Any = None, *, key: str | None = None
+    ) -> None:
         import httpx
 
         self.base_url = base_url.rstrip("/")
-        self._http = client or httpx.Client(base_url=self.base_url, timeout=timeout)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._http = client or httpx.Client(
+            base_url=self.base_url, timeout=timeout, headers=headers
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalEndpoint:
+        """The app's client: LOCAL_ENDPOINT_URL, with LOCAL_ENDPOINT_KEY, else the key the
+        server generated into RETRAIN_LOCAL_DIR/endpoint.key."""
+        if not settings.local_endpoint_url:
+            raise RuntimeError(
+                "LOCAL_ENDPOINT_URL is not set: start the local endpoint (devhost does) "
+                "or configure Azure ML (AZUREML_WORKSPACE, ...)"
+            )
+        key = settings.local_endpoint_key or read_key_file(settings.local_dir / KEY_FILE)
+        return cls(settings.local_endpoint_url, key=key)
 
     def close(self) -> None:
         self._http.close()
@@ -51,6 +84,8 @@ class LocalEndpoint:
             reason = response.text
         if response.status_code == 400:
             raise InvalidTraffic(reason)
+        if response.status_code == 401:
+            reason = f"{reason} (set LOCAL_ENDPOINT_KEY to the endpoint server's key)"
         raise EndpointError(
             f"{response.request.method} {response.request.url.path}: "
             f"{response.status_code} {reason}",

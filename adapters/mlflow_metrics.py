@@ -91,7 +91,7 @@ class MlflowMetrics:
             if settings.local_endpoint_url:
                 from adapters.local_endpoint import LocalEndpoint
 
-                with LocalEndpoint(settings.local_endpoint_url) as endpoint:
+                with LocalEndpoint.from_settings(settings) as endpoint:
                     endpoint.flush_records()
             folder = settings.local_endpoint_dir
             return (

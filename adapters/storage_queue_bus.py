@@ -23,6 +23,7 @@ from typing import Any
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import QueueClient, QueueMessage
 
+from domain.data_location import redact_body, redact_text
 from orchestrator.clock import Clock, utc_now
 from orchestrator.messages import Envelope, InvalidMessage, parse_envelope
 from orchestrator.ports import ScheduledHandle
@@ -228,13 +229,15 @@ class StorageQueueConsumer:
         )
 
     def dead_letter(self, message: QueueMessage, body: bytes, reason: str) -> None:
+        # No SAS token is kept: query strings and sig= values are removed (as in dead_letters).
+        reason = redact_text(reason)
         record = {
             "reason": reason,
             "queue": self._queue.queue_name,
             "message_id": message.id,
             "delivery_count": message.dequeue_count,
             "dead_lettered_at": datetime.now(UTC).isoformat(),
-            "body": body.decode("utf-8", errors="replace"),
+            "body": redact_body(body.decode("utf-8", errors="replace")),
         }
         log.error(
             "dead-lettering message %s from %s: %s", message.id, self._queue.queue_name, reason

@@ -3,11 +3,14 @@
 Each import runs in a fresh interpreter (what the host does on a cold start), alternating
 the two, and the medians are compared. The bare app registers as many functions (HTTP
 routes with empty bodies), so the ratio is what our code adds to the azure-functions floor.
-Aim: <= 1.5.
+Measured twice: as a plain import, and as a Functions host makes it (FUNCTIONS_WORKER_RUNTIME
+and the app settings of local.settings.sample.json set), where function_app also checks the
+settings. Aim: <= 1.5 for both.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -32,11 +35,12 @@ BARE_APP = textwrap.dedent(
 TIMED = "import time; t = time.perf_counter(); {statement}; print(time.perf_counter() - t)"
 
 
-# What a Functions host adds to the worker's environment that changes the import: under a
-# host, function_app validates the settings (pydantic-settings) as it is imported.
-UNDER_HOST = {
-    "FUNCTIONS_WORKER_RUNTIME": "python",
-    "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+AIM = 1.5
+
+# What a Functions host gives the worker: the app settings (here the local sample's, which
+# include FUNCTIONS_WORKER_RUNTIME). Under a host, function_app checks them as it is imported.
+UNDER_HOST = json.loads((ROOT / "local.settings.sample.json").read_text())["Values"] | {
+    "FUNCTIONS_WORKER_RUNTIME": "python"
 }
 
 
@@ -65,14 +69,14 @@ def main(rounds: int = 15) -> float:
         floor.append(import_seconds(f"exec({bare!r})"))
     ours_median, floor_median = statistics.median(ours), statistics.median(floor)
     hosted_median = statistics.median(hosted)
-    ratio = ours_median / floor_median
+    ratio, hosted_ratio = ours_median / floor_median, hosted_median / floor_median
     print(f"import function_app ({count} functions)   median {ours_median * 1000:7.1f} ms")
     print(f"  ... under a host (settings checked) median {hosted_median * 1000:7.1f} ms")
     print(f"bare FunctionApp, {count} functions        median {floor_median * 1000:7.1f} ms")
-    print(f"cold start ratio (ours / bare): {ratio:.2f}  (aim: <= 1.5)")
+    print(f"cold start ratio (ours / bare): {ratio:.2f}  (aim: <= {AIM})")
     print(
-        f"cold start ratio under a host (ours / bare): {hosted_median / floor_median:.2f}"
-        "  (the settings the first invocation would read anyway)"
+        f"cold start ratio under a host (ours / bare): {hosted_ratio:.2f}  (aim: <= {AIM}; "
+        f"{'met' if hosted_ratio <= AIM else 'NOT met'})"
     )
     return ratio
 

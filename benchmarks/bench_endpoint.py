@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
         model, features = _register(tracking_uri, root)
         with start_local_endpoint(root / "endpoint", tracking_uri, max_lifetime=120) as handle:
-            endpoint = LocalEndpoint(handle.url)
+            endpoint = LocalEndpoint(handle.url, key=handle.key)
             endpoint.deploy(model, "1", "bench-v1")
             endpoint.deploy(model, "2", "bench-v2")
             while not all(endpoint.deployment_state(d).done for d in ("bench-v1", "bench-v2")):
@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 {"input_data": {"columns": columns, "data": [features.iloc[i % 500].tolist()]}}
                 for i in range(per_round)
             ]
-            routed_h = [{"x-request-key": f"customer-{i}"} for i in range(per_round)]
+            key = {"Authorization": f"Bearer {handle.key}"}  # the server's key, as on Azure ML
+            routed_h = [{**key, "x-request-key": f"customer-{i}"} for i in range(per_round)]
             pinned_h = [{**h, "azureml-model-deployment": "bench-v1"} for h in routed_h]
             _run(handle.url, bodies[:50], routed_h[:50], args.threads)  # warm up
             results: dict[str, list[float]] = {"routed": [], "pinned": []}

@@ -58,6 +58,8 @@ def main(single: int = 200, batches: int = 5, batch_size: int = 1000) -> None:
                 AzureWebJobsStorage=azurite.connection_string,
                 POLICY_DIR=str(policies),
                 RETRAIN_LOCAL_DIR=folder,
+                # The data account the events' URIs name (others are refused).
+                DataStorage__blobServiceUri="https://acct.blob.core.windows.net",
             )
         )
         handlers = runtime.handlers

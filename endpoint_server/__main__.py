@@ -1,7 +1,13 @@
-"""``python -m endpoint_server --data-dir DIR --tracking-uri URI [--port N]``.
+"""``python -m endpoint_server --data-dir DIR --tracking-uri URI [--port N] [--key KEY]``.
 
 Prints ``listening on http://127.0.0.1:PORT`` once it serves. Stops on SIGINT/SIGTERM, after
 ``--max-lifetime`` seconds, or when ``--parent-pid`` is gone.
+
+Every route but /health needs the key (`Authorization: Bearer <key>` or `x-endpoint-key`):
+``--key``, else the environment's ``LOCAL_ENDPOINT_KEY`` (better: a command line is visible
+to every user of the machine), else the one in ``--key-file`` (default
+``$RETRAIN_LOCAL_DIR/endpoint.key``, ``.local/endpoint.key``), generated there (mode 0600)
+when the file does not exist yet. The app reads the same file when LOCAL_ENDPOINT_KEY is unset.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
-from endpoint_server.server import HOST, serve_forever
+from adapters.local_endpoint import KEY_FILE
+from endpoint_server.app import MIN_KEY_LENGTH
+from endpoint_server.server import HOST, KEY_ENVIRONMENT, new_key, serve_forever
 
 
 def _alive(pid: int) -> bool:
@@ -24,6 +33,28 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def default_key_file() -> Path:
+    return Path(os.environ.get("RETRAIN_LOCAL_DIR") or ".local") / KEY_FILE
+
+
+def key_from_file(path: Path) -> str:
+    """The key in `path`; a new one written there (owner-only, 0600) when it has none."""
+    try:
+        existing = path.read_text().strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = new_key()
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(key + "\n")
+    os.chmod(path, 0o600)  # also when the file existed empty, with other permissions
+    print(f"endpoint key written to {path}", file=sys.stderr, flush=True)
+    return key
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +68,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=HOST)
     parser.add_argument("--max-lifetime", type=float, default=None, help="seconds, then exit")
     parser.add_argument("--parent-pid", type=int, default=None, help="exit when it is gone")
+    parser.add_argument(
+        "--key",
+        default=None,
+        help=f"the key every route but /health needs (default: ${KEY_ENVIRONMENT}, else "
+        "--key-file)",
+    )
+    parser.add_argument(
+        "--key-file",
+        type=Path,
+        default=None,
+        help="where the key is read, or generated (default: $RETRAIN_LOCAL_DIR/endpoint.key "
+        "or .local/endpoint.key)",
+    )
     args = parser.parse_args(argv)
+    key = (
+        args.key
+        or os.environ.get(KEY_ENVIRONMENT)
+        or key_from_file(args.key_file or default_key_file())
+    )
+    if len(key) < MIN_KEY_LENGTH:
+        parser.error(f"the key must be at least {MIN_KEY_LENGTH} characters")
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -64,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         ready,
         stop,
         args.max_lifetime,
+        key=key,
     )
     return 0
 

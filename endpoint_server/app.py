@@ -18,15 +18,21 @@ Data plane:
     POST   /feedback                        {"request_id", "label"} or {"feedback": [...]}
     POST   /records/flush                   returns once every record so far is in SQLite
     GET    /health
+
+Every route but /health needs the server's key, as a managed endpoint's do (its control plane
+and its scoring URI): `Authorization: Bearer <key>` or `x-endpoint-key: <key>`, compared in
+constant time; without it, or with another, 401.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +56,8 @@ log = logging.getLogger(__name__)
 KEY_HEADER = "x-request-key"
 PIN_HEADER = "azureml-model-deployment"
 REQUEST_ID_HEADER = "x-request-id"
+ENDPOINT_KEY_HEADER = "x-endpoint-key"  # or Authorization: Bearer <key>
+MIN_KEY_LENGTH = 16
 STATE_FILE = "endpoint.json"
 
 
@@ -252,11 +260,39 @@ def _predict(deployment: Deployment, frame: Any) -> Any:
     return to_json(deployment.model.predict(frame))
 
 
-def create_app(state: EndpointState) -> Starlette:
-    """The ASGI app over `state` (the caller owns `state` and closes it)."""
+def presented_key(request: Request) -> str | None:
+    """The key a request carries: `Authorization: Bearer <key>`, else `x-endpoint-key`."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get(ENDPOINT_KEY_HEADER)
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def create_app(state: EndpointState, key: str) -> Starlette:
+    """The ASGI app over `state` (the caller owns `state` and closes it); every route but
+    /health needs `key`."""
+    if len(key) < MIN_KEY_LENGTH:
+        raise ValueError(f"the endpoint key must be at least {MIN_KEY_LENGTH} characters")
+    expected = key.encode()
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
+
+    def keyed(endpoint: Endpoint) -> Endpoint:
+        async def checked(request: Request) -> Response:
+            presented = presented_key(request)
+            if presented is None or not hmac.compare_digest(presented.encode(), expected):
+                return JSONResponse(
+                    {"error": "missing or wrong endpoint key"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="local-endpoint"'},
+                )
+            return await endpoint(request)
+
+        return checked
 
     async def list_deployments(request: Request) -> Response:
         with state.lock:
@@ -406,16 +442,16 @@ def create_app(state: EndpointState) -> Starlette:
 
     return Starlette(
         routes=[
-            Route("/deployments", list_deployments, methods=["GET"]),
-            Route("/deployments/{name}", put_deployment, methods=["PUT"]),
-            Route("/deployments/{name}", get_deployment, methods=["GET"]),
-            Route("/deployments/{name}", delete_deployment, methods=["DELETE"]),
-            Route("/traffic", get_traffic, methods=["GET"]),
-            Route("/traffic", put_traffic, methods=["PUT"]),
-            Route("/mirror", put_mirror, methods=["PUT"]),
-            Route("/score", score, methods=["POST"]),
-            Route("/feedback", feedback, methods=["POST"]),
-            Route("/records/flush", flush, methods=["POST"]),
+            Route("/deployments", keyed(list_deployments), methods=["GET"]),
+            Route("/deployments/{name}", keyed(put_deployment), methods=["PUT"]),
+            Route("/deployments/{name}", keyed(get_deployment), methods=["GET"]),
+            Route("/deployments/{name}", keyed(delete_deployment), methods=["DELETE"]),
+            Route("/traffic", keyed(get_traffic), methods=["GET"]),
+            Route("/traffic", keyed(put_traffic), methods=["PUT"]),
+            Route("/mirror", keyed(put_mirror), methods=["PUT"]),
+            Route("/score", keyed(score), methods=["POST"]),
+            Route("/feedback", keyed(feedback), methods=["POST"]),
+            Route("/records/flush", keyed(flush), methods=["POST"]),
             Route("/health", health, methods=["GET"]),
         ]
     )

@@ -1,8 +1,14 @@
-"""Start and stop the local endpoint: in a background thread, or in a child process."""
+"""Start and stop the local endpoint: in a background thread, or in a child process.
+
+The server needs a key on every route but /health (endpoint_server/app.py): the caller's, or
+one generated here (`LocalEndpointHandle.key`; a child process gets it in its environment,
+`LOCAL_ENDPOINT_KEY`, never on its command line).
+"""
 
 from __future__ import annotations
 
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -13,6 +19,12 @@ from pathlib import Path
 from typing import Any
 
 HOST = "127.0.0.1"
+KEY_ENVIRONMENT = "LOCAL_ENDPOINT_KEY"
+
+
+def new_key() -> str:
+    """A fresh endpoint key (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
 
 
 @dataclass
@@ -23,6 +35,7 @@ class LocalEndpointHandle:
     data_dir: Path
     _stop: Any = field(repr=False)
     _stopped: bool = field(default=False, repr=False)
+    key: str = field(default="", repr=False)  # what every route but /health needs
 
     @property
     def records_path(self) -> Path:
@@ -62,10 +75,13 @@ def serve_forever(
     ready: Any = None,
     stop_event: threading.Event | None = None,
     max_lifetime: float | None = None,
+    *,
+    key: str,
 ) -> None:
     """Run the server in this thread until `stop_event` is set or `max_lifetime` passes.
 
-    `ready(url)` is called once the server accepts connections.
+    `ready(url)` is called once the server accepts connections; `key` is what every route
+    but /health needs.
     """
     import uvicorn
 
@@ -75,7 +91,7 @@ def serve_forever(
     sock = _bind(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}"
     config = uvicorn.Config(
-        create_app(state), log_level="warning", access_log=False, lifespan="off"
+        create_app(state, key), log_level="warning", access_log=False, lifespan="off"
     )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -115,17 +131,20 @@ def start_local_endpoint(
     subprocess_mode: bool = False,
     max_lifetime: float | None = 3600.0,
     timeout: float = 30.0,
+    key: str | None = None,
 ) -> LocalEndpointHandle:
     """Start the local endpoint on `host`:`port` (0: a free port) and return once it serves.
 
     In-process (default): uvicorn runs in a daemon thread. ``subprocess_mode=True`` runs
     ``python -m endpoint_server`` in a child process that also exits when this process dies.
     Either way the server stops by itself after `max_lifetime` seconds (None: never).
+    `key` (default: a new one) is what its routes need; the handle carries it.
     """
     data_dir = Path(data_dir)
+    key = key or new_key()
     if subprocess_mode:
         return _start_subprocess(
-            data_dir, tracking_uri, port, registry_uri, host, max_lifetime, timeout
+            data_dir, tracking_uri, port, registry_uri, host, max_lifetime, timeout, key
         )
     started = threading.Event()
     stop_event = threading.Event()
@@ -138,7 +157,15 @@ def start_local_endpoint(
     def run() -> None:
         try:
             serve_forever(
-                data_dir, tracking_uri, port, registry_uri, host, ready, stop_event, max_lifetime
+                data_dir,
+                tracking_uri,
+                port,
+                registry_uri,
+                host,
+                ready,
+                stop_event,
+                max_lifetime,
+                key=key,
             )
         except BaseException as exc:
             box["error"] = exc
@@ -154,7 +181,7 @@ def start_local_endpoint(
         stop_event.set()
         thread.join(timeout=30)
 
-    return LocalEndpointHandle(url=box["url"], data_dir=data_dir, _stop=stop)
+    return LocalEndpointHandle(url=box["url"], data_dir=data_dir, _stop=stop, key=key)
 
 
 def _start_subprocess(
@@ -165,6 +192,7 @@ def _start_subprocess(
     host: str,
     max_lifetime: float | None,
     timeout: float,
+    key: str,
 ) -> LocalEndpointHandle:
     command = [
         sys.executable, "-m", "endpoint_server",
@@ -182,6 +210,7 @@ def _start_subprocess(
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
+        KEY_ENVIRONMENT: key,  # in the environment: a command line is visible to every user
     }
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     url: str | None = None
@@ -209,4 +238,4 @@ def _start_subprocess(
             process.kill()
             process.wait()
 
-    return LocalEndpointHandle(url=url, data_dir=data_dir, _stop=stop)
+    return LocalEndpointHandle(url=url, data_dir=data_dir, _stop=stop, key=key)

@@ -26,6 +26,7 @@ from orchestrator.outbox import Outbox
 from orchestrator.policy_files import load_policies
 from orchestrator.ports import (
     AuditLog,
+    IdentityVerifier,
     MetricsReader,
     OnlineEndpoint,
     Ports,
@@ -34,6 +35,7 @@ from orchestrator.ports import (
 )
 from orchestrator.queries import Queries
 from orchestrator.settings import Settings, load_settings
+from orchestrator.signing import MessageSigner, local_signing_key
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient, ContainerClient
@@ -69,6 +71,8 @@ OVERRIDABLE = frozenset(
         "events",
         "policies",
         "dead_letters",
+        "identity",
+        "signer",
     }
 )
 
@@ -80,8 +84,10 @@ def bootstrap(
 
     `overrides` names ports from OVERRIDABLE: `store`, `audit`, `bus`, `training`,
     `endpoints` (a callable policy -> OnlineEndpoint), `metrics`, `registry`, `events`,
-    `policies` (model -> ModelPolicy) and `dead_letters`. A port not overridden is built from
-    the settings on first use, so a runtime whose ports are all given never opens a client.
+    `policies` (model -> ModelPolicy), `dead_letters`, `signer` (the MessageSigner of the
+    app's own messages) and `identity` (the IdentityVerifier of people's tokens). A port not
+    overridden is built from the settings on first use, so a runtime whose ports are all
+    given never opens a client.
     """
     unknown = sorted(set(overrides) - OVERRIDABLE)
     if unknown:
@@ -126,11 +132,14 @@ class Runtime:
             registry=self.registry,
             events=self.events,
             policies=self.policies,
+            signer=self.signer,
             clock=self.clock,
             deployment_poll=timedelta(seconds=settings.deployment_poll_seconds),
             default_compute=settings.azureml_compute,
+            data_account=settings.data_account,
             max_effect_attempts=settings.max_effect_attempts,
             effect_retry_window=timedelta(seconds=settings.effect_retry_seconds),
+            identity=self.identity,
         )
 
     @cached_property
@@ -193,6 +202,7 @@ class Runtime:
                 queue_name,
                 namespace=self.settings.service_bus_namespace,
                 connection_string=self.settings.service_bus_connection_string,
+                transport_id=self.signer.keyed_id,
             )
         from adapters.storage_queue_bus import StorageQueueBus
 
@@ -241,7 +251,8 @@ class Runtime:
             )
         from adapters.local_endpoint import LocalEndpoint
 
-        return LocalEndpoint(settings.local_endpoint_url)
+        # With its key: LOCAL_ENDPOINT_KEY, else the one the server generated.
+        return LocalEndpoint.from_settings(settings)
 
     @cached_property
     def events(self) -> Any:
@@ -284,6 +295,33 @@ class Runtime:
         from adapters.blob_state import BlobAuditLog
 
         return BlobAuditLog(self._state_container())
+
+    @cached_property
+    def signer(self) -> MessageSigner:
+        if "signer" in self.overrides:
+            return self.overrides["signer"]
+        key = self.settings.message_signing_key
+        if key:
+            return MessageSigner(key.encode())
+        # Locally: one key per checkout, made on first use, readable by its owner only.
+        return MessageSigner(local_signing_key(self.settings.local_dir))
+
+    @cached_property
+    def identity(self) -> IdentityVerifier:
+        """Who a person's command is from: Entra ID's tokens for the API app when
+        ENTRA_TENANT_ID is set, else the local issuer's (adapters/local_issuer.py)."""
+        if "identity" in self.overrides:
+            return self.overrides["identity"]  # type: ignore[no-any-return]
+        settings = self.settings
+        if settings.entra_tenant_id:
+            from adapters.identity import JwtVerifier
+
+            # Entra's issuer URLs and `tid` claims spell the tenant in lower case.
+            tenant = settings.entra_tenant_id.lower()
+            return JwtVerifier.for_entra(tenant, settings.api_audiences)
+        from adapters.local_issuer import LocalIssuer
+
+        return LocalIssuer(settings.local_issuer_dir).verifier()
 
     def _metrics(self) -> MetricsReader:
         from adapters.mlflow_metrics import MlflowMetrics

@@ -14,19 +14,22 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel
 
-from domain.decision import Decision
+from domain.decision import AuditEntry, Decision
 from domain.effects import SendMessage
 from domain.metrics import LiveMetrics, OfflineMetrics
 from domain.policy import ModelPolicy
 from orchestrator.aggregate import ModelAggregate, OutboxItem
+from orchestrator.data_sources import checked_data
 from orchestrator.messages import Envelope, InvalidMessage
 from orchestrator.outbox import DEPLOYMENT_CHECK, DeploymentCheck, Outbox, deployment_check_id
+from orchestrator.people import Refused, VerifiedEnvelope, authorize
 from orchestrator.policy_files import UnknownModel, policy_for
 from orchestrator.ports import ArmWindow, AuditRecord, Ports, TrainingBackendError
+from orchestrator.signing import INTERNAL_TYPES
 from promotion import commands as promotion_commands
 from promotion import machine as promotion_machine
 from retrain import commands as retrain_commands
@@ -73,9 +76,12 @@ class MessageHandlers:
         self.ports = ports
         self.outbox = outbox
 
-    def handle(self, envelope: Envelope) -> Outcome:
+    def handle(self, envelope: Envelope, *, verified_by: str | None = None) -> Outcome:
         """Handle one command or event from a queue. Raises InvalidMessage for a message that
-        can never be handled (dead-letter it); any other error is transient (retry)."""
+        can never be handled (dead-letter it); any other error is transient (retry).
+
+        `verified_by`: an HTTP entry point that has authenticated the caller itself (a person's
+        command then needs no token; orchestrator/people.py)."""
         payload_type = PAYLOADS.get(envelope.type)
         if payload_type is None:
             raise InvalidMessage(f"unknown message type {envelope.type!r}")
@@ -83,18 +89,56 @@ class MessageHandlers:
             policy = policy_for(self.ports.policies, envelope.model)
         except UnknownModel as exc:
             raise InvalidMessage(str(exc)) from exc
+        if envelope.type in INTERNAL_TYPES:
+            forged = self.ports.signer.verify(envelope)
+            if forged is not None:
+                self.reject(envelope, forged)
         command = envelope.payload_as(payload_type)
+        try:  # a person's command: from whom its token says, if allowed (orchestrator/people.py)
+            envelope, command = authorize(
+                envelope, command, policy, self.ports.identity, verified_by=verified_by
+            )
+        except Refused as refused:
+            self.reject(envelope, refused.reason)
         loaded = self.ports.store.load(envelope.model)
         if loaded[0].has_seen(envelope.message_id):
             return self._duplicate(envelope, loaded[0])
         handler = _HANDLERS.get(envelope.type, MessageHandlers._promotion)
         return handler(self, envelope, policy, command, loaded)
 
+    def reject(self, envelope: Envelope, reason: str) -> NoReturn:
+        """Audit a message refused for who sent it, then raise InvalidMessage (the trigger
+        dead-letters it with the reason). The write adds only the audit record: the state is
+        unchanged and the message id is NOT remembered as seen, so a forged message sent under
+        a real one's id cannot make the real one a duplicate."""
+        now = self.ports.clock()
+        entry = AuditEntry(
+            action="message.rejected",
+            promotion_id=envelope.promotion_id,
+            detail={"reason": reason, "message_type": envelope.type},
+        )
+
+        def change(aggregate: ModelAggregate) -> ModelAggregate:
+            record = _audit_record(aggregate.model, aggregate.version + 1, 0, now, entry, envelope)
+            record = record.model_copy(update={"actor": "unverified"})
+            return aggregate.model_copy(
+                update={"pending_audit": [*aggregate.pending_audit, record]}
+            )
+
+        aggregate, _ = self.ports.store.update(envelope.model, change)
+        log.warning("rejected %s %s: %s", envelope.type, envelope.message_id, reason)
+        try:
+            self.outbox.dispatch(envelope.model, aggregate)
+        except Exception:  # the record is saved; the sweep flushes it if this dispatch fails
+            log.exception("dispatch after rejecting %s failed", envelope.message_id)
+        raise InvalidMessage(reason)
+
     # ------------------------------------------------------------------ handlers
 
     def _retrain(
         self, envelope: Envelope, policy: ModelPolicy, command: BaseModel, loaded: Loaded | None
     ) -> Outcome:
+        command = checked_data(command, policy, self.ports.data_account)  # else InvalidMessage
         return self._apply(
             envelope,
             "retrain",
@@ -326,8 +370,13 @@ def _audit_record(
 ) -> AuditRecord:
     detail = dict(entry.detail)
     payload = envelope.payload
+    identity = envelope.identity if isinstance(envelope, VerifiedEnvelope) else None
+    if identity:  # a person's command: the verified sender, never what the payload claims
+        detail["identity"] = identity
     actor = (
-        detail.get("caused_by")
+        (identity or {}).get("upn")
+        or (identity or {}).get("oid")
+        or detail.get("caused_by")
         or detail.get("by")
         or detail.get("approver")
         or detail.get("requested_by")

@@ -38,6 +38,11 @@ class Envelope(BaseModel):
     aggregate_version: int | None = Field(default=None, ge=0)
     time: AwareDatetime
     payload: dict[str, Any] = Field(default_factory=dict)
+    # A person's command: the sender's bearer token (orchestrator/people.py verifies it).
+    auth: str | None = Field(default=None, min_length=1, max_length=8192)
+    # HMAC-SHA256 over the rest of the envelope: set on the app's own messages
+    # (orchestrator/signing.py), required on internal types.
+    mac: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
     @classmethod
     def new(
@@ -66,8 +71,10 @@ class Envelope(BaseModel):
         return self.model_dump_json().encode()
 
     def payload_as(self, payload_type: type[PayloadT]) -> PayloadT:
+        """The payload as `payload_type`, strictly: no coercion of strings to numbers or
+        booleans (JSON mode, so timestamps are ISO 8601 strings as JSON carries them)."""
         try:
-            return payload_type.model_validate(self.payload)
+            return payload_type.model_validate_json(json.dumps(self.payload), strict=True)
         except ValidationError as exc:
             raise InvalidMessage(f"{self.type} payload is invalid: {_describe(exc)}") from exc
 
@@ -96,7 +103,8 @@ def parse_envelope(data: bytes | str | dict[str, Any]) -> Envelope:
             f"schema_version {version!r} is not supported (expected {ENVELOPE_SCHEMA_VERSION})"
         )
     try:
-        return Envelope.model_validate(document)
+        # Strict, in JSON mode: "3" is not a version number, but an ISO 8601 time is a time.
+        return Envelope.model_validate_json(json.dumps(document), strict=True)
     except ValidationError as exc:
         raise InvalidMessage(f"not a valid envelope: {_describe(exc)}") from exc
 

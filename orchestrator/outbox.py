@@ -102,7 +102,8 @@ class Outbox:
         return endpoint
 
     def send(self, model: str, effect: SendMessage, aggregate_version: int) -> None:
-        """Send (or schedule, when `not_before` is ahead) one message to the app itself."""
+        """Send (or schedule, when `not_before` is ahead) one message to the app itself, signed."""
+        signer = self.ports.signer
         envelope = Envelope.new(
             effect.message_type,
             model,
@@ -112,6 +113,7 @@ class Outbox:
             aggregate_version=aggregate_version,
             time=self.ports.clock(),
         )
+        envelope = signer.sign(envelope)
         if effect.not_before is not None and effect.not_before > self.ports.clock():
             self.ports.bus.schedule(envelope, effect.not_before)
         else:

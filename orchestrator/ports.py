@@ -11,6 +11,7 @@ the service layer (orchestrator/) imports only this module, never an adapter.
   MetricsReader    adapters.mlflow_metrics        the same, on a SQLite MLflow store
   ModelRegistry    adapters.mlflow_registry       the same
   EventPublisher   adapters.events (Event Hubs)   adapters.events (an Azurite queue)
+  IdentityVerifier adapters.identity (Entra ID)   adapters.identity (adapters.local_issuer)
 
 Nothing heavy is imported here: the Functions app imports this module.
 """
@@ -24,10 +25,12 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_check
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from domain.data_location import DataAccount
 from domain.metrics import LiveMetrics, OfflineMetrics
 from domain.policy import ModelPolicy
 from orchestrator.clock import Clock, utc_now
 from orchestrator.messages import Envelope
+from orchestrator.signing import MessageSigner
 
 if TYPE_CHECKING:
     from orchestrator.aggregate import ModelAggregate
@@ -279,6 +282,48 @@ class InvalidDeploymentName(EndpointError, ValueError):
     """A deployment name that Azure ML would refuse."""
 
 
+# --------------------------------------------------------------------------- identity
+
+
+class Unauthenticated(Exception):
+    """A token that proves nobody: missing, expired, for another audience, issuer or tenant,
+    badly signed, or signed by a key the issuer does not publish. `reason` says which."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class IdentityUnavailable(RuntimeError):
+    """The issuer's keys could not be read (network, endpoint down): nothing is known about the
+    token yet. Transient: the message is delivered again."""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who a verified token says its bearer is (the claims Entra ID issues)."""
+
+    object_id: str  # oid: the user's (or app's) immutable id in the tenant
+    name: str | None  # name: display name
+    upn: str | None  # preferred_username (v2) or upn (v1)
+    token_id: str | None  # uti (Entra) or jti: this token, for the audit
+    tenant_id: str  # tid
+    roles: tuple[str, ...]  # app roles assigned to the bearer for this API
+    expires_at: datetime  # exp
+
+    @property
+    def display(self) -> str:
+        """How the audit names the bearer: the UPN, else the object id."""
+        return self.upn or self.object_id
+
+
+class IdentityVerifier(Protocol):
+    def verify(self, token: str) -> Principal:
+        """The token's principal; raise Unauthenticated(reason), or IdentityUnavailable when
+        the issuer's keys cannot be read."""
+        ...
+
+
 # --------------------------------------------------------------------------- the bundle
 
 
@@ -296,9 +341,14 @@ class Ports:
     registry: ModelRegistry
     events: EventPublisher
     policies: Mapping[str, ModelPolicy]
+    signer: MessageSigner  # signs the app's own messages; internal types must carry its MAC
     clock: Clock = utc_now
     deployment_poll: timedelta = timedelta(seconds=30)
     default_compute: str | None = None
+    # Where training data may come from (domain/data_location.py): a DataLanded item or a
+    # RetrainRequested data_uri naming anything else is an InvalidMessage. Bootstrap always
+    # sets it (Settings.data_account); None only in a Ports built by hand.
+    data_account: DataAccount | None = None
     max_deployment_checks: int = 120
     # A training submit or a deployment that still fails transiently (after the SDK's own
     # retries) on this many dispatches, and this long after its first failure, fails its step
@@ -306,3 +356,6 @@ class Ports:
     # from failing a step).
     max_effect_attempts: int = 5
     effect_retry_window: timedelta = timedelta(minutes=15)
+    # Verifies the bearer token a person's command carries (orchestrator/people.py). None:
+    # every person's command arriving on a queue is refused.
+    identity: IdentityVerifier | None = None

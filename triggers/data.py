@@ -1,7 +1,9 @@
 """New data lands: a blob under a model's data prefix, or a batch of Event Hubs events.
 
 Triggers only translate: binding payload -> DataLanded command -> handler. A payload that
-can never be handled is dead-lettered with its reason; nothing is retried forever.
+can never be handled is dead-lettered with its reason; nothing is retried forever. So is data
+from anywhere but the data account's blobs under the model's prefix
+(`domain.data_location.check_data_uri`, via triggers/payloads.py).
 """
 
 from __future__ import annotations
@@ -36,8 +38,16 @@ def data_landed(model: str, items: list[DataItem], source: str) -> Envelope:
     source=func.BlobSource.EVENT_GRID,
 )
 def data_blob_landed(blob: func.InputStream) -> None:
+    from urllib.parse import quote
+
     from orchestrator.bootstrap import get_runtime
-    from triggers.payloads import BadPayload, blob_item, policy_for_blob, split_blob_name
+    from triggers.payloads import (
+        BadPayload,
+        blob_item,
+        checked_uri,
+        policy_for_blob,
+        split_blob_name,
+    )
 
     runtime = get_runtime()
     name = blob.name or ""
@@ -52,7 +62,15 @@ def data_blob_landed(blob: func.InputStream) -> None:
         return
     properties = blob.blob_properties or {}
     etag = properties.get("ETag") or properties.get("Etag") or properties.get("etag")
-    item = blob_item(name, blob.uri, etag, blob.length)
+    account = runtime.settings.data_account
+    try:
+        # The blob's own URI (on the data account, so it passes), checked like any other.
+        uri = blob.uri or f"{account.blob_endpoint.rstrip('/')}/{quote(name)}"
+        uri = checked_uri(uri, policy, account, "blob uri")
+    except BadPayload as exc:
+        runtime.dead_letters.record("blob", exc.reason, name)
+        return
+    item = blob_item(name, uri, etag, blob.length)
     outcome = runtime.handlers.handle(data_landed(policy.model, [item], "blob"))
     log.info("blob %s -> %s: %s", name, policy.model, outcome.status)
 
@@ -82,7 +100,7 @@ def data_events(events: list[func.EventHubEvent]) -> None:
     for event in events:
         body = event.get_body()
         try:
-            pairs.extend(parse_event(body, runtime.policies))
+            pairs.extend(parse_event(body, runtime.policies, runtime.settings.data_account))
         except BadPayload as exc:
             runtime.dead_letters.record(
                 "eventhub",

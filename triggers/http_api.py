@@ -4,11 +4,12 @@ or promotion: 404. Handlers run synchronously; long work is started, never await
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 import azure.functions as func
 
@@ -39,13 +40,50 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-_") or "model"
 
 
-def requester(req: func.HttpRequest) -> str:
-    """Who asked: the App Service authentication principal when present, else the key holder."""
-    return (
-        req.headers.get("x-ms-client-principal-name")
-        or req.headers.get("x-requested-by")
-        or "function-key"
-    )[:200]
+PRINCIPAL_HEADER = "x-ms-client-principal"
+_OBJECT_ID = ("http://schemas.microsoft.com/identity/claims/objectidentifier", "oid")
+_USER_NAME = (
+    "preferred_username",
+    "http://schemas.xmlsoap.org/ws/2005/05/identity/claims/upn",
+    "upn",
+    "name",
+)
+
+
+class Caller(NamedTuple):
+    name: str  # who the command is from (its requested_by)
+    verified_by: str  # how the app knows: "http:app-service:<oid>" or "http:function-key"
+
+
+FUNCTION_KEY = Caller("function-key", "http:function-key")
+
+
+def requester(req: func.HttpRequest, app_service_auth: bool) -> Caller:
+    """Who asked. With App Service authentication on (`app_service_auth`: WEBSITE_AUTH_ENABLED),
+    the principal App Service puts in X-MS-CLIENT-PRINCIPAL (it strips that header from what
+    callers send); otherwise the holder of the function key. Never a header a caller sets
+    (x-requested-by, x-ms-client-principal-name): those are not read."""
+    if not app_service_auth:
+        return FUNCTION_KEY
+    encoded = req.headers.get(PRINCIPAL_HEADER)
+    if not encoded:
+        return FUNCTION_KEY  # an anonymous request App Service let through: the key decides
+    try:
+        document = json.loads(base64.b64decode(encoded + "=" * (-len(encoded) % 4)))
+        claims: dict[str, str] = {}
+        for claim in document.get("claims") or []:
+            if isinstance(claim.get("typ"), str) and isinstance(claim.get("val"), str):
+                claims.setdefault(claim["typ"], claim["val"])
+        name_type = document.get("name_typ")
+    except (ValueError, TypeError, AttributeError):
+        log.warning("unreadable %s header: the caller is the function key holder", PRINCIPAL_HEADER)
+        return FUNCTION_KEY
+    name_types = (*_USER_NAME, *([name_type] if isinstance(name_type, str) else []))
+    object_id = next((claims[typ] for typ in _OBJECT_ID if claims.get(typ)), None)
+    name = next((claims[typ] for typ in name_types if claims.get(typ)), None) or object_id
+    if not name:
+        return FUNCTION_KEY
+    return Caller(name[:200], f"http:app-service:{object_id or name}"[:300])
 
 
 @bp.route(route="retrain", methods=["POST"])
@@ -68,16 +106,17 @@ def retrain(req: func.HttpRequest) -> func.HttpResponse:
     # The run id is also the Azure ML job name: letters, digits, '-' and '_' only, while a
     # model name may hold a dot. Slug it as the retrain policy does for automatic runs.
     run_id = f"{_slug(body.model)}-manual-{suffix.hex[:12]}"
+    caller = requester(req, runtime.settings.app_service_auth)
     command = RetrainRequested(
         run_id=run_id,
         reason=body.reason,
         data_uri=body.data_uri,
         force=body.force,
-        requested_by=requester(req),
+        requested_by=caller.name,
     )
     envelope = Envelope.new("RetrainRequested", body.model, command, message_id=f"http:{run_id}")
     try:
-        outcome = runtime.handlers.handle(envelope)
+        outcome = runtime.handlers.handle(envelope, verified_by=caller.verified_by)
     except InvalidMessage as exc:
         return problem(400, "Invalid request", exc.reason)
     status_url = f"/api/models/{body.model}"
@@ -143,8 +182,9 @@ def rollback(req: func.HttpRequest) -> func.HttpResponse:
     if found is None:
         return problem(404, "Unknown promotion", f"promotion_id: {promotion_id!r} not found")
     model, _ = found
+    caller = requester(req, runtime.settings.app_service_auth)
     command = RollbackRequested(
-        promotion_id=promotion_id, reason=body.reason, requested_by=requester(req)
+        promotion_id=promotion_id, reason=body.reason, requested_by=caller.name
     )
     envelope = Envelope.new(
         "RollbackRequested",
@@ -153,7 +193,7 @@ def rollback(req: func.HttpRequest) -> func.HttpResponse:
         promotion_id=promotion_id,
         message_id=f"http:rollback:{uuid.uuid4().hex}",
     )
-    outcome = runtime.handlers.handle(envelope)
+    outcome = runtime.handlers.handle(envelope, verified_by=caller.verified_by)
     if outcome.status == "ignored":
         return problem(409, "Rollback not applied", outcome.reason or "promotion is not active")
     return json_response(

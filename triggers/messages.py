@@ -12,7 +12,12 @@ log = logging.getLogger(__name__)
 
 bp = func.Blueprint()
 
+# What may arrive on each queue. The app's own (internal) types also need their MAC, which the
+# handler checks; a person's commands need a verified identity.
 APPROVAL_TYPES = frozenset({"ApprovalDecision"})
+OPERATOR_TYPES = frozenset(
+    {"RollbackRequested", "PromoteNow", "PausePromotion", "ResumePromotion", "RetrainRequested"}
+)
 
 
 def handle_message(
@@ -62,7 +67,9 @@ def handle_message(
     arg_name="message", queue_name="%ORCHESTRATOR_QUEUE%", connection="ServiceBusConnection"
 )
 def orchestrator_queue(message: func.ServiceBusMessage) -> None:
-    handle_message(message, "orchestrator")
+    from orchestrator.signing import INTERNAL_TYPES
+
+    handle_message(message, "orchestrator", INTERNAL_TYPES | OPERATOR_TYPES)
 
 
 @bp.service_bus_queue_trigger(

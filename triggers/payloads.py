@@ -7,6 +7,10 @@ Event Hubs events come in two documented shapes:
     "event_id": "producer-42"}`
 - an Event Grid `Microsoft.Storage.BlobCreated` event routed through Event Hubs (one event,
   or an array of them), which is matched to a model by its policy's container and prefix.
+
+Every data URI must be a blob of the data account under the model's prefix
+(`domain.data_location.check_data_uri`); an Event Grid event's `data.url` must also name the
+blob its `subject` names. Anything else is a BadPayload (a dead letter) naming the field.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from domain.data_location import DataAccount, DataBlob, DataLocationRefused, locate_data_uri
 from domain.policy import ModelPolicy
 from retrain.commands import DataItem
 
@@ -95,7 +100,8 @@ def parse_json_body(body: bytes, schema: type[BaseModel]) -> Any:
     if not isinstance(document, dict):
         raise BadPayload("body: expected a JSON object")
     try:
-        return schema.model_validate(document)
+        # Strict: no coercion ("yes" is not true, "3" is not 3): a typo is a 400, not a guess.
+        return schema.model_validate(document, strict=True)
     except ValidationError as exc:
         raise BadPayload(describe(exc)) from exc
 
@@ -120,6 +126,25 @@ def split_blob_name(name: str) -> tuple[str, str]:
     return container, path
 
 
+def checked_uri(
+    uri: str, policy: ModelPolicy, data_account: DataAccount | str | None, field: str
+) -> str:
+    """`uri` normalized, if the policy allows it (see the module); else BadPayload naming
+    `field`. No data account (None): nothing is allowed."""
+    return _located(uri, policy, data_account, field).uri
+
+
+def _located(
+    uri: str, policy: ModelPolicy, data_account: DataAccount | str | None, field: str
+) -> DataBlob:
+    if data_account is None:
+        raise BadPayload(f"{field}: no data account is configured to take data from")
+    try:
+        return locate_data_uri(uri, policy, data_account)
+    except DataLocationRefused as exc:
+        raise BadPayload(f"{field}: {exc.reason}") from exc
+
+
 def blob_item(name: str, uri: str | None, etag: str | None, length: int | None) -> DataItem:
     """A data item for a blob: blob name + ETag is the deduplication key."""
     version = etag.strip('"') if etag else f"length-{length}"
@@ -127,7 +152,9 @@ def blob_item(name: str, uri: str | None, etag: str | None, length: int | None) 
 
 
 def _blob_created(
-    event: EventGridEvent, policies: Mapping[str, ModelPolicy]
+    event: EventGridEvent,
+    policies: Mapping[str, ModelPolicy],
+    data_account: DataAccount | str | None,
 ) -> tuple[str, DataItem]:
     marker = "/containers/"
     if marker not in event.subject or "/blobs/" not in event.subject:
@@ -136,12 +163,21 @@ def _blob_created(
     policy = policy_for_blob(policies, container, unquote(path))
     if policy is None:
         raise BadPayload(f"no model's data prefix matches {container}/{path}")
-    item = blob_item(f"{container}/{unquote(path)}", event.data.url, event.data.eTag, None)
+    name = f"{container}/{unquote(path)}"
+    blob = _located(event.data.url, policy, data_account, "data.url")
+    if blob.name != name:
+        raise BadPayload(f"data.url: names {blob.name!r}, not the subject's blob {name!r}")
+    item = blob_item(name, blob.uri, event.data.eTag, None)
     return policy.model, item
 
 
-def parse_event(body: bytes, policies: Mapping[str, ModelPolicy]) -> list[tuple[str, DataItem]]:
-    """One Event Hubs event -> (model, data item) pairs. Raises BadPayload with the reason."""
+def parse_event(
+    body: bytes,
+    policies: Mapping[str, ModelPolicy],
+    data_account: DataAccount | str | None = None,
+) -> list[tuple[str, DataItem]]:
+    """One Event Hubs event -> (model, data item) pairs. Raises BadPayload with the reason.
+    Data URIs must be blobs of `data_account` (None: no data URI is accepted)."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError) as exc:  # see parse_json_body
@@ -155,24 +191,22 @@ def parse_event(body: bytes, policies: Mapping[str, ModelPolicy]) -> list[tuple[
             raise BadPayload("event body must be a JSON object or an array of objects")
         if "eventType" in entry:
             try:
-                grid_event = EventGridEvent.model_validate(entry)
+                grid_event = EventGridEvent.model_validate(entry, strict=True)
             except ValidationError as exc:
                 raise BadPayload(f"Event Grid event: {describe(exc)}") from exc
             if grid_event.eventType != BLOB_CREATED:
                 raise BadPayload(f"eventType {grid_event.eventType!r} is not {BLOB_CREATED}")
-            items.append(_blob_created(grid_event, policies))
+            items.append(_blob_created(grid_event, policies, data_account))
             continue
         try:
-            ready = DataReadyEvent.model_validate(entry)
+            ready = DataReadyEvent.model_validate(entry, strict=True)
         except ValidationError as exc:
             raise BadPayload(f"data-ready event: {describe(exc)}") from exc
         if ready.model not in policies:
             raise BadPayload(f"model: unknown model {ready.model!r}")
+        uri = checked_uri(ready.data_uri, policies[ready.model], data_account, "data_uri")
         items.append(
-            (
-                ready.model,
-                DataItem(uri=ready.data_uri, key=f"event:{ready.event_id}", rows=ready.rows),
-            )
+            (ready.model, DataItem(uri=uri, key=f"event:{ready.event_id}", rows=ready.rows))
         )
     return items
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ValidationError
 
 from orchestrator.messages import Envelope
+from orchestrator.people import PERSON_COMMANDS
 
 if TYPE_CHECKING:
     from azure.storage.blob import BlobServiceClient
@@ -140,8 +141,51 @@ def default_actor() -> str:
 def _send(
     runtime: Runtime, queue: str, envelope: Envelope, notes: Sequence[str] = ()
 ) -> SentMessage:
+    notes = list(notes)
+    if envelope.type in PERSON_COMMANDS:
+        envelope = signed_in(runtime, envelope, notes)
     runtime.bus_for(queue).send(envelope)
     return SentMessage(queue=queue, envelope=envelope, notes=tuple(notes))
+
+
+def signed_in(runtime: Runtime, envelope: Envelope, notes: list[str]) -> Envelope:
+    """A person's command with the sender's bearer token, which the app verifies
+    (orchestrator/people.py): who the person is comes from the token, not the payload.
+
+    Azure (ENTRA_TENANT_ID set): a token for the API app from the app's one credential
+    (`az login` on a laptop). Locally: a token the local issuer mints for whoever `--as` names
+    (the payload's approver or requester), holding the app role the command needs, as if an
+    Entra ID admin had assigned it; an approval's holds none (the model's approvers decide).
+    """
+    settings = runtime.settings
+    audience = settings.api_audiences[0]
+    if settings.entra_tenant_id:
+        import jwt
+
+        from adapters.azure_credential import azure_credential
+
+        scope = f"{audience}/.default"
+        try:
+            token = azure_credential().get_token(scope).token
+        except Exception as exc:  # no az login, no consent, no network: one line
+            raise CliError(
+                f"no token for {scope}: {_first_line(exc)} (run `az login`; the API app must "
+                "pre-authorize the Azure CLI, see README, Who can move a promotion)"
+            ) from exc
+        claims = jwt.decode(token, options={"verify_signature": False})
+        signed_as = claims.get("preferred_username") or claims.get("upn") or claims.get("oid")
+        notes.append(f"signed in as {signed_as} (your Azure credential): the app records that")
+        return envelope.model_copy(update={"auth": token})
+    from adapters.local_issuer import LocalIssuer
+
+    who = str(envelope.payload.get("approver") or envelope.payload.get("requested_by"))
+    roles = () if envelope.type == "ApprovalDecision" else (PERSON_COMMANDS[envelope.type],)
+    token = LocalIssuer(settings.local_issuer_dir).mint(who, roles=roles, audience=audience)
+    return envelope.model_copy(update={"auth": token})
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip() or type(exc).__name__).splitlines()[0]
 
 
 def _message_id(kind: str) -> str:

@@ -5,6 +5,10 @@ commands are *sent* as envelopes on the app's queues (Service Bus in Azure, Azur
 locally) and handled by the running app, never here; data files are uploaded where the blob
 trigger watches; status is read from the state store and audit log.
 
+A person's command carries a bearer token (the app believes the token, not `--as`): locally,
+`--as NAME` mints one from the local issuer (.local/issuer/); against Azure (ENTRA_TENANT_ID
+set) it is your Azure credential's (`az login`) for the API app (devhost/cli/commands.py).
+
 This is the entry point: argparse, settings, `main`. What each command does is in
 devhost/cli/commands.py; how its result is shown, in devhost/cli/render.py.
 Exit codes: 0 done, 2 bad input (unknown model or promotion, a missing flag, bad settings),
@@ -93,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         sub.add_argument("promotion_id", metavar="PROMOTION_ID")
         sub.add_argument("--as", dest="actor", required=True, metavar="APPROVER",
-                         help="who answers; must be one of the model's approvers")  # fmt: skip
+                         help="who answers (locally: a token is minted for this name); "
+                              "must be one of the model's approvers")  # fmt: skip
         sub.add_argument("--comment", default="")
         sub.add_argument("--step", help="the step answered (default: the promotion's current step)")
         sub.add_argument("--version", help="the candidate version (default: the promotion's)")

@@ -58,8 +58,9 @@ class TrafficGenerator:
 
     Each request carries an entity key, so one patient sees one model during a step."""
 
-    def __init__(self, endpoint_url: str, dataset: Dataset, threads: int) -> None:
+    def __init__(self, endpoint_url: str, dataset: Dataset, threads: int, key: str) -> None:
         self.endpoint_url = endpoint_url
+        self._headers = {"Authorization": f"Bearer {key}"}  # the endpoint's key, as on Azure
         self.dataset = dataset
         self.threads = threads
         self.sent = 0
@@ -87,7 +88,7 @@ class TrafficGenerator:
 
         chooser = random.Random(1000 + index)
         feedback: list[dict[str, Any]] = []
-        with httpx.Client(base_url=self.endpoint_url, timeout=10) as client:
+        with httpx.Client(base_url=self.endpoint_url, timeout=10, headers=self._headers) as client:
             while not self._stop.is_set():
                 row = chooser.randrange(len(self.dataset.rows))
                 key = f"patient-{chooser.randrange(100_000)}"

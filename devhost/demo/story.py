@@ -179,7 +179,7 @@ def describe(status: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- running it
 
 
-def demo_settings(options: DemoOptions, endpoint_url: str) -> dict[str, str]:
+def demo_settings(options: DemoOptions, endpoint_url: str, endpoint_key: str) -> dict[str, str]:
     local = options.output_dir / "local"
     return {
         "FUNCTIONS_WORKER_RUNTIME": "python",
@@ -197,6 +197,7 @@ def demo_settings(options: DemoOptions, endpoint_url: str) -> dict[str, str]:
         "RETRAIN_LOCAL_DIR": str(local),
         "MLFLOW_TRACKING_URI": f"sqlite:///{(local / 'mlflow.db').resolve()}",
         "LOCAL_ENDPOINT_URL": endpoint_url,
+        "LOCAL_ENDPOINT_KEY": endpoint_key,  # the same key the endpoint server was given
         "LOCAL_ENDPOINT_DIR": str(local / "endpoint"),
         "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     }
@@ -207,6 +208,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
 
     from devhost.host.dev_host import DevHost
     from endpoint_server import start_local_endpoint
+    from endpoint_server.server import new_key
     from orchestrator.bootstrap import get_runtime, set_runtime
 
     began = time.monotonic()
@@ -225,10 +227,16 @@ def run_demo(options: DemoOptions) -> DemoResult:
     corrupted = [write_batch(dataset, batches, "batch-c-flipped", 400, 569, flip=True)]
 
     console.print("[bold]Starting the local endpoint, Azurite and the Functions app…[/bold]")
+    # One key, given to the endpoint server (its environment), the app and the traffic.
+    endpoint_key = new_key()
     endpoint = start_local_endpoint(
-        local / "endpoint", tracking_uri, subprocess_mode=True, max_lifetime=1800
+        local / "endpoint",
+        tracking_uri,
+        subprocess_mode=True,
+        max_lifetime=1800,
+        key=endpoint_key,
     )
-    settings = demo_settings(options, endpoint.url)
+    settings = demo_settings(options, endpoint.url, endpoint_key)
     host = DevHost(
         "function_app",
         settings,
@@ -239,7 +247,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
         poll_interval=0.3,
         state_dir=local,
     )
-    traffic = TrafficGenerator(endpoint.url, dataset, options.traffic_threads)
+    traffic = TrafficGenerator(endpoint.url, dataset, options.traffic_threads, endpoint_key)
     phases: list[PhaseResult] = []
     try:
         set_runtime(None)  # the app's runtime is built from the settings devhost exported
@@ -283,7 +291,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
                 }
         from adapters.local_endpoint import LocalEndpoint
 
-        with LocalEndpoint(endpoint.url) as client:
+        with LocalEndpoint(endpoint.url, key=endpoint_key) as client:
             endpoint_traffic = client.traffic()
         traffic_stats = traffic.snapshot()
         mlflow_url = host.mlflow_url

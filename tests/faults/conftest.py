@@ -1,6 +1,7 @@
-"""Fixtures for the bad-input and security tests: the service layer's, re-exported, and a
-tally of the inputs each test tried (printed when the test ends: `pytest tests/faults -s`,
-and recorded in docs/reliability-figures.json with the other fault figures)."""
+"""Fixtures for the bad-input and security tests: a tally of the inputs each test tried
+(printed when the test ends: `pytest tests/faults -s`, and recorded with the other fault
+figures in build/reliability-figures.json; see `flow_harness.record_figures`). The runtime
+fixture, `make_runtime`, is tests/conftest.py's."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from collections.abc import Iterator
 import pytest
 
 from tests.faults.flow_harness import record_figures
-from tests.service.conftest import make_runtime  # noqa: F401
 
 
 @pytest.fixture

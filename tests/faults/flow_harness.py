@@ -13,8 +13,10 @@ orchestrator sends (the orchestrator queue on Azurite), keeps them in a pool and
 arrive up to `early` before its time, as with clock skew; the domain judges it then). With
 `rng=None` it is the reference transport: each message once, in send order, on time.
 
-Figures (`record_figures`) go to docs/reliability-figures.json, one entry per test, merged
-under a file lock so `pytest -n 2` workers do not overwrite each other.
+Figures (`record_figures`) are printed and merged into build/reliability-figures.json (never
+into a tracked file), one entry per test, under a file lock so `pytest -n 2` workers do not
+overwrite each other. `RELIABILITY_FIGURES=docs/reliability-figures.json` writes them to the
+published copy instead (docs/reliability-notes.md, "Reproducing the figures").
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import os
 import random
 import tempfile
 import threading
@@ -35,6 +38,7 @@ from typing import Any, Literal
 import pytest
 
 from adapters.events import QueueEventPublisher
+from adapters.local_issuer import LocalIssuer
 from adapters.storage_queue_bus import decode_body
 from adapters.traffic_rules import validate_traffic
 from domain.metrics import ArmStats, LiveMetrics, OfflineMetrics
@@ -76,7 +80,9 @@ def flow_settings_fixture(make_runtime: Callable[..., Runtime]) -> Callable[...,
 
 START = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 APPROVER = "ml-lead@contoso.com"
-FIGURES_FILE = Path(__file__).resolve().parents[2] / "docs" / "reliability-figures.json"
+ROOT = Path(__file__).resolve().parents[2]
+# Where figures go unless RELIABILITY_FIGURES names another file (relative to the repository).
+FIGURES_FILE = ROOT / "build" / "reliability-figures.json"
 
 # Audit actions that say "this changed nothing" (stale or refused commands): they depend on
 # how often and when messages arrive, not on what the flow decided.
@@ -412,9 +418,10 @@ class _SchedulingBus:
 class _Events:
     """The real queue publisher, recorded; an approval request is answered by the world."""
 
-    def __init__(self, inner: Any, world: World) -> None:
+    def __init__(self, inner: Any, world: World, issuer: LocalIssuer) -> None:
         self._inner = inner
         self._world = world
+        self._issuer = issuer  # the approver signs in with a token the app trusts
 
     def publish(self, event_type: str, model: str, data: dict[str, Any]) -> None:
         self._inner.publish(event_type, model, data)
@@ -434,7 +441,7 @@ class _Events:
                     answer,
                     message_id=f"approve:{data['promotion_id']}",
                     time=self._world.clock(),
-                )
+                ).model_copy(update={"auth": self._issuer.mint(APPROVER)})
             )
 
 
@@ -504,7 +511,11 @@ class Process:
         )
         endpoint = _Guard(self, "endpoint", lambda: world.endpoint)
         # The real lifecycle-events queue on Azurite, with the world watching what is published.
-        events = _Events(QueueEventPublisher(runtime.queue(settings.lifecycle_events_hub)), world)
+        events = _Events(
+            QueueEventPublisher(runtime.queue(settings.lifecycle_events_hub)),
+            world,
+            LocalIssuer(settings.local_issuer_dir),
+        )
         self.runtime = runtime
         self.queue = runtime.queue(settings.orchestrator_queue)
         # The real Azurite store, audit log and bus, behind the kill switch.
@@ -847,17 +858,24 @@ def check_audit(process: Process, model: str) -> list[AuditRecord]:
 # --------------------------------------------------------------------------- figures
 
 
+def figures_file() -> Path:
+    """build/reliability-figures.json, or the file RELIABILITY_FIGURES names."""
+    named = os.environ.get("RELIABILITY_FIGURES")
+    return ROOT / named if named else FIGURES_FILE
+
+
 def record_figures(test_id: str, figures: dict[str, Any]) -> None:
-    """Merge one test's figures into docs/reliability-figures.json (and print them)."""
+    """Print one test's figures and merge them into `figures_file()`."""
     print(f"\nRELIABILITY {test_id}: {json.dumps(figures, sort_keys=True)}")
-    FIGURES_FILE.parent.mkdir(parents=True, exist_ok=True)
+    path = figures_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
     lock_path = Path(tempfile.gettempdir()) / "retrain-reliability-figures.lock"
     with open(lock_path, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             document: dict[str, Any] = {}
             with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
-                document = json.loads(FIGURES_FILE.read_text())
+                document = json.loads(path.read_text())
             tests = document.get("tests", {})
             tests[test_id] = figures
             totals: Counter[str] = Counter()
@@ -868,11 +886,12 @@ def record_figures(test_id: str, figures: dict[str, Any]) -> None:
             document = {
                 "about": "tests/faults: delivery, crashes, contention and outside faults "
                 "(flows, messages, crash points, faults injected), bad input and security "
-                "(inputs tried); regenerated by `pytest tests/faults`",
+                "(inputs tried); regenerated by `RELIABILITY_FIGURES=docs/reliability-figures.json "
+                "pytest -n 2 tests/faults` (docs/reliability-notes.md)",
                 "totals": dict(sorted(totals.items())),
                 "tests": dict(sorted(tests.items())),
             }
-            FIGURES_FILE.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+            path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

@@ -11,13 +11,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 import azure.functions as func
+from azure.storage.blob import BlobServiceClient
 from hypothesis import HealthCheck, settings
 
+from adapters.azurite import Azurite
+from adapters.blob_state import ensure_container
+from adapters.dead_letters import BlobDeadLetters
 from domain.metrics import LiveMetrics, OfflineMetrics
 from orchestrator.aggregate import ModelAggregate
 from orchestrator.bootstrap import DEAD_LETTER_CONTAINER, Runtime, set_runtime
 from orchestrator.ports import DeploymentStatus, TrainingBackendError
-from tests.service.conftest import RecordingTrainingBackend
+from tests.harness import RecordingTrainingBackend
 
 # Derandomized and without the example database: the same examples on every run, so the
 # counts in docs/reliability-notes.md are reproducible.
@@ -85,7 +89,7 @@ class TrainingBackend(RecordingTrainingBackend):
 
 @dataclass
 class DeadLetterSpy:
-    """Wraps the runtime's dead-letter store: the real blob is written, the call is recorded."""
+    """Wraps a dead-letter store: the real blob is written, the call is recorded."""
 
     inner: Any = field(repr=False)
     calls: list[tuple[str, str]] = field(default_factory=list, repr=False)
@@ -105,10 +109,12 @@ class DeadLetterSpy:
         return [json.loads(container.download_blob(name).readall()) for name in self.names]
 
 
-def spy_dead_letters(runtime: Runtime) -> DeadLetterSpy:
-    spy = DeadLetterSpy(runtime.dead_letters)
-    runtime.__dict__["dead_letters"] = spy
-    return spy
+def dead_letter_spy(azurite: Azurite) -> DeadLetterSpy:
+    """A spy on the real dead-letter store, in the container every runtime on this Azurite
+    writes to; give it to the runtime as `make_runtime(..., dead_letters=spy)`."""
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    container = ensure_container(service.get_container_client(DEAD_LETTER_CONTAINER))
+    return DeadLetterSpy(BlobDeadLetters(container))
 
 
 @dataclass

@@ -1,12 +1,15 @@
 """Blob trigger names through the real `data_blob_landed` with real `func.InputStream`s: a
 name that is not <container>/<path> is one dead-letter record, a blob outside every model's
-data prefix is ignored (nothing written), one inside is kept; never an exception."""
+data prefix is ignored (nothing written), one inside is kept; never an exception. A blob
+whose URI the data policy refuses (another account; a '.' or '..' segment, a control
+character or a backslash in its name) is one dead-letter record too."""
 
 from __future__ import annotations
 
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from urllib.parse import quote, unquote
 
 import azure.functions as func
 import pytest
@@ -14,29 +17,31 @@ from azure.functions.blob import InputStream
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adapters.azurite import Azurite
 from orchestrator.bootstrap import Runtime
 from tests.faults.support import (
     DeadLetterSpy,
     TrainingBackend,
+    dead_letter_spy,
     fuzz,
     installed,
-    spy_dead_letters,
     user_function,
 )
-from tests.service.conftest import policy_yaml
+from tests.harness import policy_yaml
 from triggers import data
 
 pytestmark = pytest.mark.azurite
 
 data_blob_landed = user_function(data.data_blob_landed)
 CONTAINER = "training-data"
+ACCOUNT = "https://acct.blob.core.windows.net"  # the data account
 
 segments = st.text(st.characters(codec="utf-8", exclude_characters="/"), min_size=1, max_size=20)
 
 
 @st.composite
 def blobs(draw: st.DrawFn) -> tuple[str, str]:
-    kind = draw(st.sampled_from(["not-container/path", "outside-prefixes", "kept"]))
+    kind = draw(st.sampled_from(["not-container/path", "outside-prefixes", "refused-uri", "kept"]))
     if kind == "not-container/path":
         name = draw(st.sampled_from(["", "/", "no-slash", "/leading", "trailing/"]) | segments)
     elif kind == "outside-prefixes":
@@ -44,20 +49,27 @@ def blobs(draw: st.DrawFn) -> tuple[str, str]:
             st.sampled_from([f"other/churn/{uuid.uuid4().hex}", f"{CONTAINER}/elsewhere/x"])
         )
     else:
-        name = f"{CONTAINER}/churn/{draw(segments)}/{uuid.uuid4().hex}"
+        segment = draw(segments)
+        name = f"{CONTAINER}/churn/{segment}/{uuid.uuid4().hex}"
+        dots = {segment, unquote(segment)} & {".", ".."}  # also a literal '%2e%2e'
+        if dots or "\\" in segment or any(ord(c) < 32 or ord(c) == 127 for c in segment):
+            kind = "refused-uri"  # a name the data policy refuses in a URI
     return kind, name
 
 
 @pytest.fixture
-def runtime(make_runtime: Callable[..., Runtime]) -> Runtime:
-    made = make_runtime({"churn": policy_yaml("churn", retrain="{debounce: 1h}")})
-    made.__dict__["training"] = TrainingBackend()
-    return made
+def dead_letters(azurite: Azurite) -> DeadLetterSpy:
+    return dead_letter_spy(azurite)
 
 
 @pytest.fixture
-def dead_letters(runtime: Runtime) -> DeadLetterSpy:
-    return spy_dead_letters(runtime)
+def runtime(make_runtime: Callable[..., Runtime], dead_letters: DeadLetterSpy) -> Runtime:
+    return make_runtime(
+        {"churn": policy_yaml("churn", retrain="{debounce: 1h}")},
+        training=TrainingBackend(),
+        dead_letters=dead_letters,
+        DataStorage__blobServiceUri=ACCOUNT,
+    )
 
 
 @fuzz(60)
@@ -78,7 +90,8 @@ def test_a_blob_name_is_dead_lettered_ignored_or_kept(
     stream = InputStream(
         data=b"a,b\n1,2\n",
         name=name,
-        uri=f"https://acct.blob.core.windows.net/{name}",
+        # As the host gives it: percent-encoded; on the data account, but for "refused-uri".
+        uri=f"{ACCOUNT if kind != 'refused-uri' else 'https://evil.example'}/{quote(name)}",
         length=length,
         blob_properties={"ETag": etag} if etag is not None else None,
     )
@@ -86,7 +99,7 @@ def test_a_blob_name_is_dead_lettered_ignored_or_kept(
     with installed(runtime):
         data_blob_landed(stream)
     after = store.load("churn")[0]
-    assert len(dead_letters.calls) - dead == (kind == "not-container/path")
+    assert len(dead_letters.calls) - dead == (kind in ("not-container/path", "refused-uri"))
     if kind == "kept":
         assert any(key.startswith(f"blob:{name}@") for key in after.retrain.seen_keys)
     else:

@@ -17,9 +17,11 @@ from typing import Any
 
 import pytest
 
+from adapters.local_issuer import LocalIssuer
 from orchestrator.handlers import Outcome
 from orchestrator.messages import Envelope
 from orchestrator.ports import ConcurrencyConflict
+from orchestrator.signing import MessageSigner
 from promotion.commands import ApprovalDecision, GateCheck
 from tests.faults.flow_harness import (  # noqa: F401
     APPROVER,
@@ -39,7 +41,11 @@ BATCHES = 4  # data-landed batches per worker
 BATCH_SIZE = 5  # new files per batch
 
 
-def messages_for(worker: int, promotion_id: str, rng: random.Random) -> list[Envelope]:
+def messages_for(
+    worker: int, promotion_id: str, rng: random.Random, token: str, signer: MessageSigner
+) -> list[Envelope]:
+    """`token`: the approver's bearer token (every worker receives the same person's answer);
+    `signer`: the app's, for the stale check the app once sent."""
     batches = [landed(MODEL, worker, batch, BATCH_SIZE) for batch in range(BATCHES)]
     approval = Envelope.new(
         "ApprovalDecision",
@@ -53,12 +59,14 @@ def messages_for(worker: int, promotion_id: str, rng: random.Random) -> list[Env
             comment=f"worker {worker}",
         ),
         message_id=f"approval-from-worker-{worker}",
-    )
-    stale_check = Envelope.new(
-        "GateCheck",
-        MODEL,
-        GateCheck(promotion_id=promotion_id, step="approval", check_id=f"old-check-{worker}"),
-        message_id=f"stale-check-from-worker-{worker}",
+    ).model_copy(update={"auth": token})
+    stale_check = signer.sign(  # the app's own (stale) check: signed
+        Envelope.new(
+            "GateCheck",
+            MODEL,
+            GateCheck(promotion_id=promotion_id, step="approval", check_id=f"old-check-{worker}"),
+            message_id=f"stale-check-from-worker-{worker}",
+        )
     )
     messages = [*batches, approval, stale_check, rng.choice(batches)]  # one batch twice
     rng.shuffle(messages)
@@ -74,14 +82,18 @@ def test_sixteen_workers_on_one_model_lose_no_update(
     arranging = Process(settings, world)
     seed_champion(arranging, world, MODEL)
     arranging.handlers.handle(
-        Envelope.new("StartPromotion", MODEL, {"candidate_version": "2"}, message_id="start-v2")
+        arranging.runtime.signer.sign(
+            Envelope.new("StartPromotion", MODEL, {"candidate_version": "2"}, message_id="start-v2")
+        )
     )
     before = arranging.aggregate(MODEL)
     promotion = before.promotion.active
     assert promotion is not None and promotion.status == "awaiting_approval"
 
     rng = random.Random(8)
-    plans = [messages_for(worker, promotion.id, rng) for worker in range(WORKERS)]
+    token = LocalIssuer(settings.local_issuer_dir).mint(APPROVER)
+    signer = arranging.runtime.signer
+    plans = [messages_for(worker, promotion.id, rng, token, signer) for worker in range(WORKERS)]
     processes = [Process(settings, world) for _ in range(WORKERS)]
     start = threading.Barrier(WORKERS)
     results: list[list[tuple[Envelope, Outcome]]] = [[] for _ in range(WORKERS)]

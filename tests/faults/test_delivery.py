@@ -29,6 +29,7 @@ from tests.faults.flow_harness import (  # noqa: F401
     make_runtime,
     run_generations,
 )
+from tests.harness import signed
 
 MODEL = "churn"
 SEEDS = range(6)
@@ -134,6 +135,7 @@ def test_a_first_model_rolled_back_in_its_bake_leaves_nothing_behind(flow_settin
         {"promotion_id": promotion_id, "reason": "wrong features", "requested_by": "ops"},
         promotion_id=promotion_id,
     )
+    rollback = signed(process.runtime, rollback, "ops@contoso.com", roles=["Promotion.Operate"])
     courier.inject(rollback)
     courier.inject(rollback)
     courier.run()

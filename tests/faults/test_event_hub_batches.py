@@ -19,18 +19,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from adapters.azurite import Azurite
 from orchestrator.bootstrap import Runtime
 from tests.faults.support import (
     PATHOLOGICAL_JSON,
     DeadLetterSpy,
     SaveSpy,
     TrainingBackend,
+    dead_letter_spy,
     fuzz,
     installed,
-    spy_dead_letters,
     user_function,
 )
-from tests.service.conftest import policy_yaml
+from tests.harness import policy_yaml
 from triggers import data
 
 pytestmark = pytest.mark.azurite
@@ -191,15 +192,18 @@ batches = st.lists(events(), min_size=1, max_size=12)
 
 
 @pytest.fixture
-def runtime(make_runtime: Callable[..., Runtime]) -> Runtime:
-    made = make_runtime({model: policy_yaml(model, retrain="{debounce: 1h}") for model in MODELS})
-    made.__dict__["training"] = TrainingBackend()
-    return made
+def dead_letters(azurite: Azurite) -> DeadLetterSpy:
+    return dead_letter_spy(azurite)
 
 
 @pytest.fixture
-def dead_letters(runtime: Runtime) -> DeadLetterSpy:
-    return spy_dead_letters(runtime)
+def runtime(make_runtime: Callable[..., Runtime], dead_letters: DeadLetterSpy) -> Runtime:
+    return make_runtime(
+        {model: policy_yaml(model, retrain="{debounce: 1h}") for model in MODELS},
+        training=TrainingBackend(),
+        dead_letters=dead_letters,
+        DataStorage__blobServiceUri=ACCOUNT,  # the data account the events' URLs name
+    )
 
 
 @pytest.fixture

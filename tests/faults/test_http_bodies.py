@@ -34,7 +34,7 @@ from tests.faults.support import (
     installed,
     user_function,
 )
-from tests.service.conftest import policy_yaml
+from tests.harness import policy_yaml
 from triggers import http_api
 
 pytestmark = pytest.mark.azurite
@@ -44,6 +44,9 @@ rollback = user_function(http_api.rollback)
 
 MODELS = ("churn", "fraud", "churn.v2")  # a dot is legal in a model name
 RETRAIN_FIELDS = ("model", "data_uri", "reason", "force")
+# The data account the runtime takes data from: a valid data_uri is a blob of it under the
+# model's prefix (training-data/<model>/); any other text is refused (domain/data_location.py).
+DATA_ACCOUNT = "https://acct.blob.core.windows.net"
 ROLLBACK_FIELDS = ("reason",)
 PROBLEM = "application/problem+json"
 
@@ -130,6 +133,7 @@ def retrain_cases(draw: st.DrawFn) -> Case:
                 "extra-field",
                 "huge-string",
                 "unicode-unknown-model",
+                "refused-data-uri",
                 "valid",
             ]
         )
@@ -162,6 +166,12 @@ def retrain_cases(draw: st.DrawFn) -> Case:
     if kind == "unicode-unknown-model":
         document["model"] = draw(unicode_text.filter(lambda m: m not in MODELS))
         return Case(kind, encode(document), frozenset({404}), ("model",))
+    if kind == "refused-data-uri":
+        document["data_uri"] = draw(st.text(min_size=1, max_size=200))
+        return Case(kind, encode(document), bad, ("data_uri",))
+    if "data_uri" in document:
+        blob = draw(st.text(alphabet=string.ascii_lowercase + string.digits + "-_", min_size=1))
+        document["data_uri"] = f"{DATA_ACCOUNT}/training-data/{document['model']}/{blob}.csv"
     return Case(kind, encode(document), frozenset({202}))
 
 
@@ -237,12 +247,19 @@ def call(function: Callable[..., Any], request: func.HttpRequest) -> func.HttpRe
 
 @pytest.fixture
 def runtime(make_runtime: Callable[..., Runtime]) -> Runtime:
+    """Our own ports faked where a request could reach them: no MLflow data, no endpoint."""
     policies = {model: policy_yaml(model) for model in MODELS}
     # An endpoint name cannot hold a dot.
     policies["churn.v2"] = policies["churn.v2"].replace("churn.v2-ep", "churn-v2-ep")
-    made = make_runtime(policies)
-    made.__dict__["training"] = TrainingBackend()
-    return made
+    endpoint = RecordingEndpoint()
+    return make_runtime(
+        policies,
+        training=TrainingBackend(),
+        metrics=FixedMetrics({"auc": 0.95}),
+        registry=RecordingRegistry(),
+        endpoints=lambda policy: endpoint,
+        DataStorage__blobServiceUri=DATA_ACCOUNT,
+    )
 
 
 @fuzz(150)
@@ -270,14 +287,8 @@ def test_retrain_answers_every_body_with_400_404_or_202(
 @pytest.fixture
 def promotion_id(runtime: Runtime) -> str:
     """An active promotion of churn (staging passed, deploying), built through the handler."""
-    ports = runtime.ports
-    ports.metrics = FixedMetrics({"auc": 0.95})
-    ports.registry = RecordingRegistry()
-    endpoint = RecordingEndpoint()
-    ports.endpoints = lambda policy: endpoint
-    outcome = runtime.handlers.handle(
-        Envelope.new("StartPromotion", "churn", StartPromotion(candidate_version="7"))
-    )
+    start = Envelope.new("StartPromotion", "churn", StartPromotion(candidate_version="7"))
+    outcome = runtime.handlers.handle(runtime.signer.sign(start))
     assert outcome.status == "applied"
     active = runtime.queries.model_status("churn")["active_promotion"]
     assert active is not None
@@ -338,7 +349,13 @@ def test_a_dotted_model_name_can_be_retrained(runtime: Runtime) -> None:
             http_request(
                 "POST",
                 "/api/retrain",
-                b'{"model": "churn.v2", "data_uri": "https://a.example/d.csv", "force": true}',
+                json.dumps(
+                    {
+                        "model": "churn.v2",
+                        "data_uri": f"{DATA_ACCOUNT}/training-data/churn.v2/d.csv",
+                        "force": True,
+                    }
+                ).encode(),
             ),
         )
     assert response.status_code == 202, response.get_body()

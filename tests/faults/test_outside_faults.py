@@ -28,8 +28,8 @@ from adapters.azurite import start_azurite
 from adapters.mlflow_metrics import MlflowMetrics
 from adapters.mlflow_registry import MlflowRegistry
 from orchestrator.settings import Settings
+from tests.adapters import azureml_endpoint_replay, azureml_jobs_replay
 from tests.azure_recording import Canned, FakeCredential, Recorded
-from tests.endpoint import azure_replay
 from tests.faults.flow_harness import (  # noqa: F401
     Courier,
     FakeMetrics,
@@ -46,7 +46,6 @@ from tests.faults.flow_harness import (  # noqa: F401
     make_runtime,
     seed_champion,
 )
-from tests.pipelines import azure_transport
 
 MODEL = "churn"
 ENDPOINT = f"{MODEL}-ep"
@@ -56,7 +55,7 @@ RUN_ID = "churn-20260302t090000-1"
 # --------------------------------------------------------------------------- Azure ML
 
 
-class EndpointService(azure_replay.FakeAzureML):
+class EndpointService(azureml_endpoint_replay.FakeAzureML):
     """The endpoint contract tests' canned Azure ML, answering deployment PUTs with the
     statuses in `put_faults` first (in order)."""
 
@@ -83,7 +82,7 @@ class AzureWorld:
     """Azure ML's side: the jobs service and the endpoint service, progressing on their own."""
 
     def __init__(self) -> None:
-        self.jobs = azure_transport.FakeAzureML()
+        self.jobs = azureml_jobs_replay.FakeAzureML()
         client = MLClient(
             FakeCredential(),
             "sub-1",
@@ -98,9 +97,9 @@ class AzureWorld:
         self.endpoints.add_endpoint(ENDPOINT, traffic={"churn-v1": 100})
         self.endpoints.add_deployment(ENDPOINT, "churn-v1", MODEL, "1")
         ml_client = make_ml_client(
-            azure_replay.SUB,
-            azure_replay.RG,
-            azure_replay.WS,
+            azureml_endpoint_replay.SUB,
+            azureml_endpoint_replay.RG,
+            azureml_endpoint_replay.WS,
             FakeCredential(),
             transport=self.endpoints,
         )
@@ -468,6 +467,7 @@ def test_mlflow_unreachable_during_the_canary_holds_the_split_then_rolls_back(
 # --------------------------------------------------------------------------- Azurite
 
 
+@pytest.mark.azurite  # starts (and restarts) its own emulator
 def test_an_azurite_restart_in_the_middle_of_the_canary_is_recovered_from(
     flow_settings: Any, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

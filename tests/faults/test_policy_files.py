@@ -17,7 +17,7 @@ from domain.policy import ModelPolicy, PolicyError, parse_policy
 from orchestrator.policy_files import load_policy
 from tests.faults.support import fuzz
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "unit" / "promotion" / "example_policy.yml"
+EXAMPLE = Path(__file__).resolve().parents[1] / "domain" / "example_policy.yml"
 SOURCE = "policies/fuzzed.yml"
 VALID: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
 

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import adapters.azurite as azurite_module
-from adapters.azurite import DEV_KEY
+from adapters.azurite import DEV_KEY, Azurite
 from orchestrator.bootstrap import Runtime
 from orchestrator.messages import Envelope
 from promotion.commands import ApprovalDecision, StartPromotion
@@ -31,12 +31,12 @@ from tests.faults.support import (
     RecordingEndpoint,
     RecordingRegistry,
     TrainingBackend,
+    dead_letter_spy,
     fuzz,
     installed,
-    spy_dead_letters,
     user_function,
 )
-from tests.service.conftest import policy_yaml
+from tests.harness import policy_yaml, signed
 from triggers import health as health_module
 from triggers import messages
 
@@ -130,32 +130,37 @@ class Promoted:
 
 
 @pytest.fixture
-def promoted(make_runtime: Callable[..., Runtime]) -> Promoted:
+def promoted(make_runtime: Callable[..., Runtime], azurite: Azurite) -> Promoted:
     """churn's candidate v3 passed staging and awaits approval, built through the handler."""
+    endpoint = RecordingEndpoint()
+    dead_letters = dead_letter_spy(azurite)
     runtime = make_runtime(
         {
             "churn": approval_policy("churn", ALLOWED),
             "fraud": approval_policy("fraud", (FRAUD_APPROVER,)),
-        }
+        },
+        training=TrainingBackend(),
+        metrics=FixedMetrics({"auc": 0.95}),  # no MLflow data: our own port, faked
+        registry=RecordingRegistry(),
+        endpoints=lambda policy: endpoint,
+        dead_letters=dead_letters,
     )
-    runtime.__dict__["training"] = TrainingBackend()
-    ports = runtime.ports
-    ports.metrics = FixedMetrics({"auc": 0.95})  # no MLflow data: our own port, faked
-    ports.registry = RecordingRegistry()
-    endpoint = RecordingEndpoint()
-    ports.endpoints = lambda policy: endpoint
     start = Envelope.new("StartPromotion", "churn", StartPromotion(candidate_version=VERSION))
-    assert runtime.handlers.handle(start).status == "applied"
+    assert runtime.handlers.handle(runtime.signer.sign(start)).status == "applied"
     active = runtime.queries.model_status("churn")["active_promotion"]
     assert active["status"] == "awaiting_approval", active
-    return Promoted(runtime, active["id"], endpoint, spy_dead_letters(runtime))
+    return Promoted(runtime, active["id"], endpoint, dead_letters)
 
 
 def send_approval(promoted: Promoted, model: str, message_id: str, **payload: str) -> None:
+    """The approval, sent with a token of the person its payload names (none for a blank
+    name): who approves is who the token says (orchestrator/people.py)."""
     command = ApprovalDecision.model_validate(payload)
     envelope = Envelope.new(
         "ApprovalDecision", model, command, promotion_id=command.promotion_id, message_id=message_id
     )
+    if command.approver.strip():
+        envelope = signed(promoted.runtime, envelope, command.approver)
     with installed(promoted.runtime):
         user_function(messages.approvals_queue)(func.ServiceBusMessage(body=envelope.to_bytes()))
 
@@ -164,8 +169,8 @@ def active(runtime: Runtime) -> dict[str, Any]:
     return dict(runtime.queries.model_status("churn")["active_promotion"])
 
 
-def is_allowed(approver: str) -> bool:
-    return approver.casefold() in {name.casefold() for name in ALLOWED}
+def is_allowed(approver: str, approvers: tuple[str, ...] = ALLOWED) -> bool:
+    return approver.casefold() in {name.casefold() for name in approvers}
 
 
 def wrong_values(promotion_id: str) -> dict[str, st.SearchStrategy[str]]:
@@ -206,7 +211,9 @@ def wrong_values(promotion_id: str) -> dict[str, st.SearchStrategy[str]]:
 def test_an_approval_that_does_not_match_changes_nothing_and_is_audited(
     promoted: Promoted, tally: Counter[str], data: st.DataObject
 ) -> None:
-    """Wrong approver, step, version, promotion or model (one or several): refused."""
+    """Wrong approver, step, version, promotion or model (one or several): refused. Someone who
+    may not approve that model is refused before the rules see it (and dead-lettered); a
+    right person's answer that does not match the promotion is refused by the rules."""
     promotion_id = promoted.promotion_id
     wrong = wrong_values(promotion_id)
     size = data.draw(st.sampled_from([1, 1, 1, 2, 3]), "how many parts are wrong")
@@ -235,11 +242,16 @@ def test_an_approval_that_does_not_match_changes_nothing_and_is_audited(
 
     assert active(runtime) == before, "a refused approval changed the promotion"
     assert promoted.endpoint.deployed == []
-    assert promoted.dead_letters.calls == []
+    unauthorized = not is_allowed(
+        approval["approver"], ALLOWED if model == "churn" else (FRAUD_APPROVER,)
+    )
+    assert len(promoted.dead_letters.calls) == (1 if unauthorized else 0)
+    promoted.dead_letters.calls.clear()
     audit = [
         record for record in runtime.ports.audit.read(model, since) if record.cause_id == message_id
     ]
-    assert [record.action for record in audit] == ["approval.refused"], audit
+    refusal = "message.rejected" if unauthorized else "approval.refused"
+    assert [record.action for record in audit] == [refusal], audit
     assert audit[0].detail["reason"]
 
 
@@ -251,9 +263,10 @@ def test_only_the_right_approval_moves_the_promotion(promoted: Promoted) -> None
         "candidate_version": VERSION,
         "decision": "approve",
     }
-    # fraud's approver, on churn's promotion: refused.
+    # fraud's approver (with a valid token), on churn's promotion: refused, dead-lettered.
     send_approval(promoted, "churn", "m1", **right, approver=FRAUD_APPROVER)
     assert active(runtime)["status"] == "awaiting_approval"
+    assert len(promoted.dead_letters.calls) == 1
     # One of churn's approvers (names compare case-insensitively): accepted.
     send_approval(promoted, "churn", "m2", **right, approver="ALICE@example.com")
     assert active(runtime)["status"] == "deploying"
@@ -266,9 +279,9 @@ def test_only_the_right_approval_moves_the_promotion(promoted: Promoted) -> None
         for record in runtime.queries.audit_trail("churn")
         if record.cause_type == "ApprovalDecision"
     ]
-    assert ("m1", "approval.refused") in actions and ("m3", "approval.refused") in actions
+    assert ("m1", "message.rejected") in actions and ("m3", "approval.refused") in actions
     assert not any(action == "approval.refused" for cause, action in actions if cause == "m2")
-    assert promoted.dead_letters.calls == []
+    assert len(promoted.dead_letters.calls) == 1  # m1's
 
 
 class MetricsDown:
@@ -284,19 +297,21 @@ class MetricsDown:
 def test_a_gate_never_judges_metrics_the_message_brought(
     make_runtime: Callable[..., Runtime],
 ) -> None:
-    runtime = make_runtime({"churn": policy_yaml("churn")})
-    runtime.__dict__["training"] = TrainingBackend()
-    ports = runtime.ports
-    ports.metrics = MetricsDown()
-    ports.registry = RecordingRegistry()
     endpoint = RecordingEndpoint()
-    ports.endpoints = lambda policy: endpoint
+    runtime = make_runtime(
+        {"churn": policy_yaml("churn")},
+        training=TrainingBackend(),
+        metrics=MetricsDown(),
+        registry=RecordingRegistry(),
+        endpoints=lambda policy: endpoint,
+    )
     forged = Envelope.new(
         "StartPromotion",
         "churn",
         {"candidate_version": "5", "offline": {"candidate": {"auc": 0.99}}},
     )
-    runtime.handlers.handle(forged)
+    # Signed, as if the app itself had sent it: even then the metrics it carries are ignored.
+    runtime.handlers.handle(runtime.signer.sign(forged))
     status = runtime.queries.model_status("churn")["active_promotion"]["status"]
     assert (status, endpoint.deployed) == ("staging_gate", [])  # inconclusive: retried later
 
@@ -402,8 +417,10 @@ def test_start_azurite_passes_disable_telemetry(
 
 
 # A command line that starts Azurite: `azurite ...`, `npx azurite`, node_modules/.bin/azurite,
-# the azurite-blob/-queue/-table entry points, or the Docker image.
+# the azurite-blob/-queue/-table entry points, or the Docker image. Not pytest's marker
+# expressions (`-m azurite`, `-m "not azurite"`), which select tests.
 SHELL_LAUNCH = re.compile(
+    r"(?<!\bnot)(?<!-m)(?<!-m\s)"
     r"(?:^|[\s;&|(`'\"$])(?:npx\s+(?:-\S+\s+)*)?(?:\S*node_modules/\.bin/)?"
     r"azurite(?:-blob|-queue|-table)?(?=\s+-|\s*$|\s*[;&|)`'\"])"
     r"|mcr\.microsoft\.com/azure-storage/azurite",
@@ -512,6 +529,9 @@ def test_the_launch_scan_recognises_azurite_command_lines() -> None:
     assert found("run: node_modules/.bin/azurite \\\n  --disableTelemetry -l x\n") == [True]
     assert found("docker run mcr.microsoft.com/azure-storage/azurite\n") == [False]
     assert found("Azurite is started with care, by the tests.\n", "README.md") == []
+    assert found('\tpytest -n 2 -m "not azurite" $(PYTEST_ARGS)\n') == []
+    assert found("\tpytest -n 2 -m azurite\n") == []
+    assert found("\tpytest -m 'azurite' && npx azurite -s\n") == [False]
     code = "import subprocess\ndef go():\n    subprocess.Popen(['node_modules/.bin/azurite'])\n"
     assert python_launches(Path("x.py"), code) == [("x.py:3", False)]
     built = (

@@ -47,11 +47,10 @@ def approval_runtime(make_runtime, name: str) -> Runtime:
             )
         },
         APPROVALS_QUEUE=f"appr{name}{os.getpid()}",
+        training=RecordingTrainingBackend(),
+        metrics=PassingOfflineMetrics(),
+        registry=RecordingRegistry(),
     )
-    runtime.__dict__["training"] = RecordingTrainingBackend()
-    ports = runtime.ports
-    ports.metrics = PassingOfflineMetrics()
-    ports.registry = RecordingRegistry()
     return runtime
 
 
@@ -60,7 +59,7 @@ def awaiting_approval(runtime: Runtime, version: str = "7") -> str:
     envelope = Envelope.new(
         "StartPromotion", "churn", StartPromotion(candidate_version=version), message_id="start-7"
     )
-    runtime.handlers.handle(envelope)
+    runtime.handlers.handle(runtime.signer.sign(envelope))  # the app's own message
     active = runtime.queries.model_status("churn")["active_promotion"]
     assert active["status"] == "awaiting_approval"
     return active["id"]
@@ -109,9 +108,12 @@ def test_approve_by_someone_not_allowed_is_sent_with_a_warning(make_runtime):
 
 
 def test_retrain_sends_retrain_requested_and_the_app_submits_that_run(make_runtime):
-    runtime = make_runtime({"churn": policy_yaml("churn")})
     backend = RecordingTrainingBackend()
-    runtime.__dict__["training"] = backend
+    runtime = make_runtime(
+        {"churn": policy_yaml("churn")},
+        training=backend,
+        DataStorage__blobServiceUri="https://acct.blob.core.windows.net",  # the data account
+    )
 
     sent = commands.request_retrain(
         runtime,
@@ -359,3 +361,47 @@ def test_main_reject_sends_the_decision_as_the_approver(make_runtime, capsys):
     assert runtime.handlers.handle(envelope).status == "applied"
     [entry] = runtime.queries.model_status("churn")["recent_promotions"]
     assert (entry["promotion_id"], entry["outcome"]) == (promotion_id, "rejected")
+
+
+def test_against_azure_the_token_is_the_azure_credentials_for_the_api(monkeypatch):
+    """ENTRA_TENANT_ID set: the CLI asks the app's one credential (az login) for a token for
+    `<ENTRA_API_AUDIENCE>/.default` and names the account the app will record."""
+    import jwt
+
+    from tests.fakes import fake_runtime, fake_settings, start_promotion
+    from tests.orchestrator.test_handlers import canary_policy
+
+    token = jwt.encode({"preferred_username": "ana@contoso.com", "oid": "o-1"}, "k" * 32)
+    scopes: list[str] = []
+
+    class Credential:
+        def get_token(self, scope: str) -> Any:
+            scopes.append(scope)
+            return type("AccessToken", (), {"token": token})()
+
+    monkeypatch.setattr("adapters.azure_credential.azure_credential", lambda: Credential())
+    settings = fake_settings(
+        ENTRA_TENANT_ID="72f988bf-86f1-41af-91ab-2d7cd011db47",
+        ENTRA_API_AUDIENCE="api://retrain-orchestrator, 6e8f0b7c-1d2a-4c3b-9e5f-0a1b2c3d4e5f",
+    )
+    w = fake_runtime(canary_policy(), settings=settings)
+    w.runtime.bus_for = lambda queue: w.bus  # type: ignore[method-assign]
+    w.seed_champion("churn", "1")
+    w.handle(start_promotion("churn", "2"))
+    active = w.aggregate("churn").promotion.active
+    assert active is not None
+
+    sent = commands.send_approval(w.runtime, active.id, "approve", "ml-lead@contoso.com")
+
+    assert scopes == ["api://retrain-orchestrator/.default"]
+    [envelope] = w.bus.envelopes("ApprovalDecision")
+    assert envelope.auth == token
+    assert any("signed in as ana@contoso.com" in note for note in sent.notes)
+    assert token not in json.dumps(sent.to_json())  # the token is never printed
+
+    def no_login(scope: str) -> Any:
+        raise RuntimeError("DefaultAzureCredential failed to retrieve a token\nmore lines")
+
+    monkeypatch.setattr(Credential, "get_token", lambda self, scope: no_login(scope))
+    with pytest.raises(commands.CliError, match="run `az login`"):
+        commands.request_pause(w.runtime, active.id, "oncall@contoso.com")

@@ -1,0 +1,287 @@
+"""AzureMLEndpoint against the real azure-ai-ml SDK; a recording transport answers for Azure.
+
+The assertions are on the REST requests the SDK really sent (method, path, JSON body) and on
+how canned provisioning states read back through the port.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.azureml_endpoint import DEFAULT_RETRY, AzureMLEndpoint, make_ml_client
+from orchestrator.ports import (
+    DeploymentBusy,
+    EndpointError,
+    InvalidDeploymentName,
+    InvalidTraffic,
+    OnlineEndpoint,
+)
+from tests.adapters.azureml_endpoint_replay import RG, SUB, WS, WS_ID, FakeAzureML
+from tests.azure_recording import Canned, FakeCredential
+
+EP = "churn-ep"
+EP_PATH = f"{WS_ID}/onlineEndpoints/{EP}"
+
+
+@pytest.fixture
+def azure() -> FakeAzureML:
+    transport = FakeAzureML()
+    transport.add_endpoint(EP, traffic={"churn-v2": 100})
+    transport.add_deployment(EP, "churn-v2", "churn", "2")
+    return transport
+
+
+@pytest.fixture
+def endpoint(azure: FakeAzureML) -> AzureMLEndpoint:
+    client = make_ml_client(SUB, RG, WS, FakeCredential(), transport=azure)
+    return AzureMLEndpoint(lambda: client, EP, "Standard_DS3_v2", 2)
+
+
+def test_the_adapter_implements_the_port(endpoint: AzureMLEndpoint) -> None:
+    assert isinstance(endpoint, OnlineEndpoint)
+
+
+def test_deploy_puts_a_managed_deployment_of_the_registered_model_with_data_collection(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    assert endpoint.deploy("churn", "3", "churn-v3") == "churn-v3"
+
+    [put] = azure.sent("PUT", f"{EP_PATH}/deployments/churn-v3")
+    assert put.path == f"{EP_PATH}/deployments/churn-v3"
+    props = put.body["properties"]
+    assert props["model"] == f"{WS_ID}/models/churn/versions/3"
+    assert props["endpointComputeType"] == "Managed"
+    assert props["instanceType"] == "Standard_DS3_v2"
+    assert put.body["sku"]["capacity"] == 2
+    collections = props["dataCollector"]["collections"]
+    assert set(collections) == {"model_inputs", "model_outputs"}
+    for name, collection in collections.items():
+        assert collection["dataCollectionMode"] == "enabled"
+        assert collection["samplingRate"] == 1.0
+        assert collection["dataId"] == f"{WS_ID}/data/{EP}-churn-v3-{name}/versions/1"
+    # the SDK registers the collected data as data assets before the deployment
+    registered = azure.sent("PUT", "/data/")
+    assert [r.body["properties"]["dataUri"] for r in registered] == [
+        f"azureml://datastores/workspaceblobstore/paths/modelDataCollector/{EP}/churn-v3/{c}"
+        for c in ("model_inputs", "model_outputs")
+    ]
+    # it started the operation and did not wait for it: the state is still Creating
+    assert endpoint.deployment_state("churn-v3").state == "creating"
+
+
+def test_deploying_the_same_version_again_sends_no_put(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    endpoint.deploy("churn", "2", "churn-v2")
+    assert azure.sent("PUT") == []
+    assert [r.method for r in azure.requests] == ["GET"]
+    assert azure.requests[0].path == f"{EP_PATH}/deployments/churn-v2"
+
+
+def test_a_failed_deployment_is_deployed_again(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    azure.add_deployment(EP, "churn-v4", "churn", "4", state="Failed")
+    endpoint.deploy("churn", "4", "churn-v4")
+    assert len(azure.sent("PUT", f"{EP_PATH}/deployments/churn-v4")) == 1
+
+
+@pytest.mark.parametrize(
+    ("provisioning", "state"),
+    [
+        ("Creating", "creating"),
+        ("Updating", "creating"),
+        ("Scaling", "creating"),
+        ("Succeeded", "succeeded"),
+        ("Failed", "failed"),
+        ("Canceled", "failed"),
+        ("Deleting", "deleting"),
+    ],
+)
+def test_provisioning_states_map_to_the_port(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint, provisioning: str, state: str
+) -> None:
+    azure.add_deployment(EP, "churn-v5", "churn", "5", state=provisioning)
+    status = endpoint.deployment_state("churn-v5")
+    assert (status.state, status.model_name, status.model_version) == (state, "churn", "5")
+    assert (status.error is not None) == (state == "failed")
+    [get] = azure.requests
+    assert (get.method, get.path) == ("GET", f"{EP_PATH}/deployments/churn-v5")
+
+
+def test_a_missing_deployment_reads_as_missing(endpoint: AzureMLEndpoint) -> None:
+    assert endpoint.deployment_state("churn-v9").state == "missing"
+
+
+def test_set_traffic_puts_the_endpoint_with_the_whole_split(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    azure.add_endpoint(EP, traffic={"churn-v2": 100}, mirror={"churn-v3": 20})
+    endpoint.set_traffic({"churn-v2": 90, "churn-v3": 10})
+    assert [(r.method, r.path) for r in azure.requests] == [
+        ("GET", EP_PATH),
+        ("GET", f"{EP_PATH}/deployments"),  # the SDK's get() lists the deployments too
+        ("GET", WS_ID),  # the SDK reads the workspace location
+        ("PUT", EP_PATH),
+    ]
+    body = azure.requests[-1].body
+    assert body["properties"]["traffic"] == {"churn-v2": 90, "churn-v3": 10}
+    assert body["properties"]["mirrorTraffic"] == {}  # churn-v3 went live: no more shadow
+    assert endpoint.traffic() == {"churn-v2": 90, "churn-v3": 10}
+
+    endpoint.set_traffic({"churn-v3": 100})  # absolute: churn-v2, left out, gets 0
+    [_, second] = azure.sent("PUT", EP_PATH)
+    assert second.body["properties"]["traffic"] == {"churn-v3": 100}
+    assert endpoint.traffic() == {"churn-v3": 100}
+
+
+def test_set_mirror_puts_mirror_traffic(azure: FakeAzureML, endpoint: AzureMLEndpoint) -> None:
+    azure.add_deployment(EP, "churn-v3", "churn", "3")
+    endpoint.set_mirror({"churn-v3": 10})
+    [put] = azure.sent("PUT", EP_PATH)
+    assert put.body["properties"]["mirrorTraffic"] == {"churn-v3": 10}
+    assert put.body["properties"]["traffic"] == {"churn-v2": 100}
+    with pytest.raises(InvalidTraffic, match="live traffic"):
+        endpoint.set_mirror({"churn-v2": 10})
+
+
+def test_invalid_maps_and_names_send_nothing(azure: FakeAzureML, endpoint: AzureMLEndpoint) -> None:
+    with pytest.raises(InvalidTraffic, match="sum to 100"):
+        endpoint.set_traffic({"churn-v2": 90})
+    with pytest.raises(InvalidTraffic, match="integer"):
+        endpoint.set_traffic({"churn-v2": 90.0, "churn-v3": 10})  # type: ignore[dict-item]
+    with pytest.raises(InvalidTraffic, match=r"0\.\.50"):
+        endpoint.set_mirror({"churn-v3": 60})
+    with pytest.raises(InvalidDeploymentName):
+        endpoint.deploy("churn", "3", "churn_v3")
+    with pytest.raises(InvalidDeploymentName):
+        endpoint.delete("3churn")
+    assert azure.requests == []
+
+
+def test_traffic_to_a_deployment_the_endpoint_does_not_have_is_not_put(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    with pytest.raises(InvalidTraffic, match="do not exist"):
+        endpoint.set_traffic({"churn-v2": 90, "churn-v9": 10})
+    with pytest.raises(InvalidTraffic, match="do not exist"):
+        endpoint.set_mirror({"churn-v9": 10})
+    assert azure.sent("PUT") == []
+
+
+def test_delete_sends_a_delete_and_a_missing_deployment_is_fine(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    azure.add_deployment(EP, "churn-v1", "churn", "1")
+    endpoint.delete("churn-v1")
+    assert [r.path for r in azure.sent("DELETE")] == [f"{EP_PATH}/deployments/churn-v1"]
+    assert endpoint.deployment_state("churn-v1").state == "deleting"
+    endpoint.delete("churn-v8")  # not there: no error
+    assert azure.sent("DELETE")[-1].path == f"{EP_PATH}/deployments/churn-v8"
+
+
+def test_a_rollback_deletes_the_candidate_only_once_the_traffic_update_is_done(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    azure.add_deployment(EP, "churn-v3", "churn", "3")
+    azure.add_endpoint(EP, traffic={"churn-v2": 75, "churn-v3": 25})
+    endpoint.set_traffic({"churn-v2": 100})  # started, not awaited: the endpoint is Updating
+    with pytest.raises(EndpointError, match="Updating") as busy:
+        endpoint.delete("churn-v3")
+    assert busy.value.transient is True  # the outbox keeps the effect and tries again
+    assert azure.sent("DELETE") == []
+    azure.finish_updates()
+    endpoint.delete("churn-v3")
+    assert [r.path for r in azure.sent("DELETE")] == [f"{EP_PATH}/deployments/churn-v3"]
+
+
+def test_deleting_the_only_serving_deployment_takes_its_traffic_away_first(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    with pytest.raises(DeploymentBusy, match="the only one") as serving:
+        endpoint.delete("churn-v2")
+    assert serving.value.transient is True
+    [put] = azure.sent("PUT", EP_PATH)
+    assert put.body["properties"]["traffic"] == {}
+    assert azure.sent("DELETE") == []
+    with pytest.raises(EndpointError, match="Updating"):
+        endpoint.delete("churn-v2")  # the outbox's next try, while the update runs
+    azure.finish_updates()
+    endpoint.delete("churn-v2")
+    assert [r.path for r in azure.sent("DELETE")] == [f"{EP_PATH}/deployments/churn-v2"]
+    assert len(azure.sent("PUT", EP_PATH)) == 1
+
+
+def test_traffic_that_did_not_move_is_a_loud_error_not_a_wait(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    # The rollback's traffic update is done, yet the candidate still takes traffic (the update
+    # failed, or someone set it by hand): not deleted, nothing drained, said as an error.
+    azure.add_deployment(EP, "churn-v3", "churn", "3")
+    azure.add_endpoint(EP, traffic={"churn-v2": 75, "churn-v3": 25})
+    with pytest.raises(EndpointError, match="still takes 25% of the live traffic") as stuck:
+        endpoint.delete("churn-v3")
+    assert not isinstance(stuck.value, DeploymentBusy) and stuck.value.transient is True
+    assert azure.sent("DELETE") == [] and azure.sent("PUT") == []
+
+
+def test_a_mirrored_deployment_loses_its_mirror_before_it_is_deleted(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    azure.add_deployment(EP, "churn-v3", "churn", "3")
+    azure.add_endpoint(EP, traffic={"churn-v2": 100}, mirror={"churn-v3": 10})
+    with pytest.raises(DeploymentBusy, match="mirrored"):
+        endpoint.delete("churn-v3")
+    [put] = azure.sent("PUT", EP_PATH)
+    assert put.body["properties"]["mirrorTraffic"] == {}
+    assert put.body["properties"]["traffic"] == {"churn-v2": 100}
+    azure.finish_updates()
+    endpoint.delete("churn-v3")
+    assert [r.path for r in azure.sent("DELETE")] == [f"{EP_PATH}/deployments/churn-v3"]
+
+
+def test_a_deploy_while_another_operation_runs_is_transient(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    azure.faults.append(
+        (
+            lambda r: r.method == "PUT" and "/deployments/" in r.path,
+            Canned(409, {"error": {"code": "Conflict", "message": "an operation is in progress"}}),
+        )
+    )
+    with pytest.raises(EndpointError, match="409 Conflict") as busy:
+        endpoint.deploy("churn", "3", "churn-v3")
+    assert busy.value.transient is True  # retried, and counted toward giving up
+
+
+def test_a_refused_delete_carries_the_service_message(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    azure.add_deployment(EP, "churn-v1", "churn", "1")
+    azure.faults.append(
+        (
+            lambda r: r.method == "DELETE",
+            Canned(403, {"error": {"code": "AuthorizationFailed", "message": "no delete"}}),
+        )
+    )
+    with pytest.raises(EndpointError, match="403 AuthorizationFailed: no delete") as refused:
+        endpoint.delete("churn-v1")
+    assert refused.value.transient is False
+
+
+def test_throttling_and_server_errors_are_retried_by_azure_core(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    azure.fail_next = [429, 503, 500]
+    assert endpoint.traffic() == {"churn-v2": 100}
+    assert [r.path for r in azure.requests] == [EP_PATH] * 4 + [f"{EP_PATH}/deployments"]
+    # first retry at once, then the exponential backoff of DEFAULT_RETRY (factor 1: 2 s, 4 s)
+    assert azure.sleeps == [2.0, 4.0]
+
+    azure.requests.clear()
+    azure.sleeps.clear()
+    azure.retry_after = "7"
+    azure.fail_next = [429]
+    endpoint.traffic()
+    assert azure.sleeps == [7.0]  # the service's Retry-After wins
+    assert DEFAULT_RETRY["retry_status"] >= 3

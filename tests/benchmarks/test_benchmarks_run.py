@@ -1,0 +1,57 @@
+"""The benchmarks behind the README's performance figures still run and print their ratios.
+
+Tiny counts: this checks that the code runs end to end (Azurite, the real handlers, the local
+endpoint), not the figures themselves, which `make bench` measures side by side. Each runs in
+its own interpreter, as `make bench` runs it: a benchmark sets process-wide state (MLflow's
+tracking and registry URIs) that must not leak into the tests that share a worker.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from orchestrator.settings import APP_ROOT
+
+pytestmark = pytest.mark.slow
+
+RATIO = r"([0-9]+\.[0-9]+)"
+
+
+def run(call: str) -> str:
+    module = call.split(".", 1)[0]
+    completed = subprocess.run(
+        [sys.executable, "-c", f"from benchmarks import {module}; {call}"],
+        cwd=APP_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return completed.stdout
+
+
+@pytest.mark.azurite  # the benchmark starts its own emulator
+def test_state_store_benchmark() -> None:
+    out = run("bench_state_store.main(count=5)")
+    assert re.search(rf"transitions / raw writes: {RATIO}", out)
+
+
+@pytest.mark.azurite  # the benchmark starts its own emulator
+def test_retrain_handler_benchmark() -> None:
+    out = run("bench_retrain_handler.main(single=5, batches=1, batch_size=20)")
+    assert re.search(rf"one-at-a-time events / raw transitions: {RATIO}", out)
+    assert re.search(rf"batched events / raw transitions: {RATIO}", out)
+
+
+def test_cold_start_benchmark() -> None:
+    out = run("bench_cold_start.main(rounds=1)")
+    assert re.search(rf"cold start ratio \(ours / bare\): {RATIO}", out)
+
+
+def test_endpoint_benchmark() -> None:
+    out = run("bench_endpoint.main(['--requests', '40', '--threads', '2', '--rounds', '2'])")
+    assert re.search(rf"ratio routed/pinned: req/s {RATIO}, p50 {RATIO}", out)

@@ -1,0 +1,30 @@
+"""The training backend's request, built by the outbox from the effect and the policy."""
+
+from __future__ import annotations
+
+from domain.effects import SubmitTrainingJob
+from domain.policy import ModelPolicy
+from orchestrator.outbox import training_request
+
+
+def policy(**pipeline: object) -> ModelPolicy:
+    return ModelPolicy.model_validate(
+        {
+            "model": "churn",
+            "endpoint": "churn-ep",
+            "data": {"container": "data"},
+            "pipeline": pipeline,
+        }
+    )
+
+
+def test_training_request_from_the_effect_and_the_policy() -> None:
+    effect = SubmitTrainingJob(run_id="churn-w1", data_uris=["a", "b"], reason="window w1")
+    request = training_request(policy(), effect, champion_version="3", default_compute="cpu")
+    assert request.run_id == "churn-w1" and request.model == "churn"
+    assert request.experiment == "churn-retrain" and request.compute == "cpu"
+    assert request.pipeline_file == "pipelines/azureml/pipeline.yml"
+    assert request.champion_version == "3" and request.data_uris == ["a", "b"]
+    assert request.tags["retrain_reason"] == "window w1"
+    named = training_request(policy(compute="gpu", experiment="x"), effect, default_compute="cpu")
+    assert (named.compute, named.experiment) == ("gpu", "x")
