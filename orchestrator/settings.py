@@ -172,6 +172,9 @@ class _Declared:
     # "True", set by App Service when its authentication is on: the HTTP caller is then read
     # from X-MS-CLIENT-PRINCIPAL (which App Service strips from what callers send).
     website_auth_enabled: str | None = setting("WEBSITE_AUTH_ENABLED")
+    # Set by the platform on every Azure Functions instance: the app runs in Azure, where no
+    # key or token issuer may be made up locally.
+    website_instance_id: str | None = setting("WEBSITE_INSTANCE_ID")
 
     # Local stand-ins.
     local_dir: Path = setting("RETRAIN_LOCAL_DIR", APP_ROOT / ".local")
@@ -230,10 +233,16 @@ def _whole(values: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"Azure ML is half configured: {', '.join(missing)} missing")
     if values["allow_local_data_paths"] and any(azureml):
         raise ValueError("ALLOW_LOCAL_DATA_PATHS is for development only: not with Azure ML")
-    if values["service_bus_namespace"] and not values["message_signing_key"]:
+    in_azure = bool(values["website_instance_id"])
+    if in_azure and not values["entra_tenant_id"]:
         raise ValueError(
-            "MESSAGE_SIGNING_KEY must be set with Service Bus (a Key Vault reference to a random "
-            "secret of at least 32 characters): it signs the app's own messages"
+            "ENTRA_TENANT_ID and ENTRA_API_AUDIENCE must be set in Azure: people's tokens are "
+            "checked against Entra ID there, never against a local issuer"
+        )
+    if (values["service_bus_namespace"] or in_azure) and not values["message_signing_key"]:
+        raise ValueError(
+            "MESSAGE_SIGNING_KEY must be set in Azure and with Service Bus (a Key Vault reference "
+            "to a random secret of at least 32 characters): it signs the app's own messages"
         )
     return filled
 

@@ -49,6 +49,24 @@ def test_identity_based_azure(monkeypatch):
     assert settings.storage_connection_string is None
 
 
+@pytest.mark.parametrize(
+    ("missing", "named"),
+    [("MESSAGE_SIGNING_KEY", "MESSAGE_SIGNING_KEY"), ("ENTRA_TENANT_ID", "ENTRA_TENANT_ID")],
+)
+def test_in_azure_no_key_or_issuer_is_made_up_locally(monkeypatch, missing, named):
+    monkeypatch.setenv("AzureWebJobsStorage__blobServiceUri", "https://acct.blob.core.windows.net")
+    monkeypatch.setenv("WEBSITE_INSTANCE_ID", "0123abcd")  # what the platform sets
+    monkeypatch.setenv("MESSAGE_SIGNING_KEY", "k" * 64)
+    monkeypatch.setenv("ENTRA_TENANT_ID", "00000000-0000-0000-0000-000000000001")
+    monkeypatch.setenv("ENTRA_API_AUDIENCE", "api://retrain-orchestrator")
+    assert load_settings().website_instance_id == "0123abcd"
+    monkeypatch.delenv(missing)
+    if missing == "ENTRA_TENANT_ID":
+        monkeypatch.delenv("ENTRA_API_AUDIENCE")
+    with pytest.raises(SettingsError, match=named):
+        load_settings()
+
+
 def test_service_bus_without_a_signing_key_fails_at_start_naming_it(monkeypatch):
     monkeypatch.setenv("AzureWebJobsStorage__blobServiceUri", "https://acct.blob.core.windows.net")
     monkeypatch.setenv("ServiceBusConnection__fullyQualifiedNamespace", "ns.servicebus.windows.net")
