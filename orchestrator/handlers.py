@@ -139,17 +139,7 @@ class MessageHandlers:
         self, envelope: Envelope, policy: ModelPolicy, command: BaseModel, loaded: Loaded | None
     ) -> Outcome:
         command = checked_data(command, policy, self.ports.data_account)  # else InvalidMessage
-        return self._apply(
-            envelope,
-            "retrain",
-            lambda aggregate, now: retrain_rules.decide(
-                aggregate.retrain,
-                command,  # type: ignore[arg-type]
-                policy,
-                now,
-            ),
-            loaded,
-        )
+        return self._apply(envelope, "retrain", command, policy, loaded)
 
     def _promotion(
         self, envelope: Envelope, policy: ModelPolicy, command: BaseModel, loaded: Loaded | None
@@ -166,22 +156,7 @@ class MessageHandlers:
         )
         if request is not None:
             command = self._observe(aggregate, request, command)
-        return self._decide_promotion(envelope, policy, command, loaded)
-
-    def _decide_promotion(
-        self, envelope: Envelope, policy: ModelPolicy, command: BaseModel, loaded: Loaded | None
-    ) -> Outcome:
-        return self._apply(
-            envelope,
-            "promotion",
-            lambda aggregate, now: promotion_machine.decide(
-                aggregate.promotion,
-                command,  # type: ignore[arg-type]
-                policy,
-                now,
-            ),
-            loaded,
-        )
+        return self._apply(envelope, "promotion", command, policy, loaded)
 
     def _training_job_check(
         self, envelope: Envelope, policy: ModelPolicy, check: TrainingJobCheck, loaded: Loaded
@@ -252,7 +227,7 @@ class MessageHandlers:
             )
             self.outbox.send(envelope.model, next_check, aggregate.version)
             return Outcome("rescheduled", envelope.model, aggregate.version, status.state)
-        return self._decide_promotion(envelope, policy, command, loaded)
+        return self._apply(envelope, "promotion", command, policy, loaded)
 
     # ------------------------------------------------------------------ observations
 
@@ -290,10 +265,14 @@ class MessageHandlers:
         self,
         envelope: Envelope,
         section: Section,
-        decide: Callable[[ModelAggregate, datetime], Decision[Any]],
+        command: BaseModel,
+        policy: ModelPolicy,
         loaded: Loaded | None,
     ) -> Outcome:
+        """Decide `command` with the pure rules of `section` on that section's state, and save
+        the result (state, outbox, audit) in one conditional write."""
         now = self.ports.clock()
+        decide = _RULES[section]
         applied = _Applied()
 
         def change(aggregate: ModelAggregate) -> ModelAggregate | None:
@@ -301,7 +280,7 @@ class MessageHandlers:
             if aggregate.has_seen(envelope.message_id):
                 applied.duplicate = True
                 return None
-            decision = decide(aggregate, now)
+            decision = decide(getattr(aggregate, section), command, policy, now)
             applied.decision = decision
             if decision.ignored and not decision.audit:
                 return None
@@ -352,6 +331,12 @@ class MessageHandlers:
         self.outbox.dispatch(envelope.model, aggregate)
         return Outcome("duplicate", envelope.model, aggregate.version, "message already handled")
 
+
+# The pure rules that decide each section of the aggregate.
+_RULES: dict[Section, Callable[..., Decision[Any]]] = {
+    "retrain": retrain_rules.decide,
+    "promotion": promotion_machine.decide,
+}
 
 # Message types with a handler of their own; every other type is a promotion command.
 _HANDLERS: dict[str, Handler] = {
