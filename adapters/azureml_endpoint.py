@@ -273,6 +273,25 @@ class AzureMLEndpoint:
         except ResourceNotFoundError:
             log.info("deployment %s is already gone", deployment)
 
+    def deployments(self) -> list[DeploymentStatus]:
+        """Every deployment of the endpoint (one list call), for the reconcile pass."""
+        try:
+            found = list(self.client.online_deployments.list(endpoint_name=self.endpoint_name))
+        except Exception as exc:
+            raise _endpoint_error(exc, f"listing the deployments of {self.endpoint_name}") from exc
+        statuses = []
+        for deployment in found:
+            parsed = parse_model_id(deployment.model)
+            statuses.append(
+                DeploymentStatus(
+                    deployment.name,
+                    _map_state(deployment.provisioning_state),
+                    model_name=parsed[0] if parsed else None,
+                    model_version=parsed[1] if parsed else None,
+                )
+            )
+        return sorted(statuses, key=lambda status: status.deployment)
+
     # -- traffic -----------------------------------------------------------------------------
 
     def traffic(self) -> dict[str, int]:

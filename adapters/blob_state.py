@@ -1,21 +1,36 @@
 """State store and audit log on Blob Storage (Azurite locally, a real account in Azure).
 
 One JSON blob per model aggregate, written with ETag conditions. The audit log is one
-blob per entry, created with If-None-Match: * so a re-written entry is a no-op (append-only,
-idempotent), named so that listing returns them in order.
+blob per entry, `audit/<model>/<version>-<seq>.json`, created with If-None-Match: * so a
+re-written entry is a no-op (append-only, idempotent), named so that listing returns them in
+order. Each record of a promotion also gets an empty index blob,
+`audit-index/<model>/promotion/<promotion id>/<version>-<seq>`, and each run's end one under
+`audit-index/<model>/runs/`: a promotion's page lists its own index and downloads only its own
+records. The index blob is written after the record (so it never names a missing one) and
+again by a repeated append (so a crash between the two is repaired by the redelivery).
+Records written before the index existed: `BlobAuditLog.index_existing(model)`, once.
+
+Pages follow the blob listing (oldest first); the continuation token wraps the listing's own
+marker with the prefix it belongs to, so a token of another query is refused.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import json
 import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
+from urllib.parse import quote
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
+    HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
@@ -23,7 +38,14 @@ from azure.core.exceptions import (
 from azure.storage.blob import ContainerClient
 from pydantic import BaseModel
 
-from orchestrator.ports import AuditRecord, ConcurrencyConflict
+from orchestrator.ports import (
+    MAX_AUDIT_PAGE,
+    RUN_ENDED_ACTIONS,
+    AuditPage,
+    AuditRecord,
+    ConcurrencyConflict,
+    InvalidContinuation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +53,8 @@ A = TypeVar("A", bound=BaseModel)
 
 _STATE_PREFIX = "models/"
 _AUDIT_PREFIX = "audit/"
+_INDEX_PREFIX = "audit-index/"
+_DOWNLOADERS = 8  # a page's records are downloaded this many at a time
 
 
 def ensure_container(container: ContainerClient) -> ContainerClient:
@@ -117,21 +141,135 @@ class BlobAuditLog:
 
     def append(self, records: Sequence[AuditRecord]) -> None:
         for record in records:
-            name = f"{_AUDIT_PREFIX}{record.model}/{record.record_id}.json"
+            self._create(_record_blob(record.model, record.record_id), record.model_dump_json())
+            for prefix in _index_prefixes(record):
+                self._create(f"{prefix}{record.record_id}", "")
+
+    def _create(self, name: str, body: str) -> None:
+        try:
+            self._container.upload_blob(name, body.encode(), overwrite=False)
+        except ResourceExistsError:
+            log.debug("audit blob %s already written", name)
+
+    def page(
+        self,
+        model: str,
+        *,
+        promotion_id: str | None = None,
+        run_ends: bool = False,
+        limit: int = 100,
+        continuation: str | None = None,
+    ) -> AuditPage:
+        if not 1 <= limit <= MAX_AUDIT_PAGE:
+            raise ValueError(f"limit must be 1..{MAX_AUDIT_PAGE}, not {limit}")
+        if promotion_id is not None and run_ends:
+            raise ValueError("a page is of a promotion or of the runs' ends, not both")
+        if promotion_id is not None:
+            prefix = _promotion_prefix(model, promotion_id)
+        elif run_ends:
+            prefix = _runs_prefix(model)
+        else:
+            prefix = _record_prefix(model)
+        marker = _decode_token(continuation, prefix) if continuation else None
+        pages = self._container.list_blob_names(
+            name_starts_with=prefix, results_per_page=limit
+        ).by_page(continuation_token=marker)
+        try:
+            names = list(next(pages, []))
+        except HttpResponseError as exc:
+            if marker is None:
+                raise
+            raise InvalidContinuation("continuation: the storage service refused it") from exc
+        record_ids = [name[len(prefix) :].removesuffix(".json") for name in names]
+        next_marker = pages.continuation_token  # type: ignore[attr-defined]
+        return AuditPage(
+            records=self._download(model, record_ids),
+            continuation=_encode_token(prefix, next_marker) if next_marker else None,
+        )
+
+    def _download(self, model: str, record_ids: list[str]) -> list[AuditRecord]:
+        def one(record_id: str) -> AuditRecord | None:
             try:
-                self._container.upload_blob(
-                    name, record.model_dump_json().encode(), overwrite=False
-                )
-            except ResourceExistsError:
-                log.debug("audit record %s already written", name)
+                data = self._container.download_blob(_record_blob(model, record_id)).readall()
+            except ResourceNotFoundError:  # an index entry outliving its record (retention)
+                log.warning("audit record %s/%s is indexed but gone", model, record_id)
+                return None
+            return AuditRecord.model_validate_json(data)
+
+        if len(record_ids) <= 1:
+            found = [one(record_id) for record_id in record_ids]
+        else:
+            with ThreadPoolExecutor(max_workers=min(_DOWNLOADERS, len(record_ids))) as pool:
+                found = list(pool.map(one, record_ids))
+        return [record for record in found if record is not None]
 
     def read(self, model: str, since_version: int = 0) -> list[AuditRecord]:
-        prefix = f"{_AUDIT_PREFIX}{model}/"
-        records = []
-        for blob in self._container.list_blobs(name_starts_with=prefix):
-            version = int(blob.name[len(prefix) :].split("-", 1)[0])
-            if version < since_version:
-                continue
-            data = self._container.download_blob(blob.name).readall()
-            records.append(AuditRecord.model_validate_json(data))
-        return records
+        """Every record of `model` from `since_version` on, following the pages. For tests
+        and operators: the app itself reads pages."""
+        records: list[AuditRecord] = []
+        continuation = None
+        while True:
+            page = self.page(model, limit=MAX_AUDIT_PAGE, continuation=continuation)
+            records.extend(r for r in page.records if r.aggregate_version >= since_version)
+            if page.continuation is None:
+                return records
+            continuation = page.continuation
+
+    def index_existing(self, model: str) -> int:
+        """Index the records written before the index existed (idempotent; reads every record
+        of the model once). Returns the index blobs written or found."""
+        indexed = 0
+        continuation = None
+        while True:
+            page = self.page(model, limit=MAX_AUDIT_PAGE, continuation=continuation)
+            for record in page.records:
+                for prefix in _index_prefixes(record):
+                    self._create(f"{prefix}{record.record_id}", "")
+                    indexed += 1
+            if page.continuation is None:
+                return indexed
+            continuation = page.continuation
+
+
+def _record_prefix(model: str) -> str:
+    return f"{_AUDIT_PREFIX}{model}/"
+
+
+def _record_blob(model: str, record_id: str) -> str:
+    return f"{_record_prefix(model)}{record_id}.json"
+
+
+def _promotion_prefix(model: str, promotion_id: str) -> str:
+    # Quoted: a promotion id holding '/' cannot reach into another promotion's index.
+    return f"{_INDEX_PREFIX}{model}/promotion/{quote(promotion_id, safe='')}/"
+
+
+def _runs_prefix(model: str) -> str:
+    return f"{_INDEX_PREFIX}{model}/runs/"
+
+
+def _index_prefixes(record: AuditRecord) -> list[str]:
+    prefixes = []
+    if record.promotion_id:
+        prefixes.append(_promotion_prefix(record.model, record.promotion_id))
+    if record.action in RUN_ENDED_ACTIONS:
+        prefixes.append(_runs_prefix(record.model))
+    return prefixes
+
+
+def _encode_token(prefix: str, marker: str) -> str:
+    document = json.dumps({"p": prefix, "m": marker}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(document.encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str, prefix: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        document = json.loads(raw)
+    except (ValueError, binascii.Error) as exc:
+        raise InvalidContinuation("continuation: not a token this API gave") from exc
+    if not isinstance(document, dict) or not isinstance(document.get("m"), str):
+        raise InvalidContinuation("continuation: not a token this API gave")
+    if document.get("p") != prefix:
+        raise InvalidContinuation("continuation: given for another query (model or promotion)")
+    return str(document["m"])

@@ -8,6 +8,7 @@ at cold start.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,15 +26,29 @@ class MlflowMetrics:
     """MetricsReader: offline metrics from the registry's runs; live metrics of a canary step.
 
     The canary evaluation runs here, in the gate check, and logs to MLflow before the gate
-    reads it back: locally over the local endpoint's request log, in Azure over the data
+    reads it back: locally over the request log of the model's endpoint (the policy's
+    `endpoint`, `endpoint_of`) on the local endpoint server, in Azure over the data
     collector's JSONL and the feedback tables (CANARY_RECORDS_URI, CANARY_FEEDBACK_URI).
     The same module is the Azure ML command component pipelines/canary/component.yml, for
     evaluating a window by hand (see docs/endpoint.md).
     """
 
-    def __init__(self, settings: Settings, registry: MlflowRegistry) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: MlflowRegistry,
+        *,
+        endpoint_of: Callable[[str], str] | None = None,
+    ) -> None:
         self._settings = settings
         self._registry = registry
+        # Locally, which endpoint (the policy's) serves a model: its request log is judged.
+        self._endpoint_of = endpoint_of or self._endpoint_from_policy_files
+
+    def _endpoint_from_policy_files(self, model: str) -> str:
+        from orchestrator.policy_files import load_policies, policy_for
+
+        return policy_for(load_policies(self._settings.policy_dir), model).endpoint
 
     def offline(
         self, model: str, candidate_version: str, champion_version: str | None
@@ -55,7 +70,7 @@ class MlflowMetrics:
             by_window.setdefault((arm.window_start, arm.window_end), []).append(arm.deployment)
         merged: LiveMetrics | None = None
         for (start, end), deployments in by_window.items():
-            records, feedback = self._records(start, end)
+            records, feedback = self._records(model, start, end)
             evaluate_canary.evaluate(
                 records,
                 feedback,
@@ -82,18 +97,22 @@ class MlflowMetrics:
         assert merged is not None
         return merged
 
-    def _records(self, start: datetime, end: datetime) -> tuple[list[Any], dict[str, Any]]:
-        """The endpoint's request records in the window, and the feedback labels."""
+    def _records(
+        self, model: str, start: datetime, end: datetime
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """The model's endpoint's request records in the window, and the feedback labels."""
         from pipelines.canary import evaluate_canary
 
         settings = self._settings
         if not settings.uses_azureml:
-            if settings.local_endpoint_url:
-                from adapters.local_endpoint import LocalEndpoint
+            from adapters.local_endpoint import LocalEndpoint, endpoint_data_dir
 
-                with LocalEndpoint.from_settings(settings) as endpoint:
+            # Only the model's own endpoint's log: another model's requests never count.
+            endpoint_name = self._endpoint_of(model)
+            if settings.local_endpoint_url:
+                with LocalEndpoint.from_settings(settings, endpoint_name) as endpoint:
                     endpoint.flush_records()
-            folder = settings.local_endpoint_dir
+            folder = endpoint_data_dir(settings.local_endpoint_dir, endpoint_name)
             return (
                 evaluate_canary.read_local_records(folder, start, end),
                 evaluate_canary.read_local_feedback(folder),

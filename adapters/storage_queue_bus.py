@@ -16,13 +16,22 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import QueueClient, QueueMessage
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
+from adapters.dead_letters import redact_token
 from domain.data_location import redact_body, redact_text
 from orchestrator.clock import Clock, utc_now
 from orchestrator.messages import Envelope, InvalidMessage, parse_envelope
@@ -119,11 +128,78 @@ def _wrap(body: bytes, **fields: Any) -> dict[str, Any]:
     return {_WRAPPER: 1, "body": body.decode("utf-8"), **fields}
 
 
+class _Wrapper(BaseModel):
+    """The wrapper, strictly: a malformed one is dead-lettered at once, never crash-looped."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    marker: Literal[1] = Field(alias=_WRAPPER)
+    body: str
+    deliver_at: AwareDatetime | None = None
+    last_error: str | None = None
+
+    @field_validator("deliver_at", mode="before")
+    @classmethod
+    def _iso_text(cls, value: Any) -> Any:
+        # Strict mode takes only datetime objects; the wrapper carries ISO 8601 text.
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise ValueError("must be an ISO 8601 date-time string")
+        return datetime.fromisoformat(value)
+
+
+@dataclass(frozen=True)
+class ReadMessage:
+    """A queue message as the consumer reads it: the body for the handler, and our wrapper's
+    fields when the message carries one."""
+
+    body: bytes
+    wrapper: dict[str, Any] = field(default_factory=dict)
+    deliver_at: datetime | None = None
+    last_error: str | None = None
+
+
+def read_message(content: str | bytes) -> ReadMessage:
+    """The body of a queue message (base64 or plain text), unwrapped if it is our wrapper.
+    A wrapper that cannot be read (a bad `deliver_at`, a body that is no text, an unknown
+    field) raises InvalidMessage with the reason."""
+    body = decode_body(content)
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):  # not JSON (or past its limits): a plain body
+        return ReadMessage(body)
+    if not isinstance(document, dict) or _WRAPPER not in document:
+        return ReadMessage(body)
+    try:
+        wrapper = _Wrapper.model_validate(document)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'wrapper'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise InvalidMessage(f"malformed delivery wrapper: {problems}"[:2000]) from exc
+    return ReadMessage(
+        wrapper.body.encode("utf-8", errors="surrogatepass"),
+        document,
+        wrapper.deliver_at,
+        wrapper.last_error,
+    )
+
+
 def envelope_handler(handler: Handler) -> RawHandler:
     """Adapt an envelope handler: a body that is no valid envelope raises InvalidMessage."""
 
     def handle(delivery: Delivery) -> None:
-        handler(parse_envelope(delivery.body), delivery.delivery_count)
+        try:
+            envelope = parse_envelope(delivery.body)
+        except InvalidMessage:
+            raise
+        except (ValueError, RecursionError) as exc:
+            # json.loads past its limits (nesting past the recursion limit, an integer past
+            # the digit limit): as malformed as bad JSON, and a retry would fail the same way.
+            raise InvalidMessage(f"body is not JSON: {type(exc).__name__}: {exc}"[:300]) from exc
+        handler(envelope, delivery.delivery_count)
 
     return handle
 
@@ -175,25 +251,23 @@ class StorageQueueConsumer:
         return result
 
     def _settle(self, message: QueueMessage, handler: RawHandler, result: PollResult) -> None:
-        body = decode_body(message.content)
-        last_error: str | None = None
         try:
-            document = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            document = None
-        if isinstance(document, dict) and document.get(_WRAPPER) == 1:
-            last_error = document.get("last_error")
-            body = str(document.get("body", "")).encode()
-            deliver_at = document.get("deliver_at")
-            if deliver_at and datetime.fromisoformat(deliver_at) > self._clock():
-                self._defer(message, document, datetime.fromisoformat(deliver_at))
-                result.deferred += 1
-                return
+            read = read_message(message.content)
+        except InvalidMessage as exc:
+            # Not even our wrapper could be read: no retry would read it either. Dead-lettered
+            # once, as it came (nothing is lost), and the poll goes on with the others.
+            self.dead_letter(message, decode_body(message.content), exc.reason)
+            result.dead_lettered += 1
+            return
+        if read.deliver_at is not None and read.deliver_at > self._clock():
+            self._defer(message, read.wrapper, read.deliver_at)
+            result.deferred += 1
+            return
+        body = read.body
         deliveries = message.dequeue_count or 1
         if deliveries > self._max_deliveries:
-            self.dead_letter(
-                message, body, f"delivered {deliveries - 1} times without success: {last_error}"
-            )
+            reason = f"delivered {deliveries - 1} times without success: {read.last_error}"
+            self.dead_letter(message, body, reason)
             result.dead_lettered += 1
             return
         delivery = Delivery(body, deliveries, message.id, message.inserted_on)
@@ -229,7 +303,8 @@ class StorageQueueConsumer:
         )
 
     def dead_letter(self, message: QueueMessage, body: bytes, reason: str) -> None:
-        # No SAS token is kept: query strings and sig= values are removed (as in dead_letters).
+        # No SAS token is kept (query strings and sig= values are removed) nor a person's bearer
+        # token (the envelope's `auth`), as in adapters/dead_letters.py.
         reason = redact_text(reason)
         record = {
             "reason": reason,
@@ -237,7 +312,7 @@ class StorageQueueConsumer:
             "message_id": message.id,
             "delivery_count": message.dequeue_count,
             "dead_lettered_at": datetime.now(UTC).isoformat(),
-            "body": redact_body(body.decode("utf-8", errors="replace")),
+            "body": redact_body(redact_token(body.decode("utf-8", errors="replace"))),
         }
         log.error(
             "dead-lettering message %s from %s: %s", message.id, self._queue.queue_name, reason

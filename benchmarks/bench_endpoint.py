@@ -47,6 +47,9 @@ def _register(tracking_uri: str, root: Path) -> tuple[str, object]:
     return "bench-model", x
 
 
+ENDPOINT = "bench-ep"
+
+
 def _run(url: str, bodies: list[dict], headers: list[dict], threads: int) -> list[float]:
     import httpx
 
@@ -59,7 +62,7 @@ def _run(url: str, bodies: list[dict], headers: list[dict], threads: int) -> lis
         with httpx.Client(base_url=url, timeout=30) as http:
             for i in indexes:
                 started = time.perf_counter()
-                response = http.post("/score", json=bodies[i], headers=headers[i])
+                response = http.post(f"/{ENDPOINT}/score", json=bodies[i], headers=headers[i])
                 mine.append((time.perf_counter() - started) * 1000)
                 response.raise_for_status()
         with lock:
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         tracking_uri = f"sqlite:///{root / 'mlflow.db'}"
         model, features = _register(tracking_uri, root)
         with start_local_endpoint(root / "endpoint", tracking_uri, max_lifetime=120) as handle:
-            endpoint = LocalEndpoint(handle.url, key=handle.key)
+            endpoint = LocalEndpoint(handle.url, ENDPOINT, key=handle.key)
             endpoint.deploy(model, "1", "bench-v1")
             endpoint.deploy(model, "2", "bench-v2")
             while not all(endpoint.deployment_state(d).done for d in ("bench-v1", "bench-v2")):

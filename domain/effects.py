@@ -37,7 +37,12 @@ class SubmitTrainingJob(_Effect):
 
     kind: Literal["submit_training_job"] = "submit_training_job"
     run_id: str
-    data_uris: list[str]
+    # The run whose manifest in the data ledger lists the data: the job's own run id (sealed
+    # from the oldest `data_count` pending items when dispatched) or an earlier run's (a
+    # forced retrain on the same data). None: `data_sample` is all the data (a person's URI).
+    manifest: str | None = None
+    data_count: int = Field(default=0, ge=0)
+    data_sample: list[str] = Field(default_factory=list)  # the first few URIs, for people
     reason: str = ""
 
 
@@ -62,6 +67,9 @@ class SetTraffic(_Effect):
 
     kind: Literal["set_traffic"] = "set_traffic"
     traffic: dict[str, int]
+    # Puts traffic back on the known-good deployment (a rollback): never given up; past the
+    # retry limits it pages (a lifecycle event, a metric, the model's status) and keeps trying.
+    restore: bool = False
 
     @field_validator("traffic")
     @classmethod

@@ -70,6 +70,14 @@ class RetrainSettings(_Section):
     # A job still queued or running this long after submission is canceled and recorded as
     # failed, so one hung job cannot stop the model from ever training again.
     max_job_duration: Duration = timedelta(hours=24)
+    # Bounds (docs/retraining.md): a DataLanded message (one blob, one event) carrying more
+    # items than max_items_per_event is dead-lettered with the reason; one job takes at most
+    # max_items_per_window items (the oldest), the rest stays pending for the next job.
+    max_items_per_event: int = Field(default=1_000, ge=1)
+    max_items_per_window: int = Field(default=50_000, ge=1)
+    # How long a data key is remembered for deduplication (the data ledger prunes older keys
+    # when it writes their shard): a blob re-sent after this long counts as new data.
+    dedup_retention: Duration = timedelta(days=30)
 
 
 class PipelineSettings(_Section):
@@ -172,6 +180,10 @@ class ModelPolicy(_Section):
     canary: CanarySettings = CanarySettings()
     production_bake: Duration = timedelta(hours=1)
     on_newer_candidate: Literal["queue", "supersede"] = "queue"
+    # When the endpoint serves something else than the state says (changed by hand, a
+    # deployment deleted outside the app): put it back, or pause the promotion for a person.
+    # None: pause during a promotion, repair otherwise.
+    on_drift: Literal["repair", "pause"] | None = None
     # The longest a promotion may sit in one state before the timer reports it as stuck.
     max_time_in_state: Duration = timedelta(hours=48)
 

@@ -1,7 +1,9 @@
-"""The local online endpoint: serves registered MLflow models with a weighted, keyed split.
+"""The local online endpoints: registered MLflow models served with a weighted, keyed split.
 
-The local counterpart of an Azure ML managed online endpoint (see docs/endpoint.md).
-`adapters.local_endpoint.LocalEndpoint` is its client; `start_local_endpoint` runs it.
+The local counterpart of Azure ML's managed online endpoints (see docs/endpoint.md): one
+server, any number of endpoints addressed by name (``/{endpoint}/score``), each with its own
+deployments, traffic and request log. `adapters.local_endpoint.LocalEndpoint` is the client of
+one of them; `start_local_endpoint` runs the server.
 """
 
 from endpoint_server.routing import bucket, mirror_target, route

@@ -1,23 +1,37 @@
-"""The local online endpoint: a starlette app serving registered MLflow models.
+"""The local online endpoint server: a starlette app serving registered MLflow models.
 
-Control plane (shaped like Azure ML's online endpoint API, one endpoint per server):
+One server holds any number of endpoints, each as its own Azure ML managed online endpoint:
+its own deployments, live split, mirror, request log and feedback, addressed by its name
+(the policy's `endpoint`), as Azure ML scores at `https://{endpoint}.../score`. Deployment
+names are per endpoint. An endpoint comes into being on its first deployment (or a PUT) and,
+like everything below, survives a restart (`endpoints/{endpoint}/` in the data dir).
 
-    GET    /deployments                     all deployments
-    PUT    /deployments/{name}              {"model_name", "model_version"}: start loading (201),
+Control plane (shaped like Azure ML's online endpoint API):
+
+    GET    /endpoints                       [{"name", "traffic", "mirror_traffic", "deployments"}]
+    PUT    /{endpoint}                      create it, empty (201), or 200 when it exists
+    GET    /{endpoint}                      {"name", "traffic", "mirror_traffic", "deployments"}
+    GET    /{endpoint}/deployments          all its deployments
+    PUT    /{endpoint}/deployments/{name}   {"model_name", "model_version"}: start loading (201),
                                             or 200 when it already serves that version
-    GET    /deployments/{name}              {"name", "model_name", "model_version",
+    GET    /{endpoint}/deployments/{name}   {"name", "model_name", "model_version",
                                              "provisioningState", "error"}; 404 when missing
-    DELETE /deployments/{name}              204; 404 when missing; 409 while it takes traffic
-    GET    /traffic                         {"traffic": {...}, "mirror_traffic": {...}}
-    PUT    /traffic                         {"traffic": {...}} (absolute; validated)
-    PUT    /mirror                          {"mirror_traffic": {...}} (absolute; validated)
+    DELETE /{endpoint}/deployments/{name}   204; 404 when missing; 409 while it takes traffic
+    GET    /{endpoint}/traffic              {"traffic": {...}, "mirror_traffic": {...}}
+    PUT    /{endpoint}/traffic              {"traffic": {...}} (absolute; validated)
+    PUT    /{endpoint}/mirror               {"mirror_traffic": {...}} (absolute; validated)
 
 Data plane:
 
-    POST   /score                           MLflow scoring payload; routed by key (see routing)
-    POST   /feedback                        {"request_id", "label"} or {"feedback": [...]}
-    POST   /records/flush                   returns once every record so far is in SQLite
+    POST   /{endpoint}/score                MLflow scoring payload; routed by key (see routing)
+    POST   /{endpoint}/feedback             {"request_id", "label"} or {"feedback": [...]}
+    POST   /{endpoint}/records/flush        returns once every record so far is in SQLite
     GET    /health
+
+An endpoint that does not exist answers 404 with ``"code": "EndpointNotFound"`` (a missing
+deployment: ``"DeploymentNotFound"``), except a deployment PUT, which creates it. Endpoint
+names follow Azure ML's rule (`adapters.local_endpoint.ENDPOINT_NAME`); `health` and
+`endpoints` are the server's own.
 
 Every route but /health needs the server's key, as a managed endpoint's do (its control plane
 and its scoring URI): `Authorization: Bearer <key>` or `x-endpoint-key: <key>`, compared in
@@ -45,6 +59,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from adapters.local_endpoint import (
+    ENDPOINT_NOT_FOUND,
+    endpoint_data_dir,
+    endpoints_root,
+    is_valid_endpoint_name,
+)
 from adapters.traffic_rules import live_only, mirror_after_traffic, validate_traffic
 from domain.naming import is_valid_deployment_name
 from endpoint_server.routing import mirror_target, route
@@ -58,7 +78,9 @@ PIN_HEADER = "azureml-model-deployment"
 REQUEST_ID_HEADER = "x-request-id"
 ENDPOINT_KEY_HEADER = "x-endpoint-key"  # or Authorization: Bearer <key>
 MIN_KEY_LENGTH = 16
-STATE_FILE = "endpoint.json"
+STATE_FILE = "endpoint.json"  # in each endpoint's folder
+DEPLOYMENT_NOT_FOUND = "DeploymentNotFound"
+RESERVED_NAMES = frozenset({"health", "endpoints"})  # the server's own top-level routes
 
 
 @dataclass
@@ -80,38 +102,52 @@ class Deployment:
         }
 
 
-class EndpointState:
-    """Deployments, the split and the request log of one local endpoint. Thread-safe."""
+class Conflict(Exception):
+    pass
 
-    def __init__(
-        self, data_dir: Path | str, tracking_uri: str, registry_uri: str | None = None
-    ) -> None:
-        self.data_dir = Path(data_dir)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.tracking_uri = tracking_uri
-        self.registry_uri = registry_uri or tracking_uri
+
+class EndpointState:
+    """One endpoint: its deployments, split, mirror and request log, in its own folder.
+    Thread-safe; models load on the server's shared loader."""
+
+    def __init__(self, name: str, folder: Path, server: EndpointServerState) -> None:
+        self.name = name
+        self.folder = folder
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.server = server
         self.lock = threading.RLock()
         self.deployments: dict[str, Deployment] = {}
         self.live: dict[str, int] = {}
         self.mirror: dict[str, int] = {}
-        self.store = RecordStore(self.data_dir / RECORDS_FILE)
-        self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="endpoint-load")
+        self.store = RecordStore(self.folder / RECORDS_FILE)
         self._restore()
+        self._save()  # the folder names a known endpoint from now on, even with nothing in it
+
+    def describe(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "name": self.name,
+                "traffic": dict(self.live),
+                "mirror_traffic": dict(self.mirror),
+                "deployments": sorted(self.deployments),
+            }
 
     # -- persistence of the control plane (so a restarted server serves the same split) ---
 
     def _restore(self) -> None:
-        path = self.data_dir / STATE_FILE
+        path = self.folder / STATE_FILE
         if not path.exists():
             return
         saved = json.loads(path.read_text())
-        for name, spec in saved.get("deployments", {}).items():
-            self.deploy(name, spec["model_name"], spec["model_version"])
+        # The maps first: each deploy below saves, and must not save them away.
         self.live = {k: int(v) for k, v in saved.get("traffic", {}).items()}
         self.mirror = {k: int(v) for k, v in saved.get("mirror_traffic", {}).items()}
+        for name, spec in saved.get("deployments", {}).items():
+            self.deploy(name, spec["model_name"], spec["model_version"])
 
     def _save(self) -> None:
         saved = {
+            "endpoint": self.name,
             "deployments": {
                 d.name: {"model_name": d.model_name, "model_version": d.model_version}
                 for d in self.deployments.values()
@@ -119,9 +155,9 @@ class EndpointState:
             "traffic": self.live,
             "mirror_traffic": self.mirror,
         }
-        tmp = self.data_dir / f"{STATE_FILE}.tmp"
+        tmp = self.folder / f"{STATE_FILE}.tmp"
         tmp.write_text(json.dumps(saved, indent=2))
-        tmp.replace(self.data_dir / STATE_FILE)
+        tmp.replace(self.folder / STATE_FILE)
 
     # -- deployments -------------------------------------------------------------------------
 
@@ -138,7 +174,7 @@ class EndpointState:
             deployment = Deployment(name, model_name, model_version)
             self.deployments[name] = deployment
             self._save()
-        self._loader.submit(self._load, deployment)
+        self.server.load_later(self, deployment)
         return deployment, True
 
     def _load(self, deployment: Deployment) -> None:
@@ -148,9 +184,10 @@ class EndpointState:
             from mlflow.tracking import MlflowClient
             from mlflow.utils.file_utils import local_file_uri_to_path
 
+            server = self.server
             # Resolve through this server's registry (not the process-wide MLflow settings):
             # the same model mlflow.pyfunc.load_model("models:/name/version") would load.
-            client = MlflowClient(self.tracking_uri, self.registry_uri)
+            client = MlflowClient(server.tracking_uri, server.registry_uri)
             source = client.get_model_version_download_uri(
                 deployment.model_name, deployment.model_version
             )
@@ -159,13 +196,13 @@ class EndpointState:
             else:
                 local = mlflow.artifacts.download_artifacts(
                     artifact_uri=source,
-                    dst_path=str(self.data_dir / "models" / deployment.name / uuid.uuid4().hex),
-                    tracking_uri=self.tracking_uri,
-                    registry_uri=self.registry_uri,
+                    dst_path=str(self.folder / "models" / deployment.name / uuid.uuid4().hex),
+                    tracking_uri=server.tracking_uri,
+                    registry_uri=server.registry_uri,
                 )
             model = mlflow.pyfunc.load_model(local)
         except Exception as exc:  # a model that cannot load fails the deployment, with why
-            log.warning("deployment %s failed to load: %s", deployment.name, exc)
+            log.warning("%s: deployment %s failed to load: %s", self.name, deployment.name, exc)
             with self.lock:
                 if self.deployments.get(deployment.name) is deployment:
                     deployment.state = "failed"
@@ -219,12 +256,62 @@ class EndpointState:
             self._save()
 
     def close(self) -> None:
-        self._loader.shutdown(wait=False, cancel_futures=True)
         self.store.close()
 
 
-class Conflict(Exception):
-    pass
+class EndpointServerState:
+    """Every endpoint the server holds, by name (each in `endpoints/{name}/` under
+    `data_dir`), and the loader their models load on. Thread-safe."""
+
+    def __init__(
+        self, data_dir: Path | str, tracking_uri: str, registry_uri: str | None = None
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.tracking_uri = tracking_uri
+        self.registry_uri = registry_uri or tracking_uri
+        self.lock = threading.Lock()
+        self.endpoints: dict[str, EndpointState] = {}
+        self._loader = ThreadPoolExecutor(max_workers=2, thread_name_prefix="endpoint-load")
+        legacy = self.data_dir / STATE_FILE
+        if legacy.exists():
+            log.warning(
+                "%s is the state of a single-endpoint server and names no endpoint: ignored "
+                "(endpoints now live in %s/)",
+                legacy,
+                endpoints_root(self.data_dir),
+            )
+        root = endpoints_root(self.data_dir)
+        for saved in sorted(root.glob(f"*/{STATE_FILE}")) if root.is_dir() else []:
+            name = saved.parent.name
+            if is_valid_endpoint_name(name) and name not in RESERVED_NAMES:
+                self.endpoints[name] = EndpointState(name, saved.parent, self)
+
+    def get(self, name: str) -> EndpointState | None:
+        with self.lock:
+            return self.endpoints.get(name)
+
+    def ensure(self, name: str) -> tuple[EndpointState, bool]:
+        """The endpoint `name` (a valid name), created when missing; returns (it, created)."""
+        with self.lock:
+            existing = self.endpoints.get(name)
+            if existing is not None:
+                return existing, False
+            created = EndpointState(name, endpoint_data_dir(self.data_dir, name), self)
+            self.endpoints[name] = created
+            return created, True
+
+    def all(self) -> list[EndpointState]:
+        with self.lock:
+            return [self.endpoints[name] for name in sorted(self.endpoints)]
+
+    def load_later(self, endpoint: EndpointState, deployment: Deployment) -> None:
+        self._loader.submit(endpoint._load, deployment)
+
+    def close(self) -> None:
+        self._loader.shutdown(wait=False, cancel_futures=True)
+        for endpoint in self.all():
+            endpoint.close()
 
 
 # -- scoring ------------------------------------------------------------------------------------
@@ -268,20 +355,35 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get(ENDPOINT_KEY_HEADER)
 
 
-Endpoint = Callable[[Request], Awaitable[Response]]
+Handler = Callable[[Request], Awaitable[Response]]
+OnEndpoint = Callable[[Request, EndpointState], Awaitable[Response]]
 
 
-def create_app(state: EndpointState, key: str) -> Starlette:
+def error(status: int, message: str, code: str | None = None) -> JSONResponse:
+    body = {"error": message} if code is None else {"error": message, "code": code}
+    return JSONResponse(body, status_code=status)
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name an endpoint, or None."""
+    if name in RESERVED_NAMES:
+        return f"{name!r} is one of the server's own routes, not an endpoint name"
+    if not is_valid_endpoint_name(name):
+        return (
+            f"{name!r} is not a valid endpoint name "
+            "(3 to 32 characters: a letter, then letters, digits and '-')"
+        )
+    return None
+
+
+def create_app(state: EndpointServerState, key: str) -> Starlette:
     """The ASGI app over `state` (the caller owns `state` and closes it); every route but
     /health needs `key`."""
     if len(key) < MIN_KEY_LENGTH:
         raise ValueError(f"the endpoint key must be at least {MIN_KEY_LENGTH} characters")
     expected = key.encode()
 
-    def error(status: int, message: str) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
-
-    def keyed(endpoint: Endpoint) -> Endpoint:
+    def keyed(handler: Handler) -> Handler:
         async def checked(request: Request) -> Response:
             presented = presented_key(request)
             if presented is None or not hmac.compare_digest(presented.encode(), expected):
@@ -290,16 +392,45 @@ def create_app(state: EndpointState, key: str) -> Starlette:
                     status_code=401,
                     headers={"WWW-Authenticate": 'Bearer realm="local-endpoint"'},
                 )
-            return await endpoint(request)
+            return await handler(request)
 
         return checked
 
-    async def list_deployments(request: Request) -> Response:
-        with state.lock:
-            return JSONResponse([d.describe() for d in state.deployments.values()])
+    def existing(handler: OnEndpoint) -> Handler:
+        """`handler` on the endpoint the path names; 404 when there is no such endpoint."""
+
+        async def on_endpoint(request: Request) -> Response:
+            name = request.path_params["endpoint"]
+            endpoint = state.get(name)
+            if endpoint is None:
+                return error(404, f"endpoint {name} not found", ENDPOINT_NOT_FOUND)
+            return await handler(request, endpoint)
+
+        return keyed(on_endpoint)
+
+    async def list_endpoints(request: Request) -> Response:
+        return JSONResponse([endpoint.describe() for endpoint in state.all()])
+
+    async def put_endpoint(request: Request) -> Response:
+        name = request.path_params["endpoint"]
+        problem = name_problem(name)
+        if problem:
+            return error(400, problem)
+        endpoint, created = await run_in_threadpool(state.ensure, name)
+        return JSONResponse(endpoint.describe(), status_code=201 if created else 200)
+
+    async def get_endpoint(request: Request, endpoint: EndpointState) -> Response:
+        return JSONResponse(endpoint.describe())
+
+    async def list_deployments(request: Request, endpoint: EndpointState) -> Response:
+        with endpoint.lock:
+            return JSONResponse([d.describe() for d in endpoint.deployments.values()])
 
     async def put_deployment(request: Request) -> Response:
-        name = request.path_params["name"]
+        endpoint_name, name = request.path_params["endpoint"], request.path_params["name"]
+        problem = name_problem(endpoint_name)
+        if problem:
+            return error(400, problem)
         if not is_valid_deployment_name(name):
             return error(400, f"{name!r} is not a valid deployment name")
         try:
@@ -307,34 +438,43 @@ def create_app(state: EndpointState, key: str) -> Starlette:
             model_name, model_version = str(body["model_name"]), str(body["model_version"])
         except (ValueError, KeyError, TypeError):
             return error(400, "expected a JSON body with model_name and model_version")
-        deployment, created = state.deploy(name, model_name, model_version)
+        # The endpoint comes into being on its first deployment, as the policy names it.
+        endpoint, _ = await run_in_threadpool(state.ensure, endpoint_name)
+        deployment, created = endpoint.deploy(name, model_name, model_version)
         return JSONResponse(deployment.describe(), status_code=201 if created else 200)
 
-    async def get_deployment(request: Request) -> Response:
-        with state.lock:
-            deployment = state.deployments.get(request.path_params["name"])
+    async def get_deployment(request: Request, endpoint: EndpointState) -> Response:
+        with endpoint.lock:
+            deployment = endpoint.deployments.get(request.path_params["name"])
             if deployment is None:
-                return error(404, "deployment not found")
+                return error(404, "deployment not found", DEPLOYMENT_NOT_FOUND)
             return JSONResponse(deployment.describe())
 
-    async def delete_deployment(request: Request) -> Response:
+    async def delete_deployment(request: Request, endpoint: EndpointState) -> Response:
         try:
-            deleted = state.delete(request.path_params["name"])
+            deleted = endpoint.delete(request.path_params["name"])
         except Conflict as exc:
             return error(409, str(exc))
-        return Response(status_code=204) if deleted else error(404, "deployment not found")
+        if not deleted:
+            return error(404, "deployment not found", DEPLOYMENT_NOT_FOUND)
+        return Response(status_code=204)
 
-    async def get_traffic(request: Request) -> Response:
-        with state.lock:
-            return JSONResponse({"traffic": dict(state.live), "mirror_traffic": dict(state.mirror)})
+    def maps(endpoint: EndpointState) -> JSONResponse:
+        with endpoint.lock:
+            return JSONResponse(
+                {"traffic": dict(endpoint.live), "mirror_traffic": dict(endpoint.mirror)}
+            )
 
-    async def put_traffic(request: Request) -> Response:
+    async def get_traffic(request: Request, endpoint: EndpointState) -> Response:
+        return maps(endpoint)
+
+    async def put_traffic(request: Request, endpoint: EndpointState) -> Response:
         try:
             body = await request.json()
             if "traffic" in body:
-                state.set_traffic(body["traffic"])
+                endpoint.set_traffic(body["traffic"])
             elif "mirror_traffic" in body:
-                state.set_mirror(body["mirror_traffic"])
+                endpoint.set_mirror(body["mirror_traffic"])
             else:
                 return error(400, "expected 'traffic' or 'mirror_traffic'")
         except InvalidTraffic as exc:
@@ -343,21 +483,21 @@ def create_app(state: EndpointState, key: str) -> Starlette:
             return error(409, str(exc))
         except (ValueError, TypeError, AttributeError):
             return error(400, "expected a JSON object")
-        return await get_traffic(request)
+        return maps(endpoint)
 
-    async def put_mirror(request: Request) -> Response:
+    async def put_mirror(request: Request, endpoint: EndpointState) -> Response:
         try:
             body = await request.json()
-            state.set_mirror(body["mirror_traffic"])
+            endpoint.set_mirror(body["mirror_traffic"])
         except InvalidTraffic as exc:
             return error(400, exc.reason)
         except Conflict as exc:
             return error(409, str(exc))
         except (ValueError, TypeError, KeyError, AttributeError):
             return error(400, "expected a JSON body with mirror_traffic")
-        return await get_traffic(request)
+        return maps(endpoint)
 
-    async def score(request: Request) -> Response:
+    async def score(request: Request, endpoint: EndpointState) -> Response:
         started = time.perf_counter()
         ts = time.time()
         request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
@@ -369,22 +509,22 @@ def create_app(state: EndpointState, key: str) -> Starlette:
         if key is None and isinstance(payload, dict) and payload.get("request_key") is not None:
             key = str(payload["request_key"])
         pin = request.headers.get(PIN_HEADER)
-        with state.lock:
+        with endpoint.lock:
             if pin:
                 name: str | None = pin
             else:
-                name = route(key if key is not None else request_id, state.live)
-            deployment = state.deployments.get(name) if name else None
-            shadow_name = mirror_target(key or request_id, state.mirror) if not pin else None
-            shadow = state.deployments.get(shadow_name) if shadow_name else None
+                name = route(key if key is not None else request_id, endpoint.live)
+            deployment = endpoint.deployments.get(name) if name else None
+            shadow_name = mirror_target(key or request_id, endpoint.mirror) if not pin else None
+            shadow = endpoint.deployments.get(shadow_name) if shadow_name else None
         if name is None:
-            return error(503, "no deployment takes live traffic")
+            return error(503, f"no deployment of endpoint {endpoint.name} takes live traffic")
         if deployment is None:
-            return error(404, f"deployment {name} not found")
+            return error(404, f"deployment {name} not found", DEPLOYMENT_NOT_FOUND)
         headers = {PIN_HEADER: deployment.name, REQUEST_ID_HEADER: request_id}
 
         def finish(status: int, outputs: Any, err: str | None) -> None:
-            state.store.record(
+            endpoint.store.record(
                 Record(
                     request_id=request_id,
                     request_key=key,
@@ -418,61 +558,67 @@ def create_app(state: EndpointState, key: str) -> Starlette:
         finish(200, outputs, None)
         task = None
         if shadow is not None and shadow.state == "succeeded" and shadow.model is not None:
-            task = BackgroundTask(_score_shadow, state, shadow, frame, payload, request_id, key)
+            task = BackgroundTask(_score_shadow, endpoint, shadow, frame, payload, request_id, key)
         return JSONResponse(outputs, headers=headers, background=task)
 
-    async def feedback(request: Request) -> Response:
+    async def feedback(request: Request, endpoint: EndpointState) -> Response:
         try:
             body = await request.json()
             items = body.get("feedback", [body])
             rows = [(str(item["request_id"]), item["label"]) for item in items]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             return error(400, "expected {request_id, label} or {feedback: [{request_id, label}]}")
         now = time.time()
         for request_id, label in rows:
-            state.store.feedback(request_id, label, now)
+            endpoint.store.feedback(request_id, label, now)
         return JSONResponse({"accepted": len(rows)}, status_code=202)
 
-    async def flush(request: Request) -> Response:
-        await run_in_threadpool(state.store.flush)
+    async def flush(request: Request, endpoint: EndpointState) -> Response:
+        await run_in_threadpool(endpoint.store.flush)
         return JSONResponse({"flushed": True})
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
+    one = "/{endpoint}"
+    deployment = one + "/deployments/{name}"
     return Starlette(
         routes=[
-            Route("/deployments", keyed(list_deployments), methods=["GET"]),
-            Route("/deployments/{name}", keyed(put_deployment), methods=["PUT"]),
-            Route("/deployments/{name}", keyed(get_deployment), methods=["GET"]),
-            Route("/deployments/{name}", keyed(delete_deployment), methods=["DELETE"]),
-            Route("/traffic", keyed(get_traffic), methods=["GET"]),
-            Route("/traffic", keyed(put_traffic), methods=["PUT"]),
-            Route("/mirror", keyed(put_mirror), methods=["PUT"]),
-            Route("/score", keyed(score), methods=["POST"]),
-            Route("/feedback", keyed(feedback), methods=["POST"]),
-            Route("/records/flush", keyed(flush), methods=["POST"]),
+            # The server's own routes first: their names are refused as endpoint names.
             Route("/health", health, methods=["GET"]),
+            Route("/endpoints", keyed(list_endpoints), methods=["GET"]),
+            Route(one, keyed(put_endpoint), methods=["PUT"]),
+            Route(one, existing(get_endpoint), methods=["GET"]),
+            Route(one + "/deployments", existing(list_deployments), methods=["GET"]),
+            Route(deployment, keyed(put_deployment), methods=["PUT"]),
+            Route(deployment, existing(get_deployment), methods=["GET"]),
+            Route(deployment, existing(delete_deployment), methods=["DELETE"]),
+            Route(one + "/traffic", existing(get_traffic), methods=["GET"]),
+            Route(one + "/traffic", existing(put_traffic), methods=["PUT"]),
+            Route(one + "/mirror", existing(put_mirror), methods=["PUT"]),
+            Route(one + "/score", existing(score), methods=["POST"]),
+            Route(one + "/feedback", existing(feedback), methods=["POST"]),
+            Route(one + "/records/flush", existing(flush), methods=["POST"]),
         ]
     )
 
 
 async def _score_shadow(
-    state: EndpointState,
+    endpoint: EndpointState,
     shadow: Deployment,
     frame: Any,
     payload: Any,
     request_id: str,
     key: str | None,
 ) -> None:
-    """Score the mirrored copy; the caller never sees it, the request log does."""
+    """Score the mirrored copy; the caller never sees it, the endpoint's request log does."""
     started, ts = time.perf_counter(), time.time()
     status, outputs, err = 200, None, None
     try:
         outputs = await run_in_threadpool(_predict, shadow, frame)
     except Exception as exc:
         status, err = 500, f"{type(exc).__name__}: {exc}"
-    state.store.record(
+    endpoint.store.record(
         Record(
             request_id=request_id,
             request_key=key,

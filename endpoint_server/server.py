@@ -37,11 +37,12 @@ class LocalEndpointHandle:
     _stopped: bool = field(default=False, repr=False)
     key: str = field(default="", repr=False)  # what every route but /health needs
 
-    @property
-    def records_path(self) -> Path:
+    def records_path(self, endpoint: str) -> Path:
+        """`endpoint`'s request log (each endpoint has its own)."""
+        from adapters.local_endpoint import endpoint_data_dir
         from endpoint_server.store import RECORDS_FILE
 
-        return self.data_dir / RECORDS_FILE
+        return endpoint_data_dir(self.data_dir, endpoint) / RECORDS_FILE
 
     def stop(self) -> None:
         if not self._stopped:
@@ -85,9 +86,9 @@ def serve_forever(
     """
     import uvicorn
 
-    from endpoint_server.app import EndpointState, create_app
+    from endpoint_server.app import EndpointServerState, create_app
 
-    state = EndpointState(data_dir, tracking_uri, registry_uri)
+    state = EndpointServerState(data_dir, tracking_uri, registry_uri)
     sock = _bind(host, port)
     url = f"http://{host}:{sock.getsockname()[1]}"
     config = uvicorn.Config(

@@ -7,6 +7,8 @@ crash between the save and the dispatch is repaired by dispatching again.
 
 from __future__ import annotations
 
+import hashlib
+
 from pydantic import AwareDatetime, BaseModel, Field
 
 from domain.effects import Effect
@@ -14,16 +16,33 @@ from orchestrator.ports import AuditRecord
 from promotion.state import PromotionState
 from retrain.state import RetrainTracker
 
-# Message ids remembered per model, to drop exact redeliveries before `decide`.
-SEEN_MESSAGES_KEPT = 2000
+# Message ids remembered per model, to drop exact redeliveries before `decide`, as 64-bit
+# digests (19 bytes of JSON each, whatever the id's length): 500 keep the aggregate under
+# 10 KB. Data events that an open window carries are not remembered here at all (nothing is
+# written for them): the data ledger's claims make their redeliveries harmless.
+SEEN_MESSAGES_KEPT = 500
+
+
+def message_digest(message_id: str) -> str:
+    return hashlib.sha256(message_id.encode()).hexdigest()[:16]
 
 
 class OutboxItem(BaseModel):
     id: str  # "<aggregate version>-<index>": stable across re-dispatch
     effect: Effect
+    version: int = 0  # the aggregate version that decided it (a newer traffic map supersedes it)
     cause_id: str | None = None
     failed_attempts: int = 0  # dispatches that failed transiently (see Ports.max_effect_attempts)
     first_failed_at: AwareDatetime | None = None
+
+
+class TrafficAlert(BaseModel):
+    """A rollback whose traffic cannot be put back on the known-good deployment: it pages."""
+
+    traffic: dict[str, int]  # the map that should hold
+    since: AwareDatetime  # the first failed attempt
+    attempts: int
+    error: str
 
 
 class ModelAggregate(BaseModel):
@@ -34,13 +53,17 @@ class ModelAggregate(BaseModel):
     seen_messages: list[str] = Field(default_factory=list)
     outbox: list[OutboxItem] = Field(default_factory=list)
     pending_audit: list[AuditRecord] = Field(default_factory=list)
+    effects_given_up: int = 0  # effects dropped after their retries (each audited, published)
+    traffic_alert: TrafficAlert | None = None  # set while a rollback's traffic does not hold
 
     @classmethod
     def new(cls, model: str) -> ModelAggregate:
         return cls(model=model)
 
     def has_seen(self, message_id: str) -> bool:
-        return message_id in self.seen_messages
+        # Raw ids: what aggregates written before the digests hold.
+        seen = self.seen_messages
+        return message_digest(message_id) in seen or message_id in seen
 
     def remember(self, message_id: str) -> list[str]:
-        return [*self.seen_messages, message_id][-SEEN_MESSAGES_KEPT:]
+        return [*self.seen_messages, message_digest(message_id)][-SEEN_MESSAGES_KEPT:]

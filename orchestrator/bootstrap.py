@@ -23,9 +23,10 @@ from orchestrator.clock import Clock, utc_now
 from orchestrator.handlers import MessageHandlers
 from orchestrator.maintenance import Maintenance
 from orchestrator.outbox import Outbox
-from orchestrator.policy_files import load_policies
+from orchestrator.policy_files import load_policies, policy_for
 from orchestrator.ports import (
     AuditLog,
+    DataLedger,
     IdentityVerifier,
     MetricsReader,
     OnlineEndpoint,
@@ -34,6 +35,7 @@ from orchestrator.ports import (
     TrainingBackend,
 )
 from orchestrator.queries import Queries
+from orchestrator.reconcile import Reconciler
 from orchestrator.settings import Settings, load_settings
 from orchestrator.signing import MessageSigner, local_signing_key
 
@@ -73,6 +75,7 @@ OVERRIDABLE = frozenset(
         "dead_letters",
         "identity",
         "signer",
+        "ledger",
     }
 )
 
@@ -85,7 +88,8 @@ def bootstrap(
     `overrides` names ports from OVERRIDABLE: `store`, `audit`, `bus`, `training`,
     `endpoints` (a callable policy -> OnlineEndpoint), `metrics`, `registry`, `events`,
     `policies` (model -> ModelPolicy), `dead_letters`, `signer` (the MessageSigner of the
-    app's own messages) and `identity` (the IdentityVerifier of people's tokens). A port not
+    app's own messages), `identity` (the IdentityVerifier of people's tokens) and `ledger`
+    (the DataLedger of data keys and pending data). A port not
     overridden is built from the settings on first use, so a runtime whose ports are all
     given never opens a client.
     """
@@ -133,6 +137,7 @@ class Runtime:
             events=self.events,
             policies=self.policies,
             signer=self.signer,
+            ledger=self._given("ledger", self._data_ledger),
             clock=self.clock,
             deployment_poll=timedelta(seconds=settings.deployment_poll_seconds),
             default_compute=settings.azureml_compute,
@@ -156,7 +161,9 @@ class Runtime:
 
     @cached_property
     def maintenance(self) -> Maintenance:
-        return Maintenance(self.ports, self.outbox)
+        return Maintenance(
+            self.ports, self.outbox, Reconciler(self.ports, self.outbox, self.handlers)
+        )
 
     def _given(self, port: str, build: Callable[[], Any]) -> Any:
         return self.overrides[port] if port in self.overrides else build()
@@ -251,8 +258,9 @@ class Runtime:
             )
         from adapters.local_endpoint import LocalEndpoint
 
-        # With its key: LOCAL_ENDPOINT_KEY, else the one the server generated.
-        return LocalEndpoint.from_settings(settings)
+        # The policy's endpoint on the local server, with its key: LOCAL_ENDPOINT_KEY, else
+        # the one the server generated.
+        return LocalEndpoint.from_settings(settings, policy.endpoint)
 
     @cached_property
     def events(self) -> Any:
@@ -291,6 +299,11 @@ class Runtime:
 
         return BlobStateStore(self._state_container(), ModelAggregate, ModelAggregate.new)
 
+    def _data_ledger(self) -> DataLedger:
+        from adapters.data_ledger import BlobDataLedger
+
+        return BlobDataLedger(self._state_container())
+
     def _audit_log(self) -> AuditLog:
         from adapters.blob_state import BlobAuditLog
 
@@ -326,7 +339,12 @@ class Runtime:
     def _metrics(self) -> MetricsReader:
         from adapters.mlflow_metrics import MlflowMetrics
 
-        return MlflowMetrics(self.settings, self.registry)
+        # Locally, a model's live metrics come from its own endpoint's request log.
+        return MlflowMetrics(
+            self.settings,
+            self.registry,
+            endpoint_of=lambda model: policy_for(self.policies, model).endpoint,
+        )
 
 
 _runtime: Runtime | None = None

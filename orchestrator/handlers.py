@@ -34,7 +34,16 @@ from promotion import commands as promotion_commands
 from promotion import machine as promotion_machine
 from retrain import commands as retrain_commands
 from retrain import decide as retrain_rules
-from retrain.commands import JOB_CHECK, TrainingJobCheck, TrainingJobStatus
+from retrain.commands import (
+    JOB_CHECK,
+    OBSERVED_FIELDS,
+    DataItem,
+    DataLanded,
+    PendingDataFound,
+    RetrainRequested,
+    TrainingJobCheck,
+    TrainingJobStatus,
+)
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +130,12 @@ class MessageHandlers:
         def change(aggregate: ModelAggregate) -> ModelAggregate:
             record = _audit_record(aggregate.model, aggregate.version + 1, 0, now, entry, envelope)
             record = record.model_copy(update={"actor": "unverified"})
+            # The record's version is taken, so a later transition's records never share its id.
             return aggregate.model_copy(
-                update={"pending_audit": [*aggregate.pending_audit, record]}
+                update={
+                    "version": aggregate.version + 1,
+                    "pending_audit": [*aggregate.pending_audit, record],
+                }
             )
 
         aggregate, _ = self.ports.store.update(envelope.model, change)
@@ -139,6 +152,27 @@ class MessageHandlers:
         self, envelope: Envelope, policy: ModelPolicy, command: BaseModel, loaded: Loaded | None
     ) -> Outcome:
         command = checked_data(command, policy, self.ports.data_account)  # else InvalidMessage
+        # Observations are made here, never taken from a message.
+        forged = {name: None for name in OBSERVED_FIELDS if name in type(command).model_fields}
+        command = command.model_copy(update=forged)
+        now = self.ports.clock()
+        ledger, keep_for = self.ports.ledger, policy.retrain.dedup_retention
+        if isinstance(command, DataLanded):
+            refused = retrain_rules.items_over_cap(len(command.items), policy)
+            if refused is not None:  # dead-lettered whole, with the reason: nothing dropped
+                raise InvalidMessage(refused)
+            counted = ledger.claim(
+                envelope.model, command.items, envelope.message_id, now, keep_for
+            )
+            command = command.model_copy(update={"new_items": len(counted)})
+        elif isinstance(command, RetrainRequested) and command.data_uri is not None:
+            # A person's data URI is its own key; a redelivery of the request counts it again.
+            item = DataItem(uri=command.data_uri, key=command.data_uri)
+            counted = ledger.claim(envelope.model, [item], envelope.message_id, now, keep_for)
+            command = command.model_copy(update={"data_known": not counted})
+        tracker = (loaded[0] if loaded else self.ports.store.load(envelope.model)[0]).retrain
+        if retrain_rules.observation_needed(tracker, command):  # type: ignore[arg-type]
+            command = command.model_copy(update={"pending": ledger.pending(envelope.model)})
         return self._apply(envelope, "retrain", command, policy, loaded)
 
     def _promotion(
@@ -280,17 +314,25 @@ class MessageHandlers:
             if aggregate.has_seen(envelope.message_id):
                 applied.duplicate = True
                 return None
-            decision = decide(getattr(aggregate, section), command, policy, now)
+            before = getattr(aggregate, section)
+            decision = decide(before, command, policy, now)
             applied.decision = decision
             if decision.ignored and not decision.audit:
                 return None
+            if decision.state is before and not decision.effects and not decision.audit:
+                return None  # nothing to save (data an open window carries): no write
             version = aggregate.version + 1
             records = [
                 _audit_record(aggregate.model, version, seq, now, entry, envelope)
                 for seq, entry in enumerate(decision.audit)
             ]
             items = [
-                OutboxItem(id=f"{version}-{index}", effect=effect, cause_id=envelope.message_id)
+                OutboxItem(
+                    id=f"{version}-{index}",
+                    effect=effect,
+                    cause_id=envelope.message_id,
+                    version=version,
+                )
                 for index, effect in enumerate(decision.effects)
             ]
             return aggregate.model_copy(
@@ -330,6 +372,32 @@ class MessageHandlers:
         # A redelivery after a crash between save and dispatch finishes the dispatch.
         self.outbox.dispatch(envelope.model, aggregate)
         return Outcome("duplicate", envelope.model, aggregate.version, "message already handled")
+
+
+def sweep_stranded_data(
+    ports: Ports, outbox: Outbox, model: str, policy: ModelPolicy, aggregate: ModelAggregate
+) -> str | None:
+    """The timer's safety net for data that landed while its window was closing (the event
+    saw the window open, so it wrote nothing, and the close did not list it): with no window
+    open and more pending than the last close left, open a window for it. Returns the window
+    id opened, else None. Never raises: a failure is logged and the next sweep tries again."""
+    tracker = aggregate.retrain
+    if tracker.window is not None or tracker.follow_up_pending:
+        return None
+    try:
+        pending = ports.ledger.pending(model)
+        if not retrain_rules.stranded(tracker, pending):
+            return None
+        found = PendingDataFound(pending=pending)
+        envelope = Envelope.new(
+            "PendingDataFound", model, found, message_id=f"{model}:stranded:{aggregate.version}"
+        )
+        MessageHandlers(ports, outbox)._apply(envelope, "retrain", found, policy, None)
+        window = ports.store.load(model)[0].retrain.window
+        return window.id if window is not None else None
+    except Exception:
+        log.exception("sweep: could not open a window for the pending data of %s", model)
+        return None
 
 
 # The pure rules that decide each section of the aggregate.

@@ -1,23 +1,27 @@
-"""The timer's sweep: re-dispatch outboxes a crash left behind, check training jobs past their
-`max_job_duration` (so a lost check chain cannot keep a model from training for ever), and
-report promotions that have not moved for `max_time_in_state`."""
+"""The timer's sweep: re-dispatch outboxes a crash or a failing target left behind, check
+training jobs past their `max_job_duration` (so a lost check chain cannot keep a model from
+training for ever), report promotions that have not moved for `max_time_in_state`, then
+reconcile every endpoint with the state (orchestrator/reconcile.py)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from orchestrator.handlers import sweep_stranded_data
 from orchestrator.outbox import Outbox
 from orchestrator.ports import Ports
+from orchestrator.reconcile import Reconciler
 from retrain.decide import overdue_check
 
 log = logging.getLogger(__name__)
 
 
 class Maintenance:
-    def __init__(self, ports: Ports, outbox: Outbox) -> None:
+    def __init__(self, ports: Ports, outbox: Outbox, reconciler: Reconciler | None = None) -> None:
         self.ports = ports
         self.outbox = outbox
+        self.reconciler = reconciler
 
     def sweep(self) -> dict[str, Any]:
         """One pass over every model. One model whose effects keep failing (its outbox is
@@ -44,6 +48,7 @@ class Maintenance:
             policy = self.ports.policies.get(model)
             if policy is None:
                 continue
+            sweep_stranded_data(self.ports, self.outbox, model, policy, aggregate)
             overdue = overdue_check(aggregate.retrain, policy, now)
             if overdue is not None:
                 log.warning("training job of %s is past max_job_duration: checking it", model)
@@ -68,9 +73,18 @@ class Maintenance:
                     active.status,
                     active.updated_at.isoformat(),
                 )
-        return {
+        report: dict[str, Any] = {
             "redispatched": redispatched,
             "stuck": stuck,
             "failed": failed,
             "overdue_jobs": overdue_jobs,
+            "drift": [],
         }
+        if self.reconciler is not None:
+            reconciled = self.reconciler.reconcile()
+            report["drift"] = reconciled.drifted
+            report["failed"] += [
+                {"model": f["model"], "error": f"reconcile: {f['error']}"}
+                for f in reconciled.failed
+            ]
+        return report

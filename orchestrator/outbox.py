@@ -1,16 +1,21 @@
 """The outbox: effects saved with a transition are dispatched after the write.
 
-Each item is run in order; a transient failure is counted on the item and raised (the message
-is redelivered and the timer's sweep dispatches again); submits, deployments and cancels give
-up after `Ports.max_effect_attempts` dispatches and `Ports.effect_retry_window`. Effects are
-idempotent (absolute traffic maps, deterministic names and message ids), so dispatching the
-same item twice is harmless.
+Each outside target (the endpoint, the training backend, the bus, the registry, the event
+hub) runs its effects in order, independently: one that fails holds back only its own later
+effects. Every effect kind has bounded retries (`Ports.max_effect_attempts` dispatches and
+`Ports.effect_retry_window`); a given-up effect is audited, published and counted, and a
+submit or a deployment also fails its step. Traffic back to the known-good deployment is never
+given up: it pages and keeps being retried. The endpoint's effects run from the latest saved
+state, and a traffic map superseded by a newer one is dropped. Effects are idempotent
+(absolute traffic maps, deterministic names and message ids), so dispatching twice is harmless.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -27,9 +32,11 @@ from domain.effects import (
     TagModelVersion,
 )
 from domain.policy import ModelPolicy
-from orchestrator.aggregate import ModelAggregate, OutboxItem
+from orchestrator import telemetry
+from orchestrator.aggregate import ModelAggregate, OutboxItem, TrafficAlert
 from orchestrator.messages import Envelope
 from orchestrator.ports import (
+    AuditRecord,
     DeploymentBusy,
     EndpointError,
     OnlineEndpoint,
@@ -40,8 +47,92 @@ from orchestrator.ports import (
 
 log = logging.getLogger(__name__)
 
-# Effects that stop being retried after a while (see Outbox._execute_or_give_up).
-_GIVE_UP_EFFECTS = (SubmitTrainingJob, DeployModel, CancelTrainingJob)
+# Each effect's outside target. A target runs its effects in order; one that fails holds back
+# only its own later effects, never another target's (a notification never holds a rollback).
+_LANES: dict[str, str] = {
+    "deploy_model": "endpoint",
+    "set_traffic": "endpoint",
+    "delete_deployment": "endpoint",
+    "submit_training_job": "training",
+    "cancel_training_job": "training",
+    "send_message": "bus",
+    "tag_model_version": "registry",
+    "request_approval": "events",
+    "publish_event": "events",
+}
+# A failure here is raised after every target has run, so the message comes again at once; a
+# failing tag or notification waits for the next dispatch or the timer's sweep.
+_URGENT_LANES = frozenset({"endpoint", "training", "bus"})
+
+
+@dataclass
+class _Run:
+    """What one dispatch did, settled in one write."""
+
+    now: datetime
+    done: set[str] = field(default_factory=set)
+    failed: dict[str, tuple[int, datetime]] = field(default_factory=dict)  # attempts, first
+    gave_up: list[tuple[OutboxItem, str, int]] = field(default_factory=list)
+    added: list[OutboxItem] = field(default_factory=list)
+    flushed: set[str] = field(default_factory=set)
+    alert: TrafficAlert | None = None  # a rollback's traffic that does not hold: page
+    restored: bool = False  # a traffic map held while an alert was up
+    urgent: Exception | None = None
+
+
+def endpoint_effects_waiting(aggregate: ModelAggregate) -> bool:
+    """Whether a deploy, traffic map or delete of the model is still in its outbox."""
+    return any(_LANES[item.effect.kind] == "endpoint" for item in aggregate.outbox)
+
+
+def _by_lane(outbox: list[OutboxItem]) -> dict[str, list[OutboxItem]]:
+    lanes: dict[str, list[OutboxItem]] = {}
+    for item in outbox:
+        lanes.setdefault(_LANES[item.effect.kind], []).append(item)
+    return lanes
+
+
+def _superseded(item: OutboxItem, lane: list[OutboxItem]) -> bool:
+    """A traffic map with a newer one after it in its lane: maps are absolute, only the newest
+    one means anything (running the old one could put traffic back on a rolled-back model)."""
+    if not isinstance(item.effect, SetTraffic):
+        return False
+    later = lane[lane.index(item) + 1 :]
+    return any(isinstance(other.effect, SetTraffic) for other in later)
+
+
+def _settle_audit(model: str, run: _Run) -> list[AuditRecord]:
+    """The audit records of what giving up and paging did (numbered by `_settle`)."""
+    records: list[AuditRecord] = []
+
+    def record(action: str, **detail: Any) -> None:
+        records.append(
+            AuditRecord(
+                model=model,
+                aggregate_version=0,
+                time=run.now,
+                action=action,
+                cause_type="outbox",
+                actor="system",
+                detail=detail,
+            )
+        )
+
+    for item, reason, attempts in run.gave_up:
+        record(
+            "effect.gave_up",
+            effect=item.effect.kind,
+            item=item.id,
+            attempts=attempts,
+            error=reason,
+            cause_id=item.cause_id,
+        )
+    if run.alert is not None:
+        record("rollback.traffic_not_restored", **run.alert.model_dump(mode="json"))
+    elif run.restored:
+        record("rollback.traffic_restored")
+    return records
+
 
 DEPLOYMENT_CHECK = "DeploymentCheck"
 
@@ -66,34 +157,62 @@ class Outbox:
         self._endpoints: dict[str, OnlineEndpoint] = {}
 
     def dispatch(self, model: str, aggregate: ModelAggregate | None = None) -> int:
-        """Run the effects and audit entries left in the model's outbox. Idempotent.
+        """Run the effects and audit entries left in the model's outbox; return how many
+        effects are done (or given up). Idempotent.
 
-        `aggregate`: the state this process has just saved or read, to spare a read."""
+        Each outside target runs its own effects in order; one that fails holds back only its
+        own later effects (see `_LANES`). After every target has run, the first failure of an
+        urgent target (endpoint, training, bus, the audit log) is raised so the message is
+        delivered again; a failing notification or tag waits for the next dispatch or the
+        timer's sweep. `aggregate`: the state this process has just saved or read, to spare a
+        read; the endpoint's effects always run from the latest saved state."""
         if aggregate is None:
+            aggregate, _ = self.ports.store.load(model)
+        elif endpoint_effects_waiting(aggregate):
+            # Another handler may have saved a newer traffic map (a rollback) since this copy
+            # was read: a stale copy must not put an old split back.
             aggregate, _ = self.ports.store.load(model)
         if not aggregate.outbox and not aggregate.pending_audit:
             return 0
-        policy = self.ports.policies.get(model)
-        self.ports.audit.append(aggregate.pending_audit)
-        flushed = {record.record_id for record in aggregate.pending_audit}
-        done: list[str] = []
+        run = _Run(now=self.ports.clock())
         try:
-            for item in aggregate.outbox:
+            self.ports.audit.append(aggregate.pending_audit)
+            run.flushed = {record.record_id for record in aggregate.pending_audit}
+        except Exception as exc:  # kept in the aggregate; never holds back an effect
+            log.warning("audit log of %s not written yet: %s", model, exc)
+            run.urgent = exc
+        policy = self.ports.policies.get(model)
+        for lane, items in _by_lane(aggregate.outbox).items():
+            for item in items:
                 if policy is None:
                     log.error("model %s has no policy: dropping effect %s", model, item.id)
-                else:
-                    try:
-                        self._execute_or_give_up(aggregate, policy, item)
-                    except DeploymentBusy as busy:
-                        # Not a failure: the endpoint is still applying a traffic change (an
-                        # Azure ML update takes minutes). The delete stays in the outbox for
-                        # the timer's sweep; the effects after it do not depend on it.
-                        log.info("%s: %s; the outbox sweep tries again", model, busy)
-                        continue
-                done.append(item.id)
-        finally:
-            self._forget_dispatched(model, set(done), flushed)
-        return len(done)
+                    run.done.add(item.id)
+                    continue
+                if _superseded(item, items):
+                    log.info("%s: %s superseded by a newer traffic map", model, item.id)
+                    run.done.add(item.id)
+                    continue
+                try:
+                    self._execute(aggregate, policy, item)
+                except DeploymentBusy as busy:
+                    # Not a failure: the endpoint is still applying a traffic change (an
+                    # Azure ML update takes minutes). The delete stays for the sweep; the
+                    # effects after it do not depend on it.
+                    log.info("%s: %s; the outbox sweep tries again", model, busy)
+                    continue
+                except Exception as exc:
+                    self._failed(aggregate, lane, item, exc, run)
+                    if item.id not in run.done:
+                        break  # this target's later effects wait for this one
+                    continue
+                run.done.add(item.id)
+                if isinstance(item.effect, SetTraffic) and aggregate.traffic_alert is not None:
+                    run.restored = True
+        self._settle(aggregate, run)
+        self._announce(aggregate, run)
+        if run.urgent is not None:
+            raise run.urgent
+        return len(run.done)
 
     def endpoint(self, policy: ModelPolicy) -> OnlineEndpoint:
         endpoint = self._endpoints.get(policy.endpoint)
@@ -121,82 +240,146 @@ class Outbox:
 
     # ------------------------------------------------------------------ retries and giving up
 
-    def _execute_or_give_up(
-        self, aggregate: ModelAggregate, policy: ModelPolicy, item: OutboxItem
+    def _failed(
+        self, aggregate: ModelAggregate, lane: str, item: OutboxItem, exc: Exception, run: _Run
     ) -> None:
-        """Run one effect. A transient failure is counted on the item and raised (the message
-        is redelivered, the timer sweeps). A submit, a deployment or a cancel still failing
-        after `max_effect_attempts` dispatches and `effect_retry_window` since its first
-        failure gives up: the submit or deployment fails its step with the service's message.
-        """
-        try:
-            self._execute(aggregate, policy, item)
-        except (TrainingBackendError, EndpointError) as exc:
-            effect = item.effect
-            if isinstance(exc, DeploymentBusy) or not isinstance(effect, _GIVE_UP_EFFECTS):
-                raise
-            now = self.ports.clock()
-            attempts = item.failed_attempts + 1
-            first = item.first_failed_at or now
-            if attempts < self.ports.max_effect_attempts or (
-                now - first < self.ports.effect_retry_window
-            ):
-                self._count_failed_attempt(aggregate.model, item.id, attempts, first)
-                raise
-            waited = int((now - first).total_seconds())
-            error = f"gave up after {attempts} attempts in {waited} s: {exc}"
-            log.error("%s for %s: %s", effect.kind, aggregate.model, error)
+        """Count a failed attempt, or give the effect up: every kind has bounded retries
+        (`max_effect_attempts` dispatches AND `effect_retry_window` since the first failure).
+        A given-up effect is audited, published and counted; a submit or a deployment also
+        fails its step. Traffic back to the known-good deployment is never given up: past the
+        limits it pages once and keeps being retried."""
+        effect = item.effect
+        attempts = item.failed_attempts + 1
+        first = item.first_failed_at or run.now
+        exhausted = (
+            attempts >= self.ports.max_effect_attempts
+            and run.now - first >= self.ports.effect_retry_window
+        )
+        error = f"{type(exc).__name__}: {exc}"[:500]
+        if isinstance(effect, SetTraffic) and effect.restore:
+            run.failed[item.id] = (attempts, first)
+            run.urgent = run.urgent or exc
+            if exhausted and aggregate.traffic_alert is None:
+                run.alert = TrafficAlert(
+                    traffic=dict(effect.traffic), since=first, attempts=attempts, error=error
+                )
+            return
+        if not exhausted:
+            run.failed[item.id] = (attempts, first)
+            if lane in _URGENT_LANES:
+                run.urgent = run.urgent or exc
+            return
+        waited = int((run.now - first).total_seconds())
+        reason = f"gave up after {attempts} attempts in {waited} s: {error}"
+        log.error("%s for %s: %s", effect.kind, aggregate.model, reason)
+        try:  # the step learns first; if it cannot be told yet, the effect is kept
             if isinstance(effect, SubmitTrainingJob):
                 # The service may have created the job without our hearing of it: a cancel
                 # goes into the outbox (kept, retried) before the run is failed.
-                cancel = CancelTrainingJob(run_id=effect.run_id, reason=error)
-                self._enqueue(aggregate.model, OutboxItem(id=f"{item.id}-cancel", effect=cancel))
-                self._submit_failed(aggregate, effect, error)
+                cancel = CancelTrainingJob(run_id=effect.run_id, reason=reason)
+                run.added.append(OutboxItem(id=f"{item.id}-cancel", effect=cancel))
+                self._submit_failed(aggregate, effect, reason)
             elif isinstance(effect, DeployModel):
-                self._deploy_failed(aggregate, effect, error)
-            # A cancel that never goes through is only logged: the run has already ended.
-
-    def _enqueue(self, model: str, added: OutboxItem) -> None:
-        """Add an effect to the model's outbox (once: its id is deterministic)."""
-
-        def change(aggregate: ModelAggregate) -> ModelAggregate | None:
-            if any(item.id == added.id for item in aggregate.outbox):
-                return None
-            return aggregate.model_copy(update={"outbox": [*aggregate.outbox, added]})
-
-        self.ports.store.update(model, change)
-
-    def _count_failed_attempt(
-        self, model: str, item_id: str, attempts: int, first_failed_at: datetime
-    ) -> None:
-        counted = {"failed_attempts": attempts, "first_failed_at": first_failed_at}
-
-        def change(aggregate: ModelAggregate) -> ModelAggregate | None:
-            outbox = [
-                item.model_copy(update=counted) if item.id == item_id else item
-                for item in aggregate.outbox
-            ]
-            if outbox == aggregate.outbox:
-                return None
-            return aggregate.model_copy(update={"outbox": outbox})
-
-        try:
-            self.ports.store.update(model, change)
-        except Exception:  # the count is best effort: the failure itself is what matters
-            log.warning("could not count a failed attempt of %s for %s", item_id, model)
-
-    def _forget_dispatched(self, model: str, done: set[str], flushed: set[str]) -> None:
-        if not done and not flushed:
+                self._deploy_failed(aggregate, effect, reason)
+        except Exception as send_error:
+            log.warning("could not report the given-up %s yet: %s", effect.kind, send_error)
+            run.failed[item.id] = (attempts, first)
+            run.urgent = run.urgent or send_error
             return
+        run.done.add(item.id)
+        run.gave_up.append((item, reason, attempts))
 
-        def change(aggregate: ModelAggregate) -> ModelAggregate | None:
-            outbox = [item for item in aggregate.outbox if item.id not in done]
-            audit = [r for r in aggregate.pending_audit if r.record_id not in flushed]
-            if len(outbox) == len(aggregate.outbox) and len(audit) == len(aggregate.pending_audit):
+    def _settle(self, aggregate: ModelAggregate, run: _Run) -> None:
+        """One write: forget what is done, count what failed, add what giving up added, flush
+        the audit written, and record what was given up or paged (audited in the same write)."""
+        if not (run.done or run.failed or run.flushed or run.added or run.alert or run.restored):
+            return
+        audit = _settle_audit(aggregate.model, run)
+
+        def change(current: ModelAggregate) -> ModelAggregate | None:
+            outbox = []
+            for item in current.outbox:
+                if item.id in run.done:
+                    continue
+                if item.id in run.failed:
+                    attempts, first = run.failed[item.id]
+                    item = item.model_copy(
+                        update={"failed_attempts": attempts, "first_failed_at": first}
+                    )
+                outbox.append(item)
+            known = {item.id for item in outbox}
+            outbox += [item for item in run.added if item.id not in known]
+            update: dict[str, Any] = {
+                "outbox": outbox,
+                "pending_audit": [
+                    r for r in current.pending_audit if r.record_id not in run.flushed
+                ],
+            }
+            if run.gave_up:
+                update["effects_given_up"] = current.effects_given_up + len(run.gave_up)
+            if run.alert is not None and current.traffic_alert is None:
+                update["traffic_alert"] = run.alert
+            elif run.restored and current.traffic_alert is not None:
+                update["traffic_alert"] = None
+            if audit:  # audit entries of their own version, so no record id is shared
+                version = current.version + 1
+                records = [
+                    r.model_copy(update={"aggregate_version": version, "seq": seq})
+                    for seq, r in enumerate(audit)
+                ]
+                update["version"] = version
+                update["pending_audit"] = [*update["pending_audit"], *records]
+            changed = current.model_copy(update=update)
+            return None if changed == current else changed
+
+        saved, _ = self.ports.store.update(aggregate.model, change)
+        if audit:  # what giving up or paging recorded is written now, not on the next dispatch
+            self._flush(saved)
+
+    def _flush(self, aggregate: ModelAggregate) -> None:
+        try:
+            self.ports.audit.append(aggregate.pending_audit)
+        except Exception as exc:  # kept in the aggregate for the next dispatch
+            log.warning("audit log of %s not written yet: %s", aggregate.model, exc)
+            return
+        flushed = {record.record_id for record in aggregate.pending_audit}
+
+        def change(current: ModelAggregate) -> ModelAggregate | None:
+            kept = [r for r in current.pending_audit if r.record_id not in flushed]
+            if len(kept) == len(current.pending_audit):
                 return None
-            return aggregate.model_copy(update={"outbox": outbox, "pending_audit": audit})
+            return current.model_copy(update={"pending_audit": kept})
 
-        self.ports.store.update(model, change)
+        self.ports.store.update(aggregate.model, change)
+
+    def _announce(self, aggregate: ModelAggregate, run: _Run) -> None:
+        """Publish and count what was given up or paged (best effort: the audit has it)."""
+        model = aggregate.model
+        events: list[tuple[str, dict[str, Any]]] = []
+        for item, reason, attempts in run.gave_up:
+            telemetry.count("effects.given_up", kind=item.effect.kind, model=model)
+            if _LANES[item.effect.kind] != "events":  # its own target may be what is down
+                events.append(
+                    (
+                        "effect.gave_up",
+                        {
+                            "effect": item.effect.kind,
+                            "item": item.id,
+                            "attempts": attempts,
+                            "error": reason,
+                        },
+                    )
+                )
+        if run.alert is not None and aggregate.traffic_alert is None:
+            telemetry.count("rollback.traffic_not_restored", model=model)
+            events.append(("rollback.traffic_not_restored", run.alert.model_dump(mode="json")))
+        elif run.restored and aggregate.traffic_alert is not None:
+            events.append(("rollback.traffic_restored", {}))
+        for event_type, data in events:
+            try:
+                self.ports.events.publish(event_type, model, data)
+            except Exception as exc:
+                log.warning("could not publish %s for %s: %s", event_type, model, exc)
 
     # ------------------------------------------------------------------ the effects
 
@@ -232,10 +415,25 @@ class Outbox:
     def _submit_training(
         self, aggregate: ModelAggregate, policy: ModelPolicy, effect: SubmitTrainingJob
     ) -> None:
+        # The data: the run's manifest in the data ledger (sealed now from the oldest pending
+        # items, or the one an earlier dispatch sealed), an earlier run's, or the URI itself.
+        ledger, model = self.ports.ledger, aggregate.model
+        own = effect.manifest == effect.run_id
+        if own:
+            data_uris: list[str] | None = ledger.seal(model, effect.run_id, effect.data_count)
+        elif effect.manifest is not None:
+            data_uris = ledger.manifest(model, effect.manifest)
+        else:
+            data_uris = list(effect.data_sample)
+        if not data_uris:
+            where = f"manifest {effect.manifest}" if effect.manifest else "the request"
+            self._submit_failed(aggregate, effect, f"no data to train on: {where} lists none")
+            return
         champion = aggregate.promotion.champion
         request = training_request(
             policy,
             effect,
+            data_uris,
             champion_version=champion.version if champion else None,
             default_compute=self.ports.default_compute,
         )
@@ -244,8 +442,11 @@ class Outbox:
         except TrainingBackendError as exc:
             if exc.transient:
                 raise
-            # A permanent refusal ends the run with the service's own message.
+            # A permanent refusal ends the run with the service's own message (its manifest
+            # stays: a forced retrain can take the same data again).
             self._submit_failed(aggregate, effect, str(exc))
+        if own:  # the run has its data: it stops being pending (idempotent)
+            ledger.release(model, effect.run_id)
 
     def _submit_failed(
         self, aggregate: ModelAggregate, effect: SubmitTrainingJob, error: str
@@ -315,12 +516,14 @@ class Outbox:
 def training_request(
     policy: ModelPolicy,
     effect: SubmitTrainingJob,
+    data_uris: list[str],
     *,
     champion_version: str | None = None,
     default_compute: str | None = None,
     tags: dict[str, str] | None = None,
 ) -> TrainingRequest:
-    """The request for a SubmitTrainingJob effect under the model's policy.
+    """The request for a SubmitTrainingJob effect under the model's policy, on `data_uris`
+    (the effect carries only its manifest's reference; the caller reads the manifest).
 
     The compute is the policy's `pipeline.compute`, else `default_compute` (AZUREML_COMPUTE),
     else None (the YAML's default compute).
@@ -330,7 +533,7 @@ def training_request(
         run_id=effect.run_id,
         model=policy.model,
         pipeline_file=pipeline.file,
-        data_uris=effect.data_uris,
+        data_uris=data_uris,
         data_input=pipeline.data_input,
         experiment=pipeline.experiment or f"{policy.model}-retrain",
         compute=pipeline.compute or default_compute,

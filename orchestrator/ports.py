@@ -12,6 +12,7 @@ the service layer (orchestrator/) imports only this module, never an adapter.
   ModelRegistry    adapters.mlflow_registry       the same
   EventPublisher   adapters.events (Event Hubs)   adapters.events (an Azurite queue)
   IdentityVerifier adapters.identity (Entra ID)   adapters.identity (adapters.local_issuer)
+  DataLedger       adapters.data_ledger           the same, on Azurite
 
 Nothing heavy is imported here: the Functions app imports this module.
 """
@@ -31,6 +32,7 @@ from domain.policy import ModelPolicy
 from orchestrator.clock import Clock, utc_now
 from orchestrator.messages import Envelope
 from orchestrator.signing import MessageSigner
+from retrain.commands import DataItem, PendingData
 
 if TYPE_CHECKING:
     from orchestrator.aggregate import ModelAggregate
@@ -87,12 +89,53 @@ class StateStore(Protocol[A]):
     def list_keys(self) -> list[str]: ...
 
 
+# The audit records of a run's end: the runs of a model are read from these (their index).
+RUN_ENDED_ACTIONS = frozenset(
+    {"retrain.job_completed", "retrain.job_failed", "retrain.job_canceled"}
+)
+MAX_AUDIT_PAGE = 1000  # records in one page, at most
+
+
+class InvalidContinuation(ValueError):
+    """A continuation token that is not one this log gave for the same query; `reason` says
+    why (a 400 over HTTP)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """One page of audit records, oldest first. `continuation` (opaque) reads the next page of
+    the same query; None: there is no more. A page may hold fewer records than asked for, even
+    none, and still have a continuation."""
+
+    records: list[AuditRecord]
+    continuation: str | None = None
+
+
 class AuditLog(Protocol):
     def append(self, records: Sequence[AuditRecord]) -> None:
-        """Idempotent: a record already written (same model, version, seq) is left as it is."""
+        """Idempotent: a record already written (same model, version, seq) is left as it is.
+        A record of a promotion is also indexed under that promotion, and a run's end
+        (RUN_ENDED_ACTIONS) under the model's runs, so each reads without the rest."""
         ...
 
-    def read(self, model: str, since_version: int = 0) -> list[AuditRecord]: ...
+    def page(
+        self,
+        model: str,
+        *,
+        promotion_id: str | None = None,
+        run_ends: bool = False,
+        limit: int = 100,
+        continuation: str | None = None,
+    ) -> AuditPage:
+        """Up to `limit` (1..MAX_AUDIT_PAGE) records of `model`, oldest first (the order they
+        were appended in: aggregate version, then seq): all of them, only `promotion_id`'s, or
+        only its runs' ends (`run_ends`). Reads those records and nothing else of the model.
+        `continuation`: from the previous page of the same query; else InvalidContinuation."""
+        ...
 
 
 class ScheduledHandle(BaseModel):
@@ -277,9 +320,60 @@ class OnlineEndpoint(Protocol):
         """The live split, zero weights omitted."""
         ...
 
+    def deployments(self) -> list[DeploymentStatus]:
+        """Every deployment the endpoint has now, with its model and state (read back by the
+        timer's reconcile pass, which compares it with what the state says)."""
+        ...
+
 
 class InvalidDeploymentName(EndpointError, ValueError):
     """A deployment name that Azure ML would refuse."""
+
+
+# --------------------------------------------------------------------------- data ledger
+
+
+class DataLedger(Protocol):
+    """A model's data keys and pending data, outside its aggregate (which stays small and is
+    not written per event). Keys are claimed for deduplication and remembered for a retention
+    window; each new item is pending until a job's manifest takes it.
+
+    Every call is idempotent: at-least-once delivery and crashes between calls are expected.
+    """
+
+    def claim(
+        self,
+        model: str,
+        items: Sequence[DataItem],
+        claimant: str,
+        now: datetime,
+        keep_for: timedelta,
+    ) -> list[DataItem]:
+        """Claim each item's key for `claimant` (the message id) and make the new ones
+        pending. Returns the items that count: keys never seen (within `keep_for`) or already
+        claimed by this same claimant (a redelivery counts its own items again); the rest are
+        duplicates. A key a job has taken is a duplicate for every claimant. Keys older than
+        `keep_for` are forgotten when their part of the index is next written."""
+        ...
+
+    def pending(self, model: str) -> PendingData:
+        """What is pending now: how many items, their rows (None when one does not say), the
+        oldest few URIs."""
+        ...
+
+    def seal(self, model: str, run_id: str, limit: int) -> list[str]:
+        """The data URIs of run `run_id`'s manifest, made from the `limit` oldest pending
+        items if it does not exist yet (first writer wins: a redelivery gets the same list)."""
+        ...
+
+    def manifest(self, model: str, run_id: str) -> list[str] | None:
+        """The data URIs of an existing manifest; None when there is none."""
+        ...
+
+    def release(self, model: str, run_id: str) -> int:
+        """The job of `run_id` has its data: its manifest's items stop being pending and their
+        keys are marked taken (a late redelivery is a duplicate). Returns how many items."""
+        ...
 
 
 # --------------------------------------------------------------------------- identity
@@ -342,6 +436,7 @@ class Ports:
     events: EventPublisher
     policies: Mapping[str, ModelPolicy]
     signer: MessageSigner  # signs the app's own messages; internal types must carry its MAC
+    ledger: DataLedger  # the data keys seen and the data pending, per model
     clock: Clock = utc_now
     deployment_poll: timedelta = timedelta(seconds=30)
     default_compute: str | None = None

@@ -1,11 +1,37 @@
-"""Read-only views for the HTTP API and the CLI: a model's status, a promotion, its audit."""
+"""Read-only views for the HTTP API and the CLI: a model's status (bounded), its runs and its
+audit (pages), a promotion.
+
+Nothing here returns a list that grows with the model's life: the status carries counts,
+samples and the last few runs; the runs and the audit are read a page at a time (oldest
+first, a continuation token for the next page), and a promotion's audit reads that
+promotion's records only.
+
+Runs: every run that ended, read from the audit log's index of run ends (RUN_ENDED_ACTIONS),
+so runs older than the aggregate's short history (MAX_RUNS) stay readable; a run still in that
+history also gets its reason, submit time and data sample from it. The running job is in the
+status, not among the runs.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from orchestrator.policy_files import policy_for
-from orchestrator.ports import AuditRecord, Ports
+from orchestrator.ports import MAX_AUDIT_PAGE, AuditPage, AuditRecord, Ports
+
+RECENT_RUNS = 5  # the last runs the status shows (the rest: `runs`)
+QUEUED_SHOWN = 10  # queued candidates the status lists (all are counted)
+# The tracker's fields the status shows, each bounded (a job carries a sample of its data
+# and a count). Named, not excluded: a field added to the tracker later is not shown by
+# accident (the data keys, or any list that grows).
+_RETRAIN_FIELDS = {
+    "window",
+    "current_job",
+    "last_job_ended_at",
+    "follow_up_pending",
+    "follow_up_reason",
+    "follow_up_manual",
+}
 
 
 class Queries:
@@ -17,6 +43,17 @@ class Queries:
         policy_for(self.ports.policies, model)
         aggregate, _ = self.ports.store.load(model)
         promotion = aggregate.promotion
+        tracker = aggregate.retrain
+        retrain = tracker.model_dump(mode="json", include=_RETRAIN_FIELDS)
+        # What waits for a job: a count, its rows and the oldest few URIs (the data ledger's).
+        pending = self.ports.ledger.pending(model)
+        retrain["pending"] = {
+            "count": pending.items,
+            "rows": pending.rows,
+            "sample": list(pending.sample),
+        }
+        retrain["runs"] = [run.model_dump(mode="json") for run in tracker.runs[-RECENT_RUNS:]]
+        retrain["runs_kept"] = len(tracker.runs)
         return {
             "model": model,
             "version": aggregate.version,
@@ -31,9 +68,12 @@ class Queries:
             "active_promotion": (
                 promotion.active.model_dump(mode="json") if promotion.active else None
             ),
-            "queued_candidates": [q.model_dump(mode="json") for q in promotion.queued],
+            "queued_candidates": [
+                q.model_dump(mode="json") for q in promotion.queued[:QUEUED_SHOWN]
+            ],
+            "queued_count": len(promotion.queued),
             "recent_promotions": [h.model_dump(mode="json") for h in promotion.history],
-            "retrain": aggregate.retrain.model_dump(mode="json"),
+            "retrain": retrain,
             "pending_effects": len(aggregate.outbox),
         }
 
@@ -49,10 +89,57 @@ class Queries:
                     return model, entry.model_dump(mode="json")
         return None
 
-    def audit_trail(
-        self, model: str, promotion_id: str | None = None, since_version: int = 0
-    ) -> list[AuditRecord]:
-        records = self.ports.audit.read(model, since_version)
-        if promotion_id is None:
-            return records
-        return [record for record in records if record.promotion_id == promotion_id]
+    def audit(
+        self,
+        model: str,
+        promotion_id: str | None = None,
+        *,
+        limit: int = 100,
+        continuation: str | None = None,
+    ) -> AuditPage:
+        """One page of the model's audit (or of one promotion's), oldest first. Raises
+        UnknownModel, InvalidContinuation."""
+        policy_for(self.ports.policies, model)
+        return self.ports.audit.page(
+            model, promotion_id=promotion_id, limit=limit, continuation=continuation
+        )
+
+    def audit_trail(self, model: str, promotion_id: str) -> list[AuditRecord]:
+        """A promotion's whole audit trail, oldest first: its own records only (a promotion's
+        life is short; a model's audit is read by pages, `audit`)."""
+        records: list[AuditRecord] = []
+        continuation = None
+        while True:
+            page = self.ports.audit.page(
+                model, promotion_id=promotion_id, limit=MAX_AUDIT_PAGE, continuation=continuation
+            )
+            records.extend(page.records)
+            if page.continuation is None:
+                return records
+            continuation = page.continuation
+
+    def runs(
+        self, model: str, *, limit: int = 100, continuation: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of the model's ended runs, oldest first, and the next page's token.
+        Raises UnknownModel, InvalidContinuation."""
+        policy_for(self.ports.policies, model)
+        page = self.ports.audit.page(model, run_ends=True, limit=limit, continuation=continuation)
+        aggregate, _ = self.ports.store.load(model)
+        kept = {run.run_id: run for run in aggregate.retrain.runs}
+        runs = []
+        for record in page.records:
+            run_id = record.detail.get("run_id")
+            run: dict[str, Any] = {
+                "run_id": run_id,
+                "status": record.to_state,
+                "error": record.detail.get("error"),
+                "registered_version": record.detail.get("registered_version"),
+                "ended_at": record.time.isoformat(),
+                "audit_record": record.record_id,
+            }
+            if isinstance(run_id, str) and run_id in kept:
+                recent = kept[run_id].model_dump(mode="json")
+                run = {key: value for key, value in recent.items() if key not in run} | run
+            runs.append(run)
+        return runs, page.continuation

@@ -37,6 +37,8 @@ INTERNAL_TYPES = frozenset(
         "DeploymentReady",
         "DeploymentFailed",
         "DeploymentCheck",
+        "EndpointDrift",
+        "EndpointInSync",
     }
 )
 

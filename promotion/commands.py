@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from domain.metrics import LiveMetrics, OfflineMetrics
+from promotion.state import Drift
 
 
 class _Command(BaseModel):
@@ -108,6 +109,14 @@ class ResumePromotion(_Command):
     reason: str = ""
 
 
+class EndpointDrift(Drift):
+    """The reconcile pass read the endpoint serving something else than the state says."""
+
+
+class EndpointInSync(_Command):
+    """The reconcile pass read the endpoint serving what the state says (clears a drift)."""
+
+
 PromotionCommand = (
     StartPromotion
     | GateCheck
@@ -119,6 +128,8 @@ PromotionCommand = (
     | PromoteNow
     | PausePromotion
     | ResumePromotion
+    | EndpointDrift
+    | EndpointInSync
 )
 
 COMMANDS: dict[str, type[BaseModel]] = {
@@ -134,5 +145,7 @@ COMMANDS: dict[str, type[BaseModel]] = {
         PromoteNow,
         PausePromotion,
         ResumePromotion,
+        EndpointDrift,
+        EndpointInSync,
     )
 }

@@ -40,6 +40,8 @@ from promotion.commands import (
     ApprovalTimedOut,
     DeploymentFailed,
     DeploymentReady,
+    EndpointDrift,
+    EndpointInSync,
     GateCheck,
     PausePromotion,
     PromoteNow,
@@ -48,12 +50,14 @@ from promotion.commands import (
     RollbackRequested,
     StartPromotion,
 )
+from promotion.drift import expected_endpoint
 from promotion.gates import GateResult, evaluate_canary, evaluate_staging
 from promotion.state import (
     DEPLOYED,
     HISTORY_LIMIT,
     QUEUE_LIMIT,
     ApprovalRecord,
+    Drift,
     GateRecord,
     HistoryEntry,
     Promotion,
@@ -793,7 +797,7 @@ def _rollback(
             traffic = {known_good.deployment: 100}
             if had_traffic:
                 traffic[promotion.candidate_deployment] = 0
-            t.emit(SetTraffic(traffic=traffic))
+            t.emit(SetTraffic(traffic=traffic, restore=True))
         t.emit(DeleteDeployment(deployment=promotion.candidate_deployment))
     # The champion is whatever takes traffic now: the known-good one, or nothing at all.
     t.set_state(champion=known_good)
@@ -868,6 +872,10 @@ def _on_resume(t: _Transition, command: ResumePromotion) -> Decision[PromotionSt
     t.update(paused=False, paused_by=None, pause_reason="")
     t.record("promotion.resumed", requested_by=command.requested_by, reason=command.reason)
     promotion = t.promotion
+    expected = expected_endpoint(t.state)
+    if t.state.drift is not None and expected is not None and promotion.deployment_ready:
+        # Paused for drift: the person resuming wants what the state says, put back.
+        t.emit(SetTraffic(traffic=dict(expected.traffic)))
     # A new check id: whatever was scheduled before the pause is stale from here on.
     due = max(t.now, promotion.check_due_at or t.now)
     if promotion.status in (Status.STAGING_GATE, Status.CANARY, Status.PRODUCTION_BAKE):
@@ -878,6 +886,57 @@ def _on_resume(t: _Transition, command: ResumePromotion) -> Decision[PromotionSt
         _schedule_timeout(t, due)
     elif promotion.status == Status.DEPLOYING and promotion.deployment_ready:
         _start_rollout(t, f"resumed by {command.requested_by}")
+    return t.done()
+
+
+# --- drift: the endpoint serves something else than the state says ------------------------------
+
+RECONCILE = "reconcile"
+
+
+def _on_drift(t: _Transition, command: EndpointDrift) -> Decision[PromotionState]:
+    """Audit and publish the drift, then repair it or pause the promotion (`on_drift`). The
+    same drift found again is not reported again; a repair is sent again while it lasts."""
+    expected = expected_endpoint(t.state)
+    if expected is None or expected.traffic != command.expected_traffic:
+        return Decision(state=t.original, ignored="the state has moved on since the read")
+    active = t.state.active
+    mode = t.policy.on_drift or ("pause" if active is not None else "repair")
+    drift = Drift.model_validate(command.model_dump())
+    known = t.state.drift == drift
+    if known and (mode == "pause" or (active is not None and active.paused)):
+        return Decision(state=t.original, ignored="drift already reported")
+    detail: dict[str, Any] = {**drift.model_dump(mode="json"), "on_drift": mode}
+    if not known:
+        t.set_state(drift=drift)
+        t.record("endpoint.drift", summary=drift.summary, **detail)
+        t.emit(
+            PublishEvent(
+                event_type="endpoint.drift",
+                data={"model": t.policy.model, "promotion_id": active.id if active else None}
+                | detail,
+            )
+        )
+    if mode == "repair":
+        broken = (*drift.missing, *drift.unhealthy)
+        for name in broken:  # traffic follows on a later pass, once they are ready
+            t.emit(DeployModel(model_version=expected.deployments[name], deployment=name))
+        if not broken:
+            t.emit(SetTraffic(traffic=dict(expected.traffic)))
+        t.record("endpoint.repair", redeploy=list(broken), traffic=expected.traffic)
+    elif active is not None and not active.paused:
+        reason = f"endpoint drift: {drift.summary}"
+        t.update(paused=True, paused_by=RECONCILE, pause_reason=reason)
+        t.record("promotion.paused", requested_by=RECONCILE, reason=reason)
+    return t.done()
+
+
+def _on_in_sync(t: _Transition, command: EndpointInSync) -> Decision[PromotionState]:
+    if t.state.drift is None:
+        return Decision(state=t.original, ignored="no drift to clear")
+    t.record("endpoint.drift_resolved", **t.state.drift.model_dump(mode="json"))
+    t.set_state(drift=None)
+    t.emit(PublishEvent(event_type="endpoint.drift_resolved", data={"model": t.policy.model}))
     return t.done()
 
 
@@ -892,4 +951,6 @@ _HANDLERS: dict[type, Callable[[_Transition, Any], Decision[PromotionState]]] = 
     PromoteNow: _on_promote_now,
     PausePromotion: _on_pause,
     ResumePromotion: _on_resume,
+    EndpointDrift: _on_drift,
+    EndpointInSync: _on_in_sync,
 }

@@ -134,6 +134,28 @@ class HistoryEntry(_Record):
     finished_at: AwareDatetime
 
 
+class Drift(BaseModel):
+    """How the endpoint differs from the state: what an `EndpointDrift` command carries."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    expected_traffic: dict[str, int]
+    actual_traffic: dict[str, int]
+    missing: tuple[str, ...] = ()  # deployments the state needs that do not exist
+    unhealthy: tuple[str, ...] = ()  # deployments the state needs that have failed
+
+    @property
+    def summary(self) -> str:
+        parts = []
+        if self.actual_traffic != self.expected_traffic:
+            parts.append(f"traffic {self.actual_traffic} instead of {self.expected_traffic}")
+        if self.missing:
+            parts.append(f"missing {', '.join(self.missing)}")
+        if self.unhealthy:
+            parts.append(f"failed {', '.join(self.unhealthy)}")
+        return "; ".join(parts)
+
+
 class PromotionState(_Record):
     champion: ServingModel | None = None  # what takes production traffic now
     # What rollback returns to: updated only when a production bake passes.
@@ -141,6 +163,8 @@ class PromotionState(_Record):
     active: Promotion | None = None
     queued: tuple[QueuedCandidate, ...] = ()
     history: tuple[HistoryEntry, ...] = Field(default=(), max_length=HISTORY_LIMIT)
+    # What the reconcile pass last found the endpoint serving instead; None: in sync.
+    drift: Drift | None = None
 
     def knows_version(self, version: str) -> str | None:
         """Why a StartPromotion for `version` would be a repeat, or None if it is new."""

@@ -1,16 +1,20 @@
 """The retrain rules: a pure function `(tracker, command, policy, now) -> Decision`.
 
-One `RetrainTracker` per model lives in the model's aggregate. It remembers which data it
-has seen (deduplication), the data accumulated since the last job, the open debounce
-window, the running job and a short history. `decide` never does I/O and never reads the
-clock; it returns the new tracker, the effects to dispatch and the audit entries.
+One `RetrainTracker` per model lives in the model's aggregate: the open debounce window,
+the running job and a short history. The keys seen and the data pending live in the data
+ledger (orchestrator/ports.py `DataLedger`), outside the aggregate: the service layer records
+new data there and passes what `decide` needs to know (how many items were new, what is
+pending) in the command, as it passes metrics to the promotion rules. `decide` never does
+I/O and never reads the clock; it returns the new tracker, the effects to dispatch and the
+audit entries.
 
 Rules (see docs/retraining.md):
 
 - Deduplication: an item counts once, by its key (blob name + ETag, or event id), across
-  windows. The last `MAX_SEEN_KEYS` keys are remembered.
+  windows, for the policy's `dedup_retention` (the data ledger's claim).
 - Debounce: the first new item when no window is open opens one and schedules a
-  `RetrainWindowClosed` message at `now + debounce`; later items only accumulate.
+  `RetrainWindowClosed` message at `now + debounce`; later items only accumulate, and
+  change nothing here (no write of the aggregate).
 - Minimum: when the window closes with less than `min_new_files` items (or, when every
   pending item reports its rows, less than `min_new_rows` rows), the window closes without
   a job and the data stays pending; the next new item opens a new window, whose close
@@ -22,39 +26,41 @@ Rules (see docs/retraining.md):
   submitted at once when there is no cooldown left), with everything pending.
 - A manual `RetrainRequested` skips the debounce and the cooldown; with `force` it also
   skips the minimum. Neither skips deduplication.
+- Caps: one job takes at most `max_items_per_window` items (the oldest); the rest stays
+  pending and a follow-up job is asked for. (`max_items_per_event` is checked by the service
+  layer before anything is recorded: `items_over_cap`.)
+- Nothing stranded: data that landed while its window was closing, with no window open to
+  carry it, is found by the timer's sweep (`PendingDataFound`), which opens a window.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from domain.decision import AuditEntry, Decision
 from domain.effects import CancelTrainingJob, Effect, SendMessage, SubmitTrainingJob
 from domain.policy import ModelPolicy
 from retrain.commands import (
+    DATA_SAMPLE,
     FINAL_STATES,
     JOB_CHECK,
     START_PROMOTION,
     WINDOW_CLOSED,
-    DataItem,
     DataLanded,
+    PendingData,
+    PendingDataFound,
     RetrainCommand,
     RetrainRequested,
     RetrainWindowClosed,
     TrainingJobCheck,
     TrainingJobStatus,
 )
-from retrain.state import (
-    MAX_HISTORY_URIS,
-    MAX_RUNS,
-    MAX_SEEN_KEYS,
-    CurrentJob,
-    PendingItem,
-    RetrainTracker,
-    RunRecord,
-    Window,
-)
+from retrain.state import MAX_RUNS, CurrentJob, RetrainTracker, RunRecord, Window
+
+_T = TypeVar("_T")
 
 # --------------------------------------------------------------------------- names
 
@@ -104,42 +110,85 @@ def decide(
         return _retrain_requested(tracker, command, policy, now)
     if isinstance(command, TrainingJobStatus):
         return _job_status(tracker, command, policy, now)
+    if isinstance(command, PendingDataFound):
+        return _pending_found(tracker, command, policy, now)
     raise TypeError(f"the retrain policy does not handle {type(command).__name__}")
+
+
+def items_over_cap(item_count: int, policy: ModelPolicy) -> str | None:
+    """Why one message's items are refused (more than `max_items_per_event`), else None."""
+    cap = policy.retrain.max_items_per_event
+    if item_count <= cap:
+        return None
+    return (
+        f"{item_count} data items in one message: more than retrain.max_items_per_event "
+        f"({cap}) of model {policy.model}; split the data into smaller events"
+    )
+
+
+def observation_needed(tracker: RetrainTracker, command: RetrainCommand) -> bool:
+    """Whether `decide` needs to know what is pending (the service layer reads it first)."""
+    if isinstance(command, RetrainRequested):
+        return True
+    if isinstance(command, RetrainWindowClosed):
+        window = tracker.window
+        return window is not None and window.id == command.window_id and window.seq == command.seq
+    if isinstance(command, TrainingJobStatus):
+        job = tracker.current_job
+        # A follow-up is decided when the job ends (or is found overdue at a poll).
+        return job is not None and job.run_id == command.run_id and tracker.follow_up_pending
+    return False
+
+
+def stranded(tracker: RetrainTracker, pending: PendingData) -> bool:
+    """Whether pending data has no window to carry it: more is pending than was left when the
+    last window closed, no window is open and no follow-up is due to take it."""
+    return (
+        tracker.window is None
+        and not tracker.follow_up_pending
+        and pending.items > tracker.pending_left
+    )
 
 
 def _data_landed(
     tracker: RetrainTracker, command: DataLanded, policy: ModelPolicy, now: datetime
 ) -> Decision[RetrainTracker]:
-    seen = tracker.seen()
-    fresh: list[DataItem] = []
-    batch_keys: set[str] = set()
-    for item in command.items:
-        if item.key in seen or item.key in batch_keys:
-            continue
-        batch_keys.add(item.key)
-        fresh.append(item)
-    if not fresh:
+    new_items = _observed(command.new_items, "new_items")
+    if new_items == 0:
         return Decision.ignore(
             tracker, f"duplicate: all {len(command.items)} item(s) were already seen"
         )
-    state = _remember(tracker, [(item.uri, item.key, item.rows) for item in fresh], now)
+    if tracker.window is not None:
+        # The open window carries it: nothing to write (concurrent events do not serialise
+        # on the aggregate).
+        return Decision(state=tracker)
+    state, effects, opened = _open_window(tracker, policy, now, now + policy.retrain.debounce)
     audit = [
         AuditEntry(
             action="retrain.data_accumulated",
             detail={
                 "source": command.source,
-                "new_items": len(fresh),
-                "duplicates": len(command.items) - len(fresh),
-                "pending_items": len(state.pending),
+                "new_items": new_items,
+                "duplicates": len(command.items) - new_items,
                 "window_id": state.window.id if state.window else None,
             },
-        )
+        ),
+        opened,
     ]
-    effects: list[Effect] = []
-    if state.window is None:
-        state, effects, opened = _open_window(state, policy, now, now + policy.retrain.debounce)
-        audit.append(opened)
     return Decision(state=state, effects=effects, audit=audit)
+
+
+def _pending_found(
+    tracker: RetrainTracker, command: PendingDataFound, policy: ModelPolicy, now: datetime
+) -> Decision[RetrainTracker]:
+    if not stranded(tracker, command.pending):
+        return Decision.ignore(tracker, "no stranded data")
+    state, effects, opened = _open_window(tracker, policy, now, now + policy.retrain.debounce)
+    found = AuditEntry(
+        action="retrain.stranded_data_found",
+        detail=_pending_detail(command.pending) | {"pending_left": tracker.pending_left},
+    )
+    return Decision(state=state, effects=effects, audit=[found, opened])
 
 
 def _window_closed(
@@ -152,9 +201,10 @@ def _window_closed(
         return Decision.ignore(
             tracker, f"stale: window {window.id} close #{command.seq} was rescheduled"
         )
-    detail = _pending_detail(tracker) | {"window_id": window.id}
-    if not window.skip_minimum and not _meets_minimum(tracker, policy):
-        state = tracker.model_copy(update={"window": None})
+    pending = _observed(command.pending, "pending")
+    detail = _pending_detail(pending) | {"window_id": window.id}
+    if not window.skip_minimum and not _meets_minimum(pending, policy):
+        state = tracker.model_copy(update={"window": None, "pending_left": pending.items})
         return Decision(
             state=state,
             audit=[
@@ -168,8 +218,8 @@ def _window_closed(
                 )
             ],
         )
-    if not tracker.pending:
-        state = tracker.model_copy(update={"window": None})
+    if not pending.items:
+        state = tracker.model_copy(update={"window": None, "pending_left": 0})
         return Decision(
             state=state, audit=[AuditEntry(action="retrain.window_empty", detail=detail)]
         )
@@ -177,6 +227,7 @@ def _window_closed(
         state = tracker.model_copy(
             update={
                 "window": None,
+                "pending_left": pending.items,
                 "follow_up_pending": True,
                 "follow_up_force": tracker.follow_up_force or window.skip_minimum,
                 "follow_up_reason": tracker.follow_up_reason or window.reason,
@@ -205,8 +256,8 @@ def _window_closed(
                 )
             ],
         )
-    reason = f"{window.reason}: window {window.id}, {len(tracker.pending)} new item(s)"
-    return _submit(tracker, policy, now, run_id_for(policy.model, window.id), reason, None)
+    reason = f"{window.reason}: window {window.id}, {pending.items} new item(s)"
+    return _submit(tracker, policy, now, run_id_for(policy.model, window.id), reason, pending)
 
 
 def _retrain_requested(
@@ -214,35 +265,35 @@ def _retrain_requested(
 ) -> Decision[RetrainTracker]:
     if command.run_id is not None and _known_run(tracker, command.run_id):
         return Decision.ignore(tracker, f"duplicate: run {command.run_id} was already requested")
-    state = tracker
+    pending = _observed(command.pending, "pending")
     audit: list[AuditEntry] = []
-    added = False
-    if command.data_uri is not None:
-        if _known_uri(tracker, command.data_uri):
-            audit.append(
-                AuditEntry(
-                    action="retrain.data_duplicate",
-                    detail={"data_uri": command.data_uri, "requested_by": command.requested_by},
-                )
+    known = command.data_uri is not None and (
+        bool(command.data_known) or _known_uri(tracker, command.data_uri)
+    )
+    if known:
+        audit.append(
+            AuditEntry(
+                action="retrain.data_duplicate",
+                detail={"data_uri": command.data_uri, "requested_by": command.requested_by},
             )
-        else:
-            state = _remember(state, [(command.data_uri, command.data_uri, None)], now)
-            added = True
+        )
     request = {
         "requested_by": command.requested_by,
         "reason": command.reason,
         "force": command.force,
         "data_uri": command.data_uri,
-        "data_added": added,
+        "data_added": command.data_uri is not None and not known,
     }
-    if not command.force and not (state.pending and _meets_minimum(state, policy)):
+    state = tracker
+    if not command.force and not (pending.items and _meets_minimum(pending, policy)):
         audit.append(
             AuditEntry(
-                action="retrain.request_below_minimum", detail=request | _pending_detail(state)
+                action="retrain.request_below_minimum", detail=request | _pending_detail(pending)
             )
         )
-        if state is tracker:
+        if not request["data_added"]:
             return Decision(state=tracker, audit=audit, ignored="below the minimum new data")
+        state = tracker.model_copy(update={"pending_left": pending.items})
         return Decision(state=state, audit=audit)
     if state.current_job is not None:
         state = state.model_copy(
@@ -260,13 +311,14 @@ def _retrain_requested(
             )
         )
         return Decision(state=state, audit=audit)
-    fallback = None
-    if not state.pending:  # force with nothing new: the given data, else the last run's
+    fallback: _Data | None = None
+    if not pending.items:  # force with nothing new: the given data, else the last run's
+        last = tracker.runs[-1] if tracker.runs else None
         if command.data_uri is not None:
-            fallback = [command.data_uri]
-        elif tracker.runs and tracker.runs[-1].data_uri_count == len(tracker.runs[-1].data_uris):
-            fallback = list(tracker.runs[-1].data_uris)
-        if not fallback:
+            fallback = _Data(None, 1, [command.data_uri])
+        elif last is not None and (last.manifest is not None or last.data_sample):
+            fallback = _Data(last.manifest, last.data_count, list(last.data_sample))
+        if fallback is None:
             audit.append(AuditEntry(action="retrain.request_no_data", detail=request))
             return Decision(state=state, audit=audit, ignored="nothing to train on")
     run_id = command.run_id
@@ -275,7 +327,7 @@ def _retrain_requested(
         state = state.model_copy(update={"window_seq": seq})
         run_id = run_id_for(policy.model, f"manual-{window_id_for(seq, now)}")
     reason = f"manual ({command.requested_by}): {command.reason}"
-    decision = _submit(state, policy, now, run_id, reason, fallback)
+    decision = _submit(state, policy, now, run_id, reason, pending, fallback=fallback)
     return Decision(state=decision.state, effects=decision.effects, audit=audit + decision.audit)
 
 
@@ -326,8 +378,9 @@ def _job_status(
         registered_version=version,
         submitted_at=job.submitted_at,
         ended_at=now,
-        data_uris=job.data_uris[:MAX_HISTORY_URIS],
-        data_uri_count=len(job.data_uris),
+        manifest=job.manifest,
+        data_count=job.data_count,
+        data_sample=job.data_sample,
     )
     state = tracker.model_copy(
         update={
@@ -353,7 +406,7 @@ def _job_status(
             )
         )
     if state.follow_up_pending:
-        follow = _follow_up(state, policy, now)
+        follow = _follow_up(state, policy, now, _observed(command.pending, "pending"))
         state = follow.state
         effects.extend(follow.effects)
         audit.extend(follow.audit)
@@ -361,7 +414,7 @@ def _job_status(
 
 
 def _follow_up(
-    tracker: RetrainTracker, policy: ModelPolicy, now: datetime
+    tracker: RetrainTracker, policy: ModelPolicy, now: datetime, pending: PendingData
 ) -> Decision[RetrainTracker]:
     """The job ended and a follow-up was asked for: one window closing at the cooldown end."""
     reason = tracker.follow_up_reason or "follow-up"
@@ -375,7 +428,8 @@ def _follow_up(
             "follow_up_manual": False,
         }
     )
-    if not state.pending:
+    if not pending.items:
+        state = state.model_copy(update={"pending_left": 0})
         return Decision(state=state, audit=[AuditEntry(action="retrain.follow_up_no_data")])
     # A person's request skips the debounce and the cooldown: it is submitted now.
     due = now if manual else max(now, _cooldown_end(state, policy) or now)
@@ -384,8 +438,8 @@ def _follow_up(
         seq = state.window_seq + 1
         state = state.model_copy(update={"window_seq": seq})
         run_id = run_id_for(policy.model, window.id if window else window_id_for(seq, now))
-        text = f"{reason}: follow-up, {len(state.pending)} new item(s)"
-        return _submit(state, policy, now, run_id, text, None, force=force)
+        text = f"{reason}: follow-up, {pending.items} new item(s)"
+        return _submit(state, policy, now, run_id, text, pending, force=force)
     window = state.window
     if window is not None:
         # Data landed after the follow-up was asked for: the open window carries it all.
@@ -412,8 +466,8 @@ def _follow_up(
         seq = state.window_seq + 1
         state = state.model_copy(update={"window_seq": seq})
         run_id = run_id_for(policy.model, window_id_for(seq, now))
-        text = f"{reason}: follow-up, {len(state.pending)} new item(s)"
-        return _submit(state, policy, now, run_id, text, None, force=force)
+        text = f"{reason}: follow-up, {pending.items} new item(s)"
+        return _submit(state, policy, now, run_id, text, pending, force=force)
     state, effects, opened = _open_window(state, policy, now, due, skip_minimum=True, reason=reason)
     return Decision(
         state=state,
@@ -432,39 +486,18 @@ def _follow_up(
 
 
 def _known_uri(tracker: RetrainTracker, uri: str) -> bool:
-    """Whether a manually named data URI is data the model already has.
-
-    Blob and event keys do not contain the URI, so besides the seen keys (manual URIs are
-    their own key) this looks at what is pending, what the running job trains on and what
-    the recent completed runs trained on (their first MAX_HISTORY_URIS URIs). The data of a
-    run that failed or was canceled was never trained on: naming it again is new data.
-    """
-    if uri in tracker.seen() or any(item.uri == uri for item in tracker.pending):
+    """Whether a manually named data URI is data the running job or a recent completed run
+    trained on (their samples; the data ledger knows the keys it has seen). The data of a
+    run that failed or was canceled was never trained on: naming it again is new data."""
+    if tracker.current_job is not None and uri in tracker.current_job.data_sample:
         return True
-    if tracker.current_job is not None and uri in tracker.current_job.data_uris:
-        return True
-    return any(run.status == "completed" and uri in run.data_uris for run in tracker.runs)
+    return any(run.status == "completed" and uri in run.data_sample for run in tracker.runs)
 
 
-def _remember(
-    tracker: RetrainTracker, items: list[tuple[str, str, int | None]], now: datetime
-) -> RetrainTracker:
-    """Add new items to pending and their keys to the seen keys (bounded)."""
-    keys = [key for _, key, _ in items]
-    seen_keys = tracker.seen_keys + keys
-    seen = set(tracker.seen())
-    seen.update(keys)
-    overflow = len(seen_keys) - MAX_SEEN_KEYS
-    if overflow > 0:
-        for old in seen_keys[:overflow]:
-            seen.discard(old)
-        seen_keys = seen_keys[overflow:]
-    pending = tracker.pending + [
-        PendingItem(uri=uri, key=key, rows=rows, landed_at=now) for uri, key, rows in items
-    ]
-    state = tracker.model_copy(update={"seen_keys": seen_keys, "pending": pending})
-    state._seen = seen
-    return state
+def _observed(value: _T | None, name: str) -> _T:
+    if value is None:  # the service layer always observes; a missing one is a bug, not data
+        raise ValueError(f"the retrain rules need the observed {name!r} on this command")
+    return value
 
 
 def _open_window(
@@ -485,7 +518,6 @@ def _open_window(
         reason=reason,
     )
     state = tracker.model_copy(update={"window": window, "window_seq": seq})
-    state._seen = tracker._seen
     audit = AuditEntry(
         action="retrain.window_opened",
         detail={"window_id": window.id, "closes_at": closes_at.isoformat()},
@@ -497,7 +529,7 @@ def _close_message(policy: ModelPolicy, window: Window) -> SendMessage:
     return SendMessage(
         message_type=WINDOW_CLOSED,
         message_id=window_message_id(policy.model, window.id, window.seq),
-        payload=RetrainWindowClosed(window_id=window.id, seq=window.seq).model_dump(mode="json"),
+        payload={"window_id": window.id, "seq": window.seq},
         not_before=window.closes_at,
     )
 
@@ -531,58 +563,103 @@ def _check_message(policy: ModelPolicy, run_id: str, attempt: int, now: datetime
     )
 
 
+@dataclass(frozen=True)
+class _Data:
+    """The data of a job: a manifest (a run id), how many items, the first few URIs."""
+
+    manifest: str | None
+    count: int
+    sample: list[str]
+
+
 def _submit(
     tracker: RetrainTracker,
     policy: ModelPolicy,
     now: datetime,
     run_id: str,
     reason: str,
-    fallback_uris: list[str] | None,
+    pending: PendingData,
     *,
+    fallback: _Data | None = None,
     force: bool = False,
 ) -> Decision[RetrainTracker]:
-    data_uris = [item.uri for item in tracker.pending] or list(fallback_uris or [])
-    job = CurrentJob(run_id=run_id, submitted_at=now, data_uris=data_uris, reason=reason)
+    """Submit a job on the oldest pending items (at most `max_items_per_window`; its manifest
+    is sealed when the submit is dispatched), or on `fallback` when nothing is pending."""
+    cap = policy.retrain.max_items_per_window
+    taken = min(pending.items, cap)
+    left = pending.items - taken
+    data = (
+        _Data(run_id, taken, pending.sample[:DATA_SAMPLE])
+        if taken or fallback is None
+        else fallback
+    )
+    job = CurrentJob(
+        run_id=run_id,
+        submitted_at=now,
+        manifest=data.manifest,
+        data_count=data.count,
+        data_sample=data.sample[:DATA_SAMPLE],
+        reason=reason,
+    )
     state = tracker.model_copy(
         update={
             "current_job": job,
-            "pending": [],
             "window": None,
-            "follow_up_pending": False,
+            "pending_left": left,
+            # Past the cap: what is left goes into the next job, once this one ends.
+            "follow_up_pending": left > 0,
             "follow_up_force": False,
-            "follow_up_reason": None,
+            "follow_up_reason": f"backlog after {run_id}" if left else None,
             "follow_up_manual": False,
         }
     )
-    state._seen = tracker._seen
+    audit = [
+        AuditEntry(
+            action="retrain.job_submitted",
+            to_state="submitted",
+            detail={
+                "run_id": run_id,
+                "reason": reason,
+                "data_count": data.count,
+                "manifest": data.manifest,
+                "rows": pending.rows if taken == pending.items else None,
+                "forced": force,
+            },
+        )
+    ]
+    if left:
+        audit.append(
+            AuditEntry(
+                action="retrain.window_capped",
+                detail={
+                    "run_id": run_id,
+                    "taken": taken,
+                    "left_pending": left,
+                    "max_items_per_window": cap,
+                },
+            )
+        )
     return Decision(
         state=state,
         effects=[
-            SubmitTrainingJob(run_id=run_id, data_uris=data_uris, reason=reason),
+            SubmitTrainingJob(
+                run_id=run_id,
+                manifest=data.manifest,
+                data_count=data.count,
+                data_sample=data.sample[:DATA_SAMPLE],
+                reason=reason,
+            ),
             _check_message(policy, run_id, 1, now),
         ],
-        audit=[
-            AuditEntry(
-                action="retrain.job_submitted",
-                to_state="submitted",
-                detail={
-                    "run_id": run_id,
-                    "reason": reason,
-                    "data_uri_count": len(data_uris),
-                    "rows": tracker.pending_rows,
-                    "forced": force,
-                },
-            )
-        ],
+        audit=audit,
     )
 
 
-def _meets_minimum(tracker: RetrainTracker, policy: ModelPolicy) -> bool:
+def _meets_minimum(pending: PendingData, policy: ModelPolicy) -> bool:
     settings = policy.retrain
-    if len(tracker.pending) < settings.min_new_files:
+    if pending.items < settings.min_new_files:
         return False
-    rows = tracker.pending_rows
-    return rows is None or rows >= settings.min_new_rows
+    return pending.rows is None or pending.rows >= settings.min_new_rows
 
 
 def _cooldown_end(tracker: RetrainTracker, policy: ModelPolicy) -> datetime | None:
@@ -597,5 +674,5 @@ def _known_run(tracker: RetrainTracker, run_id: str) -> bool:
     return any(run.run_id == run_id for run in tracker.runs)
 
 
-def _pending_detail(tracker: RetrainTracker) -> dict[str, object]:
-    return {"pending_items": len(tracker.pending), "pending_rows": tracker.pending_rows}
+def _pending_detail(pending: PendingData) -> dict[str, object]:
+    return {"pending_items": pending.items, "pending_rows": pending.rows}

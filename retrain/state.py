@@ -1,28 +1,21 @@
-"""The retrain state of one model: `RetrainTracker`, kept in the model's aggregate."""
+"""The retrain state of one model: `RetrainTracker`, kept in the model's aggregate.
+
+Bounded by design: the keys seen and the items pending live in the data ledger
+(orchestrator/ports.py `DataLedger`), a job carries its manifest's reference, its count and a
+sample of its URIs, and the history keeps the last MAX_RUNS runs."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from retrain.commands import JobState
+from retrain.commands import DATA_SAMPLE, JobState
 
-MAX_SEEN_KEYS = 50_000  # keys remembered for deduplication (oldest forgotten first)
 MAX_RUNS = 20  # finished runs kept in the tracker's history
-MAX_HISTORY_URIS = 100  # data URIs kept per finished run (the count is always kept)
 
 
 # --------------------------------------------------------------------------- state
-
-
-class PendingItem(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    uri: str
-    key: str
-    rows: int | None = None
-    landed_at: AwareDatetime
 
 
 class Window(BaseModel):
@@ -41,7 +34,11 @@ class CurrentJob(BaseModel):
 
     run_id: str
     submitted_at: AwareDatetime
-    data_uris: list[str]
+    # The run whose manifest (in the data ledger) lists the data; None: `data_sample` is all
+    # of it (a data URI named by a person).
+    manifest: str | None = None
+    data_count: int = 0
+    data_sample: list[str] = Field(default_factory=list, max_length=DATA_SAMPLE)
     reason: str = ""
     status: Literal["submitted", "queued", "running"] = "submitted"
     checks: int = 1  # the latest TrainingJobCheck attempt scheduled
@@ -57,15 +54,14 @@ class RunRecord(BaseModel):
     registered_version: str | None = None
     submitted_at: AwareDatetime | None = None
     ended_at: AwareDatetime | None = None
-    data_uris: list[str] = Field(default_factory=list)  # the first MAX_HISTORY_URIS
-    data_uri_count: int = 0
+    manifest: str | None = None
+    data_count: int = 0
+    data_sample: list[str] = Field(default_factory=list, max_length=DATA_SAMPLE)
 
 
 class RetrainTracker(BaseModel):
     """Per-model retrain state. JSON round-trippable; `RetrainTracker()` is a fresh model."""
 
-    seen_keys: list[str] = Field(default_factory=list)  # oldest first, <= MAX_SEEN_KEYS
-    pending: list[PendingItem] = Field(default_factory=list)
     window: Window | None = None
     window_seq: int = 0
     current_job: CurrentJob | None = None
@@ -74,28 +70,12 @@ class RetrainTracker(BaseModel):
     follow_up_force: bool = False
     follow_up_reason: str | None = None
     follow_up_manual: bool = False  # asked for by a person: submitted as soon as the job ends
+    # Items left pending when the last window closed (below the minimum, or past the window's
+    # cap): more than this pending with no window open means data landed while a window was
+    # closing, and the timer's sweep opens a window for it.
+    pending_left: int = 0
     runs: list[RunRecord] = Field(default_factory=list)  # newest last, <= MAX_RUNS
-
-    _seen: set[str] | None = PrivateAttr(default=None)
-
-    def __eq__(self, other: object) -> bool:  # the private cache is not state
-        return type(other) is type(self) and self.__dict__ == other.__dict__
-
-    __hash__ = None  # type: ignore[assignment]
-
-    def seen(self) -> set[str]:
-        """The seen keys as a set (built once per tracker object; do not mutate)."""
-        if self._seen is None:
-            self._seen = set(self.seen_keys)
-        return self._seen
 
     def is_current_job(self, run_id: str) -> bool:
         """Whether a TrainingJobCheck for `run_id` is worth polling."""
         return self.current_job is not None and self.current_job.run_id == run_id
-
-    @property
-    def pending_rows(self) -> int | None:
-        """Rows pending, or None when some pending item does not report its rows."""
-        if any(item.rows is None for item in self.pending):
-            return None
-        return sum(item.rows or 0 for item in self.pending)

@@ -6,7 +6,8 @@ and `fake_runtime`: the production bootstrap with every port replaced by one of 
   adapters/blob_state.py does, aggregates kept as JSON (nothing a caller holds aliases the
   stored state). Counts loads and saves; `interleave` runs another writer between a load
   and the save that follows it.
-- `InMemoryAuditLog`: append idempotent by (model, version, seq); read in order.
+- `InMemoryAuditLog`: append idempotent by (model, version, seq); pages in order (`read`:
+  everything, for tests).
 - `InMemoryBus`: send, schedule and cancel; `due(now)` takes what a transport would deliver
   by then; `sent` keeps everything ever sent.
 - `FakeTrainingBackend`, `FakeEndpoint` (enforces `adapters.traffic_rules`), `FakeMetrics`,
@@ -50,12 +51,16 @@ from orchestrator.bootstrap import Runtime, bootstrap
 from orchestrator.handlers import Outcome
 from orchestrator.messages import Envelope
 from orchestrator.ports import (
+    MAX_AUDIT_PAGE,
+    RUN_ENDED_ACTIONS,
     ArmWindow,
+    AuditPage,
     AuditRecord,
     ConcurrencyConflict,
     DeploymentBusy,
     DeploymentStatus,
     EndpointError,
+    InvalidContinuation,
     InvalidTraffic,
     JobStatus,
     ScheduledHandle,
@@ -66,7 +71,7 @@ from orchestrator.settings import Settings
 from orchestrator.signing import INTERNAL_TYPES, MessageSigner
 from promotion.commands import StartPromotion
 from promotion.state import PromotionState, ServingModel
-from retrain.commands import DataItem
+from retrain.commands import DATA_SAMPLE, DataItem, PendingData
 from tests.harness import RecordingTrainingBackend, policy_yaml
 from triggers.envelopes import data_landed_envelope
 
@@ -82,6 +87,7 @@ __all__ = [
     "Faults",
     "InMemoryAuditLog",
     "InMemoryBus",
+    "InMemoryDataLedger",
     "InMemoryStateStore",
     "RecordingDeadLetters",
     "RecordingEvents",
@@ -283,6 +289,85 @@ class InMemoryStateStore:
         self.journal.clear()
 
 
+class InMemoryDataLedger:
+    """The DataLedger port with adapters/data_ledger.py's semantics (claims by message, keys
+    taken by a job, retention by seen time, first-writer manifests), kept in dicts. `keys`
+    and `seed_keys` let a test fill it with a million keys quickly."""
+
+    def __init__(self) -> None:
+        # model -> key -> (claimant, seen at); "" is a key a job has taken
+        self.keys: dict[str, dict[str, tuple[str, datetime]]] = defaultdict(dict)
+        self._pending: dict[str, dict[str, tuple[DataItem, datetime, int]]] = defaultdict(dict)
+        self.manifests: dict[tuple[str, str], list[DataItem]] = {}
+        self._order = itertools.count()
+        self.faults = Faults()
+        self.claims = 0
+
+    def seed_keys(self, model: str, keys: Iterable[str], seen_at: datetime) -> None:
+        self.keys[model].update((key, ("seed", seen_at)) for key in keys)
+
+    def claim(
+        self,
+        model: str,
+        items: Sequence[DataItem],
+        claimant: str,
+        now: datetime,
+        keep_for: timedelta,
+    ) -> list[DataItem]:
+        self.faults.check("claim")
+        self.claims += 1
+        keys = self.keys[model]
+        counted: list[DataItem] = []
+        batch: set[str] = set()
+        for item in items:
+            if item.key in batch:
+                continue
+            batch.add(item.key)
+            known = keys.get(item.key)
+            if known is not None and now - known[1] > keep_for:
+                known = None  # past the retention window: forgotten
+            if known is None:
+                keys[item.key] = (claimant, now)
+            elif known[0] != claimant:
+                continue
+            counted.append(item)
+            self._pending[model].setdefault(item.key, (item, now, next(self._order)))
+        return counted
+
+    def _oldest(self, model: str) -> list[DataItem]:
+        entries = sorted(self._pending[model].values(), key=lambda entry: (entry[1], entry[2]))
+        return [item for item, _, _ in entries]
+
+    def pending(self, model: str) -> PendingData:
+        self.faults.check("pending")
+        items = self._oldest(model)
+        rows: int | None = 0
+        for item in items:
+            rows = None if rows is None or item.rows is None else rows + item.rows
+        return PendingData(
+            items=len(items), rows=rows, sample=[item.uri for item in items[:DATA_SAMPLE]]
+        )
+
+    def seal(self, model: str, run_id: str, limit: int) -> list[str]:
+        self.faults.check("seal")
+        self.manifests.setdefault((model, run_id), self._oldest(model)[:limit])
+        return self.manifest(model, run_id) or []
+
+    def manifest(self, model: str, run_id: str) -> list[str] | None:
+        sealed = self.manifests.get((model, run_id))
+        return None if sealed is None else list(dict.fromkeys(item.uri for item in sealed))
+
+    def release(self, model: str, run_id: str) -> int:
+        self.faults.check("release")
+        sealed = self.manifests.get((model, run_id), [])
+        for item in sealed:
+            seen = self.keys[model].get(item.key)
+            if seen is not None:
+                self.keys[model][item.key] = ("", seen[1])
+            self._pending[model].pop(item.key, None)
+        return len(sealed)
+
+
 class InMemoryAuditLog:
     """The AuditLog port: append-only, idempotent by (model, aggregate version, seq)."""
 
@@ -300,12 +385,51 @@ class InMemoryAuditLog:
                 self.appends += 1
 
     def read(self, model: str, since_version: int = 0) -> list[AuditRecord]:
+        """Every record of `model` (tests only: the app reads pages)."""
         self.faults.check("read")
         return [
             AuditRecord.model_validate_json(document)
             for (name, version, _), document in sorted(self._records.items())
             if name == model and version >= since_version
         ]
+
+    def page(
+        self,
+        model: str,
+        *,
+        promotion_id: str | None = None,
+        run_ends: bool = False,
+        limit: int = 100,
+        continuation: str | None = None,
+    ) -> AuditPage:
+        """The port's pages; the token is a version cursor bound to the query."""
+        self.faults.check("page")
+        if not 1 <= limit <= MAX_AUDIT_PAGE:
+            raise ValueError(f"limit must be 1..{MAX_AUDIT_PAGE}, not {limit}")
+        query = f"{model}|{promotion_id or ''}|{run_ends}"
+        after = (-1, -1)
+        if continuation is not None:
+            cursor_query, _, cursor = continuation.rpartition("@")
+            if cursor_query != query:
+                raise InvalidContinuation("continuation: not a token of this query")
+            try:
+                version, seq = (int(part) for part in cursor.split("-"))
+            except ValueError as exc:
+                raise InvalidContinuation("continuation: not a token this API gave") from exc
+            after = (version, seq)
+        selected = [
+            record
+            for record in self.read(model)
+            if (record.aggregate_version, record.seq) > after
+            and (promotion_id is None or record.promotion_id == promotion_id)
+            and (not run_ends or record.action in RUN_ENDED_ACTIONS)
+        ]
+        records = selected[:limit]
+        more = len(selected) > limit
+        return AuditPage(
+            records=records,
+            continuation=f"{query}@{records[-1].record_id}" if more else None,
+        )
 
     def actions(self, model: str) -> list[str]:
         return [record.action for record in self.read(model)]
@@ -467,7 +591,7 @@ class FakeEndpoint:
 
     def __init__(self, *, creating_reads: int = 1) -> None:
         self.creating_reads = creating_reads
-        self.deployments: dict[str, FakeDeployment] = {}
+        self.deployed: dict[str, FakeDeployment] = {}
         self.live: dict[str, int] = {}
         self.mirror: dict[str, int] = {}
         self.failing_versions: set[str] = set()
@@ -483,7 +607,7 @@ class FakeEndpoint:
         self.faults.check("deploy")
         check_deployment_name(deployment)
         self.deploy_calls[deployment] += 1
-        existing = self.deployments.get(deployment)
+        existing = self.deployed.get(deployment)
         if (
             existing is not None
             and existing.version == str(model_version)
@@ -491,12 +615,12 @@ class FakeEndpoint:
         ):
             return deployment
         self.creations[deployment] += 1
-        self.deployments[deployment] = FakeDeployment(model_name, str(model_version))
+        self.deployed[deployment] = FakeDeployment(model_name, str(model_version))
         return deployment
 
     def deployment_state(self, deployment: str) -> DeploymentStatus:
         self.faults.check("deployment_state")
-        found = self.deployments.get(deployment)
+        found = self.deployed.get(deployment)
         if found is None:
             return DeploymentStatus(deployment, "missing")
         found.reads += 1
@@ -510,12 +634,12 @@ class FakeEndpoint:
         self.traffic_maps.append(dict(traffic))
         mirror = mirror_after_traffic(traffic, self.mirror)
         try:
-            validate_traffic(traffic, mirror, existing=set(self.deployments))
+            validate_traffic(traffic, mirror, existing=set(self.deployed))
             for name, weight in traffic.items():
-                if weight > 0 and self.deployments[name].state != "succeeded":
+                if weight > 0 and self.deployed[name].state != "succeeded":
                     raise InvalidTraffic(
                         f"cannot send live traffic to {name}: it is "
-                        f"{self.deployments[name].state}, not succeeded"
+                        f"{self.deployed[name].state}, not succeeded"
                     )
         except InvalidTraffic as exc:
             self.violations.append(f"set_traffic {traffic}: {exc.reason}")
@@ -526,7 +650,7 @@ class FakeEndpoint:
     def set_mirror(self, mirror: dict[str, int]) -> None:
         self.faults.check("set_mirror")
         try:
-            validate_traffic(self.live or {}, mirror, existing=set(self.deployments))
+            validate_traffic(self.live or {}, mirror, existing=set(self.deployed))
         except InvalidTraffic as exc:
             self.violations.append(f"set_mirror {mirror}: {exc.reason}")
             raise
@@ -539,7 +663,7 @@ class FakeEndpoint:
         if self.busy_deletes > 0:
             self.busy_deletes -= 1
             raise DeploymentBusy(f"endpoint is updating: {deployment} is deleted afterwards")
-        if deployment not in self.deployments:
+        if deployment not in self.deployed:
             return
         others_live = any(weight for name, weight in self.live.items() if name != deployment)
         if (self.live.get(deployment) and others_live) or self.mirror.get(deployment):
@@ -548,7 +672,7 @@ class FakeEndpoint:
                 f"deployment {deployment} takes traffic ({self.live}); move the traffic first",
                 transient=True,
             )
-        del self.deployments[deployment]
+        del self.deployed[deployment]
         self.live.pop(deployment, None)
         self.mirror.pop(deployment, None)
 
@@ -556,12 +680,24 @@ class FakeEndpoint:
         self.faults.check("traffic")
         return dict(self.live)
 
+    def deployments(self) -> list[DeploymentStatus]:
+        """Every deployment; a read moves a creating one along, as `deployment_state` does."""
+        self.faults.check("deployments")
+        for found in self.deployed.values():
+            found.reads += 1
+            if found.state == "creating" and found.reads > self.creating_reads:
+                found.state = "failed" if found.version in self.failing_versions else "succeeded"
+        return [
+            DeploymentStatus(name, found.state, None, found.model, found.version)
+            for name, found in sorted(self.deployed.items())
+        ]
+
     # -- for tests
 
     def serve(self, model: str, version: str) -> str:
         """Arrange: `version` is deployed and takes all the live traffic."""
         name = deployment_name(model, version)
-        self.deployments[name] = FakeDeployment(model, version, "succeeded")
+        self.deployed[name] = FakeDeployment(model, version, "succeeded")
         self.live = {name: 100}
         return name
 
@@ -794,6 +930,7 @@ class FakeWorld:
     events: RecordingEvents
     policies: dict[str, ModelPolicy]
     dead_letters: Any = None
+    ledger: Any = None
     outcomes: list[tuple[Envelope, Outcome]] = field(default_factory=list)
 
     @property
@@ -894,6 +1031,7 @@ def fake_runtime(
         "identity": TEST_ISSUER.verifier(),
         "dead_letters": RecordingDeadLetters(),
         "signer": TEST_SIGNER,
+        "ledger": InMemoryDataLedger(),
     } | overrides
     runtime = bootstrap(
         settings if settings is not None else fake_settings(),
@@ -918,4 +1056,5 @@ def fake_runtime(
         events=ports["events"],
         policies=ports["policies"],
         dead_letters=ports["dead_letters"],
+        ledger=ports["ledger"],
     )

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import azure.functions as func
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from orchestrator.messages import Envelope
     from retrain.commands import DataItem
 
@@ -75,9 +77,12 @@ def data_blob_landed(blob: func.InputStream) -> None:
     log.info("blob %s -> %s: %s", name, policy.model, outcome.status)
 
 
+# Only a dead letter that cannot be written makes the function raise (every event is handled
+# or dead-lettered inside the invocation, triggers/event_batches.py): the batch then waits,
+# retried without limit, rather than the checkpoint moving past events nobody kept.
 @bp.retry(
     strategy="exponential_backoff",
-    max_retry_count="8",
+    max_retry_count="-1",
     minimum_interval="00:00:02",
     maximum_interval="00:02:00",
 )
@@ -90,24 +95,46 @@ def data_blob_landed(blob: func.InputStream) -> None:
 def data_events(events: list[func.EventHubEvent]) -> None:
     """A batch: every valid event is kept; one state write per model, not per event.
 
-    A transient failure raises, and the retry policy redelivers the same batch before the
-    checkpoint moves; the redelivery is idempotent (same data, same message ids)."""
+    An event that is no valid data event is dead-lettered at once. The valid ones are handled
+    as one DataLanded per model; a model's batch that keeps failing is split down to single
+    events and each that still fails is dead-lettered with its reason, before the checkpoint
+    moves (`triggers.event_batches.settle`). Redelivery is idempotent (same data, same ids)."""
     from orchestrator.bootstrap import get_runtime
-    from triggers.payloads import BadPayload, group_by_model, parse_event
+    from triggers.event_batches import describe, settle
+    from triggers.payloads import BadPayload, parse_event
 
     runtime = get_runtime()
-    pairs = []
-    for event in events:
-        body = event.get_body()
+    by_model: dict[str, list[tuple[int, DataItem]]] = {}
+    for index, event in enumerate(events):
         try:
-            pairs.extend(parse_event(body, runtime.policies, runtime.settings.data_account))
-        except BadPayload as exc:
-            runtime.dead_letters.record(
-                "eventhub",
-                exc.reason,
-                body,
-                {"sequence_number": event.sequence_number, "partition_key": event.partition_key},
+            pairs = parse_event(event.get_body(), runtime.policies, runtime.settings.data_account)
+        except Exception as exc:  # a parser bug too: a raise here would hold the whole batch
+            reason = exc.reason if isinstance(exc, BadPayload) else describe(exc)
+            runtime.dead_letters.record("eventhub", reason, event.get_body(), _properties(event))
+            continue
+        for model, item in pairs:
+            by_model.setdefault(model, []).append((index, item))
+    dead: set[int] = set()  # an event with items for several models is one dead letter
+
+    for model, pairs in by_model.items():
+
+        def handle(batch: Sequence[tuple[int, DataItem]], model: str = model) -> None:
+            outcome = runtime.handlers.handle(
+                data_landed(model, [item for _, item in batch], "eventhub")
             )
-    for model, items in group_by_model(pairs).items():
-        outcome = runtime.handlers.handle(data_landed(model, items, "eventhub"))
-        log.info("%d data event(s) -> %s: %s", len(items), model, outcome.status)
+            log.info("%d data event(s) -> %s: %s", len(batch), model, outcome.status)
+
+        def dead_letter(pair: tuple[int, DataItem], reason: str, model: str = model) -> None:
+            index = pair[0]
+            if index in dead:
+                return
+            event = events[index]
+            properties = _properties(event) | {"model": model}
+            runtime.dead_letters.record("eventhub", reason, event.get_body(), properties)
+            dead.add(index)
+
+        settle(pairs, handle, dead_letter)
+
+
+def _properties(event: func.EventHubEvent) -> dict[str, object]:
+    return {"sequence_number": event.sequence_number, "partition_key": event.partition_key}

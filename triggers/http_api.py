@@ -10,6 +10,7 @@ import logging
 import re
 import uuid
 from typing import Any, NamedTuple
+from urllib.parse import quote, urlencode
 
 import azure.functions as func
 
@@ -135,33 +136,124 @@ def retrain(req: func.HttpRequest) -> func.HttpResponse:
 
 @bp.route(route="models/{model}", methods=["GET"])
 def model_status(req: func.HttpRequest) -> func.HttpResponse:
+    """The model's status, bounded: no data keys, counts and samples instead of lists; its
+    runs and audit are the paged resources below (`links`)."""
     from orchestrator.bootstrap import get_runtime
     from orchestrator.policy_files import UnknownModel
 
     model = req.route_params.get("model", "")
     try:
-        return json_response(get_runtime().queries.model_status(model))
+        status = get_runtime().queries.model_status(model)
     except UnknownModel:
         return problem(404, "Unknown model", f"model: no policy for {model!r}")
+    links = {
+        "runs": f"/api/models/{quote(model)}/runs",
+        "audit": f"/api/models/{quote(model)}/audit",
+    }
+    return json_response(status | {"links": links})
+
+
+def paged(
+    document: dict[str, Any], continuation: str | None, path: str, query: dict[str, Any]
+) -> func.HttpResponse:
+    """A page: the token in the body (`continuation`, `next`) and in the headers
+    (`x-ms-continuation`, `Link: <next>; rel="next"`) when there is more."""
+    if continuation is None:
+        return json_response(document | {"continuation": None, "next": None})
+    parameters = {name: value for name, value in query.items() if value is not None}
+    next_url = f"{path}?{urlencode(parameters | {'continuation': continuation})}"
+    headers = {"x-ms-continuation": continuation, "Link": f'<{next_url}>; rel="next"'}
+    return json_response(
+        document | {"continuation": continuation, "next": next_url}, headers=headers
+    )
+
+
+@bp.route(route="models/{model}/runs", methods=["GET"])
+def model_runs(req: func.HttpRequest) -> func.HttpResponse:
+    """?limit=1..1000 (100) &continuation=: the runs that ended, oldest first."""
+    from orchestrator.bootstrap import get_runtime
+    from orchestrator.policy_files import UnknownModel
+    from orchestrator.ports import InvalidContinuation
+    from triggers.payloads import BadPayload, PageQuery, parse_query
+
+    model = req.route_params.get("model", "")
+    try:
+        query = parse_query(req.params, PageQuery)
+        runs, continuation = get_runtime().queries.runs(
+            model, limit=query.limit, continuation=query.continuation
+        )
+    except BadPayload as exc:
+        return problem(400, "Invalid query", exc.reason)
+    except InvalidContinuation as exc:
+        return problem(400, "Invalid query", exc.reason)
+    except UnknownModel:
+        return problem(404, "Unknown model", f"model: no policy for {model!r}")
+    path = f"/api/models/{quote(model)}/runs"
+    return paged({"model": model, "runs": runs}, continuation, path, {"limit": query.limit})
+
+
+@bp.route(route="models/{model}/audit", methods=["GET"])
+def model_audit(req: func.HttpRequest) -> func.HttpResponse:
+    """?promotion= &limit=1..1000 (100) &continuation=: audit records, oldest first; of one
+    promotion, only its records are read."""
+    from orchestrator.bootstrap import get_runtime
+    from orchestrator.policy_files import UnknownModel
+    from orchestrator.ports import InvalidContinuation
+    from triggers.payloads import AuditQuery, BadPayload, parse_query
+
+    model = req.route_params.get("model", "")
+    try:
+        query = parse_query(req.params, AuditQuery)
+        page = get_runtime().queries.audit(
+            model, query.promotion, limit=query.limit, continuation=query.continuation
+        )
+    except BadPayload as exc:
+        return problem(400, "Invalid query", exc.reason)
+    except InvalidContinuation as exc:
+        return problem(400, "Invalid query", exc.reason)
+    except UnknownModel:
+        return problem(404, "Unknown model", f"model: no policy for {model!r}")
+    document = {
+        "model": model,
+        "promotion_id": query.promotion,
+        "records": [record.model_dump(mode="json") for record in page.records],
+    }
+    path = f"/api/models/{quote(model)}/audit"
+    return paged(
+        document, page.continuation, path, {"promotion": query.promotion, "limit": query.limit}
+    )
 
 
 @bp.route(route="promotions/{promotion_id}", methods=["GET"])
 def promotion_status(req: func.HttpRequest) -> func.HttpResponse:
+    """The promotion and the first page of its audit (?limit=, default 100); the rest is at
+    `next` (GET /api/models/{model}/audit?promotion=...)."""
     from orchestrator.bootstrap import get_runtime
+    from triggers.payloads import BadPayload, PageQuery, parse_query
 
     promotion_id = req.route_params.get("promotion_id", "")
+    try:
+        query = parse_query(req.params, PageQuery)
+    except BadPayload as exc:
+        return problem(400, "Invalid query", exc.reason)
+    if query.continuation is not None:
+        return problem(
+            400, "Invalid query", "continuation: follow `next` (the model's audit resource)"
+        )
     queries = get_runtime().queries
     found = queries.find_promotion(promotion_id)
     if found is None:
         return problem(404, "Unknown promotion", f"promotion_id: {promotion_id!r} not found")
     model, promotion = found
-    audit = queries.audit_trail(model, promotion_id)
-    return json_response(
-        {
-            "model": model,
-            "promotion": promotion,
-            "audit": [record.model_dump(mode="json") for record in audit],
-        }
+    page = queries.audit(model, promotion_id, limit=query.limit)
+    document = {
+        "model": model,
+        "promotion": promotion,
+        "audit": [record.model_dump(mode="json") for record in page.records],
+    }
+    path = f"/api/models/{quote(model)}/audit"
+    return paged(
+        document, page.continuation, path, {"promotion": promotion_id, "limit": query.limit}
     )
 
 

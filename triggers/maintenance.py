@@ -25,6 +25,8 @@ def outbox_sweeper(timer: func.TimerRequest) -> None:
             for s in report["stuck"]
         ),
     )
+    for drift in report.get("drift", []):
+        log.warning("reconcile: %s endpoint drift: %s", drift["model"], drift["summary"])
     for run_id in report.get("overdue_jobs", []):
         log.warning("outbox sweep: training job %s is past max_job_duration: checked", run_id)
     for failure in report.get("failed", []):

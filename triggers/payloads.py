@@ -84,6 +84,42 @@ class RollbackBody(_Strict):
     reason: str = Field(min_length=1, max_length=500)
 
 
+PROMOTION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000  # orchestrator.ports.MAX_AUDIT_PAGE
+# Query parameters the host reads itself: the function key (`code`).
+HOST_QUERY_PARAMETERS = frozenset({"code"})
+
+
+class PageQuery(_Strict):
+    """?limit=&continuation= of a paged resource (GET /api/models/{model}/runs)."""
+
+    limit: int = Field(default=DEFAULT_PAGE, ge=1, le=MAX_PAGE)
+    continuation: str | None = Field(default=None, min_length=1, max_length=4000)
+
+
+class AuditQuery(PageQuery):
+    """GET /api/models/{model}/audit: also ?promotion= (that promotion's records only)."""
+
+    promotion: str | None = Field(default=None, pattern=PROMOTION_ID_PATTERN)
+
+
+def parse_query(params: Mapping[str, str], schema: type[PageQuery]) -> Any:
+    """A query string, strictly: unknown parameters are refused, `limit` is digits only."""
+    values: dict[str, Any] = {
+        name: value for name, value in params.items() if name not in HOST_QUERY_PARAMETERS
+    }
+    limit = values.get("limit")
+    if limit is not None:
+        if not (isinstance(limit, str) and limit.isascii() and limit.isdigit() and len(limit) < 6):
+            raise BadPayload(f"limit: a whole number from 1 to {MAX_PAGE}, not {limit[:20]!r}")
+        values["limit"] = int(limit)
+    try:
+        return schema.model_validate(values, strict=True)
+    except ValidationError as exc:
+        raise BadPayload(describe(exc)) from exc
+
+
 def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 

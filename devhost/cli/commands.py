@@ -1,7 +1,8 @@
 """What each CLI command does, as small functions taking a Runtime: build the command, send
 it as an envelope on the app's queue (`send_approval`, `request_retrain`, `request_rollback`,
 `request_promote_now`, `request_pause`, `request_resume`), upload data where the blob trigger
-watches (`send_data`), read state and audit back (`model_report`, `promotion_report`).
+watches (`send_data`), read state, runs and audit back (`model_report`, `runs_report`,
+`audit_report`, `promotion_report`: a page at a time, or every page).
 
 Nothing here parses arguments or prints: devhost/cli/main.py does, with devhost/cli/render.py.
 """
@@ -12,7 +13,7 @@ import getpass
 import os
 import re
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -440,25 +441,92 @@ def send_data(
 
 
 def model_report(runtime: Runtime, model: str) -> dict[str, Any]:
-    """The model's status as the HTTP API gives it, with the dedup keys counted, not listed."""
+    """The model's status as GET /api/models/{model} gives it: bounded, no data keys."""
     from orchestrator.policy_files import UnknownModel
 
     try:
-        status = runtime.queries.model_status(model)
+        return runtime.queries.model_status(model)
     except UnknownModel:
         policy_for(runtime, model)  # raises BadInput naming the known models
         raise
-    retrain = dict(status.get("retrain") or {})
-    retrain["seen_keys_count"] = len(retrain.pop("seen_keys", []) or [])
-    return status | {"retrain": retrain}
 
 
-def promotion_report(runtime: Runtime, promotion_id: str) -> dict[str, Any]:
-    """The promotion (active or recent) and its audit trail, oldest first."""
+def _pages(
+    read: Callable[[str | None], tuple[list[Any], str | None]],
+    continuation: str | None,
+    all_pages: bool,
+) -> tuple[list[Any], str | None]:
+    """One page from `continuation`, or (`all_pages`) every page from there on."""
+    from orchestrator.ports import InvalidContinuation
+
+    items: list[Any] = []
+    try:
+        while True:
+            page, continuation = read(continuation)
+            items.extend(page)
+            if continuation is None or not all_pages:
+                return items, continuation
+    except InvalidContinuation as exc:
+        raise BadInput(f"--continuation: {exc.reason}") from exc
+
+
+def audit_report(
+    runtime: Runtime,
+    model: str,
+    *,
+    promotion_id: str | None = None,
+    limit: int = 100,
+    continuation: str | None = None,
+    all_pages: bool = False,
+) -> dict[str, Any]:
+    """A page of the model's (or one promotion's) audit, oldest first, as
+    GET /api/models/{model}/audit gives it; `all_pages` follows the tokens to the end."""
+    policy_for(runtime, model)
+
+    def read(token: str | None) -> tuple[list[Any], str | None]:
+        page = runtime.queries.audit(model, promotion_id, limit=limit, continuation=token)
+        return [record.model_dump(mode="json") for record in page.records], page.continuation
+
+    records, continuation = _pages(read, continuation, all_pages)
+    return {
+        "model": model,
+        "promotion_id": promotion_id,
+        "records": records,
+        "continuation": continuation,
+    }
+
+
+def runs_report(
+    runtime: Runtime,
+    model: str,
+    *,
+    limit: int = 100,
+    continuation: str | None = None,
+    all_pages: bool = False,
+) -> dict[str, Any]:
+    """A page of the model's ended runs, oldest first, as GET /api/models/{model}/runs
+    gives it; `all_pages` follows the tokens to the end."""
+    policy_for(runtime, model)
+
+    def read(token: str | None) -> tuple[list[Any], str | None]:
+        return runtime.queries.runs(model, limit=limit, continuation=token)
+
+    runs, continuation = _pages(read, continuation, all_pages)
+    return {"model": model, "runs": runs, "continuation": continuation}
+
+
+def promotion_report(
+    runtime: Runtime, promotion_id: str, *, limit: int = 100, all_pages: bool = False
+) -> dict[str, Any]:
+    """The promotion (active or recent) and the first page of its audit trail, oldest first
+    (`all_pages`: all of it), as GET /api/promotions/{id} gives it."""
     model, promotion = find_promotion(runtime, promotion_id)
-    audit = runtime.queries.audit_trail(model, promotion_id)
+    audit = audit_report(
+        runtime, model, promotion_id=promotion_id, limit=limit, all_pages=all_pages
+    )
     return {
         "model": model,
         "promotion": promotion,
-        "audit": [record.model_dump(mode="json") for record in audit],
+        "audit": audit["records"],
+        "continuation": audit["continuation"],
     }

@@ -29,6 +29,7 @@ from devhost.cli.commands import (
     BadInput,
     CliError,
     SentMessage,
+    audit_report,
     model_report,
     promotion_report,
     request_pause,
@@ -36,16 +37,20 @@ from devhost.cli.commands import (
     request_resume,
     request_retrain,
     request_rollback,
+    runs_report,
     send_approval,
     send_data,
 )
 from devhost.cli.render import (
+    render_audit,
     render_model,
     render_promotion,
+    render_runs,
     render_sent,
     render_upload,
     report_error,
 )
+from orchestrator.ports import MAX_AUDIT_PAGE
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -53,6 +58,8 @@ if TYPE_CHECKING:
     from orchestrator.bootstrap import Runtime
 
 PROG = "python -m devhost.cli"
+DEFAULT_PAGE = 100  # as the HTTP API's
+MAX_PAGE = MAX_AUDIT_PAGE
 PIPED_WIDTH = 140
 SETTINGS_HELP = "a local.settings.json whose Values are loaded first (the environment wins)"
 
@@ -129,14 +136,40 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--as", dest="actor", required=True, metavar="WHO")
         sub.add_argument("--reason", default="")
 
-    sub = add("status", "a model's state, or a promotion's audit trail")
+    sub = add("status", "a model's state, or a promotion's audit trail (its first page)")
     sub.add_argument("model", metavar="MODEL", nargs="?")
     sub.add_argument("--promotion", metavar="PROMOTION_ID")
+    add_paging(sub, continuation=False)
+
+    sub = add("runs", "a model's training runs that ended, oldest first, a page at a time")
+    sub.add_argument("model", metavar="MODEL")
+    add_paging(sub)
+
+    sub = add("audit", "a model's audit log (or one promotion's), oldest first, a page at a time")
+    sub.add_argument("model", metavar="MODEL")
+    sub.add_argument("--promotion", metavar="PROMOTION_ID", help="only this promotion's records")
+    add_paging(sub)
 
     sub = add("send-data", "upload data files where the model's blob trigger watches")
     sub.add_argument("model", metavar="MODEL")
     sub.add_argument("files", metavar="FILE", nargs="+", type=Path)
     return parser
+
+
+def page_limit(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_PAGE):
+        raise argparse.ArgumentTypeError(f"a whole number from 1 to {MAX_PAGE}, not {text!r}")
+    return int(text)
+
+
+def add_paging(sub: argparse.ArgumentParser, continuation: bool = True) -> None:
+    sub.add_argument("--limit", type=page_limit, default=DEFAULT_PAGE,
+                     help=f"records per page, 1..{MAX_PAGE} (default {DEFAULT_PAGE})")  # fmt: skip
+    if continuation:
+        sub.add_argument("--continuation", metavar="TOKEN",
+                         help="the next page: the token the previous page printed")  # fmt: skip
+    sub.add_argument("--all", dest="all_pages", action="store_true",
+                     help="every page from there on (follows the tokens)")  # fmt: skip
 
 
 def load_cli_settings(path: Path | None) -> None:
@@ -193,10 +226,31 @@ def _run(arguments: argparse.Namespace, runtime: Runtime) -> tuple[Any, list[Ren
         return upload.to_json(), render_upload(upload)
     if command == "status":
         if arguments.promotion:
-            report = promotion_report(runtime, arguments.promotion)
+            report = promotion_report(
+                runtime, arguments.promotion, limit=arguments.limit, all_pages=arguments.all_pages
+            )
             return report, render_promotion(report)
         report = model_report(runtime, arguments.model)
         return report, render_model(report)
+    if command == "runs":
+        report = runs_report(
+            runtime,
+            arguments.model,
+            limit=arguments.limit,
+            continuation=arguments.continuation,
+            all_pages=arguments.all_pages,
+        )
+        return report, render_runs(report)
+    if command == "audit":
+        report = audit_report(
+            runtime,
+            arguments.model,
+            promotion_id=arguments.promotion,
+            limit=arguments.limit,
+            continuation=arguments.continuation,
+            all_pages=arguments.all_pages,
+        )
+        return report, render_audit(report)
     senders: dict[str, Callable[[], SentMessage]] = {
         "rollback": lambda: request_rollback(
             runtime, arguments.promotion_id, arguments.reason, arguments.actor

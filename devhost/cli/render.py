@@ -136,9 +136,9 @@ def render_model(report: Mapping[str, Any]) -> list[RenderableType]:
         if job
         else "idle",
     )
-    pending = retrain.get("pending") or []
+    pending = retrain.get("pending") or {}
     window = retrain.get("window")
-    data = f"{len(pending)} item(s) pending"
+    data = f"{pending.get('count', 0)} item(s) pending"
     if window:
         data += f", window closes {_when(window['closes_at'])}"
     summary.add_row("new data", data)
@@ -237,13 +237,25 @@ def render_promotion(report: Mapping[str, Any]) -> list[RenderableType]:
         )
     if promotion.get("reason"):
         header += f" — {escape(promotion['reason'])}"
-    table = Table(title="audit trail", title_justify="left", expand=True)
+    table = _audit_table("audit trail", report.get("audit") or [])
+    more = _more(
+        report,
+        f"audit {report['model']} --promotion {promotion.get('id') or promotion.get('promotion_id', '')}",
+    )
+    return [header, table, *more]
+
+
+def _audit_table(title: str, records: list[Mapping[str, Any]]) -> RenderableType:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left", expand=True)
     table.add_column("time", no_wrap=True)
     table.add_column("action", no_wrap=True)
     table.add_column("from → to")
     table.add_column("actor", overflow="fold")
     table.add_column("detail", ratio=1)
-    for record in report.get("audit") or []:
+    for record in records:
         before, after = record.get("from_state"), record.get("to_state")
         transition = f"{before or '-'} → {after or '-'}" if before != after else (after or "-")
         table.add_row(
@@ -253,7 +265,44 @@ def render_promotion(report: Mapping[str, Any]) -> list[RenderableType]:
             escape(_actor(record)),
             escape(_key_detail(record.get("detail") or {})),
         )
-    return [header, table]
+    return table
+
+
+def _more(report: Mapping[str, Any], command: str) -> list[RenderableType]:
+    """The line that says how to read the next page, when there is one."""
+    from rich.markup import escape
+
+    token = report.get("continuation")
+    if not token:
+        return []
+    return [f"[dim]more: {escape(command)} --continuation {escape(token)} (or --all)[/]"]
+
+
+def render_audit(report: Mapping[str, Any]) -> list[RenderableType]:
+    promotion = report.get("promotion_id")
+    title = f"audit of {report['model']}" + (f", promotion {promotion}" if promotion else "")
+    command = f"audit {report['model']}" + (f" --promotion {promotion}" if promotion else "")
+    return [_audit_table(title, report.get("records") or []), *_more(report, command)]
+
+
+def render_runs(report: Mapping[str, Any]) -> list[RenderableType]:
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"training runs of {report['model']}", title_justify="left")
+    for column in ("run", "status", "version", "ended", "data", "reason or error"):
+        table.add_column(column)
+    for run in report.get("runs") or []:
+        count = run.get("data_count")
+        table.add_row(
+            escape(str(run.get("run_id"))),
+            _styled(run.get("status")),
+            escape(str(run.get("registered_version") or "-")),
+            _when(run.get("ended_at")),
+            "-" if count is None else f"{count} item(s)",
+            escape(str(run.get("error") or run.get("reason") or "")),
+        )
+    return [table, *_more(report, f"runs {report['model']}")]
 
 
 def render_sent(sent: SentMessage) -> list[RenderableType]:

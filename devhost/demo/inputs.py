@@ -56,10 +56,15 @@ def write_batch(
 class TrafficGenerator:
     """Labeled requests to the local endpoint, then their feedback (the true label).
 
-    Each request carries an entity key, so one patient sees one model during a step."""
+    Each request carries an entity key, so one patient sees one model during a step. They go
+    to `endpoint` (the model's policy names it) on the local endpoint server at `server_url`,
+    as Azure ML scores at the endpoint's own URI."""
 
-    def __init__(self, endpoint_url: str, dataset: Dataset, threads: int, key: str) -> None:
-        self.endpoint_url = endpoint_url
+    def __init__(
+        self, server_url: str, endpoint: str, dataset: Dataset, threads: int, key: str
+    ) -> None:
+        self.server_url = server_url
+        self.endpoint = endpoint
         self._headers = {"Authorization": f"Bearer {key}"}  # the endpoint's key, as on Azure
         self.dataset = dataset
         self.threads = threads
@@ -88,13 +93,14 @@ class TrafficGenerator:
 
         chooser = random.Random(1000 + index)
         feedback: list[dict[str, Any]] = []
-        with httpx.Client(base_url=self.endpoint_url, timeout=10, headers=self._headers) as client:
+        score, feedback_path = f"/{self.endpoint}/score", f"/{self.endpoint}/feedback"
+        with httpx.Client(base_url=self.server_url, timeout=10, headers=self._headers) as client:
             while not self._stop.is_set():
                 row = chooser.randrange(len(self.dataset.rows))
                 key = f"patient-{chooser.randrange(100_000)}"
                 try:
                     response = client.post(
-                        "/score",
+                        score,
                         json={
                             "input_data": {
                                 "columns": self.dataset.columns,
@@ -116,7 +122,7 @@ class TrafficGenerator:
                     self.sent += 1
                     self.served[response.headers.get("azureml-model-deployment", "?")] += 1
                 if len(feedback) >= 20:
-                    client.post("/feedback", json={"feedback": feedback})
+                    client.post(feedback_path, json={"feedback": feedback})
                     feedback = []
 
     def snapshot(self) -> dict[str, Any]:

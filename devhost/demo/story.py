@@ -203,6 +203,13 @@ def demo_settings(options: DemoOptions, endpoint_url: str, endpoint_key: str) ->
     }
 
 
+def demo_endpoint(options: DemoOptions) -> str:
+    """The endpoint the demo policy names for the model: where its traffic goes."""
+    from orchestrator.policy_files import load_policies, policy_for
+
+    return policy_for(load_policies(options.policy_dir), MODEL).endpoint
+
+
 def run_demo(options: DemoOptions) -> DemoResult:
     import shutil
 
@@ -247,7 +254,10 @@ def run_demo(options: DemoOptions) -> DemoResult:
         poll_interval=0.3,
         state_dir=local,
     )
-    traffic = TrafficGenerator(endpoint.url, dataset, options.traffic_threads, endpoint_key)
+    endpoint_name = demo_endpoint(options)
+    traffic = TrafficGenerator(
+        endpoint.url, endpoint_name, dataset, options.traffic_threads, endpoint_key
+    )
     phases: list[PhaseResult] = []
     try:
         set_runtime(None)  # the app's runtime is built from the settings devhost exported
@@ -291,7 +301,7 @@ def run_demo(options: DemoOptions) -> DemoResult:
                 }
         from adapters.local_endpoint import LocalEndpoint
 
-        with LocalEndpoint(endpoint.url, key=endpoint_key) as client:
+        with LocalEndpoint(endpoint.url, endpoint_name, key=endpoint_key) as client:
             endpoint_traffic = client.traffic()
         traffic_stats = traffic.snapshot()
         mlflow_url = host.mlflow_url

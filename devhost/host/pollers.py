@@ -247,7 +247,10 @@ class LocalEventHubPoller:
     """An event hub stood in for by a storage queue: MANY -> a list per batch, ONE -> each.
 
     As with the real trigger, events are checkpointed (deleted) even when the function
-    fails: Event Hubs has no redelivery, the failure is only logged.
+    fails once its retry policy is spent: Event Hubs has no redelivery, the failure is only
+    logged. Under an unlimited policy (`max_retry_count` -1) the host never moves the
+    checkpoint past a failed batch; here the batch stays in the queue and comes back after
+    the processing visibility (5 minutes).
     """
 
     def __init__(self, invoker: Invoker, queue: QueueClient, max_batch_size: int) -> None:
@@ -257,6 +260,8 @@ class LocalEventHubPoller:
         self._many = str(invoker.spec.trigger.get("cardinality", "MANY")).upper() == "MANY"
         self._max_batch = max_batch_size if self._many else 1
         self._sequence = 0
+        retry = invoker.spec.retry
+        self._unlimited = retry is not None and retry.max_retry_count < 0
 
     def poll_once(self) -> int:
         invocations = 0
@@ -266,13 +271,17 @@ class LocalEventHubPoller:
                 return invocations
             events = [self._event(message) for message in messages]
             payloads: Iterable[Any] = [events] if self._many else events
+            failed = False
             for payload in payloads:
                 invocations += 1
                 try:
                     self._invoker.invoke_with_retry_policy(payload)
                 except Exception:
-                    log.warning("%s: batch of %d event(s) failed; not retried", self.name,
-                                len(events))  # fmt: skip
+                    failed = True
+                    then = "kept for redelivery" if self._unlimited else "not retried"
+                    log.warning("%s: batch of %d event(s) failed; %s", self.name, len(events), then)
+            if failed and self._unlimited:
+                return invocations  # the checkpoint stays: the batch is delivered again
             for message in messages:
                 self._queue.delete_message(message.id, message.pop_receipt)
 

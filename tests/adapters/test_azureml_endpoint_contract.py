@@ -16,8 +16,10 @@ from orchestrator.ports import (
     InvalidTraffic,
     OnlineEndpoint,
 )
+from promotion.state import PromotionState, ServingModel
 from tests.adapters.azureml_endpoint_replay import RG, SUB, WS, WS_ID, FakeAzureML
 from tests.azure_recording import Canned, FakeCredential
+from tests.fakes import fake_runtime, policy_yaml
 
 EP = "churn-ep"
 EP_PATH = f"{WS_ID}/onlineEndpoints/{EP}"
@@ -285,3 +287,43 @@ def test_throttling_and_server_errors_are_retried_by_azure_core(
     endpoint.traffic()
     assert azure.sleeps == [7.0]  # the service's Retry-After wins
     assert DEFAULT_RETRY["retry_status"] >= 3
+
+
+def test_deployments_lists_every_deployment_with_its_model_and_state(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    azure.add_deployment(EP, "churn-v3", "churn", "3", state="Creating")
+    statuses = endpoint.deployments()
+    assert [r.path for r in azure.sent("GET")] == [f"{EP_PATH}/deployments"]
+    assert [(s.deployment, s.state, s.model_name, s.model_version) for s in statuses] == [
+        ("churn-v2", "succeeded", "churn", "2"),
+        ("churn-v3", "creating", "churn", "3"),
+    ]
+
+
+def test_the_reconcile_pass_reads_azure_ml_and_puts_back_a_split_changed_by_hand(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    """The whole pass through the real SDK: the endpoint read back, the drift audited, the
+    state's traffic put again; the second pass reads it in line."""
+    w = fake_runtime(policy_yaml("churn"), endpoint=endpoint)
+    serving = ServingModel(version="2", deployment="churn-v2", since=w.clock())
+    w.store.seed(
+        "churn",
+        lambda a: a.model_copy(
+            update={"promotion": PromotionState(champion=serving, last_known_good=serving)}
+        ),
+    )
+    azure.add_deployment(EP, "churn-v3", "churn", "3")
+    azure.add_endpoint(EP, traffic={"churn-v2": 60, "churn-v3": 40})  # changed in the portal
+    azure.requests.clear()
+
+    [drift] = w.runtime.maintenance.sweep()["drift"]
+    assert "churn-v3" in drift["summary"]
+    [put] = azure.sent("PUT", EP_PATH)
+    assert put.path == EP_PATH
+    assert put.body["properties"]["traffic"] == {"churn-v2": 100}
+    assert w.audit.actions("churn") == ["endpoint.drift", "endpoint.repair"]
+
+    assert w.runtime.maintenance.sweep()["drift"] == []
+    assert w.aggregate("churn").promotion.drift is None

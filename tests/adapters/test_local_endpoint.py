@@ -17,13 +17,15 @@ from orchestrator.ports import EndpointError, InvalidTraffic, OnlineEndpoint
 from pipelines.canary.evaluate_canary import collect_local_live_metrics, is_correct
 from tests.endpoint_fixtures import Registry, Server, wait_until_done
 
+ENDPOINT = "bc-ep"
+SCORE, FEEDBACK = f"/{ENDPOINT}/score", f"/{ENDPOINT}/feedback"
 SPLIT = {"bc-v1": 90, "bc-v2": 10}
 
 
 @pytest.fixture(scope="module")
 def endpoint(server: Server, registry: Registry) -> Iterator[LocalEndpoint]:
     """bc-v1 (model v1) and bc-v2 (model v2) deployed, all traffic on bc-v1."""
-    with LocalEndpoint(server.url, key=server.key) as ep:
+    with LocalEndpoint(server.url, ENDPOINT, key=server.key) as ep:
         ep.deploy(registry.model, "1", "bc-v1")
         ep.deploy(registry.model, "2", "bc-v2")
         assert wait_until_done(ep, "bc-v1").state == "succeeded"
@@ -77,7 +79,7 @@ def test_bad_traffic_is_refused_before_anything_is_sent(server: Server) -> None:
         headers=server.headers,
         event_hooks={"request": [lambda r: sent.append(r.url.path)]},
     )
-    with LocalEndpoint(server.url, client=client) as ep:
+    with LocalEndpoint(server.url, ENDPOINT, client=client) as ep:
         with pytest.raises(InvalidTraffic, match="sum to 100"):
             ep.set_traffic({"bc-v1": 80})
         with pytest.raises(InvalidTraffic, match="at most 50"):  # 30 + 30
@@ -86,7 +88,7 @@ def test_bad_traffic_is_refused_before_anything_is_sent(server: Server) -> None:
         # What only the server can know is checked there, and reported the same way.
         with pytest.raises(InvalidTraffic, match="do not exist"):
             ep.set_traffic({"bc-v1": 90, "nope-v1": 10})
-        assert sent == ["/traffic"]
+        assert sent == [f"/{ENDPOINT}/traffic"]
 
 
 def test_a_deployment_that_shares_the_traffic_cannot_be_deleted(endpoint: LocalEndpoint) -> None:
@@ -126,9 +128,7 @@ def test_keyed_requests_over_http_follow_the_split_and_reach_mlflow(
         for i in range(300):
             key = f"customer-{i}"
             row = i % len(registry.features)
-            response = http.post(
-                "/score", json=payload(registry, row), headers={"x-request-key": key}
-            )
+            response = http.post(SCORE, json=payload(registry, row), headers={"x-request-key": key})
             assert response.status_code == 200, response.text
             deployment = response.headers["azureml-model-deployment"]
             assert deployment == route(key, SPLIT)  # the server routes as the pure function
@@ -139,11 +139,11 @@ def test_keyed_requests_over_http_follow_the_split_and_reach_mlflow(
         # The same key, again: the same deployment.
         for i in range(0, 300, 7):
             key = f"customer-{i}"
-            again = http.post("/score", json=payload(registry, 0), headers={"x-request-key": key})
+            again = http.post(SCORE, json=payload(registry, 0), headers={"x-request-key": key})
             assert again.headers["azureml-model-deployment"] == seen[key]
             predictions[again.headers["x-request-id"]] = again.json()
         feedback = [{"request_id": rid, "label": label} for rid, label in labels.items()]
-        assert http.post("/feedback", json={"feedback": feedback}).status_code == 202
+        assert http.post(FEEDBACK, json={"feedback": feedback}).status_code == 202
     endpoint.flush_records()
     end = datetime.now(UTC) + timedelta(seconds=1)
 
@@ -152,7 +152,13 @@ def test_keyed_requests_over_http_follow_the_split_and_reach_mlflow(
     assert 0.05 <= counts["bc-v2"] / 300 <= 0.15
 
     live = collect_local_live_metrics(
-        server.data_dir, registry.tracking_uri, "p-http", 0, ["bc-v1", "bc-v2"], start, end
+        server.records_path(ENDPOINT),
+        registry.tracking_uri,
+        "p-http",
+        0,
+        ["bc-v1", "bc-v2"],
+        start,
+        end,
     )
     repeats = Counter(seen[f"customer-{i}"] for i in range(0, 300, 7))
     for name in ("bc-v1", "bc-v2"):
@@ -167,7 +173,7 @@ def test_keyed_requests_over_http_follow_the_split_and_reach_mlflow(
 
 
 def _deployment_of(server: Server, request_id: str) -> str:
-    with sqlite3.connect(server.data_dir / "records.sqlite") as conn:
+    with sqlite3.connect(server.records_path(ENDPOINT)) as conn:
         return conn.execute(
             "SELECT deployment FROM records WHERE request_id = ? AND mirrored = 0", (request_id,)
         ).fetchone()[0]
@@ -180,24 +186,24 @@ def test_the_pin_header_overrides_the_split(
     with httpx.Client(base_url=server.url, headers=server.headers) as http:
         for i in range(20):
             response = http.post(
-                "/score",
+                SCORE,
                 json=payload(registry, i),
                 headers={"x-request-key": f"k{i}", "azureml-model-deployment": "bc-v2"},
             )
             assert response.status_code == 200
             assert response.headers["azureml-model-deployment"] == "bc-v2"
-        unpinned = http.post("/score", json=payload(registry, 0), headers={"x-request-key": "k0"})
+        unpinned = http.post(SCORE, json=payload(registry, 0), headers={"x-request-key": "k0"})
         assert unpinned.headers["azureml-model-deployment"] == "bc-v1"
         missing = http.post(
-            "/score", json=payload(registry, 0), headers={"azureml-model-deployment": "nope-v1"}
+            SCORE, json=payload(registry, 0), headers={"azureml-model-deployment": "nope-v1"}
         )
         assert missing.status_code == 404
         # the key may also come in the body
         in_body = {**payload(registry, 0), "request_key": "customer-3"}
         endpoint.set_traffic(SPLIT)
-        routed = http.post("/score", json=in_body)
+        routed = http.post(SCORE, json=in_body)
         assert routed.headers["azureml-model-deployment"] == route("customer-3", SPLIT)
-        assert http.post("/score", json={"nothing": 1}).status_code == 400
+        assert http.post(SCORE, json={"nothing": 1}).status_code == 400
     endpoint.set_traffic({"bc-v1": 100})
 
 
@@ -213,12 +219,12 @@ def test_mirrored_requests_are_recorded_and_going_live_ends_the_mirror(
         ids = []
         for i in range(40):
             response = http.post(
-                "/score", json=payload(registry, i), headers={"x-request-key": f"m{i}"}
+                SCORE, json=payload(registry, i), headers={"x-request-key": f"m{i}"}
             )
             assert response.headers["azureml-model-deployment"] == "bc-v1"
             ids.append(response.headers["x-request-id"])
     endpoint.flush_records()
-    with sqlite3.connect(server.data_dir / "records.sqlite") as conn:
+    with sqlite3.connect(server.records_path(ENDPOINT)) as conn:
         marks = ",".join("?" * len(ids))
         shadow = conn.execute(
             f"SELECT deployment, status, outputs FROM records "
@@ -239,7 +245,7 @@ def test_the_cli_server_in_a_subprocess(registry: Registry, tmp_path) -> None:
         tmp_path, registry.tracking_uri, subprocess_mode=True, max_lifetime=120
     ) as handle:
         assert handle.url.startswith("http://127.0.0.1:")
-        with LocalEndpoint(handle.url, key=handle.key) as ep:
+        with LocalEndpoint(handle.url, ENDPOINT, key=handle.key) as ep:
             ep.deploy(registry.model, "2", "sub-v2")
             assert wait_until_done(ep, "sub-v2").state == "succeeded"
             ep.set_traffic({"sub-v2": 100})
@@ -247,7 +253,7 @@ def test_the_cli_server_in_a_subprocess(registry: Registry, tmp_path) -> None:
     # the control plane survives a restart (state file in the data dir)
     with (
         start_local_endpoint(tmp_path, registry.tracking_uri, max_lifetime=120) as again,
-        LocalEndpoint(again.url, key=again.key) as ep,
+        LocalEndpoint(again.url, ENDPOINT, key=again.key) as ep,
     ):
         assert ep.traffic() == {"sub-v2": 100}
         assert wait_until_done(ep, "sub-v2").model_version == "2"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import pytest
 from azure.storage.blob import BlobServiceClient
 from pydantic import BaseModel, Field
 
 from adapters.blob_state import BlobAuditLog, BlobStateStore, ensure_container
-from orchestrator.ports import AuditRecord, ConcurrencyConflict
+from orchestrator.ports import AuditRecord, ConcurrencyConflict, InvalidContinuation
 
 pytestmark = pytest.mark.azurite
 
@@ -113,3 +114,151 @@ def test_audit_append_is_idempotent_and_ordered(container):
     read = audit.read("m")
     assert [r.action for r in read] == ["a1.0", "a1.1", "a2.0", "a2.1", "a10.0", "a10.1"]
     assert [r.action for r in audit.read("m", since_version=10)] == ["a10.0", "a10.1"]
+
+
+# --------------------------------------------------------------------------- audit pages
+
+
+class RecordedRequests:
+    """Every request the real Blob SDK sends to Azurite (its `raw_request_hook`)."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str]] = []
+
+    def __call__(self, pipeline_request) -> None:  # type: ignore[no-untyped-def]
+        request = pipeline_request.http_request
+        self.requests.append((request.method, request.url))
+
+    def downloads(self) -> list[str]:
+        """The blob paths read (GET of a blob, not a listing)."""
+        return [
+            urlsplit(url).path.split("/", 3)[3]
+            for method, url in self.requests
+            if method == "GET" and "comp=list" not in url
+        ]
+
+    def listings(self) -> int:
+        return sum(1 for method, url in self.requests if "comp=list" in url)
+
+
+@pytest.fixture
+def recorded(azurite, unique_name):
+    requests = RecordedRequests()
+    service = BlobServiceClient.from_connection_string(
+        azurite.connection_string, raw_request_hook=requests
+    )
+    container = ensure_container(service.get_container_client(unique_name))
+    return BlobAuditLog(container), requests
+
+
+def _record(version: int, seq: int, action: str, promotion_id: str | None = None) -> AuditRecord:
+    return AuditRecord(
+        model="m",
+        aggregate_version=version,
+        seq=seq,
+        time=datetime.now(UTC),
+        action=action,
+        promotion_id=promotion_id,
+    )
+
+
+def _many() -> list[AuditRecord]:
+    """250 records over 125 versions: every 5th version is promotion p1's, a run ends every
+    25th version, the rest is retrain chatter."""
+    records = []
+    for version in range(1, 126):
+        for seq in (0, 1):
+            if version % 5 == 0:
+                records.append(_record(version, seq, f"promotion.s{seq}", "m-v1-20260101T000000"))
+            elif version % 25 == 1 and seq == 1:
+                records.append(_record(version, seq, "retrain.job_completed"))
+            else:
+                records.append(_record(version, seq, "retrain.data_accumulated"))
+    return records
+
+
+def _all_pages(audit: BlobAuditLog, limit: int, **query) -> list[list[AuditRecord]]:  # type: ignore[no-untyped-def]
+    pages, continuation = [], None
+    while True:
+        page = audit.page("m", limit=limit, continuation=continuation, **query)
+        pages.append(page.records)
+        if page.continuation is None:
+            return pages
+        continuation = page.continuation
+
+
+def test_audit_pages_cover_every_record_exactly_once_oldest_first(recorded):
+    audit, _ = recorded
+    records = _many()
+    audit.append(records)
+    pages = _all_pages(audit, limit=40)
+    assert [len(page) for page in pages] == [40] * 6 + [10]
+    read = [record.record_id for page in pages for record in page]
+    assert read == sorted(record.record_id for record in records)  # each once, in order
+    assert audit.page("m", limit=1000).continuation is None
+    assert audit.page("nobody", limit=10).records == []
+
+
+def test_a_promotion_page_downloads_only_that_promotion_s_records(recorded):
+    audit, requests = recorded
+    promotion = "m-v1-20260101T000000"
+    audit.append(_many())
+    audit.append([_record(200, 0, "promotion.started", "m-v2-20260102T000000")])
+    requests.requests.clear()
+
+    pages = _all_pages(audit, limit=20, promotion_id=promotion)
+    read = [record for page in pages for record in page]
+    assert len(read) == 50 and {record.promotion_id for record in read} == {promotion}
+    assert [r.record_id for r in read] == sorted(r.record_id for r in read)
+    # Exactly one download per record of the promotion, none of the other 201 records.
+    assert sorted(requests.downloads()) == sorted(
+        f"audit/m/{record.record_id}.json" for record in read
+    )
+    assert requests.listings() == len(pages) == 3
+
+
+def test_the_runs_index_holds_each_run_end_once(recorded):
+    audit, requests = recorded
+    audit.append(_many())
+    audit.append(_many())  # a redelivery: nothing written twice
+    requests.requests.clear()
+    [ends] = _all_pages(audit, limit=100, run_ends=True)
+    assert [r.aggregate_version for r in ends] == [1, 26, 51, 76, 101]
+    assert len(requests.downloads()) == 5
+
+
+def test_a_continuation_token_of_another_query_or_a_forged_one_is_refused(recorded):
+    audit, _ = recorded
+    audit.append(_many())
+    token = audit.page("m", limit=10).continuation
+    assert token
+    with pytest.raises(InvalidContinuation, match="another query"):
+        audit.page("m", limit=10, continuation=token, promotion_id="m-v1-20260101T000000")
+    with pytest.raises(InvalidContinuation, match="another query"):
+        audit.page("other", limit=10, continuation=token)
+    with pytest.raises(InvalidContinuation, match="not a token"):
+        audit.page("m", limit=10, continuation="not-a-token!")
+    with pytest.raises(ValueError, match="limit"):
+        audit.page("m", limit=0)
+
+
+def test_a_crash_between_the_record_and_its_index_is_repaired_by_the_next_append(recorded):
+    audit, _ = recorded
+    record = _record(7, 0, "promotion.started", "m-v1-20260101T000000")
+    # The record was written by code from before the index existed (or a crash followed).
+    audit._container.upload_blob(f"audit/m/{record.record_id}.json", record.model_dump_json())
+    assert audit.page("m", promotion_id=record.promotion_id).records == []
+    audit.append([record])  # the redelivered message appends it again
+    assert audit.page("m", promotion_id=record.promotion_id).records == [record]
+
+
+def test_records_from_before_the_index_are_indexed_once(recorded):
+    audit, _ = recorded
+    old = [_record(v, 0, "promotion.started", "m-v1-20260101T000000") for v in (1, 2)]
+    old.append(_record(3, 0, "retrain.job_failed"))
+    for record in old:  # written as the previous version did: the record blob only
+        audit._container.upload_blob(f"audit/m/{record.record_id}.json", record.model_dump_json())
+    assert audit.index_existing("m") == 3
+    assert audit.index_existing("m") == 3  # again: nothing new, nothing broken
+    assert audit.page("m", promotion_id="m-v1-20260101T000000").records == old[:2]
+    assert audit.page("m", run_ends=True).records == old[2:]

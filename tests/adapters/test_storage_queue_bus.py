@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +13,7 @@ from azure.storage.queue import QueueClient
 from adapters.storage_queue_bus import (
     StorageQueueBus,
     StorageQueueConsumer,
+    encode_body,
     ensure_queue,
     read_dead_letters,
 )
@@ -150,3 +153,71 @@ def test_handler_rejecting_a_message_dead_letters_it_at_once(queues):
     drain(queues, handler)
     [record] = read_dead_letters(queues[1])
     assert record["reason"] == "unknown message type NoSuchCommand"
+
+
+WRAPPER = "_retrain_wrapper"
+GOOD_BODY = '{"type": "GateCheck"}'
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (encode_body({WRAPPER: 1, "body": GOOD_BODY, "deliver_at": "tomorrow"}), "deliver_at"),
+        (encode_body({WRAPPER: 1, "body": GOOD_BODY, "deliver_at": "2026-01-05T12:00:00"}),
+         "deliver_at: Input should have timezone info"),
+        (encode_body({WRAPPER: 1, "body": GOOD_BODY, "deliver_at": 1767614400}), "deliver_at"),
+        (encode_body({WRAPPER: 1, "body": {"type": "GateCheck"}}), "body"),
+        (encode_body({WRAPPER: 1, "body": GOOD_BODY, "retries": 3}), "retries"),
+        (encode_body({WRAPPER: 2, "body": GOOD_BODY}), WRAPPER),
+        (encode_body({WRAPPER: 1}), "body"),
+    ],
+)  # fmt: skip
+def test_a_wrapper_that_cannot_be_read_is_dead_lettered_once_and_the_poll_goes_on(
+    queues, content, reason
+):
+    queues[0].send_message(content)
+    good = Envelope.new("GateCheck", "churn")
+    StorageQueueBus(queues[0]).send(good)
+    seen: list[Envelope] = []
+
+    result = consumer(queues).poll(lambda envelope, deliveries: seen.append(envelope))
+
+    assert (result.dead_lettered, result.completed) == (1, 1)
+    assert seen == [good]  # the next message was handled in the same poll
+    [record] = read_dead_letters(queues[1])
+    assert record["reason"].startswith("malformed delivery wrapper: ")
+    assert reason in record["reason"]
+    assert record["delivery_count"] == 1
+    assert WRAPPER in record["body"]  # the message as it came: nothing is lost
+    assert consumer(queues).poll(lambda e, d: None).received == 0  # once, not again
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("%%% not base64, not JSON", "not JSON"),
+        (base64.b64encode(b"\xff\xfe\x00garbage").decode(), "not UTF-8"),
+        (base64.b64encode(b"[" * 20_000).decode(), "not JSON"),
+    ],
+)
+def test_a_body_that_cannot_be_decoded_is_dead_lettered_once(queues, content, reason):
+    queues[0].send_message(content)
+    calls: list[Envelope] = []
+    drain(queues, lambda e, d: calls.append(e))
+    assert calls == []
+    [record] = read_dead_letters(queues[1])
+    assert reason in record["reason"]
+    assert record["delivery_count"] == 1
+
+
+def test_a_dead_letter_keeps_no_bearer_token(queues):
+    signed = Envelope.new("RollbackRequested", "churn", {"reason": "x"})
+    signed = signed.model_copy(update={"auth": "eyJhbGciOi.secret.token"})
+    StorageQueueBus(queues[0]).send(signed)
+
+    def refuse(envelope: Envelope, deliveries: int) -> None:
+        raise InvalidMessage("token expired")
+
+    drain(queues, refuse)
+    [record] = read_dead_letters(queues[1])
+    assert "eyJhbGciOi" not in json.dumps(record)

@@ -1,6 +1,6 @@
 """The local endpoint's key, over real HTTP: every route but /health needs it (the control
-plane: deployments, traffic, mirror, feedback, records flush; and scoring, as on a managed
-endpoint's scoring URI). No key or another key: 401, nothing changes. The server generates a
+plane: endpoints, deployments, traffic, mirror, feedback, records flush; and scoring, as on a
+managed endpoint's scoring URI), checked before anything else (an unknown endpoint too). No key or another key: 401, nothing changes. The server generates a
 key into its key file (0600) when it is given none; the adapter and the app send it."""
 
 from __future__ import annotations
@@ -27,19 +27,24 @@ from tests.harness import policy_yaml
 KEY = "k3y-for-the-control-plane-0123456789"
 ROOT = Path(__file__).resolve().parents[2]
 
+EP = "/churn-ep"  # the endpoint the routes below address
 # Every keyed route: (method, path, JSON body).
 ROUTES = [
-    ("GET", "/deployments", None),
-    ("PUT", "/deployments/churn-v1", {"model_name": "churn", "model_version": "1"}),
-    ("GET", "/deployments/churn-v1", None),
-    ("DELETE", "/deployments/churn-v9", None),
-    ("GET", "/traffic", None),
-    ("PUT", "/traffic", {"traffic": {}}),
-    ("PUT", "/mirror", {"mirror_traffic": {}}),
-    ("POST", "/score", {"input_data": {"columns": ["a"], "data": [[1]]}}),
-    ("POST", "/feedback", {"request_id": "r1", "label": 1}),
-    ("POST", "/records/flush", None),
+    ("GET", "/endpoints", None),
+    ("PUT", EP, None),
+    ("GET", EP, None),
+    ("GET", f"{EP}/deployments", None),
+    ("PUT", f"{EP}/deployments/churn-v1", {"model_name": "churn", "model_version": "1"}),
+    ("GET", f"{EP}/deployments/churn-v1", None),
+    ("DELETE", f"{EP}/deployments/churn-v9", None),
+    ("GET", f"{EP}/traffic", None),
+    ("PUT", f"{EP}/traffic", {"traffic": {}}),
+    ("PUT", f"{EP}/mirror", {"mirror_traffic": {}}),
+    ("POST", f"{EP}/score", {"input_data": {"columns": ["a"], "data": [[1]]}}),
+    ("POST", f"{EP}/feedback", {"request_id": "r1", "label": 1}),
+    ("POST", f"{EP}/records/flush", None),
 ]
+ROUTE = {f"{method} {path}": (method, path, body) for method, path, body in ROUTES}
 WRONG: dict[str, dict[str, str | bytes]] = {
     "no key": {},
     "another key": {"Authorization": f"Bearer {KEY}x"},
@@ -79,8 +84,11 @@ def test_without_the_key_every_route_answers_401_and_changes_nothing(
     assert response.status_code == 401, response.text
     assert response.json() == {"error": "missing or wrong endpoint key"}
     assert response.headers["www-authenticate"].startswith("Bearer")
-    listed = send(endpoint_url, "GET", "/deployments", None, {"x-endpoint-key": KEY})
-    assert listed.json() == [] or all(d["name"] == "churn-v1" for d in listed.json())
+    # Nothing was created by a refused request: the only endpoint and deployment are the
+    # ones the keyed test below makes.
+    endpoints = send(endpoint_url, "GET", "/endpoints", None, {"x-endpoint-key": KEY}).json()
+    assert [e["name"] for e in endpoints] in ([], ["churn-ep"])
+    assert all(e["deployments"] in ([], ["churn-v1"]) for e in endpoints)
 
 
 @pytest.mark.parametrize(
@@ -95,18 +103,20 @@ def test_without_the_key_every_route_answers_401_and_changes_nothing(
 def test_with_the_key_the_control_plane_works(
     endpoint_url: str, headers: dict[str, str | bytes]
 ) -> None:
-    created = send(endpoint_url, *ROUTES[1][:2], ROUTES[1][2], headers)
+    def call(route: str) -> httpx.Response:
+        return send(endpoint_url, *ROUTE[route], headers)
+
+    created = call(f"PUT {EP}/deployments/churn-v1")
     assert created.status_code in (200, 201), created.text
-    assert send(endpoint_url, "GET", "/deployments/churn-v1", None, headers).status_code == 200
-    assert send(endpoint_url, "GET", "/traffic", None, headers).json() == {
-        "traffic": {},
-        "mirror_traffic": {},
-    }
-    assert send(endpoint_url, "DELETE", "/deployments/churn-v9", None, headers).status_code == 404
-    assert send(endpoint_url, "POST", "/feedback", ROUTES[8][2], headers).status_code == 202
-    assert send(endpoint_url, "POST", "/records/flush", None, headers).status_code == 200
+    assert call(f"PUT {EP}").status_code == 200  # it came into being with its deployment
+    assert call(f"GET {EP}").json()["deployments"] == ["churn-v1"]
+    assert call(f"GET {EP}/deployments/churn-v1").status_code == 200
+    assert call(f"GET {EP}/traffic").json() == {"traffic": {}, "mirror_traffic": {}}
+    assert call(f"DELETE {EP}/deployments/churn-v9").status_code == 404
+    assert call(f"POST {EP}/feedback").status_code == 202
+    assert call(f"POST {EP}/records/flush").status_code == 200
     # Scoring gets past the key: nothing takes traffic yet, so 503 (not 401).
-    assert send(endpoint_url, "POST", "/score", ROUTES[7][2], headers).status_code == 503
+    assert call(f"POST {EP}/score").status_code == 503
 
 
 def test_health_stays_open(endpoint_url: str) -> None:
@@ -114,9 +124,12 @@ def test_health_stays_open(endpoint_url: str) -> None:
 
 
 def test_the_adapter_sends_the_key_and_without_it_fails_saying_so(endpoint_url: str) -> None:
-    with LocalEndpoint(endpoint_url, key=KEY) as endpoint:
+    with LocalEndpoint(endpoint_url, "churn-ep", key=KEY) as endpoint:
         assert endpoint.traffic() == {}
-    with LocalEndpoint(endpoint_url) as endpoint, pytest.raises(EndpointError) as refused:
+    with (
+        LocalEndpoint(endpoint_url, "churn-ep") as endpoint,
+        pytest.raises(EndpointError) as refused,
+    ):
         endpoint.traffic()
     assert "401" in str(refused.value) and "LOCAL_ENDPOINT_KEY" in str(refused.value)
     assert not refused.value.transient
@@ -174,8 +187,8 @@ def test_the_server_generates_its_key_file_owner_only_and_reuses_it(tmp_path: Pa
             if attempt == 0:
                 first = key
             assert key == first
-            assert send(url, "GET", "/traffic", None, {}).status_code == 401
-            assert send(url, "GET", "/traffic", None, {"x-endpoint-key": key}).status_code == 200
+            assert send(url, "GET", "/endpoints", None, {}).status_code == 401
+            assert send(url, "GET", "/endpoints", None, {"x-endpoint-key": key}).status_code == 200
         finally:
             process.terminate()
             process.wait(timeout=15)
@@ -190,7 +203,7 @@ def test_the_server_takes_its_key_from_the_environment_or_the_command_line(
         )
         try:
             url = _url(process)
-            assert send(url, "GET", "/traffic", None, {"x-endpoint-key": KEY}).status_code == 200
+            assert send(url, "GET", "/endpoints", None, {"x-endpoint-key": KEY}).status_code == 200
             assert not (tmp_path / KEY_FILE).exists()  # a given key is not written anywhere
         finally:
             process.terminate()

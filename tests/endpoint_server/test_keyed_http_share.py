@@ -19,6 +19,7 @@ import pytest
 from adapters.local_endpoint import LocalEndpoint
 from tests.endpoint_fixtures import Registry, Server, wait_until_done
 
+ENDPOINT = "share-ep"
 PROD, CANARY = "share-v1", "share-v2"
 SPLIT = {PROD: 90, CANARY: 10}
 KEYS = [f"customer-{i}" for i in range(10_000)]
@@ -27,7 +28,7 @@ KEYS = [f"customer-{i}" for i in range(10_000)]
 @pytest.fixture(scope="module")
 def split_endpoint(server: Server, registry: Registry) -> Iterator[str]:
     """The module's server with model v1 and v2 deployed and the 90/10 split; its URL."""
-    with LocalEndpoint(server.url, key=server.key) as endpoint:
+    with LocalEndpoint(server.url, ENDPOINT, key=server.key) as endpoint:
         endpoint.deploy(registry.model, "1", PROD)
         endpoint.deploy(registry.model, "2", CANARY)
         assert wait_until_done(endpoint, PROD).state == "succeeded"
@@ -47,7 +48,7 @@ def body(registry: Registry) -> bytes:
 
 def served_by(http: httpx.Client, body: bytes, key: str) -> str:
     response = http.post(
-        "/score",
+        f"/{ENDPOINT}/score",
         content=body,
         headers={"content-type": "application/json", "x-request-key": key},
     )

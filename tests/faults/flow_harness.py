@@ -180,7 +180,7 @@ class FakeEndpoint:
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
-        self.deployments: dict[str, FakeDeployment] = {}
+        self.deployed: dict[str, FakeDeployment] = {}
         self.live: dict[str, int] = {}
         self.deploy_calls: Counter[str] = Counter()
         self.creations: Counter[str] = Counter()
@@ -192,7 +192,7 @@ class FakeEndpoint:
     def deploy(self, model_name: str, model_version: str, deployment: str) -> str:
         with self.lock:
             self.deploy_calls[deployment] += 1
-            existing = self.deployments.get(deployment)
+            existing = self.deployed.get(deployment)
             if (
                 existing is not None
                 and existing.version == model_version
@@ -200,12 +200,12 @@ class FakeEndpoint:
             ):
                 return deployment
             self.creations[deployment] += 1
-            self.deployments[deployment] = FakeDeployment(model_name, model_version)
+            self.deployed[deployment] = FakeDeployment(model_name, model_version)
             return deployment
 
     def deployment_state(self, deployment: str) -> DeploymentStatus:
         with self.lock:
-            found = self.deployments.get(deployment)
+            found = self.deployed.get(deployment)
             if found is None:
                 return DeploymentStatus(deployment, "missing")
             found.reads += 1
@@ -224,7 +224,7 @@ class FakeEndpoint:
         with self.lock:
             self.traffic_maps.append(dict(traffic))
             try:
-                validate_traffic(traffic, existing=set(self.deployments))
+                validate_traffic(traffic, existing=set(self.deployed))
             except InvalidTraffic as exc:
                 self.violations.append(f"set_traffic {traffic}: {exc.reason}")
                 raise
@@ -239,12 +239,24 @@ class FakeEndpoint:
             if self.live.get(deployment) and set(self.live) != {deployment}:
                 self.violations.append(f"delete {deployment} while it takes {self.live}")
                 raise InvalidTraffic(f"{deployment} takes live traffic")
-            self.deployments.pop(deployment, None)
+            self.deployed.pop(deployment, None)
             self.live.pop(deployment, None)
 
     def traffic(self) -> dict[str, int]:
         with self.lock:
             return dict(self.live)
+
+    def deployments(self) -> list[DeploymentStatus]:
+        with self.lock:
+            for found in self.deployed.values():  # a read moves a creating one along
+                found.reads += 1
+                if found.state == "creating" and found.reads > 1:
+                    failing = found.version in self.failing_versions
+                    found.state = "failed" if failing else "succeeded"
+            return [
+                DeploymentStatus(name, found.state, None, found.model, found.version)  # type: ignore[arg-type]
+                for name, found in sorted(self.deployed.items())
+            ]
 
 
 class FakeMetrics:
@@ -791,7 +803,7 @@ def seed_champion(process: Process, world: World, model: str, version: str = "1"
 
     process.store.update(model, change)
     if isinstance(world.endpoint, FakeEndpoint):
-        world.endpoint.deployments[deployment] = FakeDeployment(model, version, "succeeded")
+        world.endpoint.deployed[deployment] = FakeDeployment(model, version, "succeeded")
         world.endpoint.live = {deployment: 100}
     if isinstance(world.training, AutoTrainingBackend):
         world.training = AutoTrainingBackend(first_version=int(version) + 1)
@@ -829,7 +841,7 @@ def check_invariants(process: Process, world: World, model: str) -> dict[str, in
         assert sum(traffic.values()) == 100, traffic
     # No orphan deployment: only the champion's is left (no promotion is active).
     allowed = {promotion.champion.deployment} if promotion.champion else set()
-    assert set(endpoint.deployments) == allowed, (set(endpoint.deployments), allowed)
+    assert set(endpoint.deployed) == allowed, (set(endpoint.deployed), allowed)
     if promotion.champion:
         assert endpoint.live == {promotion.champion.deployment: 100}
     # Exactly one deployment created per version, one training job per window.

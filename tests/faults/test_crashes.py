@@ -120,7 +120,7 @@ def assert_repaired(courier: Courier, plan: CrashPlan, expected: dict[str, Any])
     check_invariants(process, courier.world, MODEL)
     champion = f"fraud-v{state['champion']}"
     assert courier.world.endpoint.live == {champion: 100}
-    assert set(courier.world.endpoint.deployments) == {champion}
+    assert set(courier.world.endpoint.deployed) == {champion}
     assert courier.world.training.jobs == ["fraud-20260302t090000-1"]
 
 
@@ -211,7 +211,7 @@ def test_a_crash_after_the_deployment_started_leaves_no_orphan(
 
         def observe(courier: Courier) -> None:
             checks = [m for m in courier.world.not_before if ":deploy-check:" in m]
-            at_crash.append((set(courier.world.endpoint.deployments), checks))
+            at_crash.append((set(courier.world.endpoint.deployed), checks))
 
         courier = crash_flow(flow_settings, plan, mode, at_crash=observe)
         assert plan.fired == "after_port_call #1: endpoint.deploy"

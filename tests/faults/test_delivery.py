@@ -143,7 +143,7 @@ def test_a_first_model_rolled_back_in_its_bake_leaves_nothing_behind(flow_settin
     state = final_state(courier.process, MODEL)
     assert state["champion"] is None and state["history"] == [("1", "rolled_back")]
     assert world.endpoint.deletes == ["churn-v1"] and world.endpoint.live == {}
-    assert world.endpoint.deployments == {}
+    assert world.endpoint.deployed == {}
     [event] = [data for kind, _, data in world.events if kind == "promotion.rolled_back"]
     assert event["nothing_serves"] is True and event["serving_version"] is None
     check_invariants(courier.process, world, MODEL)

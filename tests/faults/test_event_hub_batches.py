@@ -1,5 +1,6 @@
 """Event Hubs batches mixing valid data-ready events, Event Grid BlobCreated events and
-garbage, through the real `data_events` trigger with real `func.EventHubEvent` objects.
+garbage, through the real `data_events` trigger with real `func.EventHubEvent` objects (and,
+at the end, batches whose handling keeps failing).
 
 Every valid event is kept (the model's retrain state has seen its data), every invalid one is
 one dead-letter record with a reason, bad input never raises, and a batch is one transition
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 
 from adapters.azurite import Azurite
 from orchestrator.bootstrap import Runtime
+from tests.faults.flow_harness import record_figures
 from tests.faults.support import (
     PATHOLOGICAL_JSON,
     DeadLetterSpy,
@@ -288,6 +290,95 @@ def test_one_batch_of_many_events_is_one_command_per_model(
     assert len(dead_letters.calls) == 1
     for model in MODELS:
         state = runtime.queries.model_status(model)["retrain"]
-        assert len(state["pending"]) == 100
+        assert state["pending"]["count"] == 100
         transitions = {saved.version for key, saved in saves.saves if key == model}
         assert len(transitions) <= 2  # the transition, then the outbox flush
+
+
+# --------------------------------------------------------------------------- failing batches
+#
+# Fault: handling keeps failing for some events (a bug an event triggers, a state write that
+# never succeeds for it) or for a while (an outage). Through the real trigger on Azurite state:
+# the failing events are dead-lettered with the error, every other event is in its model's
+# state, and the trigger returns (so the checkpoint moves only when nothing is left behind).
+
+
+class FailingHandlers:
+    """Wraps `runtime.handlers.handle`: a DataLanded holding a poison key raises (as a bug would,
+    every time); the first `outage` calls raise as an unreachable store would."""
+
+    def __init__(self, runtime: Runtime, poison: set[str], outage: int = 0) -> None:
+        self.real = runtime.handlers.handle
+        self.poison = poison
+        self.outage = outage
+        self.calls = 0
+        self.handled: set[str] = set()  # keys of DataLanded commands the real handler took
+        runtime.handlers.handle = self  # type: ignore[method-assign]
+
+    def __call__(self, envelope):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        if self.outage:
+            self.outage -= 1
+            raise ConnectionError("state store unreachable")
+        keys = {item["key"] for item in envelope.payload["items"]}
+        if keys & self.poison:
+            raise RuntimeError(f"cannot handle {sorted(keys & self.poison)[0]}")
+        outcome = self.real(envelope)
+        self.handled |= keys
+        return outcome
+
+
+def ready_events(count: int, nonce: str) -> list[Event]:
+    events = []
+    for n in range(count):
+        model = MODELS[n % 2]
+        name = f"e{n}-{nonce}"
+        events.append(
+            Event("data-ready", encode(data_ready(model, name, 1)), ((model, f"event:{name}"),))
+        )
+    return events
+
+
+def test_failing_event_hubs_batch_dead_letters_each_failing_event_and_keeps_the_rest(
+    runtime: Runtime, dead_letters: DeadLetterSpy
+) -> None:
+    nonce = uuid.uuid4().hex[:12]
+    batch = ready_events(40, nonce)
+    poison = {f"event:e7-{nonce}", f"event:e22-{nonce}", f"event:e23-{nonce}"}
+    # One transient failure first (the whole batch's first try): retried, not dead-lettered.
+    failing = FailingHandlers(runtime, poison, outage=1)
+
+    with installed(runtime):
+        data_events(hub_events(batch))  # must not raise: the checkpoint may move
+
+    records = dead_letters.stored(runtime)
+    assert sorted(json.loads(r["body"])["event_id"] for r in records) == sorted(
+        key.removeprefix("event:") for key in poison
+    )
+    for record in records:
+        assert record["source"] == "eventhub"
+        assert record["reason"].startswith("RuntimeError: cannot handle event:")
+        assert record["properties"]["model"] in MODELS
+    # Every other event reached the real handler (which keeps its data) in a batch that held
+    # no poison, after the outage and the splitting.
+    assert failing.handled == {key for event in batch for _, key in event.items} - poison
+    record_figures(
+        "tests/faults/test_event_hub_batches.py::failing_batch",
+        {"events": len(batch), "poison": len(poison), "handler_calls": failing.calls,
+         "dead_lettered": len(records)},
+    )  # fmt: skip
+
+
+def test_a_dead_letter_that_cannot_be_written_makes_the_batch_wait(
+    runtime: Runtime, dead_letters: DeadLetterSpy
+) -> None:
+    nonce = uuid.uuid4().hex[:12]
+    batch = ready_events(4, nonce)
+    FailingHandlers(runtime, {f"event:e1-{nonce}"})
+
+    def unavailable(*args: object, **kwargs: object) -> str:
+        raise ConnectionError("dead-letter container unreachable")
+
+    dead_letters.inner.record = unavailable
+    with installed(runtime), pytest.raises(ConnectionError):
+        data_events(hub_events(batch))  # raises: the host retries, the checkpoint stays

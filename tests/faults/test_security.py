@@ -276,7 +276,7 @@ def test_only_the_right_approval_moves_the_promotion(promoted: Promoted) -> None
     assert active(runtime)["status"] == "deploying"
     actions = [
         (record.cause_id, record.action)
-        for record in runtime.queries.audit_trail("churn")
+        for record in runtime.ports.audit.read("churn")
         if record.cause_type == "ApprovalDecision"
     ]
     assert ("m1", "message.rejected") in actions and ("m3", "approval.refused") in actions

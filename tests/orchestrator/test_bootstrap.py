@@ -84,7 +84,8 @@ def test_a_runtime_whose_ports_are_all_given_builds_no_client():
     w.run()
     assert w.aggregate("churn").promotion.champion is not None
     runtime.queries.model_status("churn")
-    runtime.queries.audit_trail("churn")
+    runtime.queries.audit("churn")
+    runtime.queries.runs("churn")
     runtime.maintenance.sweep()
     built = {"blob_service", "queue_service"} & set(runtime.__dict__)
     assert built == set()
@@ -265,7 +266,7 @@ def test_the_fake_endpoint_applies_the_traffic_and_delete_rules():
     endpoint.delete("churn-v2")  # missing: fine
     assert endpoint.deploy("churn", "1", "churn-v1") == "churn-v1"  # same version: no-op
     assert endpoint.creations == {"churn-v2": 1}
-    assert endpoint.traffic() == {"churn-v1": 100} and set(endpoint.deployments) == {"churn-v1"}
+    assert endpoint.traffic() == {"churn-v1": 100} and set(endpoint.deployed) == {"churn-v1"}
     endpoint.delete("churn-v1")  # the only deployment serving may go: nothing serves
-    assert endpoint.traffic() == {} and endpoint.deployments == {}
+    assert endpoint.traffic() == {} and endpoint.deployed == {}
     assert len(endpoint.violations) == 4

@@ -35,7 +35,7 @@ def test_a_submit_failing_for_longer_than_the_window_fails_its_run(make_runtime)
         clock=lambda: now[0],
         training=backend,
     )
-    submit = SubmitTrainingJob(run_id="churn-r1", data_uris=["https://a/x.csv"])
+    submit = SubmitTrainingJob(run_id="churn-r1", data_count=1, data_sample=["https://a/x.csv"])
     runtime.ports.store.update(
         "churn", lambda a: a.model_copy(update={"outbox": [OutboxItem(id="1-0", effect=submit)]})
     )

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from domain.metrics import ArmStats
+from orchestrator.aggregate import message_digest
 from orchestrator.handlers import Outcome
 from orchestrator.messages import Envelope, InvalidMessage
 from orchestrator.outbox import deployment_check_id
@@ -108,7 +109,8 @@ def test_data_landing_opens_a_window_whose_close_submits_one_job_then_starts_a_p
     [request] = w.training.submissions
     state = w.aggregate("churn").retrain
     assert state.current_job is not None and state.current_job.run_id == request.run_id
-    assert state.pending == [] and state.window is None
+    assert w.ledger.pending("churn").items == 0 and state.window is None
+    assert state.current_job.data_count == 3 and state.current_job.manifest == request.run_id
     assert sorted(request.data_uris) == [
         f"https://acct.blob.core.windows.net/training-data/churn/{n}.csv" for n in (1, 2, 3)
     ]
@@ -150,7 +152,6 @@ def test_data_landing_opens_a_window_whose_close_submits_one_job_then_starts_a_p
     assert w.audit.actions("churn") == [
         "retrain.data_accumulated",
         "retrain.window_opened",
-        "retrain.data_accumulated",
         "retrain.job_submitted",
         "retrain.job_progress",
         "retrain.job_completed",
@@ -233,7 +234,7 @@ def test_a_promotion_passes_staging_approval_deployment_and_canary_steps_to_comp
         {v2: 100},  # {v2: 100, v1: 0}: zero weights are left out
         {v2: 100},
     ]
-    assert set(w.endpoint.deployments) == {v2}
+    assert set(w.endpoint.deployed) == {v2}
     assert w.endpoint.live == {v2: 100}
     assert w.endpoint.violations == []
     # Live metrics per step: both arms in the canary, the old one over its last window in the bake.
@@ -285,7 +286,7 @@ def test_a_canary_that_stays_inconclusive_rolls_back_traffic_first_then_removes_
 
     assert w.endpoint.traffic_maps == [{"churn-v1": 90, "churn-v2": 10}, {"churn-v1": 100}]
     assert w.endpoint.deletes == ["churn-v2"]
-    assert set(w.endpoint.deployments) == {"churn-v1"}
+    assert set(w.endpoint.deployed) == {"churn-v1"}
     assert w.endpoint.live == {"churn-v1": 100}
     assert w.endpoint.violations == []
     promotion = w.aggregate("churn").promotion
@@ -310,7 +311,7 @@ def test_a_deployment_that_fails_fails_the_promotion_and_traffic_stays_on_produc
     [entry] = promotion.history
     assert str(entry.outcome) == "failed" and "ImportError" in entry.reason
     assert w.endpoint.live == {"churn-v1": 100}
-    assert set(w.endpoint.deployments) == {"churn-v1"}
+    assert set(w.endpoint.deployed) == {"churn-v1"}
     assert w.endpoint.violations == []
 
 
@@ -330,7 +331,7 @@ def test_a_deployment_never_ready_fails_after_max_deployment_checks():
     assert w.clock() == START + timedelta(seconds=90)
     [entry] = w.aggregate("churn").promotion.history
     assert str(entry.outcome) == "failed" and "not ready after 3 checks" in entry.reason
-    assert set(w.endpoint.deployments) == {"churn-v1"} and w.endpoint.live == {"churn-v1": 100}
+    assert set(w.endpoint.deployed) == {"churn-v1"} and w.endpoint.live == {"churn-v1": 100}
 
 
 def test_an_approval_that_never_comes_times_out_as_the_policy_says():
@@ -522,28 +523,16 @@ def test_a_write_between_load_and_save_costs_a_conflict_and_is_reapplied_on_fres
     assert outcome.status == "applied"
     assert w.store.conflicts["churn"] == 1
     aggregate = w.aggregate("churn")
-    assert sorted(item.key for item in aggregate.retrain.pending) == sorted(
-        item["key"] for env in (ours, theirs) for item in env.payload["items"]
-    )
-    assert aggregate.seen_messages == [theirs.message_id, ours.message_id]
-    # Theirs opened the window; ours, re-applied on their state, only accumulated.
+    # Both batches are pending in the data ledger, outside the aggregate.
+    assert w.ledger.pending("churn").items == 4
+    # Theirs opened the window; ours, re-applied on their state, found it open: the window
+    # carries its data and nothing more is written.
+    assert aggregate.seen_messages == [message_digest(theirs.message_id)]
     assert len(w.bus.envelopes("RetrainWindowClosed")) == 1
     records = w.audit.read("churn")
-    assert [r.action for r in records] == [
-        "retrain.data_accumulated",
-        "retrain.window_opened",
-        "retrain.data_accumulated",
-    ]
-    [our_record] = [r for r in records if r.cause_id == ours.message_id]
-    assert our_record.detail["pending_items"] == 4
-    assert our_record.aggregate_version > max(
-        r.aggregate_version for r in records if r.cause_id == theirs.message_id
-    )
-    # Exactly one write applied ours.
-    applied_ours = [saved for _, saved in w.store.saves if ours.message_id in saved.seen_messages]
-    first = applied_ours[0]
-    assert all(s.retrain.pending == first.retrain.pending for s in applied_ours)
-    assert outcome.version == first.version
+    assert [r.action for r in records] == ["retrain.data_accumulated", "retrain.window_opened"]
+    assert {r.cause_id for r in records} == {theirs.message_id}
+    assert outcome.version == aggregate.version
 
 
 def test_an_approval_racing_a_pause_is_judged_again_on_the_paused_state():
@@ -582,7 +571,8 @@ def test_the_same_message_handled_twice_at_once_is_applied_once():
     outcome = w.handle(envelope)
     assert outcome.status == "duplicate"
     assert w.store.conflicts["churn"] == 1
-    assert w.aggregate("churn").seen_messages == [envelope.message_id]
+    assert w.aggregate("churn").seen_messages == [message_digest(envelope.message_id)]
+    assert w.ledger.pending("churn").items == 2
     assert w.audit.actions("churn") == ["retrain.data_accumulated", "retrain.window_opened"]
     assert len(w.bus.envelopes("RetrainWindowClosed")) == 1
 
@@ -676,13 +666,11 @@ def final_state(w: FakeWorld) -> dict[str, Any]:
         "last_known_good": promotion.last_known_good.version if promotion.last_known_good else None,
         "active": promotion.active.status if promotion.active else None,
         "history": [(h.candidate_version, str(h.outcome)) for h in promotion.history],
-        "runs": [
-            (r.status, r.registered_version, r.data_uri_count) for r in aggregate.retrain.runs
-        ],
-        "seen_keys": sorted(aggregate.retrain.seen_keys),
-        "pending": aggregate.retrain.pending,
+        "runs": [(r.status, r.registered_version, r.data_count) for r in aggregate.retrain.runs],
+        "seen_keys": sorted(w.ledger.keys["churn"]),
+        "pending": w.ledger.pending("churn"),
         "outbox": aggregate.outbox,
-        "deployments": sorted(w.endpoint.deployments),
+        "deployments": sorted(w.endpoint.deployed),
         "live": w.endpoint.live,
         "jobs": len(w.training.jobs),
         "transitions": [

@@ -21,6 +21,7 @@ from domain.effects import (
 )
 from orchestrator.aggregate import ModelAggregate, OutboxItem
 from orchestrator.ports import EndpointError, InvalidTraffic, TrainingBackendError
+from tests import telemetry
 from tests.fakes import (
     START,
     FakeWorld,
@@ -118,7 +119,7 @@ def test_giving_up_takes_both_the_attempts_and_the_window(
 ):
     w = fake_runtime(settings=fake_settings(MAX_EFFECT_ATTEMPTS="3", EFFECT_RETRY_SECONDS="900"))
     w.training.faults.fail_always("submit", BUSY)
-    with_outbox(w, SubmitTrainingJob(run_id="churn-r1", data_uris=["https://a/x.csv"]))
+    with_outbox(w, SubmitTrainingJob(run_id="churn-r1", data_count=1, data_sample=["https://a/x.csv"]))
     for minutes in failures_at_minutes:
         w.clock.advance_to(START + timedelta(minutes=minutes))
         with pytest.raises(TrainingBackendError):
@@ -216,12 +217,12 @@ def test_a_busy_endpoint_keeps_the_delete_in_the_outbox_and_runs_the_effects_aft
     assert kept.failed_attempts == 0  # busy is not counted towards giving up
     assert w.registry.stages("churn", "1") == ["archived"]
     assert w.events.types() == ["promotion.completed"]
-    assert "churn-v1" in w.endpoint.deployments
+    assert "churn-v1" in w.endpoint.deployed
 
     # The endpoint's update is done: the next dispatch (the sweep's) removes it.
     assert w.runtime.maintenance.sweep()["redispatched"] == 1
     assert outbox(w) == []
-    assert set(w.endpoint.deployments) == {"churn-v2"}
+    assert set(w.endpoint.deployed) == {"churn-v2"}
     assert w.events.types() == ["promotion.completed"]  # not published twice
 
 
@@ -243,7 +244,7 @@ def test_a_completed_promotion_on_a_busy_endpoint_completes_and_removes_the_old_
     reports = [w.runtime.maintenance.sweep() for _ in range(3)]
     assert [report["redispatched"] for report in reports] == [0, 0, 1]
     assert all(report["failed"] == [] for report in reports)
-    assert set(w.endpoint.deployments) == {"churn-v2"}
+    assert set(w.endpoint.deployed) == {"churn-v2"}
     assert outbox(w) == []
 
 
@@ -298,13 +299,139 @@ def test_an_effect_that_breaks_the_traffic_rules_stays_in_the_outbox_and_raises(
     with_outbox(
         w,
         SetTraffic(traffic={"churn-v1": 50, "churn-v9": 50}),
+        DeleteDeployment(deployment="churn-v1"),
         PublishEvent(event_type="x", data={}),
     )
     with pytest.raises(InvalidTraffic, match="do not exist"):
         w.runtime.outbox.dispatch("churn")
-    assert [item.effect.kind for item in outbox(w)] == ["set_traffic", "publish_event"]
-    assert w.events.events == []  # effects run in order: nothing after the failure ran
+    # The endpoint's later effects wait behind it; another target's effects ran.
+    assert [item.effect.kind for item in outbox(w)] == ["set_traffic", "delete_deployment"]
+    assert outbox(w)[0].failed_attempts == 1
+    assert w.events.types() == ["x"]
+    assert w.endpoint.live == {"churn-v1": 100} and w.endpoint.deletes == []
+
+
+# --------------------------------------------------------------------------- one target each
+
+
+def rolled_back_canary(w: FakeWorld) -> None:
+    """Arrange: v1 serves 75 %, v2 25 %; a rollback's effects wait in the outbox."""
+    w.endpoint.serve("churn", "2")
+    w.endpoint.serve("churn", "1")
+    w.endpoint.live = {"churn-v1": 75, "churn-v2": 25}
+    with_outbox(
+        w,
+        PublishEvent(event_type="promotion.rolled_back", data={}),
+        SetTraffic(traffic={"churn-v1": 100, "churn-v2": 0}, restore=True),
+        DeleteDeployment(deployment="churn-v2"),
+        TagModelVersion(model_version="2", tags={"retrain.stage": "rolled_back"}),
+    )
+
+
+def test_a_notification_target_that_is_down_never_holds_back_a_rollback():
+    w = fake_runtime()
+    rolled_back_canary(w)
+    w.events.faults.fail_always("publish", ConnectionError("Event Hubs unreachable"))
+    assert w.runtime.outbox.dispatch("churn") == 3  # not raised: a notification can wait
     assert w.endpoint.live == {"churn-v1": 100}
+    assert set(w.endpoint.deployed) == {"churn-v1"}
+    assert w.registry.stages("churn", "2") == ["rolled_back"]
+    [waiting] = outbox(w)
+    assert (waiting.effect.kind, waiting.failed_attempts) == ("publish_event", 1)
+
+    w.events.faults.clear()
+    assert w.runtime.maintenance.sweep()["redispatched"] == 1
+    assert w.events.types() == ["promotion.rolled_back"] and outbox(w) == []
+
+
+def test_every_effect_kind_gives_up_audited_published_and_counted():
+    telemetry.install()
+    before = telemetry.counter("retrain.effects.given_up", kind="tag_model_version")
+    w = fake_runtime(settings=fake_settings(MAX_EFFECT_ATTEMPTS="2", EFFECT_RETRY_SECONDS="600"))
+    w.registry.faults.fail_always("tag", ConnectionError("registry down"))
+    with_outbox(w, TagModelVersion(model_version="2", tags={"retrain.stage": "archived"}))
+    for minutes in (0, 5):
+        w.clock.advance_to(START + timedelta(minutes=minutes))
+        assert w.runtime.outbox.dispatch("churn") == 0  # counted, not raised, kept
+    assert outbox(w)[0].failed_attempts == 2
+
+    w.clock.advance_to(START + timedelta(minutes=10))
+    assert w.runtime.outbox.dispatch("churn") == 1
+    aggregate = w.aggregate("churn")
+    assert aggregate.outbox == [] and aggregate.effects_given_up == 1
+    [record] = [r for r in w.audit.read("churn") if r.action == "effect.gave_up"]
+    assert record.detail["effect"] == "tag_model_version" and record.detail["attempts"] == 3
+    assert "registry down" in record.detail["error"]
+    [event] = w.events.of_type("effect.gave_up")
+    assert event["effect"] == "tag_model_version"
+    assert telemetry.counter("retrain.effects.given_up", kind="tag_model_version") == before + 1
+
+
+def test_a_rollback_whose_traffic_does_not_hold_pages_and_is_retried_until_it_does():
+    telemetry.install()
+    before = telemetry.counter("retrain.rollback.traffic_not_restored")
+    w = fake_runtime(settings=fake_settings(MAX_EFFECT_ATTEMPTS="2", EFFECT_RETRY_SECONDS="600"))
+    rolled_back_canary(w)
+    w.endpoint.faults.fail_always("set_traffic", EndpointError("Azure ML: 503", transient=True))
+    for minutes in (0, 5, 11, 30):
+        w.clock.advance_to(START + timedelta(minutes=minutes))
+        with pytest.raises(EndpointError):
+            w.runtime.outbox.dispatch("churn")
+    aggregate = w.aggregate("churn")
+    # Never given up: the map and the delete behind it wait; the model pages, once.
+    assert [item.effect.kind for item in aggregate.outbox] == ["set_traffic", "delete_deployment"]
+    assert aggregate.effects_given_up == 0
+    alert = aggregate.traffic_alert
+    assert alert is not None and alert.traffic == {"churn-v1": 100, "churn-v2": 0}
+    assert alert.since == START and "Azure ML: 503" in alert.error
+    assert w.events.types().count("rollback.traffic_not_restored") == 1
+    assert w.audit.actions("churn").count("rollback.traffic_not_restored") == 1
+    assert telemetry.counter("retrain.rollback.traffic_not_restored") == before + 1
+    assert w.endpoint.live == {"churn-v1": 75, "churn-v2": 25} and w.endpoint.deletes == []
+
+    w.endpoint.faults.clear()
+    assert w.runtime.maintenance.sweep()["redispatched"] == 2
+    assert w.endpoint.live == {"churn-v1": 100} and set(w.endpoint.deployed) == {"churn-v1"}
+    assert w.aggregate("churn").traffic_alert is None
+    assert "rollback.traffic_restored" in w.events.types()
+    assert "rollback.traffic_restored" in w.audit.actions("churn")
+
+
+# --------------------------------------------------------------------------- the latest state
+
+
+def test_a_newer_traffic_map_supersedes_an_older_one_still_waiting():
+    w = fake_runtime()
+    w.endpoint.serve("churn", "2")
+    w.endpoint.serve("churn", "1")
+    with_outbox(
+        w,
+        SetTraffic(traffic={"churn-v1": 75, "churn-v2": 25}),
+        SetTraffic(traffic={"churn-v1": 100, "churn-v2": 0}, restore=True),
+    )
+    assert w.runtime.outbox.dispatch("churn") == 2
+    assert w.endpoint.traffic_maps == [{"churn-v1": 100}]
+
+
+def test_a_stale_copy_never_puts_an_old_split_back_after_a_rollback():
+    w = fake_runtime()
+    w.endpoint.serve("churn", "2")
+    w.endpoint.serve("churn", "1")
+    with_outbox(w, SetTraffic(traffic={"churn-v1": 75, "churn-v2": 25}))
+    stale = w.aggregate("churn")  # a handler saved this and has not dispatched it yet
+    # Meanwhile a rollback is saved and dispatched from its own (newer) copy.
+    with_outbox(
+        w,
+        SetTraffic(traffic={"churn-v1": 100, "churn-v2": 0}, restore=True),
+        DeleteDeployment(deployment="churn-v2"),
+    )
+    w.runtime.outbox.dispatch("churn", w.aggregate("churn"))
+    assert w.endpoint.live == {"churn-v1": 100} and set(w.endpoint.deployed) == {"churn-v1"}
+
+    # The first handler dispatches its stale copy late: nothing of it runs on the endpoint.
+    w.runtime.outbox.dispatch("churn", stale)
+    assert w.endpoint.traffic_maps == [{"churn-v1": 100}]
+    assert w.endpoint.live == {"churn-v1": 100} and w.endpoint.violations == []
 
 
 def test_audit_entries_are_written_even_when_an_effect_fails():
@@ -318,15 +445,15 @@ def test_audit_entries_are_written_even_when_an_effect_fails():
     assert w.audit.actions("churn") == ["retrain.data_accumulated", "retrain.window_opened"]
 
 
-def test_an_audit_log_that_cannot_be_written_keeps_everything_for_the_next_dispatch():
+def test_an_audit_log_that_cannot_be_written_keeps_its_records_and_holds_back_no_effect():
     w = fake_runtime()
     w.audit.faults.fail("append", ConnectionError("storage down"))
-    with pytest.raises(ConnectionError):
+    with pytest.raises(ConnectionError):  # raised after the effects: the message comes again
         w.handle(landed("churn", 1))
     aggregate = w.aggregate("churn")
-    assert len(aggregate.pending_audit) == 2 and len(aggregate.outbox) == 1
-    assert w.bus.sent == []
-    assert w.runtime.maintenance.sweep()["redispatched"] == 1
+    assert len(aggregate.pending_audit) == 2 and aggregate.outbox == []
+    assert [env.type for env in w.bus.envelopes()] == ["RetrainWindowClosed"]
+    assert w.runtime.maintenance.sweep()["redispatched"] == 0
     assert w.audit.actions("churn") == ["retrain.data_accumulated", "retrain.window_opened"]
     assert w.aggregate("churn").pending_audit == []
 

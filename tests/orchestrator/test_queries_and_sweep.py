@@ -4,6 +4,7 @@ one failing model never stops it for the others."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -12,7 +13,9 @@ from domain.effects import PublishEvent, SetTraffic
 from orchestrator.aggregate import ModelAggregate, OutboxItem
 from orchestrator.messages import Envelope
 from orchestrator.policy_files import UnknownModel
+from orchestrator.ports import AuditRecord, InvalidContinuation
 from promotion.commands import ApprovalDecision
+from retrain.state import MAX_RUNS
 from tests.fakes import (
     START,
     FakeTrainingBackend,
@@ -241,7 +244,7 @@ def test_find_promotion_finds_an_active_or_a_finished_promotion_of_any_model():
     assert w.runtime.queries.find_promotion("churn-v9-20990101T000000") is None
 
 
-def test_the_audit_trail_of_one_promotion_or_since_a_version():
+def test_the_audit_by_pages_and_the_trail_of_one_promotion():
     w = fake_runtime(policy_yaml("churn", approval=APPROVAL, on_newer_candidate="supersede"))
     w.handle(landed("churn", 1))
     w.handle(start_promotion("churn", "1"))
@@ -253,12 +256,19 @@ def test_the_audit_trail_of_one_promotion_or_since_a_version():
     assert second is not None and second.id != first.id
 
     queries = w.runtime.queries
-    everything = queries.audit_trail("churn")
-    assert [(r.aggregate_version, r.seq) for r in everything] == sorted(
-        (r.aggregate_version, r.seq) for r in everything
-    )
+    pages, continuation = [], None
+    while True:
+        page = queries.audit("churn", limit=3, continuation=continuation)
+        pages.append(page.records)
+        if page.continuation is None:
+            break
+        continuation = page.continuation
+    everything = [record for page in pages for record in page]
+    assert all(len(page) <= 3 for page in pages) and len(pages) > 2
+    assert everything == w.audit.read("churn")  # each record once, oldest first
     assert everything[0].action == "retrain.data_accumulated"
-    of_first = queries.audit_trail("churn", promotion_id=first.id)
+
+    of_first = queries.audit_trail("churn", first.id)
     assert {r.promotion_id for r in of_first} == {first.id}
     assert [r.action for r in of_first] == [
         "promotion.started",
@@ -269,10 +279,60 @@ def test_the_audit_trail_of_one_promotion_or_since_a_version():
         "promotion.rolled_back",
     ]
     assert of_first[-1].detail["cause"] == "superseded by v2"
-    of_second = queries.audit_trail("churn", promotion_id=second.id)
+    first_page = queries.audit("churn", first.id, limit=2)
+    assert first_page.records == of_first[:2] and first_page.continuation
+    with pytest.raises(InvalidContinuation):  # a token of the first promotion's pages
+        queries.audit("churn", second.id, continuation=first_page.continuation)
+    of_second = queries.audit_trail("churn", second.id)
     assert of_second[0].action == "promotion.started" and of_second[0].cause_id == "start:churn:2"
-    since = of_second[0].aggregate_version
-    recent = queries.audit_trail("churn", since_version=since)
-    assert recent and all(r.aggregate_version >= since for r in recent)
-    assert {r.promotion_id for r in recent} >= {second.id}
-    assert queries.audit_trail("fraud") == []
+    with pytest.raises(UnknownModel):
+        queries.audit("fraud")  # no policy here
+
+
+def test_the_runs_are_read_from_the_audit_of_their_ends_beyond_the_short_history():
+    w = fake_runtime(training=FakeTrainingBackend(auto_complete=True))
+    older = [
+        AuditRecord(
+            model="churn",
+            aggregate_version=version,
+            time=START,
+            action="retrain.job_failed" if version % 2 else "retrain.job_completed",
+            to_state="failed" if version % 2 else "completed",
+            detail={"run_id": f"churn-old-{version}", "error": None},
+        )
+        for version in range(1, MAX_RUNS + 6)  # more runs than the tracker keeps
+    ]
+    w.audit.append(older)
+    w.store.save("churn", ModelAggregate.new("churn").model_copy(update={"version": 100}), None)
+    w.handle(landed("churn", 1))
+    w.run()  # one real run, recorded in the tracker too
+    [recent] = w.aggregate("churn").retrain.runs
+
+    queries = w.runtime.queries
+    runs, continuation = queries.runs("churn", limit=10)
+    seen = list(runs)
+    while continuation:
+        page, continuation = queries.runs("churn", limit=10, continuation=continuation)
+        seen.extend(page)
+    assert [run["run_id"] for run in seen] == [r.detail["run_id"] for r in older] + [recent.run_id]
+    assert seen[0]["status"] == "failed" and seen[1]["status"] == "completed"
+    assert "reason" not in seen[0]  # an old run: only what its end recorded
+    last = seen[-1]
+    assert (last["status"], last["registered_version"]) == ("completed", recent.registered_version)
+    assert last["reason"] == recent.reason and last["submitted_at"] is not None
+    with pytest.raises(InvalidContinuation):
+        queries.runs("churn", continuation="garbage")
+
+
+def test_the_status_is_bounded_whatever_the_history():
+    w = fake_runtime(training=FakeTrainingBackend(auto_complete=True))
+    for n in range(1, 8):
+        w.handle(landed("churn", n))
+        w.run()
+    status = w.runtime.queries.model_status("churn")
+    retrain = status["retrain"]
+    assert len(w.aggregate("churn").retrain.runs) == 7
+    assert len(retrain["runs"]) == 5 and retrain["runs_kept"] == 7
+    assert retrain["runs"][-1]["run_id"] == w.aggregate("churn").retrain.runs[-1].run_id
+    text = json.dumps(status)
+    assert "seen_keys" not in text and "blob:" not in text  # no data key, anywhere

@@ -19,12 +19,19 @@ def policy(**pipeline: object) -> ModelPolicy:
 
 
 def test_training_request_from_the_effect_and_the_policy() -> None:
-    effect = SubmitTrainingJob(run_id="churn-w1", data_uris=["a", "b"], reason="window w1")
-    request = training_request(policy(), effect, champion_version="3", default_compute="cpu")
+    effect = SubmitTrainingJob(
+        run_id="churn-w1", manifest="churn-w1", data_count=2, data_sample=["a"], reason="window w1"
+    )
+    # The data is the manifest's list, which the outbox reads; the effect carries a sample.
+    request = training_request(
+        policy(), effect, ["a", "b"], champion_version="3", default_compute="cpu"
+    )
     assert request.run_id == "churn-w1" and request.model == "churn"
     assert request.experiment == "churn-retrain" and request.compute == "cpu"
     assert request.pipeline_file == "pipelines/azureml/pipeline.yml"
     assert request.champion_version == "3" and request.data_uris == ["a", "b"]
     assert request.tags["retrain_reason"] == "window w1"
-    named = training_request(policy(compute="gpu", experiment="x"), effect, default_compute="cpu")
+    named = training_request(
+        policy(compute="gpu", experiment="x"), effect, ["a"], default_compute="cpu"
+    )
     assert (named.compute, named.experiment) == ("gpu", "x")

@@ -1,26 +1,36 @@
-"""The retrain policy: pure decisions, no I/O, the clock injected."""
+"""The retrain policy: pure decisions, no I/O, the clock injected.
+
+`Run` plays the service layer's part around `decide` with the in-memory data ledger: it
+claims data before deciding, passes the observations the rules ask for, and seals and
+releases a job's manifest as the outbox does."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from domain.effects import CancelTrainingJob, SendMessage, SubmitTrainingJob
 from domain.policy import ModelPolicy
 from retrain.commands import (
     COMMANDS,
+    DATA_SAMPLE,
     DataItem,
     DataLanded,
+    PendingData,
+    PendingDataFound,
     RetrainCommand,
     RetrainRequested,
     RetrainWindowClosed,
     TrainingJobStatus,
 )
-from retrain.decide import decide, poll_delay
-from retrain.state import MAX_SEEN_KEYS, RetrainTracker
+from retrain.decide import decide, items_over_cap, observation_needed, poll_delay
+from retrain.state import MAX_RUNS, RetrainTracker
+from tests.fakes import InMemoryDataLedger
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -52,22 +62,67 @@ def landed(*items: DataItem) -> DataLanded:
 
 
 class Run:
-    """Feeds commands through decide, keeping the tracker and every effect."""
+    """Feeds commands through decide, keeping the tracker and every effect; the data ledger
+    (claims, pending, manifests) as the service layer and the outbox use it."""
 
     def __init__(self, pol: ModelPolicy, tracker: RetrainTracker | None = None) -> None:
         self.policy = pol
         self.tracker = tracker or RetrainTracker()
+        self.ledger = InMemoryDataLedger()
         self.effects: list[Any] = []
         self.ignored: list[str] = []
+        self.data: dict[str, list[str]] = {}  # run id -> the URIs its job was given
+        self._messages = 0
 
-    def __call__(self, command: RetrainCommand, now: datetime) -> Any:
+    @property
+    def pending(self) -> PendingData:
+        return self.ledger.pending(self.policy.model)
+
+    def observe(
+        self, command: RetrainCommand, now: datetime, claimant: str | None = None
+    ) -> RetrainCommand:
+        model, keep = self.policy.model, self.policy.retrain.dedup_retention
+        self._messages += 1
+        claimant = claimant or f"message-{self._messages}"
+        if isinstance(command, DataLanded):
+            counted = self.ledger.claim(model, command.items, claimant, now, keep)
+            command = command.model_copy(update={"new_items": len(counted)})
+        elif isinstance(command, RetrainRequested) and command.data_uri is not None:
+            named = DataItem(uri=command.data_uri, key=command.data_uri)
+            counted = self.ledger.claim(model, [named], claimant, now, keep)
+            command = command.model_copy(update={"data_known": not counted})
+        if observation_needed(self.tracker, command):
+            command = command.model_copy(update={"pending": self.pending})
+        return command
+
+    def __call__(self, command: RetrainCommand, now: datetime, claimant: str | None = None) -> Any:
+        command = self.observe(command, now, claimant)
         decision = decide(self.tracker, command, self.policy, now)
-        assert decision.audit or decision.ignored, "every transition is audited"
+        assert decision.audit or decision.ignored or decision.state is self.tracker, (
+            "every transition is audited"
+        )
         self.tracker = decision.state
         self.effects.extend(decision.effects)
         if decision.ignored:
             self.ignored.append(decision.ignored)
+        for effect in decision.effects:
+            if isinstance(effect, SubmitTrainingJob):
+                self.data[effect.run_id] = self._dispatch(effect)
         return decision
+
+    def _dispatch(self, submit: SubmitTrainingJob) -> list[str]:
+        """What Outbox._submit_training does with the data ledger."""
+        model = self.policy.model
+        if submit.manifest == submit.run_id:
+            uris = self.ledger.seal(model, submit.run_id, submit.data_count)
+            self.ledger.release(model, submit.run_id)
+            return uris
+        if submit.manifest is not None:
+            return self.ledger.manifest(model, submit.manifest) or []
+        return list(submit.data_sample)
+
+    def uris(self, submit: SubmitTrainingJob) -> list[str]:
+        return self.data[submit.run_id]
 
     def messages(self, message_type: str) -> list[SendMessage]:
         return [
@@ -137,28 +192,62 @@ def test_ten_thousand_events_in_one_window_yield_one_job() -> None:
     assert run.submits() == []
     run.close_due()
     [submit] = run.submits()
-    assert len(submit.data_uris) == 10_000
+    assert submit.data_count == len(run.uris(submit)) == 10_000
+    assert submit.manifest == submit.run_id and len(submit.data_sample) == DATA_SAMPLE
     assert submit.run_id == f"churn-{run.messages('RetrainWindowClosed')[0].payload['window_id']}"
     [check] = run.messages("TrainingJobCheck")
     assert check.message_id == f"{submit.run_id}:check:1"
     assert check.payload == {"run_id": submit.run_id, "attempt": 1}
-    assert run.tracker.pending == [] and run.tracker.window is None
+    assert run.pending.items == 0 and run.tracker.window is None
+
+
+def test_events_an_open_window_carries_change_nothing_in_the_tracker() -> None:
+    run = Run(policy())
+    run(landed(item(1)), T0)
+    opened = run.tracker
+    decision = run(landed(item(2)), T0 + timedelta(minutes=1))
+    # Nothing to write: concurrent events on one model do not contend on its aggregate.
+    assert decision.state is opened and decision.effects == [] and decision.audit == []
+    assert decision.ignored is None and run.pending.items == 2
 
 
 def test_duplicates_are_ignored_within_and_across_windows() -> None:
     run = Run(policy())
     run(landed(item(1), item(1), item(2)), T0)
-    assert len(run.tracker.pending) == 2
+    assert run.pending.items == 2
     decision = run(landed(item(1)), T0 + timedelta(minutes=1))
     assert decision.ignored and "duplicate" in decision.ignored
     assert decision.state is run.tracker
     run.close_due()
     run.finish()
     # A later window: the old keys still count as seen.
-    decision = run(landed(item(2), item(3)), T0 + timedelta(hours=2))
-    assert [p.uri for p in run.tracker.pending] == [item(3).uri]
+    run(landed(item(2), item(3)), T0 + timedelta(hours=2))
+    assert run.pending.sample == [item(3).uri]
     run.close_due()
-    assert run.submits()[-1].data_uris == [item(3).uri]
+    assert run.uris(run.submits()[-1]) == [item(3).uri]
+
+
+def test_a_redelivered_message_counts_its_own_items_again_until_a_job_takes_them() -> None:
+    run = Run(policy())
+    first = run(landed(item(1)), T0, claimant="m1")
+    again = run(landed(item(1)), T0 + timedelta(seconds=5), claimant="m1")
+    assert first.effects and not again.ignored  # the same message: its item still counts
+    assert run.pending.items == 1
+    other = run(landed(item(1)), T0 + timedelta(seconds=6), claimant="m2")
+    assert other.ignored and "duplicate" in other.ignored
+    run.close_due()
+    # The job has taken it: now the same message delivered late is a duplicate too.
+    late = run(landed(item(1)), T0 + timedelta(hours=1), claimant="m1")
+    assert late.ignored and "duplicate" in late.ignored
+
+
+def test_keys_are_forgotten_after_the_retention_window() -> None:
+    run = Run(policy(dedup_retention="1d"))
+    run(landed(item(1)), T0)
+    run.close_due()
+    run.finish()
+    assert run(landed(item(1)), T0 + timedelta(hours=23)).ignored
+    assert not run(landed(item(1)), T0 + timedelta(days=1, hours=1)).ignored
 
 
 def test_a_new_etag_is_new_data() -> None:
@@ -166,7 +255,7 @@ def test_a_new_etag_is_new_data() -> None:
     run(landed(item(1)), T0)
     rewritten = DataItem(uri=item(1).uri, key=f"{item(1).uri}@etag-new")
     run(landed(rewritten), T0 + timedelta(minutes=1))
-    assert len(run.tracker.pending) == 2
+    assert run.pending.items == 2
 
 
 def test_two_models_yield_two_jobs() -> None:
@@ -179,7 +268,7 @@ def test_two_models_yield_two_jobs() -> None:
     [a], [b] = churn.submits(), fraud.submits()
     assert a.run_id.startswith("churn-") and b.run_id.startswith("fraud-")
     assert a.run_id.removeprefix("churn-") == b.run_id.removeprefix("fraud-")
-    assert len(a.data_uris) == len(b.data_uris) == 50
+    assert len(churn.uris(a)) == len(fraud.uris(b)) == 50
 
 
 def test_below_minimum_keeps_accumulating_until_a_later_window_meets_it() -> None:
@@ -188,13 +277,13 @@ def test_below_minimum_keeps_accumulating_until_a_later_window_meets_it() -> Non
     decision = run.close_due()
     assert decision.effects == [] and run.submits() == []
     assert decision.audit[0].action == "retrain.window_below_minimum"
-    assert run.tracker.window is None and len(run.tracker.pending) == 2
+    assert run.tracker.window is None and run.pending.items == 2
     # The next item re-opens a window; its close counts everything pending.
     run(landed(item(3, rows=40)), T0 + timedelta(hours=1))
     assert len(run.messages("RetrainWindowClosed")) == 2
     run.close_due()
     [submit] = run.submits()
-    assert len(submit.data_uris) == 3
+    assert len(run.uris(submit)) == 3 == submit.data_count
 
 
 def test_rows_minimum_applies_only_where_rows_are_known() -> None:
@@ -243,7 +332,7 @@ def test_a_window_closing_during_a_job_gives_exactly_one_follow_up() -> None:
     decision = run.finish(now=T0 + timedelta(hours=2))
     submits = run.submits()
     assert len(submits) == 2
-    assert submits[1].data_uris == [item(n).uri for n in range(2, 5)]
+    assert run.uris(submits[1]) == [item(n).uri for n in range(2, 5)]
     [promotion] = [
         e
         for e in decision.effects
@@ -316,7 +405,7 @@ def test_a_job_running_past_max_job_duration_is_canceled_and_the_model_trains_ag
     assert run(TrainingJobStatus(run_id=run_id, state="completed", attempt=3), late).ignored
     # The data that waited gets its own job.
     run.close_due(late)
-    assert [s.data_uris for s in run.submits()][-1] == [item(2).uri]
+    assert run.uris(run.submits()[-1]) == [item(2).uri]
 
 
 def test_stale_statuses_are_ignored() -> None:
@@ -348,7 +437,7 @@ def test_manual_request_skips_the_debounce() -> None:
         RetrainRequested(reason="hotfix", requested_by="alice", run_id="churn-manual-1"), T0
     )
     [submit] = run.submits()
-    assert submit.run_id == "churn-manual-1" and submit.data_uris == [item(1).uri]
+    assert submit.run_id == "churn-manual-1" and run.uris(submit) == [item(1).uri]
     assert "alice" in submit.reason
     assert any(a.action == "retrain.job_submitted" for a in decision.audit)
     # The window's scheduled close is now stale.
@@ -363,11 +452,11 @@ def test_manual_request_respects_the_minimum_without_force() -> None:
     uri = "https://acct.blob.core.windows.net/data/churn/extra.csv"
     decision = run(RetrainRequested(data_uri=uri, requested_by="bob"), T0)
     assert run.submits() == [] and decision.audit[-1].action == "retrain.request_below_minimum"
-    assert [p.uri for p in run.tracker.pending] == [uri]
+    assert run.pending.sample == [uri]
     # Force skips the minimum; the data URI already pending is not added twice.
     run(RetrainRequested(data_uri=uri, force=True, requested_by="bob"), T0)
     [submit] = run.submits()
-    assert submit.data_uris == [uri]
+    assert run.uris(submit) == [uri]
 
 
 def test_manual_request_while_running_is_a_follow_up() -> None:
@@ -379,7 +468,7 @@ def test_manual_request_while_running_is_a_follow_up() -> None:
     assert len(run.submits()) == 1 and run.tracker.follow_up_pending
     run.finish(now=T0 + timedelta(hours=1))
     submits = run.submits()
-    assert len(submits) == 2 and submits[1].data_uris == [item(2).uri]
+    assert len(submits) == 2 and run.uris(submits[1]) == [item(2).uri]
     assert "carol" in submits[1].reason
 
 
@@ -390,25 +479,26 @@ def test_force_with_nothing_new_retrains_on_the_last_data() -> None:
     run.finish()
     assert run(RetrainRequested(requested_by="dave"), T0 + timedelta(hours=2)).ignored
     run(RetrainRequested(requested_by="dave", force=True), T0 + timedelta(hours=2))
-    assert run.submits()[-1].data_uris == [item(1).uri]
+    first, again = run.submits()
+    assert again.manifest == first.run_id and run.uris(again) == [item(1).uri]
     # A data URI already trained on is not new data, but force trains on it.
     run.finish(now=T0 + timedelta(hours=3))
     run(
         RetrainRequested(requested_by="dave", force=True, data_uri=item(1).uri),
         T0 + timedelta(hours=4),
     )
-    assert run.submits()[-1].data_uris == [item(1).uri]
-    assert run.tracker.seen_keys == [item(1).key]  # the URI was known: not remembered again
+    assert run.uris(run.submits()[-1]) == [item(1).uri]
+    assert run.pending.items == 0  # the URI was known: not pending again
 
 
 def test_a_manual_request_naming_known_data_is_not_new_data() -> None:
-    # Blob keys are name@etag, not the URI: a URI that landed as a blob, is pending, is in
-    # the running job or was trained on is still a duplicate when a person names it.
+    # Blob keys are name@etag, not the URI: a URI that is in the running job or was trained
+    # on is still a duplicate when a person names it; one pending is trained on once.
     run = Run(policy())
     run(landed(item(1)), T0)
     pending = run(RetrainRequested(requested_by="erin", data_uri=item(1).uri), T0)
-    assert pending.audit[0].action == "retrain.data_duplicate"
-    run.close_due()
+    [submit] = [e for e in pending.effects if isinstance(e, SubmitTrainingJob)]
+    assert run.uris(submit) == [item(1).uri]
     running = run(RetrainRequested(requested_by="erin", data_uri=item(1).uri), T0)
     assert running.audit[0].action == "retrain.data_duplicate"
     assert not run.tracker.follow_up_pending
@@ -417,11 +507,11 @@ def test_a_manual_request_naming_known_data_is_not_new_data() -> None:
         RetrainRequested(requested_by="erin", data_uri=item(1).uri), T0 + timedelta(hours=2)
     )
     assert trained.ignored == "below the minimum new data"
-    assert len(run.submits()) == 1 and run.tracker.seen_keys == [item(1).key]
+    assert len(run.submits()) == 1 and run.pending.items == 0
     fresh = run(
         RetrainRequested(requested_by="erin", data_uri=item(2).uri), T0 + timedelta(hours=2)
     )
-    assert [e.data_uris for e in fresh.effects if isinstance(e, SubmitTrainingJob)] == [
+    assert [run.uris(e) for e in fresh.effects if isinstance(e, SubmitTrainingJob)] == [
         [item(2).uri]
     ]
 
@@ -436,14 +526,85 @@ def test_data_of_a_failed_run_named_again_is_new_data() -> None:
     )
     assert again.audit[0].action != "retrain.data_duplicate"
     [submit] = [e for e in again.effects if isinstance(e, SubmitTrainingJob)]
-    assert submit.data_uris == [item(1).uri]
+    assert run.uris(submit) == [item(1).uri]
 
 
-def test_seen_keys_are_bounded() -> None:
-    tracker = RetrainTracker(seen_keys=[f"k{n}" for n in range(MAX_SEEN_KEYS)])
-    decision = decide(tracker, landed(item(1)), policy(), T0)
-    assert len(decision.state.seen_keys) == MAX_SEEN_KEYS
-    assert decision.state.seen_keys[-1] == item(1).key and "k0" not in decision.state.seen()
+def test_the_tracker_stays_small_whatever_the_data() -> None:
+    run = Run(policy())
+    for window in range(MAX_RUNS + 5):
+        start = T0 + timedelta(hours=2 * window)
+        run(landed(*(item(window * 1000 + n) for n in range(1000))), start)
+        run.close_due()
+        run.finish(now=start + timedelta(hours=1))
+    assert len(run.tracker.runs) == MAX_RUNS
+    assert all(r.data_count == 1000 and len(r.data_sample) == DATA_SAMPLE for r in run.tracker.runs)
+    assert len(run.tracker.model_dump_json()) < 16_000
+
+
+def test_a_window_takes_at_most_its_cap_and_the_rest_waits_for_the_next_job() -> None:
+    run = Run(policy(max_items_per_window=100))
+    run(landed(*(item(n) for n in range(250))), T0)
+    decision = run.close_due()
+    [first] = run.submits()
+    assert first.data_count == 100 and run.uris(first) == [item(n).uri for n in range(100)]
+    capped = [a for a in decision.audit if a.action == "retrain.window_capped"]
+    assert capped[0].detail == {
+        "run_id": first.run_id,
+        "taken": 100,
+        "left_pending": 150,
+        "max_items_per_window": 100,
+    }
+    assert run.pending.items == 150 and run.tracker.follow_up_pending
+    run.finish(now=T0 + timedelta(hours=1))
+    run.close_due()
+    run.finish(now=T0 + timedelta(hours=2))
+    run.close_due()
+    assert [s.data_count for s in run.submits()] == [100, 100, 50]
+    taken = [uri for submit in run.submits() for uri in run.uris(submit)]
+    assert taken == [item(n).uri for n in range(250)]  # each once, oldest first
+    assert run.pending.items == 0 and not run.tracker.follow_up_pending
+
+
+def test_an_event_over_the_per_event_cap_is_refused_with_its_reason() -> None:
+    pol = policy(max_items_per_event=3)
+    assert items_over_cap(3, pol) is None
+    reason = items_over_cap(4, pol)
+    assert reason is not None and "max_items_per_event (3)" in reason and "churn" in reason
+
+
+def test_the_default_caps_let_ten_thousand_blobs_make_one_job() -> None:
+    defaults = ModelPolicy.model_validate(
+        {"model": "m", "endpoint": "m-ep", "data": {"container": "data"}}
+    ).retrain
+    assert defaults.max_items_per_window >= 10_000 and defaults.max_items_per_event >= 1
+    with pytest.raises(ValidationError):
+        policy(max_items_per_window=0)
+
+
+def test_data_stranded_by_a_closing_window_gets_a_window_from_the_sweep() -> None:
+    run = Run(policy(min_new_files=2))
+    run(landed(item(1)), T0)
+    run.close_due()  # below the minimum: one item left pending on purpose
+    left = run.pending
+    assert run(PendingDataFound(pending=left), T0 + timedelta(minutes=11)).ignored
+    # An item that landed while the window was closing: nothing opened a window for it.
+    run.ledger.claim("churn", [item(2)], "late", T0, timedelta(days=1))
+    decision = run(PendingDataFound(pending=run.pending), T0 + timedelta(minutes=12))
+    assert [a.action for a in decision.audit] == [
+        "retrain.stranded_data_found",
+        "retrain.window_opened",
+    ]
+    run.close_due()
+    assert run.uris(run.submits()[0]) == [item(1).uri, item(2).uri]
+
+
+def test_the_rules_refuse_to_guess_an_observation() -> None:
+    run = Run(policy())
+    run(landed(item(1)), T0)
+    window = run.tracker.window
+    assert window is not None
+    with pytest.raises(ValueError, match="pending"):
+        decide(run.tracker, RetrainWindowClosed(window_id=window.id), run.policy, T0)
 
 
 def test_tracker_round_trips_through_json() -> None:
@@ -458,15 +619,16 @@ def test_tracker_round_trips_through_json() -> None:
         RetrainTracker.model_validate_json(RetrainTracker().model_dump_json()) == RetrainTracker()
     )
     # Decisions from the restored tracker are the same.
-    a = decide(run.tracker, landed(item(1), item(4)), run.policy, T0 + timedelta(minutes=12))
-    b = decide(restored, landed(item(1), item(4)), run.policy, T0 + timedelta(minutes=12))
+    command = landed(item(1), item(4)).model_copy(update={"new_items": 1})
+    a = decide(run.tracker, command, run.policy, T0 + timedelta(minutes=12))
+    b = decide(restored, command, run.policy, T0 + timedelta(minutes=12))
     assert a.state == b.state and a.effects == b.effects
 
 
 def test_decide_does_not_change_its_input() -> None:
     tracker = RetrainTracker()
     before = tracker.model_dump_json()
-    decide(tracker, landed(item(1)), policy(), T0)
+    decide(tracker, landed(item(1)).model_copy(update={"new_items": 1}), policy(), T0)
     assert tracker.model_dump_json() == before
 
 
@@ -488,5 +650,5 @@ def test_any_order_and_duplication_submits_the_same_data(
         run(landed(*(item(n) for n in chunk)), T0 + timedelta(seconds=start))
     run.close_due()
     [submit] = run.submits()
-    assert set(submit.data_uris) == distinct
-    assert len(submit.data_uris) == len(distinct)
+    assert set(run.uris(submit)) == distinct
+    assert len(run.uris(submit)) == len(distinct) == submit.data_count

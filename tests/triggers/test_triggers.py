@@ -85,13 +85,19 @@ def app_runtime(make_runtime):
     set_runtime(None)
 
 
-def request(method: str, route: str, body: Any = None, **route_params: str) -> func.HttpRequest:
+def request(
+    method: str,
+    route: str,
+    body: Any = None,
+    params: dict[str, str] | None = None,
+    **route_params: str,
+) -> func.HttpRequest:
     raw = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
     return func.HttpRequest(
         method,
         f"http://localhost/api/{route}",
         headers={"content-type": "application/json"},
-        params={},
+        params=params or {},
         route_params=route_params,
         body=raw or b"",
     )
@@ -177,6 +183,123 @@ def test_unknown_model_and_promotion_are_404(app_runtime):
     assert response.status_code == 404
 
 
+def _audit(params: dict[str, str], model: str = "churn") -> func.HttpResponse:
+    route = f"models/{model}/audit"
+    return user(http_api.model_audit)(request("GET", route, params=params, model=model))
+
+
+def test_the_audit_is_paged_with_its_token_in_the_body_and_the_headers(app_runtime):
+    runtime, _, _ = app_runtime
+    start = Envelope.new("StartPromotion", "churn", {"candidate_version": "1"})
+    runtime.handlers.handle(runtime.signer.sign(start))
+    promotion_id = runtime.queries.model_status("churn")["active_promotion"]["id"]
+    runtime.handlers.handle(
+        runtime.signer.sign(Envelope.new("StartPromotion", "churn", {"candidate_version": "2"}))
+    )
+
+    records, params, pages = [], {"limit": "2", "code": "the-function-key"}, 0
+    while True:
+        response = _audit(params)
+        assert response.status_code == 200
+        document = json.loads(response.get_body())
+        assert len(document["records"]) <= 2
+        records.extend(document["records"])
+        pages += 1
+        if document["continuation"] is None:
+            assert "x-ms-continuation" not in response.headers and document["next"] is None
+            break
+        assert response.headers["x-ms-continuation"] == document["continuation"]
+        assert response.headers["Link"] == f'<{document["next"]}>; rel="next"'
+        assert document["next"].startswith("/api/models/churn/audit?limit=2&continuation=")
+        params = {"limit": "2", "continuation": document["continuation"]}
+    everything = [r.model_dump(mode="json") for r in runtime.ports.audit.read("churn")]
+    assert records == everything and pages >= 2
+
+    only = json.loads(_audit({"promotion": promotion_id, "limit": "1000"}).get_body())
+    assert only["records"] and {r["promotion_id"] for r in only["records"]} == {promotion_id}
+    assert only["continuation"] is None
+
+    # GET /api/promotions/{id}: the promotion and the first page of its audit.
+    found = user(http_api.promotion_status)(
+        request("GET", "p", params={"limit": "1"}, promotion_id=promotion_id)
+    )
+    document = json.loads(found.get_body())
+    assert document["audit"] == only["records"][:1]
+    assert document["next"].startswith(f"/api/models/churn/audit?promotion={promotion_id}&limit=1")
+    assert found.headers["x-ms-continuation"] == document["continuation"]
+
+
+@pytest.mark.parametrize(
+    ("params", "detail"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "1001"}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"limit": "-5"}, "limit"),
+        ({"limit": "1e2"}, "limit"),
+        ({"limit": ""}, "limit"),
+        ({"continuation": "not-a-token"}, "continuation"),
+        ({"continuation": ""}, "continuation"),
+        ({"promotion": "../other"}, "promotion"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+def test_a_bad_page_query_is_a_400_naming_the_parameter(app_runtime, params, detail):
+    for response in (
+        _audit(params),
+        user(http_api.model_runs)(request("GET", "r", params=params, model="churn")),
+    ):
+        assert response.status_code == 400, response.get_body()
+        assert response.mimetype == "application/problem+json"
+        assert detail in json.loads(response.get_body())["detail"]
+
+
+def test_a_token_of_another_model_or_promotion_is_a_400(app_runtime):
+    runtime, _, _ = app_runtime
+    for version in ("1", "2", "3"):
+        start = Envelope.new("StartPromotion", "churn", {"candidate_version": version})
+        runtime.handlers.handle(runtime.signer.sign(start))
+    token = json.loads(_audit({"limit": "1"}).get_body())["continuation"]
+    assert token
+    for response in (
+        _audit({"continuation": token}, model="fraud"),
+        _audit({"continuation": token, "promotion": "churn-v1-20260101T000000"}),
+        user(http_api.model_runs)(
+            request("GET", "r", params={"continuation": token}, model="churn")
+        ),
+    ):
+        assert response.status_code == 400
+        assert "another query" in json.loads(response.get_body())["detail"]
+    assert _audit({}, model="nope").status_code == 404
+
+
+def test_the_runs_and_the_status_over_http(app_runtime):
+    runtime, backend, _ = app_runtime
+    response = user(http_api.retrain)(
+        request(
+            "POST",
+            "retrain",
+            {"model": "churn", "data_uri": f"{DATA_ACCOUNT}/training-data/churn/a.csv"},
+        )
+    )
+    run_id = json.loads(response.get_body())["run_id"]
+    backend.finish(run_id, "7")
+    check = Envelope.new("TrainingJobCheck", "churn", {"run_id": run_id, "attempt": 1})
+    runtime.handlers.handle(runtime.signer.sign(check))
+
+    runs = user(http_api.model_runs)(request("GET", "r", params={"limit": "5"}, model="churn"))
+    document = json.loads(runs.get_body())
+    [run] = document["runs"]
+    assert (run["run_id"], run["status"], run["registered_version"]) == (run_id, "completed", "7")
+    assert document["continuation"] is None
+
+    status = json.loads(user(http_api.model_status)(request("GET", "m", model="churn")).get_body())
+    assert status["links"] == {"runs": "/api/models/churn/runs", "audit": "/api/models/churn/audit"}
+    assert status["retrain"]["runs"][-1]["run_id"] == run_id
+    assert status["retrain"]["pending"] == {"count": 0, "rows": 0, "sample": []}
+    assert "blob:" not in json.dumps(status)  # no data key
+
+
 def test_blob_trigger_records_the_data_once_and_schedules_the_window(app_runtime):
     runtime, _, _ = app_runtime
     blob = func.blob.InputStream(
@@ -188,9 +311,11 @@ def test_blob_trigger_records_the_data_once_and_schedules_the_window(app_runtime
     )
     user(data.data_blob_landed)(blob)
     after_first = runtime.queries.model_status("churn")
-    assert [item["key"] for item in after_first["retrain"]["pending"]] == [
-        "blob:training-data/churn/2026-11-22.csv@0x8D1"
-    ]
+    assert after_first["retrain"]["pending"] == {
+        "count": 1,
+        "rows": None,
+        "sample": [f"{DATA_ACCOUNT}/training-data/churn/2026-11-22.csv"],
+    }
     # The window's close is scheduled: on the queue, invisible until the debounce ends.
     assert after_first["retrain"]["window"] is not None
     assert waiting(runtime) == 1 and queued(runtime) == []
@@ -235,7 +360,8 @@ def test_event_hub_batch_writes_once_per_model(app_runtime):
     user(data.data_events)(events)
     churn = runtime.queries.model_status("churn")
     fraud = runtime.queries.model_status("fraud")
-    assert len(churn["retrain"]["pending"]) == 51 and len(fraud["retrain"]["pending"]) == 50
+    assert churn["retrain"]["pending"]["count"] == 51
+    assert fraud["retrain"]["pending"]["count"] == 50
     # One state write per model for the whole batch (the dispatch bookkeeping is the second).
     assert churn["version"] <= 2 and fraud["version"] <= 2
 
@@ -312,7 +438,7 @@ def test_timer_sweeps_an_outbox_left_behind(app_runtime):
                     OutboxItem(
                         id="1-0",
                         effect=SubmitTrainingJob(
-                            run_id="churn-left", data_uris=["https://a/x.csv"]
+                            run_id="churn-left", data_count=1, data_sample=["https://a/x.csv"]
                         ),
                     )
                 ]
@@ -421,9 +547,7 @@ def test_a_retrain_over_http_is_from_the_key_holder_whatever_the_headers_say(app
         body=json.dumps({"model": "churn", "force": True}).encode(),
     )
     assert user(http_api.retrain)(forged).status_code == 202
-    [record] = [
-        r for r in runtime.queries.audit_trail("churn") if r.cause_type == "RetrainRequested"
-    ]
+    [record] = [r for r in runtime.ports.audit.read("churn") if r.cause_type == "RetrainRequested"]
     assert record.actor == "function-key"
     assert record.detail["identity"] == {"verified_by": "http:function-key", "upn": "function-key"}
     assert "ceo@contoso.com" not in record.model_dump_json()
@@ -450,7 +574,7 @@ def test_with_app_service_authentication_the_audit_names_its_principal(make_runt
         assert user(http_api.retrain)(signed_in).status_code == 202
     finally:
         set_runtime(None)
-    trail = runtime.queries.audit_trail("churn")
+    trail = runtime.ports.audit.read("churn")
     [record] = [r for r in trail if r.cause_type == "RetrainRequested"]
     assert record.actor == "ana@contoso.com"
     assert record.detail["identity"]["verified_by"] == "http:app-service:0c7a-ana"

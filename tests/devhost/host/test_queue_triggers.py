@@ -130,3 +130,56 @@ def test_queue_trigger_and_queue_output(
     assert seen[0].dequeue_count == 1
     [forwarded] = queue_client(azurite, f"{unique_name}-out").peek_messages()
     assert forwarded.content == "SEVMTE8="  # base64("HELLO")
+
+
+def test_a_message_the_poller_cannot_read_is_dead_lettered_once_and_the_others_go_on(
+    make_host: HostFactory, azurite: Azurite, unique_name: str
+) -> None:
+    received: list[bytes] = []
+    app = func.FunctionApp()
+
+    @app.service_bus_queue_trigger(arg_name="message", queue_name=unique_name,
+                                   connection="ServiceBusConnection")  # fmt: skip
+    def commands(message: func.ServiceBusMessage) -> None:
+        received.append(message.get_body())
+
+    host = make_host(app)
+    queue = queue_client(azurite, unique_name)
+    # A scheduled message whose delivery time cannot be read: it used to crash every pass.
+    wrapper = {"_retrain_wrapper": 1, "body": '{"type": "GateCheck"}', "deliver_at": "soon"}
+    send(queue, json.dumps(wrapper))
+    send(queue, json.dumps({"type": "GateCheck", "n": 2}))
+    poison = queue_client(azurite, f"{unique_name}-poison")
+
+    assert host.run_pending_once() == 1  # the readable one; the pass did not stop
+    assert [json.loads(body) for body in received] == [{"type": "GateCheck", "n": 2}]
+    [record] = read_dead_letters(poison)
+    assert "malformed delivery wrapper: deliver_at" in record["reason"]
+    assert json.loads(record["body"]) == wrapper
+    assert host.run_pending_once() == 0
+    assert len(read_dead_letters(poison)) == 1  # once
+
+
+def test_an_event_hub_batch_that_fails_under_an_unlimited_retry_policy_is_kept(
+    make_host: HostFactory, azurite: Azurite, unique_name: str
+) -> None:
+    calls: list[int] = []
+    app = func.FunctionApp()
+
+    @app.retry(strategy="fixed_delay", max_retry_count="-1", delay_interval="00:00:01")
+    @app.event_hub_message_trigger(arg_name="events", event_hub_name=unique_name,
+                                   connection="EventHubConnection",
+                                   cardinality=func.Cardinality.MANY)  # fmt: skip
+    def events(events: list[func.EventHubEvent]) -> None:
+        calls.append(len(events))
+        if len(calls) == 1:
+            raise ConnectionError("dead-letter store unreachable")
+
+    host = make_host(app)
+    queue = queue_client(azurite, unique_name)
+    send(queue, json.dumps({"n": 1}))
+
+    assert host.run_pending_once() == 1  # failed: the checkpoint does not move
+    assert calls == [1]
+    # Still in the queue (hidden while the invocation's visibility lasts), not deleted.
+    assert queue.get_queue_properties().approximate_message_count == 1

@@ -1,0 +1,328 @@
+"""The data ledger (orchestrator/ports.py `DataLedger`) on Blob Storage: the keys a model has
+seen and the data waiting for its next job, beside (not inside) its aggregate.
+
+- Keys: `dedup/{model}/{shard}.json`, SHARDS small JSON blobs by key hash, each a map
+  key hash -> [claimant hash, seen at (epoch seconds)], read and written with ETag conditions
+  (a conflict re-reads and re-applies). A write drops keys seen longer ago than the retention
+  window. A key taken by a job has claimant "" and is a duplicate for everyone. One event
+  touches one shard: the cost stays flat however many keys the model has seen.
+- Pending: `pending/{model}/{key hash}`, one small blob per new item, created with
+  If-None-Match: * (concurrent events never contend); its metadata carries when it landed,
+  its rows and its URI, so one listing answers "what is pending" without reading a blob.
+- Manifests: `manifests/{model}/{run id}.json`, the items a job takes, created once (the first
+  writer wins; a redelivered submit reads the same list).
+
+Tables were measured on Azurite and rejected: inserts slow down as the table grows (4 ms at
+10k rows, 10 ms at 50k), where a shard's size stays bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.storage.blob import ContainerClient
+
+from orchestrator.ports import ConcurrencyConflict
+from retrain.commands import DATA_SAMPLE, DataItem, PendingData
+
+log = logging.getLogger(__name__)
+
+SHARDS = 4096  # key-index blobs per model: ~250 keys each at a million keys
+TAKEN = ""  # the claimant of a key a job has taken
+_URI_METADATA_LIMIT = 2000  # longer (or non-ASCII) URIs are read from the pending blob's body
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def key_hash(key: str) -> str:
+    """80 bits of SHA-256: collisions are negligible at millions of keys per model."""
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def shard_of(hashed: str, shards: int = SHARDS) -> int:
+    return int(hashed[:8], 16) % shards
+
+
+def claimant_hash(claimant: str) -> str:
+    return hashlib.sha256(claimant.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class _Pending:
+    name: str
+    landed_ms: int
+    rows: int | None
+    uri: str | None  # None: too long for metadata, in the body
+
+
+class BlobDataLedger:
+    def __init__(
+        self,
+        container: ContainerClient,
+        *,
+        shards: int = SHARDS,
+        workers: int = 8,
+        max_attempts: int = 50,
+    ) -> None:
+        self._container = container
+        self._shards = shards
+        self._workers = workers
+        self._max_attempts = max_attempts
+
+    # ------------------------------------------------------------------ names
+
+    def shard_name(self, model: str, shard: int) -> str:
+        return f"dedup/{model}/{shard:04x}.json"
+
+    @staticmethod
+    def _pending_prefix(model: str) -> str:
+        return f"pending/{model}/"
+
+    @staticmethod
+    def _manifest_name(model: str, run_id: str) -> str:
+        return f"manifests/{model}/{run_id}.json"
+
+    # ------------------------------------------------------------------ the port
+
+    def claim(
+        self,
+        model: str,
+        items: Sequence[DataItem],
+        claimant: str,
+        now: datetime,
+        keep_for: timedelta,
+    ) -> list[DataItem]:
+        unique: dict[str, DataItem] = {}
+        for item in items:  # the same key twice in one message counts once
+            unique.setdefault(key_hash(item.key), item)
+        by_shard: dict[int, list[str]] = {}
+        for hashed in unique:
+            by_shard.setdefault(shard_of(hashed, self._shards), []).append(hashed)
+        who = claimant_hash(claimant)
+        seen_at = int(now.timestamp())
+        horizon = seen_at - int(keep_for.total_seconds())
+
+        def claim_shard(entry: tuple[int, list[str]]) -> set[str]:
+            shard, hashes = entry
+            counted: set[str] = set()
+
+            def change(keys: dict[str, list[Any]]) -> bool:
+                counted.clear()
+                changed = _prune(keys, horizon)
+                for hashed in hashes:
+                    known = keys.get(hashed)
+                    if known is None:
+                        keys[hashed] = [who, seen_at]
+                        counted.add(hashed)
+                        changed = True
+                    elif known[0] == who:
+                        counted.add(hashed)
+                return changed
+
+            self._update_shard(model, shard, change)
+            return counted
+
+        counted: set[str] = set()
+        for part in self._map(claim_shard, by_shard.items()):
+            counted |= part
+        fresh = [(hashed, item) for hashed, item in unique.items() if hashed in counted]
+        landed_ms = int(now.timestamp() * 1000)
+        self._map(lambda pair: self._add_pending(model, pair[0], pair[1], landed_ms), fresh)
+        return [item for _, item in fresh]
+
+    def pending(self, model: str) -> PendingData:
+        listed = self._list_pending(model)
+        rows: int | None = 0
+        for item in listed:
+            rows = None if rows is None or item.rows is None else rows + item.rows
+        oldest = sorted(listed, key=_age)[:DATA_SAMPLE]
+        return PendingData(items=len(listed), rows=rows, sample=self._uris(oldest))
+
+    def seal(self, model: str, run_id: str, limit: int) -> list[str]:
+        existing = self.manifest(model, run_id)
+        if existing is not None:
+            return existing
+        taken = sorted(self._list_pending(model), key=_age)[:limit]
+        uris = self._uris(taken)
+        body = {
+            "run_id": run_id,
+            "items": [
+                {"pending": item.name, "uri": uri} for item, uri in zip(taken, uris, strict=True)
+            ],
+        }
+        try:
+            self._container.upload_blob(
+                self._manifest_name(model, run_id), _dump(body), overwrite=False
+            )
+        except ResourceExistsError:  # another dispatch sealed it first: its list is the one
+            return self.manifest(model, run_id) or []
+        return list(dict.fromkeys(uris))
+
+    def manifest(self, model: str, run_id: str) -> list[str] | None:
+        document = self._read_manifest(model, run_id)
+        if document is None:
+            return None
+        # A URI twice (a blob, then named by a person) is trained on once.
+        return list(dict.fromkeys(item["uri"] for item in document["items"]))
+
+    def release(self, model: str, run_id: str) -> int:
+        document = self._read_manifest(model, run_id)
+        if document is None:
+            return 0
+        names = [item["pending"] for item in document["items"]]
+        hashes = [name.rsplit("/", 1)[-1] for name in names]
+        by_shard: dict[int, list[str]] = {}
+        for hashed in hashes:
+            by_shard.setdefault(shard_of(hashed, self._shards), []).append(hashed)
+
+        def take(entry: tuple[int, list[str]]) -> None:
+            shard, shard_hashes = entry
+
+            def change(keys: dict[str, list[Any]]) -> bool:
+                changed = False
+                for hashed in shard_hashes:
+                    known = keys.get(hashed)
+                    if known is not None and known[0] != TAKEN:
+                        known[0] = TAKEN
+                        changed = True
+                return changed
+
+            self._update_shard(model, shard, change)
+
+        # Keys first: a redelivery between the two steps is then a duplicate, never new data.
+        self._map(take, by_shard.items())
+        self._map(self._delete_quietly, names)
+        return len(names)
+
+    # ------------------------------------------------------------------ shards
+
+    def _update_shard(
+        self, model: str, shard: int, change: Callable[[dict[str, list[Any]]], bool]
+    ) -> None:
+        blob = self._container.get_blob_client(self.shard_name(model, shard))
+        for attempt in range(self._max_attempts):
+            try:
+                downloader = blob.download_blob()
+                keys = json.loads(downloader.readall())
+                etag: str | None = downloader.properties.etag
+            except ResourceNotFoundError:
+                keys, etag = {}, None
+            if not change(keys):
+                return
+            try:
+                if etag is None:
+                    blob.upload_blob(_dump(keys), overwrite=False)
+                else:
+                    blob.upload_blob(
+                        _dump(keys),
+                        overwrite=True,
+                        etag=etag,
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                return
+            except (ResourceExistsError, ResourceModifiedError):
+                time.sleep(random.uniform(0, min(0.2, 0.005 * 2**attempt)))
+        raise ConcurrencyConflict(
+            f"{model}: key shard {shard} gave up after {self._max_attempts} conflicting writes"
+        )
+
+    def write_shard(self, model: str, shard: int, keys: dict[str, list[Any]]) -> None:
+        """Write one shard as it is (benchmarks pre-fill an index with it)."""
+        self._container.upload_blob(self.shard_name(model, shard), _dump(keys), overwrite=True)
+
+    # ------------------------------------------------------------------ pending items
+
+    def _add_pending(self, model: str, hashed: str, item: DataItem, landed_ms: int) -> None:
+        metadata = {"landed": str(landed_ms), "rows": "" if item.rows is None else str(item.rows)}
+        if item.uri.isascii() and item.uri.isprintable() and len(item.uri) <= _URI_METADATA_LIMIT:
+            metadata["uri"] = item.uri
+        body = {"uri": item.uri, "key": item.key, "rows": item.rows, "landed": landed_ms}
+        # Already pending (a redelivery): the first landing counts.
+        with contextlib.suppress(ResourceExistsError):
+            self._container.upload_blob(
+                f"{self._pending_prefix(model)}{hashed}",
+                _dump(body),
+                overwrite=False,
+                metadata=metadata,
+            )
+
+    def _list_pending(self, model: str) -> list[_Pending]:
+        listed = []
+        for blob in self._container.list_blobs(
+            name_starts_with=self._pending_prefix(model), include=["metadata"]
+        ):
+            metadata = blob.metadata or {}
+            rows = metadata.get("rows") or ""
+            listed.append(
+                _Pending(
+                    name=blob.name,
+                    landed_ms=int(metadata.get("landed") or 0),
+                    rows=int(rows) if rows.isdigit() else None,
+                    uri=metadata.get("uri"),
+                )
+            )
+        return listed
+
+    def _uris(self, items: Sequence[_Pending]) -> list[str]:
+        def uri_of(item: _Pending) -> str:
+            if item.uri is not None:
+                return item.uri
+            body = json.loads(self._container.download_blob(item.name).readall())
+            return str(body["uri"])
+
+        if all(item.uri is not None for item in items):
+            return [str(item.uri) for item in items]
+        return self._map(uri_of, items)
+
+    def _read_manifest(self, model: str, run_id: str) -> dict[str, Any] | None:
+        try:
+            data = self._container.download_blob(self._manifest_name(model, run_id)).readall()
+        except ResourceNotFoundError:
+            return None
+        document: dict[str, Any] = json.loads(data)
+        return document
+
+    def _delete_quietly(self, name: str) -> None:
+        with contextlib.suppress(ResourceNotFoundError):
+            self._container.delete_blob(name)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _map(self, work: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+        todo = list(items)
+        if len(todo) <= 1:
+            return [work(item) for item in todo]
+        with ThreadPoolExecutor(max_workers=min(self._workers, len(todo))) as pool:
+            return list(pool.map(work, todo))
+
+
+def _prune(keys: dict[str, list[Any]], horizon: int) -> bool:
+    """Drop keys seen before `horizon` (epoch seconds); True when any was dropped."""
+    old = [hashed for hashed, (_, seen_at) in keys.items() if seen_at < horizon]
+    for hashed in old:
+        del keys[hashed]
+    return bool(old)
+
+
+def _age(item: _Pending) -> tuple[int, str]:
+    return (item.landed_ms, item.name)
+
+
+def _dump(document: object) -> bytes:
+    return json.dumps(document, separators=(",", ":")).encode()

@@ -1,0 +1,94 @@
+"""The reconcile pass: for every model, read what its endpoint really serves and compare it
+with what the state says (`promotion.drift`), as Flagger and Argo Rollouts re-read the real
+routes on every pass. A difference becomes an `EndpointDrift` command handled like any other
+message (audited, published, then repaired or the promotion paused, per the policy's
+`on_drift`); the endpoint back in line becomes an `EndpointInSync` that clears it. Runs on the
+timer with the outbox sweep, after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.aggregate import ModelAggregate
+from orchestrator.handlers import MessageHandlers
+from orchestrator.messages import Envelope
+from orchestrator.outbox import Outbox, endpoint_effects_waiting
+from orchestrator.ports import Ports
+from promotion.commands import EndpointDrift, EndpointInSync
+from promotion.drift import ObservedDeployment, converging, expected_endpoint, find_drift
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReconcileReport:
+    checked: list[str] = field(default_factory=list)
+    drifted: list[dict[str, Any]] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # model -> why not compared
+    failed: list[dict[str, str]] = field(default_factory=list)
+
+
+class Reconciler:
+    def __init__(self, ports: Ports, outbox: Outbox, handlers: MessageHandlers) -> None:
+        self.ports = ports
+        self.outbox = outbox
+        self.handlers = handlers
+
+    def reconcile(self) -> ReconcileReport:
+        """One pass over every model with a policy; one model's failure never stops it."""
+        report = ReconcileReport()
+        for model in sorted(self.ports.policies):
+            try:
+                self._reconcile(model, report)
+            except Exception as exc:
+                log.exception("reconcile: %s failed", model)
+                report.failed.append({"model": model, "error": f"{type(exc).__name__}: {exc}"})
+        return report
+
+    def _reconcile(self, model: str, report: ReconcileReport) -> None:
+        aggregate, _ = self.ports.store.load(model)
+        expected = expected_endpoint(aggregate.promotion)
+        if expected is None:
+            report.skipped[model] = "nothing deployed yet"
+            return
+        if endpoint_effects_waiting(aggregate):
+            # Our own change is on its way (or being retried): not drift.
+            report.skipped[model] = "endpoint effects in the outbox"
+            return
+        endpoint = self.outbox.endpoint(self.ports.policies[model])
+        deployments = [
+            ObservedDeployment(name=d.deployment, state=d.state, version=d.model_version)
+            for d in endpoint.deployments()
+        ]
+        traffic = endpoint.traffic()
+        report.checked.append(model)
+        if converging(expected, deployments):
+            report.skipped[model] = "a deployment is being created or removed"
+            return
+        drift = find_drift(expected, traffic, deployments)
+        if drift is None:
+            if aggregate.promotion.drift is not None:
+                self._handle(aggregate, "EndpointInSync", EndpointInSync(), "in-sync")
+            return
+        log.warning("%s: endpoint drift: %s", model, drift.summary)
+        report.drifted.append({"model": model, "summary": drift.summary})
+        digest = hashlib.sha256(
+            json.dumps(drift.model_dump(mode="json"), sort_keys=True).encode()
+        ).hexdigest()[:16]
+        command = EndpointDrift.model_validate(drift.model_dump())
+        self._handle(aggregate, "EndpointDrift", command, f"drift:{digest}")
+
+    def _handle(self, aggregate: ModelAggregate, message_type: str, command: Any, key: str) -> None:
+        envelope = Envelope.new(
+            message_type,
+            aggregate.model,
+            command,
+            message_id=f"{aggregate.model}:{key}:{aggregate.version}",
+            time=self.ports.clock(),
+        )
+        self.handlers.handle(self.ports.signer.sign(envelope))

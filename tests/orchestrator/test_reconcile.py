@@ -1,0 +1,148 @@
+"""The reconcile pass on in-memory fakes: the endpoint changed behind the app's back is seen
+within one timer pass, audited and published, then repaired (no promotion) or the promotion
+paused (during one), per the policy's `on_drift`."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from orchestrator.messages import Envelope
+from promotion.commands import ResumePromotion
+from tests.fakes import (
+    FakeDeployment,
+    FakeWorld,
+    fake_runtime,
+    message,
+    policy_yaml,
+    start_promotion,
+)
+from tests.harness import signed
+
+CANARY = "{steps: [25, 50], bake: 5m, min_samples_per_arm: 5}"
+
+
+def canary_world(on_drift: str | None = None) -> FakeWorld:
+    sections = {"canary": CANARY} | ({"on_drift": on_drift} if on_drift else {})
+    w = fake_runtime(policy_yaml("churn", **sections))
+    w.seed_champion("churn", "1")
+    return w
+
+
+def in_canary(w: FakeWorld) -> None:
+    w.handle(start_promotion("churn", "2"))
+    w.run(until=lambda: w.aggregate("churn").promotion.active.status == "canary")  # type: ignore[union-attr]
+    assert w.endpoint.live == {"churn-v1": 75, "churn-v2": 25}
+
+
+def resume(w: FakeWorld) -> Envelope:
+    active = w.aggregate("churn").promotion.active
+    assert active is not None
+    command = ResumePromotion(promotion_id=active.id, requested_by="oncall@contoso.com")
+    envelope = message("ResumePromotion", "churn", command, message_id=f"resume:{active.id}")
+    return signed(w.runtime, envelope, "oncall@contoso.com", roles=["Promotion.Operate"])
+
+
+def test_an_endpoint_serving_what_the_state_says_changes_nothing():
+    w = canary_world()
+    version = w.aggregate("churn").version
+    report = w.runtime.maintenance.sweep()
+    assert report["drift"] == [] and report["failed"] == []
+    assert w.aggregate("churn").version == version
+    assert w.audit.actions("churn") == []
+
+
+def test_traffic_changed_by_hand_outside_a_promotion_is_put_back_in_one_pass():
+    w = canary_world()
+    w.endpoint.deployed["churn-v9"] = FakeDeployment("churn", "9", "succeeded")
+    w.endpoint.live = {"churn-v1": 50, "churn-v9": 50}  # someone in the portal
+
+    [drift] = w.runtime.maintenance.sweep()["drift"]
+    assert drift["model"] == "churn" and "churn-v9" in drift["summary"]
+    assert w.endpoint.live == {"churn-v1": 100}
+    assert w.audit.actions("churn") == ["endpoint.drift", "endpoint.repair"]
+    [event] = w.events.of_type("endpoint.drift")
+    assert event["actual_traffic"] == {"churn-v1": 50, "churn-v9": 50}
+    assert event["expected_traffic"] == {"churn-v1": 100} and event["on_drift"] == "repair"
+    assert w.aggregate("churn").promotion.drift is not None
+
+    # The next pass finds it in line: the drift is cleared, once.
+    assert w.runtime.maintenance.sweep()["drift"] == []
+    assert w.aggregate("churn").promotion.drift is None
+    assert w.audit.actions("churn")[-1] == "endpoint.drift_resolved"
+    w.runtime.maintenance.sweep()
+    assert w.audit.actions("churn").count("endpoint.drift_resolved") == 1
+
+
+def test_a_serving_deployment_deleted_outside_the_app_is_deployed_again():
+    w = canary_world()
+    del w.endpoint.deployed["churn-v1"]
+    w.endpoint.live = {}
+
+    w.runtime.maintenance.sweep()  # seen: redeployed (traffic waits until it is ready)
+    assert w.endpoint.creations == {"churn-v1": 1}
+    assert w.audit.actions("churn") == ["endpoint.drift", "endpoint.repair"]
+    [drift] = w.events.of_type("endpoint.drift")
+    assert drift["missing"] == ["churn-v1"]
+    for _ in range(3):  # creating, then ready: its traffic is set, then the drift clears
+        w.runtime.maintenance.sweep()
+    assert w.endpoint.live == {"churn-v1": 100} and w.endpoint.violations == []
+    assert w.aggregate("churn").promotion.drift is None
+
+
+def test_drift_during_a_canary_pauses_it_until_a_person_resumes_and_the_split_is_restored():
+    w = canary_world()
+    in_canary(w)
+    w.endpoint.live = {"churn-v1": 100}  # the canary taken out by hand
+
+    w.runtime.maintenance.sweep()
+    active = w.aggregate("churn").promotion.active
+    assert active is not None and active.paused and active.paused_by == "reconcile"
+    assert "endpoint drift" in active.pause_reason
+    assert w.endpoint.live == {"churn-v1": 100}  # not touched: a person decides
+    assert w.audit.actions("churn")[-2:] == ["endpoint.drift", "promotion.paused"]
+    # Held: the gate check due meanwhile judges nothing; a second pass reports nothing new.
+    w.run(horizon=timedelta(minutes=10))
+    w.runtime.maintenance.sweep()
+    assert w.audit.actions("churn").count("endpoint.drift") == 1
+    assert w.aggregate("churn").promotion.active.status == "canary"  # type: ignore[union-attr]
+
+    w.handle(resume(w))
+    assert w.endpoint.live == {"churn-v1": 75, "churn-v2": 25}
+    w.runtime.maintenance.sweep()
+    assert w.aggregate("churn").promotion.drift is None
+
+
+def test_on_drift_repair_puts_a_canary_split_back_without_pausing():
+    w = canary_world(on_drift="repair")
+    in_canary(w)
+    w.endpoint.live = {"churn-v1": 100}
+    w.runtime.maintenance.sweep()
+    active = w.aggregate("churn").promotion.active
+    assert active is not None and not active.paused
+    assert w.endpoint.live == {"churn-v1": 75, "churn-v2": 25}
+
+
+def test_on_drift_pause_outside_a_promotion_reports_once_and_touches_nothing():
+    w = canary_world(on_drift="pause")
+    w.endpoint.deployed["churn-v9"] = FakeDeployment("churn", "9", "succeeded")
+    w.endpoint.live = {"churn-v9": 100}
+    for _ in range(3):
+        w.runtime.maintenance.sweep()
+    assert w.endpoint.live == {"churn-v9": 100}
+    assert w.audit.actions("churn") == ["endpoint.drift"]
+    assert len(w.events.of_type("endpoint.drift")) == 1
+
+
+def test_the_endpoints_own_change_in_flight_is_not_drift():
+    w = canary_world()
+    w.handle(start_promotion("churn", "2"))
+    w.run(until=lambda: w.aggregate("churn").promotion.active.status == "deploying")  # type: ignore[union-attr]
+    w.endpoint.faults.fail_always("set_traffic", RuntimeError("endpoint down"))
+    w.endpoint.live = {"churn-v1": 100}
+    with pytest.raises(RuntimeError, match="endpoint down"):
+        w.run(until=lambda: w.aggregate("churn").promotion.active.status == "canary")  # type: ignore[union-attr]
+    assert [item.effect.kind for item in w.aggregate("churn").outbox] == ["set_traffic"]
+    report = w.runtime.maintenance.sweep()  # the split is being retried: not drift
+    assert report["drift"] == [] and w.audit.actions("churn").count("endpoint.drift") == 0

@@ -1,0 +1,37 @@
+"""The app's OpenTelemetry counters, read in tests with the SDK's in-memory reader."""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+
+@cache
+def _reader() -> Any:
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    return reader
+
+
+def install() -> None:
+    """Route the app's counters to the in-memory reader (once per process)."""
+    _reader()
+
+
+def counter(name: str, **attributes: str) -> int:
+    """The cumulative value of counter `name` over the data points with these attributes."""
+    data = _reader().get_metrics_data()
+    total = 0
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name != name:
+                    continue
+                for point in metric.data.data_points:
+                    if all(point.attributes.get(k) == v for k, v in attributes.items()):
+                        total += int(point.value)
+    return total
