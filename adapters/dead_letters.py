@@ -9,6 +9,10 @@ A record never keeps a secret the sender put in a URL: every query string (a SAS
 any other `sig=` value are removed from the body and the reason
 (`domain.data_location.redact_body`), so the record shows what was sent, minus the token.
 Nor a person's bearer token: the envelope's `auth` is blanked (`redact_token`).
+
+Records are listed and replayed by `python -m devhost.cli dead-letters` (docs/reliability.md):
+a replay claims the record first (`claim_replay`, a conditional write that marks it replayed),
+so two replays cannot both send it; the record is kept, marked, for the record.
 """
 
 from __future__ import annotations
@@ -18,11 +22,14 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from domain.data_location import redact_body, redact_text
 
 REDACTED = "<redacted bearer token>"
+REPLAY_FIELDS = ("replayed_at", "replayed_to")
 
 
 def redact_token(text: str) -> str:
@@ -61,7 +68,45 @@ class BlobDeadLetters:
         return name
 
     def read(self, source: str | None = None) -> list[dict[str, Any]]:
-        records = []
-        for blob in self._container.list_blobs(name_starts_with=f"{source}/" if source else None):
-            records.append(json.loads(self._container.download_blob(blob.name).readall()))
-        return records
+        return [document for _, document in self.entries(source)]
+
+    def entries(self, source: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """(record name, record), oldest first within each source."""
+        prefix = f"{source}/" if source else None
+        return [
+            (blob.name, json.loads(self._container.download_blob(blob.name).readall()))
+            for blob in self._container.list_blobs(name_starts_with=prefix)
+        ]
+
+    def get(self, name: str) -> tuple[dict[str, Any], str] | None:
+        """The record and its ETag; None when there is no such record."""
+        try:
+            downloader = self._container.download_blob(name)
+        except ResourceNotFoundError:
+            return None
+        return json.loads(downloader.readall()), str(downloader.properties.etag)
+
+    def claim_replay(
+        self, name: str, record: dict[str, Any], etag: str, replayed_to: str
+    ) -> dict[str, Any] | None:
+        """Mark the record replayed to `replayed_to` if it is still as read (`etag`): the
+        marked record, or None when it changed meanwhile (another replay claimed it)."""
+        marked = record | {"replayed_at": datetime.now(UTC).isoformat(), "replayed_to": replayed_to}
+        try:
+            self._write(name, marked, etag)
+        except ResourceModifiedError:
+            return None
+        return marked
+
+    def release_replay(self, name: str, record: dict[str, Any]) -> None:
+        """Undo a claim whose send failed, so the record can be replayed again."""
+        self._write(name, {k: v for k, v in record.items() if k not in REPLAY_FIELDS}, None)
+
+    def _write(self, name: str, record: dict[str, Any], etag: str | None) -> None:
+        self._container.upload_blob(
+            name,
+            json.dumps(record, default=str).encode(),
+            overwrite=True,
+            etag=etag,
+            match_condition=MatchConditions.IfNotModified if etag else None,
+        )

@@ -5,6 +5,9 @@ duplicate detection drops a re-sent effect; unguessable, so nobody can take a re
 id first);
 application properties carry type and model for filtering and for the dead-letter explorer;
 with sessions enabled, `session_id` is the model, so one model's messages are handled in order.
+
+`ServiceBusDeadLetters` lists and replays the queues' own dead-letter sub-queues (for
+`python -m devhost.cli dead-letters`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,12 @@ from orchestrator.messages import Envelope
 from orchestrator.ports import ScheduledHandle
 
 if TYPE_CHECKING:
-    from azure.servicebus import ServiceBusSender
+    from azure.servicebus import (
+        ServiceBusClient,
+        ServiceBusReceivedMessage,
+        ServiceBusReceiver,
+        ServiceBusSender,
+    )
 
 
 def build_message(
@@ -91,6 +99,15 @@ class ServiceBusBus:
     def send(self, envelope: Envelope) -> None:
         self._sender.send_messages(self._message(envelope))
 
+    def send_raw(self, body: bytes, message_id: str) -> None:
+        """A body exactly as given (a replayed dead letter: an internal message keeps the bytes
+        its MAC covers), under `message_id` so a replay sent twice is dropped as a duplicate."""
+        self._sender.send_messages(
+            ServiceBusMessage(
+                body, message_id=message_id[:MAX_MESSAGE_ID], content_type="application/json"
+            )
+        )
+
     def schedule(self, envelope: Envelope, at: datetime) -> ScheduledHandle:
         message = self._message(envelope, at)
         sequence_numbers = self._sender.schedule_messages(message, at)
@@ -98,3 +115,110 @@ class ServiceBusBus:
 
     def cancel(self, handle: ScheduledHandle) -> None:
         self._sender.cancel_scheduled_messages(int(handle.value))
+
+
+# --------------------------------------------------------------------------- dead-letter queue
+
+# What Service Bus itself puts in a dead-lettered message's application properties: not
+# copied into a replay (the replay is a fresh delivery, not a dead letter).
+DEAD_LETTER_PROPERTIES = frozenset({"DeadLetterReason", "DeadLetterErrorDescription"})
+MAX_MESSAGE_ID = 128
+
+
+def message_body(message: ServiceBusReceivedMessage) -> bytes:
+    """The bytes a sender put in the message (a data body; other AMQP bodies as text)."""
+    from azure.servicebus.amqp import AmqpMessageBodyType
+
+    if message.body_type == AmqpMessageBodyType.DATA:
+        body = message.body
+        return body if isinstance(body, bytes) else b"".join(body)
+    return str(message).encode()
+
+
+def _text(value: Any) -> Any:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
+
+
+def replay_message(message: ServiceBusReceivedMessage) -> ServiceBusMessage:
+    """A copy of a dead-lettered message to send back to its queue: the same body (an internal
+    message keeps the bytes its MAC covers), properties, subject and session, without the
+    dead-letter bookkeeping. Its id is derived from the dead letter's sequence number, so a
+    replay sent twice is one message to the queue's duplicate detection."""
+    properties: dict[str | bytes, Any] = {
+        _text(key): _text(value)
+        for key, value in (message.application_properties or {}).items()
+        if _text(key) not in DEAD_LETTER_PROPERTIES
+    }
+    properties["replayed_from_sequence_number"] = message.sequence_number
+    return ServiceBusMessage(
+        message_body(message),
+        message_id=f"replay-{message.sequence_number}-{message.message_id}"[:MAX_MESSAGE_ID],
+        content_type=message.content_type,
+        correlation_id=message.correlation_id,
+        subject=message.subject,
+        application_properties=properties,
+        session_id=message.session_id,
+    )
+
+
+class ServiceBusDeadLetters:
+    """The dead-letter sub-queue of the app's Service Bus queues: what Service Bus itself
+    dead-lettered (MaxDeliveryCountExceeded, an expired TTL) and, with settlement by the
+    trigger, what the app dead-lettered. Listed by peeking; replayed by receiving it, sending
+    a copy to its queue, then completing it (a failure before the complete leaves it there)."""
+
+    def __init__(self, client: ServiceBusClient, max_wait_seconds: float = 5.0) -> None:
+        self._client = client
+        self._max_wait = max_wait_seconds
+
+    @classmethod
+    def connect(
+        cls, *, namespace: str | None = None, connection_string: str | None = None
+    ) -> ServiceBusDeadLetters:
+        from azure.servicebus import ServiceBusClient
+
+        if connection_string:
+            return cls(ServiceBusClient.from_connection_string(connection_string))
+        if not namespace:
+            raise ValueError("Service Bus needs a namespace or a connection string")
+        from adapters.azure_credential import azure_credential
+
+        return cls(ServiceBusClient(namespace, azure_credential()))
+
+    def _dead_letter_receiver(self, queue: str) -> ServiceBusReceiver:
+        from azure.servicebus import ServiceBusReceiveMode, ServiceBusSubQueue
+
+        return self._client.get_queue_receiver(
+            queue,
+            sub_queue=ServiceBusSubQueue.DEAD_LETTER,
+            receive_mode=ServiceBusReceiveMode.PEEK_LOCK,
+            max_wait_time=self._max_wait,
+        )
+
+    def peek(self, queue: str, max_count: int = 100) -> list[ServiceBusReceivedMessage]:
+        with self._dead_letter_receiver(queue) as receiver:
+            return list(receiver.peek_messages(max_message_count=max_count))
+
+    def replay(self, queue: str, sequence_number: int) -> ServiceBusMessage | None:
+        """Send the dead letter `sequence_number` back to `queue` and complete it; the copy
+        sent, or None when there is no such dead letter (any more)."""
+        with self._dead_letter_receiver(queue) as receiver:
+            passed: list[ServiceBusReceivedMessage] = []
+            try:
+                while True:
+                    page = receiver.receive_messages(
+                        max_message_count=32, max_wait_time=self._max_wait
+                    )
+                    if not page:
+                        return None
+                    for message in page:
+                        if message.sequence_number == sequence_number:
+                            copy = replay_message(message)
+                            with self._client.get_queue_sender(queue) as sender:
+                                sender.send_messages(copy)
+                            receiver.complete_message(message)
+                            return copy
+                        passed.append(message)
+            finally:
+                for message in passed:  # the others go back to the dead-letter queue at once
+                    receiver.abandon_message(message)

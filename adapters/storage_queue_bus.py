@@ -78,6 +78,10 @@ class StorageQueueBus:
     def send(self, envelope: Envelope) -> None:
         self._queue.send_message(encode_body(envelope.model_dump(mode="json")))
 
+    def send_raw(self, body: bytes, message_id: str) -> None:
+        """A body exactly as given (a replayed dead letter); a storage queue keeps no id."""
+        send_raw(self._queue, body)
+
     def schedule(self, envelope: Envelope, at: datetime) -> ScheduledHandle:
         delay = at - self._clock()
         document: dict[str, Any] = envelope.model_dump(mode="json")
@@ -323,5 +327,61 @@ class StorageQueueConsumer:
 
 def read_dead_letters(poison_queue: QueueClient, max_messages: int = 32) -> list[dict[str, Any]]:
     """Peek at dead-lettered records (for tests, the CLI and the status API)."""
-    peeked = poison_queue.peek_messages(max_messages=max_messages)
-    return [json.loads(decode_body(message.content)) for message in peeked]
+    return [record for _, record in peek_dead_letters(poison_queue, max_messages)]
+
+
+POISON_SUFFIX = "-poison"
+
+
+def poison_record(content: str | bytes) -> dict[str, Any]:
+    """A poison queue message as a record: ours (reason, queue, body, ...) or, from anyone
+    else (the host's blob-trigger poison queue), the document as it is under `record`."""
+    raw = decode_body(content)
+    try:
+        document = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {"reason": "not a dead-letter record", "body": raw.decode("utf-8", "replace")}
+    return document if isinstance(document, dict) else {"reason": "", "record": document}
+
+
+def peek_dead_letters(
+    poison_queue: QueueClient, max_messages: int = 32
+) -> list[tuple[str, dict[str, Any]]]:
+    """(message id, record) of the first `max_messages` (at most 32: a queue's peek limit)."""
+    peeked = poison_queue.peek_messages(max_messages=min(max_messages, 32))
+    return [(message.id, poison_record(message.content)) for message in peeked]
+
+
+def take_dead_letter(
+    poison_queue: QueueClient, message_id: str, scan_visibility: int = 30
+) -> tuple[QueueMessage, dict[str, Any]] | None:
+    """Receive the poison message `message_id` (hidden from others for `scan_visibility`
+    seconds, so one replay holds it); the others seen on the way are made visible again.
+    None when it is not (or no longer) there."""
+    passed: list[QueueMessage] = []
+    found: tuple[QueueMessage, dict[str, Any]] | None = None
+    try:
+        while found is None:
+            page = list(
+                poison_queue.receive_messages(
+                    messages_per_page=32, max_messages=32, visibility_timeout=scan_visibility
+                )
+            )
+            if not page:
+                break
+            for message in page:
+                if found is None and message.id == message_id:
+                    found = (message, poison_record(message.content))
+                else:
+                    passed.append(message)
+    finally:
+        for message in passed:
+            with contextlib.suppress(ResourceNotFoundError):
+                poison_queue.update_message(message.id, message.pop_receipt, visibility_timeout=0)
+    return found
+
+
+def send_raw(queue: QueueClient, body: bytes) -> None:
+    """Send `body` exactly as given (base64, as every sender here writes): what a replay of a
+    dead letter sends, so an internal message keeps the bytes its MAC covers."""
+    queue.send_message(base64.b64encode(body).decode())

@@ -80,9 +80,14 @@ class _Run:
     urgent: Exception | None = None
 
 
-def endpoint_effects_waiting(aggregate: ModelAggregate) -> bool:
-    """Whether a deploy, traffic map or delete of the model is still in its outbox."""
-    return any(_LANES[item.effect.kind] == "endpoint" for item in aggregate.outbox)
+def endpoint_effects_waiting(aggregate: ModelAggregate, *, deletes: bool = True) -> bool:
+    """Whether a deploy, traffic map or (with `deletes`) delete of the model is still in its
+    outbox."""
+    return any(
+        _LANES[item.effect.kind] == "endpoint"
+        and (deletes or not isinstance(item.effect, DeleteDeployment))
+        for item in aggregate.outbox
+    )
 
 
 def _by_lane(outbox: list[OutboxItem]) -> dict[str, list[OutboxItem]]:
@@ -202,8 +207,10 @@ class Outbox:
                     continue
                 except Exception as exc:
                     self._failed(aggregate, lane, item, exc, run)
-                    if item.id not in run.done:
+                    if item.id not in run.done and not isinstance(item.effect, DeleteDeployment):
                         break  # this target's later effects wait for this one
+                    # Nothing after a delete depends on it (a traffic map that moves traffic
+                    # off the deployment may be what it waits for).
                     continue
                 run.done.add(item.id)
                 if isinstance(item.effect, SetTraffic) and aggregate.traffic_alert is not None:

@@ -56,9 +56,10 @@ class Reconciler:
         if expected is None:
             report.skipped[model] = "nothing deployed yet"
             return
-        if endpoint_effects_waiting(aggregate):
-            # Our own change is on its way (or being retried): not drift.
-            report.skipped[model] = "endpoint effects in the outbox"
+        if endpoint_effects_waiting(aggregate, deletes=False):
+            # Our own deploy or traffic map is on its way (or being retried): not drift. A
+            # delete does not hold the pass: it may wait for traffic the pass puts back.
+            report.skipped[model] = "endpoint effects on their way"
             return
         endpoint = self.outbox.endpoint(self.ports.policies[model])
         deployments = [

@@ -1,6 +1,12 @@
 """The HTTP API. Every route needs a function key (the app's default auth level), except
-GET /api/health. Bad input: 400 application/problem+json naming the field; an unknown model
-or promotion: 404. Handlers run synchronously; long work is started, never awaited."""
+GET /api/health. Bad input (a body, a query parameter, a continuation token): 400
+application/problem+json naming the field; an unknown model or promotion: 404. Handlers run
+synchronously; long work is started, never awaited.
+
+Reads are bounded: GET /api/models/{model} is a summary (counts and samples, never the data
+keys); runs and audit are pages (`?limit=` 1..1000, default 100, oldest first), the next
+page's token in the body (`continuation`, `next`) and the headers (`x-ms-continuation`,
+`Link: <next>; rel="next"`)."""
 
 from __future__ import annotations
 

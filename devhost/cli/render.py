@@ -222,7 +222,6 @@ def render_model(report: Mapping[str, Any]) -> list[RenderableType]:
 
 def render_promotion(report: Mapping[str, Any]) -> list[RenderableType]:
     from rich.markup import escape
-    from rich.table import Table
 
     promotion = report["promotion"]
     status = promotion.get("status") or promotion.get("outcome")
@@ -238,10 +237,8 @@ def render_promotion(report: Mapping[str, Any]) -> list[RenderableType]:
     if promotion.get("reason"):
         header += f" — {escape(promotion['reason'])}"
     table = _audit_table("audit trail", report.get("audit") or [])
-    more = _more(
-        report,
-        f"audit {report['model']} --promotion {promotion.get('id') or promotion.get('promotion_id', '')}",
-    )
+    promotion_id = promotion.get("id") or promotion.get("promotion_id", "")
+    more = _more(report, f"audit {report['model']} --promotion {promotion_id}")
     return [header, table, *more]
 
 

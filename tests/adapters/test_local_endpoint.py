@@ -58,6 +58,60 @@ def test_deploy_state_and_delete_lifecycle(endpoint: LocalEndpoint, registry: Re
     endpoint.delete("life-v1")  # already gone: fine
 
 
+def test_deployments_lists_every_deployment_with_its_model_and_state(
+    endpoint: LocalEndpoint, registry: Registry
+) -> None:
+    listed = {status.deployment: status for status in endpoint.deployments()}
+    assert {"bc-v1", "bc-v2"} <= set(listed)
+    assert (listed["bc-v1"].model_name, listed["bc-v1"].model_version) == (registry.model, "1")
+    assert (listed["bc-v2"].state, listed["bc-v2"].model_version) == ("succeeded", "2")
+    endpoint.deploy(registry.model, "99", "gone-v99")  # a version that does not exist
+    try:
+        wait_until_done(endpoint, "gone-v99")
+        [failed] = [s for s in endpoint.deployments() if s.deployment == "gone-v99"]
+        assert failed.state == "failed" and failed.error
+    finally:
+        endpoint.delete("gone-v99")
+    assert "gone-v99" not in {status.deployment for status in endpoint.deployments()}
+
+
+def test_two_adapters_on_two_endpoints_of_one_server_never_touch_each_other(
+    server: Server, endpoint: LocalEndpoint, registry: Registry
+) -> None:
+    with LocalEndpoint(server.url, "other-ep", key=server.key) as other:
+        # Not created yet: it reads as an empty endpoint, not as bc-ep's.
+        assert (other.deployments(), other.traffic(), other.mirror()) == ([], {}, {})
+        assert other.deployment_state("bc-v1").state == "missing"
+        other.flush_records()  # nothing recorded yet: nothing to wait for
+        for change in (lambda: other.set_traffic({"bc-v1": 100}), lambda: other.set_mirror({})):
+            with pytest.raises(EndpointError, match="404 endpoint other-ep not found") as missing:
+                change()  # an endpoint is made by its first deployment, not by a split
+            assert not missing.value.transient
+        other.deploy(registry.model, "2", "bc-v2")
+        with pytest.raises(InvalidTraffic, match="do not exist"):
+            other.set_traffic({"bc-v1": 100})  # bc-ep's deployment is not other-ep's
+        other.deploy(registry.model, "2", "bc-v1")  # the same name, another version
+        assert wait_until_done(other, "bc-v1").model_version == "2"
+        other.set_traffic({"bc-v1": 100})
+        assert endpoint.deployment_state("bc-v1").model_version == "1"
+        endpoint.set_traffic(SPLIT)
+        assert other.traffic() == {"bc-v1": 100}
+        other.delete("bc-v2")
+        other.delete("bc-v1")
+        assert other.deployments() == [] and other.traffic() == {}
+        assert endpoint.traffic() == SPLIT
+        assert endpoint.deployment_state("bc-v1").state == "succeeded"
+    endpoint.set_traffic({"bc-v1": 100})
+
+
+def test_an_endpoint_name_azure_would_refuse_is_refused_before_anything_is_sent(
+    server: Server,
+) -> None:
+    for bad in ("ep", "1-ep", "bc_ep", "bc/ep", "x" * 33):
+        with pytest.raises(ValueError, match="not a valid endpoint name"):
+            LocalEndpoint(server.url, bad, key=server.key)
+
+
 def test_a_model_that_cannot_load_fails_the_deployment_with_the_reason(
     endpoint: LocalEndpoint, registry: Registry
 ) -> None:

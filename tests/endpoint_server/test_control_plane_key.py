@@ -1,6 +1,7 @@
 """The local endpoint's key, over real HTTP: every route but /health needs it (the control
 plane: endpoints, deployments, traffic, mirror, feedback, records flush; and scoring, as on a
-managed endpoint's scoring URI), checked before anything else (an unknown endpoint too). No key or another key: 401, nothing changes. The server generates a
+managed endpoint's scoring URI), checked before anything else (an unknown endpoint too). No
+key or another key: 401, nothing changes. The server generates a
 key into its key file (0600) when it is given none; the adapter and the app send it."""
 
 from __future__ import annotations

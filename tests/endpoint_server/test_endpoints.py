@@ -61,9 +61,9 @@ def http(handle: LocalEndpointHandle) -> httpx.Client:
 def score(
     client: httpx.Client,
     endpoint: str,
-    two_models: TwoModels,
+    two_models: TwoModels,  # noqa: F811
     model: str,
-    n: int,  # noqa: F811
+    n: int,
 ) -> list[httpx.Response]:
     return [
         client.post(
@@ -209,37 +209,30 @@ def test_an_unknown_endpoint_is_a_404_until_it_is_created(
 
 
 def test_every_endpoint_survives_a_restart(
-    both: tuple[LocalEndpoint, LocalEndpoint],
     two_models: TwoModels,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    bc, wine = both
-    bc.set_traffic({"blue": 80, "green": 20})
-    data_dir = tmp_path / "restarted"
-    try:
-        with start_local_endpoint(data_dir, two_models.tracking_uri, max_lifetime=120) as first:
-            with (
-                LocalEndpoint(first.url, BC, key=first.key) as one,
-                LocalEndpoint(first.url, WINE, key=first.key) as other,
-            ):
-                one.deploy("breast-cancer", "1", "blue")
-                one.deploy("breast-cancer", "2", "green")
-                other.deploy("wine", "2", "blue")
-                for endpoint, name in ((one, "blue"), (one, "green"), (other, "blue")):
-                    assert wait_until_done(endpoint, name).state == "succeeded"
-                one.set_traffic({"blue": 80, "green": 20})
-                other.set_traffic({"blue": 100})
-        with (
-            start_local_endpoint(data_dir, two_models.tracking_uri, max_lifetime=120) as again,
-            LocalEndpoint(again.url, BC, key=again.key) as one,
-            LocalEndpoint(again.url, WINE, key=again.key) as other,
-        ):
-            assert one.traffic() == {"blue": 80, "green": 20}
-            assert other.traffic() == {"blue": 100}
-            assert wait_until_done(other, "blue").model_version == "2"
-            assert wait_until_done(one, "blue").model_name == "breast-cancer"
-            with http(again) as client:
-                answers = score(client, WINE, two_models, "wine", 5)
-            assert {r.status_code for r in answers} == {200}
-    finally:
-        bc.set_traffic({"blue": 100})
+    with (
+        start_local_endpoint(tmp_path, two_models.tracking_uri, max_lifetime=120) as first,
+        LocalEndpoint(first.url, BC, key=first.key) as one,
+        LocalEndpoint(first.url, WINE, key=first.key) as other,
+    ):
+        one.deploy("breast-cancer", "1", "blue")
+        one.deploy("breast-cancer", "2", "green")
+        other.deploy("wine", "2", "blue")
+        for endpoint, name in ((one, "blue"), (one, "green"), (other, "blue")):
+            assert wait_until_done(endpoint, name).state == "succeeded"
+        one.set_traffic({"blue": 80, "green": 20})
+        other.set_traffic({"blue": 100})
+    with (
+        start_local_endpoint(tmp_path, two_models.tracking_uri, max_lifetime=120) as again,
+        LocalEndpoint(again.url, BC, key=again.key) as one,
+        LocalEndpoint(again.url, WINE, key=again.key) as other,
+    ):
+        assert one.traffic() == {"blue": 80, "green": 20}
+        assert other.traffic() == {"blue": 100}
+        assert wait_until_done(other, "blue").model_version == "2"
+        assert wait_until_done(one, "blue").model_name == "breast-cancer"
+        with http(again) as client:
+            answers = score(client, WINE, two_models, "wine", 5)
+        assert {r.status_code for r in answers} == {200}

@@ -9,7 +9,8 @@ from datetime import timedelta
 import pytest
 
 from orchestrator.messages import Envelope
-from promotion.commands import ResumePromotion
+from orchestrator.ports import EndpointError
+from promotion.commands import ResumePromotion, RollbackRequested
 from tests.fakes import (
     FakeDeployment,
     FakeWorld,
@@ -146,3 +147,32 @@ def test_the_endpoints_own_change_in_flight_is_not_drift():
     assert [item.effect.kind for item in w.aggregate("churn").outbox] == ["set_traffic"]
     report = w.runtime.maintenance.sweep()  # the split is being retried: not drift
     assert report["drift"] == [] and w.audit.actions("churn").count("endpoint.drift") == 0
+
+
+def test_a_stale_split_that_lands_after_a_rollback_is_undone_and_the_candidate_removed():
+    """The race the outbox cannot close alone: a stale 75/25 applied just after the rollback's
+    100/0. The delete waits (the candidate still takes traffic); the pass puts the state's
+    traffic back, and the next sweep removes the candidate."""
+    w = canary_world()
+    in_canary(w)
+    w.endpoint.faults.fail(
+        "delete", EndpointError("churn-v2 takes 25% of the traffic", transient=True)
+    )
+    active = w.aggregate("churn").promotion.active
+    assert active is not None
+    rollback = message(
+        "RollbackRequested",
+        "churn",
+        RollbackRequested(promotion_id=active.id, requested_by="oncall@contoso.com", reason="x"),
+        message_id="rollback:1",
+    )
+    with pytest.raises(EndpointError):  # saved; the delete is retried
+        w.handle(signed(w.runtime, rollback, "oncall@contoso.com", roles=["Promotion.Operate"]))
+    w.endpoint.live = {"churn-v1": 75, "churn-v2": 25}  # the stale split lands late
+    assert [item.effect.kind for item in w.aggregate("churn").outbox] == ["delete_deployment"]
+
+    [drift] = w.runtime.maintenance.sweep()["drift"]
+    assert "churn-v2" in drift["summary"]
+    assert w.endpoint.live == {"churn-v1": 100}
+    w.runtime.maintenance.sweep()
+    assert set(w.endpoint.deployed) == {"churn-v1"} and w.aggregate("churn").outbox == []

@@ -28,10 +28,14 @@ def test_ten_thousand_events_in_one_window_make_one_job(make_runtime):
     batches = [landed("churn", start, 1000) for start in range(0, 10_000, 1000)]
     for batch in batches:
         assert runtime.handlers.handle(batch).status == "applied"
-    # Event Hubs redelivers a batch, and a producer sends the same events again.
-    assert runtime.handlers.handle(batches[3]).status == "duplicate"
+    # Event Hubs redelivers a batch (its own items count again: already pending, nothing
+    # added), and a producer sends the same events again (all duplicates).
+    version = runtime.ports.store.load("churn")[0].version
+    assert runtime.handlers.handle(batches[3]).status == "applied"
     again = landed("churn", 2500, 1000)
     assert runtime.handlers.handle(again).status == "ignored"
+    assert runtime.ports.ledger.pending("churn").items == 10_000
+    assert runtime.ports.store.load("churn")[0].version == version  # the open window carried them
     runtime.handlers.handle(landed("fraud", 0, 3))
 
     pump(runtime, until=lambda: len(backend.jobs) == 2)
@@ -39,10 +43,16 @@ def test_ten_thousand_events_in_one_window_make_one_job(make_runtime):
 
     assert len(backend.jobs) == 2
     by_model = {request.model: request for request in backend.submissions}
-    assert len(by_model["churn"].data_uris) == 10_000
+    assert len(set(by_model["churn"].data_uris)) == len(by_model["churn"].data_uris) == 10_000
     assert len(by_model["fraud"].data_uris) == 3
     state = runtime.queries.model_status("churn")["retrain"]
-    assert state["current_job"]["run_id"] == by_model["churn"].run_id
+    job = state["current_job"]
+    assert job["run_id"] == by_model["churn"].run_id
+    assert (job["manifest"], job["data_count"]) == (job["run_id"], 10_000)
+    assert len(job["data_sample"]) == 5
+    # The job has its data: nothing is pending any more, and the aggregate stayed small.
+    assert runtime.ports.ledger.pending("churn").items == 0
+    assert len(runtime.ports.store.load("churn")[0].model_dump_json()) < 16_000
 
 
 def test_a_job_that_never_ends_is_canceled_once_and_the_run_recorded(make_runtime):

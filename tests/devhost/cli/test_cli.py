@@ -405,3 +405,54 @@ def test_against_azure_the_token_is_the_azure_credentials_for_the_api(monkeypatc
     monkeypatch.setattr(Credential, "get_token", lambda self, scope: no_login(scope))
     with pytest.raises(commands.CliError, match="run `az login`"):
         commands.request_pause(w.runtime, active.id, "oncall@contoso.com")
+
+
+def test_audit_and_runs_show_a_page_and_all_follows_the_tokens(make_runtime, capsys):
+    runtime = approval_runtime(make_runtime, "p")
+    promotion_id = awaiting_approval(runtime)
+    everything = [r.model_dump(mode="json") for r in runtime.ports.audit.read("churn")]
+    assert len(everything) > 3
+
+    assert main(["audit", "churn", "--limit", "2", "--json"], runtime=runtime) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["records"] == everything[:2] and first["continuation"]
+    token = first["continuation"]
+    assert main(["audit", "churn", "--limit", "2", "--continuation", token, "--json"],
+                runtime=runtime) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["records"] == everything[2:4]
+    assert main(["audit", "churn", "--limit", "2", "--all", "--json"], runtime=runtime) == 0
+    every = json.loads(capsys.readouterr().out)
+    assert every["records"] == everything and every["continuation"] is None
+
+    # Text: one page and how to read the next.
+    assert main(["audit", "churn", "--limit", "1"], runtime=runtime) == 0
+    assert "--continuation" in capsys.readouterr().out
+    assert main(["status", "--promotion", promotion_id, "--limit", "1", "--json"],
+                runtime=runtime) == 0  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert len(report["audit"]) == 1 and report["continuation"]
+    assert main(["status", "--promotion", promotion_id, "--all", "--json"], runtime=runtime) == 0
+    report = json.loads(capsys.readouterr().out)
+    mine = [r for r in everything if r["promotion_id"] == promotion_id]
+    assert report["audit"] == mine and report["continuation"] is None
+
+    assert main(["runs", "churn", "--json"], runtime=runtime) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "model": "churn",
+        "runs": [],
+        "continuation": None,
+    }
+
+    # Bad input: exit 2, one line naming the flag.
+    promotion_token = commands.audit_report(runtime, "churn", promotion_id=promotion_id, limit=1)[
+        "continuation"
+    ]
+    for argv, flag in (
+        (["audit", "churn", "--limit", "0"], "--limit"),
+        (["audit", "churn", "--limit", "many"], "--limit"),
+        (["audit", "churn", "--continuation", "forged"], "--continuation"),
+        (["audit", "churn", "--continuation", promotion_token], "--continuation"),
+        (["runs", "nobody"], "unknown model"),
+    ):
+        assert main(argv, runtime=runtime) == 2, argv
+        assert flag in capsys.readouterr().err
