@@ -1,8 +1,9 @@
 """Dead-letter records for messages and events that can never be handled.
 
-The Python worker's Service Bus binding cannot dead-letter a message itself, and Event Hubs
-has no dead-letter queue at all, so a trigger that meets a message it can never handle
-records it here, with the reason, and completes it: nothing is lost, nothing crash-loops.
+The Python worker's Service Bus binding cannot dead-letter a message itself (the SDK-type
+binding that could is not used: docs/reliability.md says why), and Event Hubs has no
+dead-letter queue at all, so a trigger that meets a message it can never handle records it
+here, with the reason, and completes it: nothing is lost, nothing crash-loops.
 One JSON blob per record in the `dead-letters` container of the state storage account.
 
 A record never keeps a secret the sender put in a URL: every query string (a SAS token) and
@@ -103,10 +104,9 @@ class BlobDeadLetters:
         self._write(name, {k: v for k, v in record.items() if k not in REPLAY_FIELDS}, None)
 
     def _write(self, name: str, record: dict[str, Any], etag: str | None) -> None:
+        condition: dict[str, Any] = (
+            {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+        )
         self._container.upload_blob(
-            name,
-            json.dumps(record, default=str).encode(),
-            overwrite=True,
-            etag=etag,
-            match_condition=MatchConditions.IfNotModified if etag else None,
+            name, json.dumps(record, default=str).encode(), overwrite=True, **condition
         )

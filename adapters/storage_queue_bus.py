@@ -5,7 +5,8 @@ Service Bus features mapped onto a storage queue:
   on receipt until its time (`deliver_at` in the wrapper);
 - delivery count = the queue's dequeue count;
 - dead letter = a `<queue>-poison` queue (the Functions host's convention) holding the body
-  and the reason.
+  and the reason; `peek_dead_letters`, `take_dead_letter` and `send_raw` let the CLI list and
+  replay them (devhost/cli/dead_letters.py).
 """
 
 from __future__ import annotations
@@ -212,8 +213,10 @@ class StorageQueueConsumer:
     """Receives from a storage queue, runs a handler, and settles each message.
 
     Success deletes the message. `InvalidMessage` (can never be handled) dead-letters it at
-    once with the reason. Any other error leaves it for a retry after a backoff, with the
-    error kept in the message; after `max_deliveries` it is dead-lettered with that error.
+    once with the reason, and so does a message the consumer cannot even read (our wrapper
+    malformed: `read_message`): once, as it came, and the poll goes on. Any other error leaves
+    it for a retry after a backoff, with the error kept in the message; after
+    `max_deliveries` it is dead-lettered with that error.
     """
 
     def __init__(

@@ -171,12 +171,13 @@ class Outbox:
         delivered again; a failing notification or tag waits for the next dispatch or the
         timer's sweep. `aggregate`: the state this process has just saved or read, to spare a
         read; the endpoint's effects always run from the latest saved state."""
-        if aggregate is None:
-            aggregate, _ = self.ports.store.load(model)
-        elif endpoint_effects_waiting(aggregate):
-            # Another handler may have saved a newer traffic map (a rollback) since this copy
-            # was read: a stale copy must not put an old split back.
-            aggregate, _ = self.ports.store.load(model)
+        loaded: tuple[ModelAggregate, str | None] | None = None
+        if aggregate is None or endpoint_effects_waiting(aggregate):
+            # A copy given may be stale: another handler may have saved a newer traffic map (a
+            # rollback) since, and an old split must never be put back. The read also starts
+            # the settling write below.
+            loaded = self.ports.store.load(model)
+            aggregate = loaded[0]
         if not aggregate.outbox and not aggregate.pending_audit:
             return 0
         run = _Run(now=self.ports.clock())
@@ -215,7 +216,7 @@ class Outbox:
                 run.done.add(item.id)
                 if isinstance(item.effect, SetTraffic) and aggregate.traffic_alert is not None:
                     run.restored = True
-        self._settle(aggregate, run)
+        self._settle(aggregate, run, loaded)
         self._announce(aggregate, run)
         if run.urgent is not None:
             raise run.urgent
@@ -296,7 +297,12 @@ class Outbox:
         run.done.add(item.id)
         run.gave_up.append((item, reason, attempts))
 
-    def _settle(self, aggregate: ModelAggregate, run: _Run) -> None:
+    def _settle(
+        self,
+        aggregate: ModelAggregate,
+        run: _Run,
+        loaded: tuple[ModelAggregate, str | None] | None = None,
+    ) -> None:
         """One write: forget what is done, count what failed, add what giving up added, flush
         the audit written, and record what was given up or paged (audited in the same write)."""
         if not (run.done or run.failed or run.flushed or run.added or run.alert or run.restored):
@@ -339,7 +345,7 @@ class Outbox:
             changed = current.model_copy(update=update)
             return None if changed == current else changed
 
-        saved, _ = self.ports.store.update(aggregate.model, change)
+        saved, _ = self.ports.store.update(aggregate.model, change, loaded=loaded)
         if audit:  # what giving up or paging recorded is written now, not on the next dispatch
             self._flush(saved)
 

@@ -350,10 +350,11 @@ class DataLedger(Protocol):
         keep_for: timedelta,
     ) -> list[DataItem]:
         """Claim each item's key for `claimant` (the message id) and make the new ones
-        pending. Returns the items that count: keys never seen (within `keep_for`) or already
-        claimed by this same claimant (a redelivery counts its own items again); the rest are
-        duplicates. A key a job has taken is a duplicate for every claimant. Keys older than
-        `keep_for` are forgotten when their part of the index is next written."""
+        pending. Returns the items that count: keys never seen (within `keep_for`), and keys
+        this same claimant claimed whose item is still pending (a redelivery counts its own
+        items again, adding nothing); the rest are duplicates, as is an item a job has taken.
+        Keys older than `keep_for` are forgotten when their part of the index is next
+        written."""
         ...
 
     def pending(self, model: str) -> PendingData:
@@ -371,8 +372,8 @@ class DataLedger(Protocol):
         ...
 
     def release(self, model: str, run_id: str) -> int:
-        """The job of `run_id` has its data: its manifest's items stop being pending and their
-        keys are marked taken (a late redelivery is a duplicate). Returns how many items."""
+        """The job of `run_id` has its data: its manifest's items stop being pending (their
+        keys stay claimed: a late redelivery is a duplicate). Returns how many items."""
         ...
 
 

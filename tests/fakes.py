@@ -290,12 +290,13 @@ class InMemoryStateStore:
 
 
 class InMemoryDataLedger:
-    """The DataLedger port with adapters/data_ledger.py's semantics (claims by message, keys
-    taken by a job, retention by seen time, first-writer manifests), kept in dicts. `keys`
+    """The DataLedger port with adapters/data_ledger.py's semantics (claims by message, a
+    redelivery counting only what is still pending, retention by seen time, first-writer
+    manifests), kept in dicts. `keys`
     and `seed_keys` let a test fill it with a million keys quickly."""
 
     def __init__(self) -> None:
-        # model -> key -> (claimant, seen at); "" is a key a job has taken
+        # model -> key -> (claimant, seen at)
         self.keys: dict[str, dict[str, tuple[str, datetime]]] = defaultdict(dict)
         self._pending: dict[str, dict[str, tuple[DataItem, datetime, int]]] = defaultdict(dict)
         self.manifests: dict[tuple[str, str], list[DataItem]] = {}
@@ -328,10 +329,10 @@ class InMemoryDataLedger:
                 known = None  # past the retention window: forgotten
             if known is None:
                 keys[item.key] = (claimant, now)
-            elif known[0] != claimant:
-                continue
+                self._pending[model].setdefault(item.key, (item, now, next(self._order)))
+            elif known[0] != claimant or item.key not in self._pending[model]:
+                continue  # another message's key, or an item a job has taken
             counted.append(item)
-            self._pending[model].setdefault(item.key, (item, now, next(self._order)))
         return counted
 
     def _oldest(self, model: str) -> list[DataItem]:
@@ -361,9 +362,6 @@ class InMemoryDataLedger:
         self.faults.check("release")
         sealed = self.manifests.get((model, run_id), [])
         for item in sealed:
-            seen = self.keys[model].get(item.key)
-            if seen is not None:
-                self.keys[model][item.key] = ("", seen[1])
             self._pending[model].pop(item.key, None)
         return len(sealed)
 

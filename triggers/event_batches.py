@@ -12,7 +12,8 @@ failure the handler marks as permanent (`InvalidMessage`) is not retried, only s
 event that causes it is found. Only a dead letter that cannot be written escapes (the trigger
 then raises and the batch is redelivered, so nothing is lost).
 
-A batch of n events that fails throughout costs at most 2n - 1 + (attempts - 1) handler calls.
+A batch of n events that fails throughout costs at most 3n + attempts - 2 handler calls (the
+whole batch `attempts` times, every other part of the split once, each single event once more).
 """
 
 from __future__ import annotations

@@ -1,6 +1,10 @@
 """Service Bus queues: the orchestrator's own commands and scheduled checks, and people's
 approvals. A message that can never be handled is dead-lettered at once with its reason
-(recorded, then completed); a transient failure raises, so Service Bus redelivers it."""
+(recorded in the `dead-letters` container, then completed); a transient failure raises, so
+Service Bus redelivers it and, after MaxDeliveryCount, moves it to the queue's own dead-letter
+queue. Not the SDK-type binding that could dead-letter it there itself: it loads the Service
+Bus SDK, grpc and uamqp when the host indexes the app, and its settlement runs only inside the
+real worker (docs/reliability.md). `devhost.cli dead-letters` lists and replays both."""
 
 from __future__ import annotations
 

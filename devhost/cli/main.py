@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from orchestrator.bootstrap import Runtime
 
 PROG = "python -m devhost.cli"
+DEAD_LETTER_SOURCES = ("records", "poison-queues", "service-bus")  # devhost/cli/dead_letters.py
 DEFAULT_PAGE = 100  # as the HTTP API's
 MAX_PAGE = MAX_AUDIT_PAGE
 PIPED_WIDTH = 140
@@ -153,6 +154,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("send-data", "upload data files where the model's blob trigger watches")
     sub.add_argument("model", metavar="MODEL")
     sub.add_argument("files", metavar="FILE", nargs="+", type=Path)
+
+    sub = add("dead-letters", "list or replay messages that could not be handled")
+    actions = sub.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    actions.required = True
+    listing = actions.add_parser(
+        "list", help="every dead letter: records, poison queues, the Service Bus DLQ",
+        parents=[common],
+    )  # fmt: skip
+    listing.add_argument("--source", choices=DEAD_LETTER_SOURCES, help="only this store")
+    replay = actions.add_parser(
+        "replay", help="send one back to its queue, once (the original body)", parents=[common]
+    )
+    replay.add_argument("dead_letter_id", metavar="ID", help="as `dead-letters list` shows it")
     return parser
 
 
@@ -224,6 +238,15 @@ def _run(arguments: argparse.Namespace, runtime: Runtime) -> tuple[Any, list[Ren
     if command == "send-data":
         upload = send_data(runtime, arguments.model, arguments.files)
         return upload.to_json(), render_upload(upload)
+    if command == "dead-letters":
+        from devhost.cli import dead_letters
+
+        if arguments.action == "list":
+            views = dead_letters.list_dead_letters(runtime, arguments.source)
+            document = {"dead_letters": [view.to_json() for view in views]}
+            return document, dead_letters.render_dead_letters(views)
+        replayed = dead_letters.replay_dead_letter(runtime, arguments.dead_letter_id)
+        return replayed.to_json(), dead_letters.render_replayed(replayed)
     if command == "status":
         if arguments.promotion:
             report = promotion_report(

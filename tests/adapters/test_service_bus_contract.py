@@ -8,14 +8,28 @@ message the SDK would put on the wire; the calls on the sender are bound against
 from __future__ import annotations
 
 import inspect
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.servicebus import ServiceBusMessage, ServiceBusSender
+from azure.servicebus import (
+    ServiceBusClient,
+    ServiceBusMessage,
+    ServiceBusReceiveMode,
+    ServiceBusReceiver,
+    ServiceBusSender,
+    ServiceBusSubQueue,
+)
 
-from adapters.service_bus import ServiceBusBus, build_message
+from adapters.service_bus import (
+    ServiceBusBus,
+    ServiceBusDeadLetters,
+    build_message,
+    replay_message,
+)
 from orchestrator.messages import Envelope, parse_envelope
 from orchestrator.ports import ScheduledHandle
+from tests.devhost.host.test_real_messaging import check_sdk_call
 
 
 class RecordingSender:
@@ -105,3 +119,151 @@ def test_schedule_and_cancel_use_sequence_numbers():
     name, bound = sender.calls[1]
     assert name == "cancel_scheduled_messages"
     assert bound.arguments["sequence_numbers"] == 1000
+
+
+# --------------------------------------------------------------------------- dead-letter queue
+#
+# `ServiceBusDeadLetters` on a client whose every call is bound against the real SDK's
+# signature (tests/devhost/host/test_real_messaging.py's `check_sdk_call`), over the SDK's own
+# `ServiceBusReceivedMessage` built from the AMQP transfer a dead-letter queue delivers.
+
+
+def dead_lettered(body: bytes, sequence_number: int, reason: str = "MaxDeliveryCountExceeded"):  # type: ignore[no-untyped-def]
+    from azure.servicebus import ServiceBusReceivedMessage
+    from azure.servicebus._pyamqp.message import Header, Properties
+    from azure.servicebus._pyamqp.message import Message as AmqpMessage
+
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    amqp = AmqpMessage(
+        data=[body],
+        header=Header(delivery_count=10),
+        properties=Properties(
+            message_id=f"keyed-{sequence_number}".encode(),
+            content_type=b"application/json",
+            subject=b"GateCheck",
+        ),
+        application_properties={
+            b"type": b"GateCheck",
+            b"model": b"churn",
+            b"DeadLetterReason": reason.encode(),
+            b"DeadLetterErrorDescription": b"Message could not be consumed after 10 attempts.",
+        },
+        message_annotations={
+            b"x-opt-sequence-number": sequence_number,
+            b"x-opt-enqueued-time": now_ms,
+            b"x-opt-locked-until": now_ms + 60_000,
+        },
+    )
+    return ServiceBusReceivedMessage(amqp, receiver=None, lock_token=uuid.uuid4())
+
+
+class FakeDeadLetterReceiver:
+    def __init__(self, messages: list[Any]) -> None:
+        self.pending = list(messages)
+        self.settled: list[tuple[str, int]] = []
+
+    def __enter__(self) -> FakeDeadLetterReceiver:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+    def peek_messages(self, *args: Any, **kwargs: Any) -> list[Any]:
+        check_sdk_call(ServiceBusReceiver.peek_messages, self, *args, **kwargs)
+        return list(self.pending)
+
+    def receive_messages(self, *args: Any, **kwargs: Any) -> list[Any]:
+        call = check_sdk_call(ServiceBusReceiver.receive_messages, self, *args, **kwargs)
+        batch = self.pending[: call["max_message_count"]]
+        self.pending = self.pending[len(batch) :]
+        return batch
+
+    def complete_message(self, *args: Any, **kwargs: Any) -> None:
+        message = check_sdk_call(ServiceBusReceiver.complete_message, self, *args, **kwargs)
+        self.settled.append(("complete", message["message"].sequence_number))
+
+    def abandon_message(self, *args: Any, **kwargs: Any) -> None:
+        message = check_sdk_call(ServiceBusReceiver.abandon_message, self, *args, **kwargs)
+        self.settled.append(("abandon", message["message"].sequence_number))
+
+
+class FakeClient:
+    def __init__(self, receiver: FakeDeadLetterReceiver) -> None:
+        self.receiver = receiver
+        self.sender = RecordingSender()
+        self.opened: list[dict[str, Any]] = []
+
+    def get_queue_receiver(self, *args: Any, **kwargs: Any) -> FakeDeadLetterReceiver:
+        self.opened.append(
+            check_sdk_call(ServiceBusClient.get_queue_receiver, self, *args, **kwargs)
+        )
+        return self.receiver
+
+    def get_queue_sender(self, *args: Any, **kwargs: Any) -> Any:
+        check_sdk_call(ServiceBusClient.get_queue_sender, self, *args, **kwargs)
+        sender = self.sender
+
+        class Context:
+            def __enter__(self) -> RecordingSender:
+                return sender
+
+            def __exit__(self, *exc_info: object) -> None:
+                return None
+
+        return Context()
+
+
+def test_a_replay_copies_the_body_byte_for_byte_without_the_dead_letter_bookkeeping():
+    body = envelope().to_bytes()
+    copy = replay_message(dead_lettered(body, 77))
+    amqp = copy.raw_amqp_message
+    assert b"".join(copy.body) == body  # the bytes an internal message's MAC covers
+    assert copy.message_id == "replay-77-keyed-77"
+    assert amqp.properties.subject == "GateCheck"
+    assert amqp.properties.content_type == "application/json"
+    assert amqp.application_properties == {
+        "type": "GateCheck",
+        "model": "churn",
+        "replayed_from_sequence_number": 77,
+    }
+
+
+def test_replay_receives_from_the_dead_letter_queue_sends_the_copy_then_completes_it():
+    target, other = dead_lettered(b'{"n": 1}', 8), dead_lettered(b'{"n": 2}', 9)
+    client = FakeClient(FakeDeadLetterReceiver([other, target]))
+    sent = ServiceBusDeadLetters(client, max_wait_seconds=1).replay("orchestrator", 8)  # type: ignore[arg-type]
+
+    assert sent is not None
+    [opened] = client.opened
+    assert opened["queue_name"] == "orchestrator"
+    assert opened["sub_queue"] == ServiceBusSubQueue.DEAD_LETTER
+    assert opened["receive_mode"] == ServiceBusReceiveMode.PEEK_LOCK
+    [(name, bound)] = client.sender.calls
+    assert name == "send_messages"
+    assert b"".join(bound.arguments["message"].body) == b'{"n": 1}'
+    # Sent before it is completed; the other dead letter goes straight back.
+    assert client.receiver.settled == [("complete", 8), ("abandon", 9)]
+
+
+def test_replay_of_a_dead_letter_that_is_gone_sends_nothing():
+    client = FakeClient(FakeDeadLetterReceiver([dead_lettered(b"{}", 9)]))
+    assert ServiceBusDeadLetters(client, max_wait_seconds=1).replay("orchestrator", 8) is None  # type: ignore[arg-type]
+    assert client.sender.calls == []
+    assert client.receiver.settled == [("abandon", 9)]
+
+
+def test_peek_lists_the_dead_letter_queue_with_its_reason():
+    client = FakeClient(FakeDeadLetterReceiver([dead_lettered(b"{}", 5, "TTLExpiredException")]))
+    [message] = ServiceBusDeadLetters(client).peek("approvals", 10)  # type: ignore[arg-type]
+    assert message.dead_letter_reason == "TTLExpiredException"
+    assert client.opened[0]["sub_queue"] == ServiceBusSubQueue.DEAD_LETTER
+
+
+def test_send_raw_sends_the_body_as_given_under_the_replay_id():
+    sender = RecordingSender()
+    ServiceBusBus(sender).send_raw(b'{"exact": "bytes"}', "replay-orchestrator/2026/x.json")  # type: ignore[arg-type]
+    [(name, bound)] = sender.calls
+    message = bound.arguments["message"]
+    assert name == "send_messages"
+    assert b"".join(message.body) == b'{"exact": "bytes"}'
+    assert message.message_id == "replay-orchestrator/2026/x.json"

@@ -188,10 +188,14 @@ def _all_pages(audit: BlobAuditLog, limit: int, **query) -> list[list[AuditRecor
 
 
 def test_audit_pages_cover_every_record_exactly_once_oldest_first(recorded):
-    audit, _ = recorded
+    audit, requests = recorded
     records = _many()
     audit.append(records)
+    requests.requests.clear()
+    first = audit.page("m", limit=40)
+    assert len(requests.downloads()) == 40 and requests.listings() == 1  # a page, not the log
     pages = _all_pages(audit, limit=40)
+    assert pages[0] == first.records
     assert [len(page) for page in pages] == [40] * 6 + [10]
     read = [record.record_id for page in pages for record in page]
     assert read == sorted(record.record_id for record in records)  # each once, in order
@@ -219,8 +223,9 @@ def test_a_promotion_page_downloads_only_that_promotion_s_records(recorded):
 
 def test_the_runs_index_holds_each_run_end_once(recorded):
     audit, requests = recorded
-    audit.append(_many())
-    audit.append(_many())  # a redelivery: nothing written twice
+    records = _many()
+    audit.append(records)
+    audit.append(records[:60])  # a redelivery (two run ends among them): nothing written twice
     requests.requests.clear()
     [ends] = _all_pages(audit, limit=100, run_ends=True)
     assert [r.aggregate_version for r in ends] == [1, 26, 51, 76, 101]

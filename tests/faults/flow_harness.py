@@ -534,6 +534,8 @@ class Process:
         ports = self.ports = runtime.ports
         ports.store = _Store(ports.store, self)
         audit, bus = ports.audit, _SchedulingBus(ports.bus, world)
+        ledger = ports.ledger
+        ports.ledger = _Guard(self, "ledger", lambda: ledger)
         ports.audit = _Guard(self, "audit", lambda: audit)
         ports.bus = _Guard(self, "bus", lambda: bus)
         outbox = runtime.outbox
@@ -821,9 +823,10 @@ def final_state(process: Process, model: str) -> dict[str, Any]:
         "active": promotion.active.status if promotion.active else None,
         "history": [(h.candidate_version, str(h.outcome)) for h in promotion.history],
         "runs": [
-            (r.status, r.registered_version, r.data_uri_count) for r in aggregate.retrain.runs
+            (r.status, r.registered_version, r.data_count) for r in aggregate.retrain.runs
         ],
-        "seen_keys": sorted(aggregate.retrain.seen_keys),
+        "trained_items": sum(r.data_count for r in aggregate.retrain.runs),
+        "pending_items": process.ports.ledger.pending(model).items,
         "transitions": [r.action for r in records if r.action not in NOOP_ACTIONS],
     }
 

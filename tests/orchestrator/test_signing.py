@@ -56,6 +56,12 @@ def forgeries(w: FakeWorld) -> dict[str, dict[str, Any]]:
         "DeploymentReady": {"promotion_id": promotion, "deployment": "churn-v2"},
         "DeploymentFailed": {"promotion_id": promotion, "deployment": "churn-v2"},
         "DeploymentCheck": {"promotion_id": promotion, "deployment": "churn-v2", "attempt": 120},
+        # A forged drift would pause a promotion or move traffic "back" to what it claims.
+        "EndpointDrift": {
+            "expected_traffic": {"churn-v1": 100},
+            "actual_traffic": {"churn-v2": 100},
+        },
+        "EndpointInSync": {},
     }
 
 

@@ -16,6 +16,7 @@ def test_commands_cover_every_type() -> None:
     assert set(COMMANDS) == {
         "StartPromotion", "GateCheck", "ApprovalDecision", "ApprovalTimedOut", "DeploymentReady",
         "DeploymentFailed", "RollbackRequested", "PromoteNow", "PausePromotion", "ResumePromotion",
+        "EndpointDrift", "EndpointInSync",
     }  # fmt: skip
 
 

@@ -206,6 +206,11 @@ def traffic(**weights: int) -> SetTraffic:
     return SetTraffic(traffic={dep(name[1:]): weight for name, weight in weights.items()})
 
 
+def restore(**weights: int) -> SetTraffic:
+    """A rollback's traffic back to the known-good version (never given up)."""
+    return traffic(**weights).model_copy(update={"restore": True})
+
+
 def delete(version: str) -> DeleteDeployment:
     return DeleteDeployment(deployment=dep(version))
 
@@ -266,7 +271,7 @@ PUB, TAG, SEND, DEPLOY, TRAFFIC, DELETE, ASK = (
 )  # fmt: skip
 ROLLBACK_LIVE = [TRAFFIC, DELETE, PUB, TAG]  # traffic first, then delete, then record
 ROLLBACK_BAKE = [TRAFFIC, DELETE, TAG, PUB, TAG]  # ... and the known-good is tagged production
-BACK_TO_V1 = (traffic(v1=100, v2=0), delete("2"))  # all traffic on v1 first, then delete v2
+BACK_TO_V1 = (restore(v1=100, v2=0), delete("2"))  # all traffic on v1 first, then delete v2
 
 CASES = [
     # starting and the staging gate
@@ -563,7 +568,7 @@ CASES = [
         ),
         S.FAILED,
         [TRAFFIC, DELETE, PUB, TAG],
-        moves=(traffic(v1=100), delete("2")),
+        moves=(restore(v1=100), delete("2")),
     ),
     Case(
         "deploying rollback -> rolled_back",
@@ -571,7 +576,7 @@ CASES = [
         rollback,
         S.ROLLED_BACK,
         [TRAFFIC, DELETE, PUB, TAG],
-        moves=(traffic(v1=100), delete("2")),
+        moves=(restore(v1=100), delete("2")),
     ),
     Case("paused deploying, ready -> held", paused(deploying), ready, S.DEPLOYING, []),
     Case(
@@ -580,7 +585,7 @@ CASES = [
         rollback,
         S.ROLLED_BACK,
         [TRAFFIC, DELETE, PUB, TAG],
-        moves=(traffic(v1=100), delete("2")),
+        moves=(restore(v1=100), delete("2")),
     ),
     # canary
     Case(
@@ -1031,7 +1036,7 @@ def test_supersede_rolls_back_cleanly_then_starts_the_new_one() -> None:
     old_id = h.active.id
     h.send(StartPromotion(candidate_version="3", offline=offline("pass")))
     effects = h.last.effects  # type: ignore[union-attr]
-    assert effects[0] == SetTraffic(traffic={dep("1"): 100, dep("2"): 0})
+    assert effects[0] == SetTraffic(traffic={dep("1"): 100, dep("2"): 0}, restore=True)
     assert effects[1] == DeleteDeployment(deployment=dep("2"))
     assert h.state.history[-1].promotion_id == old_id
     assert h.state.history[-1].outcome == S.ROLLED_BACK

@@ -13,7 +13,15 @@ from orchestrator.messages import Envelope, InvalidMessage, parse_envelope
 from promotion.commands import GateCheck
 from retrain.commands import TrainingJobCheck
 from triggers import http_api
-from triggers.payloads import BadPayload, RetrainBody, parse_event, parse_json_body
+from triggers.payloads import (
+    AuditQuery,
+    BadPayload,
+    PageQuery,
+    RetrainBody,
+    parse_event,
+    parse_json_body,
+    parse_query,
+)
 
 
 @pytest.mark.parametrize(
@@ -90,3 +98,23 @@ def test_a_mac_that_is_not_64_lowercase_hex_is_refused_at_parse(mac: str) -> Non
     # A non-ASCII MAC would crash hmac.compare_digest: refused as malformed, never retried.
     with pytest.raises(InvalidMessage, match="mac"):
         parse_envelope(json.dumps(_envelope(mac=mac)).encode())
+
+
+@pytest.mark.parametrize(
+    "limit", ["0", "1001", "-1", "+5", " 5", "5 ", "1e2", "0x10", "\uff11\uff10", ""]
+)
+def test_a_page_limit_is_plain_digits_within_bounds(limit: str) -> None:
+    with pytest.raises(BadPayload, match="limit"):
+        parse_query({"limit": limit}, PageQuery)
+
+
+def test_a_page_query_ignores_the_function_key_and_refuses_anything_else() -> None:
+    query = parse_query({"code": "key", "limit": "0010", "promotion": "churn-v1-x"}, AuditQuery)
+    assert (query.limit, query.promotion, query.continuation) == (10, "churn-v1-x", None)
+    assert parse_query({}, PageQuery).limit == 100
+    with pytest.raises(BadPayload, match="promotion"):
+        parse_query({"promotion": "churn-v1"}, PageQuery)  # runs take no promotion
+    with pytest.raises(BadPayload, match="promotion"):
+        parse_query({"promotion": "a/b"}, AuditQuery)
+    with pytest.raises(BadPayload, match="continuation"):
+        parse_query({"continuation": "x" * 4001}, AuditQuery)

@@ -1,0 +1,49 @@
+"""The dead-letter records on Azurite: a replay claims a record once (a conditional write)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from azure.storage.blob import BlobServiceClient
+
+from adapters.blob_state import ensure_container
+from adapters.dead_letters import BlobDeadLetters
+
+pytestmark = pytest.mark.azurite
+
+
+@pytest.fixture
+def records(azurite) -> BlobDeadLetters:  # type: ignore[no-untyped-def]
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    container = service.get_container_client(f"dl{uuid.uuid4().hex[:12]}")
+    return BlobDeadLetters(ensure_container(container))
+
+
+def test_two_replays_of_one_record_cannot_both_claim_it(records: BlobDeadLetters) -> None:
+    name = records.record("orchestrator", "unknown model churn", b'{"type": "GateCheck"}')
+    record, etag = records.get(name) or ({}, "")
+    first = records.claim_replay(name, record, etag, "orchestrator")
+    second = records.claim_replay(name, record, etag, "orchestrator")  # read before the first
+    assert first is not None and first["replayed_to"] == "orchestrator"
+    assert second is None
+    stored, _ = records.get(name) or ({}, "")
+    assert stored["replayed_at"] == first["replayed_at"]
+    assert stored["body"] == '{"type": "GateCheck"}'
+
+
+def test_a_released_claim_can_be_claimed_again(records: BlobDeadLetters) -> None:
+    name = records.record("approvals", "reason", "{}")
+    record, etag = records.get(name) or ({}, "")
+    claimed = records.claim_replay(name, record, etag, "approvals")
+    assert claimed is not None
+    records.release_replay(name, claimed)
+    record, etag = records.get(name) or ({}, "")
+    assert "replayed_at" not in record
+    assert records.claim_replay(name, record, etag, "approvals") is not None
+
+
+def test_entries_name_each_record_and_a_missing_one_is_none(records: BlobDeadLetters) -> None:
+    names = [records.record("eventhub", f"reason {n}", "x") for n in range(3)]
+    assert [name for name, _ in records.entries("eventhub")] == sorted(names)
+    assert records.get("eventhub/no/such.json") is None

@@ -1,0 +1,127 @@
+"""Data through the handlers with the data ledger (in-memory fakes): a storm of single-blob
+events writes the aggregate once and makes one job; the caps; the redelivery of an event;
+data stranded by a closing window found by the sweep."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from orchestrator.handlers import sweep_stranded_data
+from orchestrator.messages import InvalidMessage
+from tests.fakes import DATA_ACCOUNT, data_items, fake_runtime, landed, policy_yaml
+from triggers.envelopes import data_landed_envelope
+
+
+def blob_event(model: str, n: int):
+    """One blob landed, as the blob trigger sends it."""
+    return data_landed_envelope(model, data_items(model, n), "blob")
+
+
+def test_ten_thousand_blob_events_write_the_aggregate_once_and_make_one_job():
+    w = fake_runtime()
+    assert w.handle(blob_event("churn", 0)).status == "applied"
+    opened = len(w.store.saves)  # the transition and the outbox's clean-up
+    for n in range(1, 10_000):
+        assert w.handle(blob_event("churn", n)).status == "applied"
+    # Only the event that opened the window wrote the aggregate: no contention on its ETag.
+    assert len(w.store.saves) == opened
+    assert w.ledger.pending("churn").items == 10_000
+    w.clock.advance(1)
+    w.deliver_due()
+    [request] = w.training.submissions
+    assert len(set(request.data_uris)) == 10_000
+    job = w.aggregate("churn").retrain.current_job
+    assert job is not None and (job.manifest, job.data_count) == (request.run_id, 10_000)
+    assert len(job.data_sample) == 5
+    assert w.ledger.pending("churn").items == 0
+    assert len(w.aggregate("churn").model_dump_json()) < 16_000
+
+
+def test_a_redelivered_event_adds_nothing_and_another_with_the_same_key_is_a_duplicate():
+    w = fake_runtime()
+    event = blob_event("churn", 1)
+    w.handle(event)
+    assert w.handle(event).status == "duplicate"  # it opened the window: remembered
+    w.handle(blob_event("churn", 2))
+    assert w.handle(blob_event("churn", 2)).status == "applied"  # counted again, added nothing
+    copy = data_landed_envelope("churn", data_items("churn", 2), "eventhub")
+    copy = copy.model_copy(update={"message_id": "churn:another-delivery"})
+    assert w.handle(copy).status == "ignored"
+    assert w.ledger.pending("churn").items == 2
+
+
+def test_an_event_over_the_per_event_cap_is_dead_lettered_whole_with_its_reason():
+    w = fake_runtime(policy_yaml("churn", retrain="{debounce: 1s, max_items_per_event: 3}"))
+    with pytest.raises(InvalidMessage, match=r"4 data items .*max_items_per_event \(3\)"):
+        w.handle(landed("churn", 1, 2, 3, 4))
+    assert w.ledger.claims == 0 and w.ledger.pending("churn").items == 0  # nothing recorded
+    assert w.handle(landed("churn", 1, 2, 3)).status == "applied"
+
+
+def test_a_window_past_its_cap_leaves_the_rest_for_the_next_job_audited():
+    retrain = "{debounce: 1s, cooldown: 0s, max_items_per_window: 40}"
+    w = fake_runtime(policy_yaml("churn", retrain=retrain))
+    w.handle(landed("churn", *range(30)))
+    w.handle(landed("churn", *range(30, 100)))
+    w.clock.advance(1)
+    w.deliver_due()
+    [first] = w.training.submissions
+    assert len(first.data_uris) == 40
+    assert "retrain.window_capped" in w.audit.actions("churn")
+    assert w.ledger.pending("churn").items == 60
+    for jobs in (1, 2):
+        w.training.finish(w.training.jobs[-1], str(jobs))
+        w.run(
+            until=lambda jobs=jobs: len(w.training.submissions) > jobs,
+            horizon=timedelta(hours=1),
+        )
+    sizes = [len(request.data_uris) for request in w.training.submissions]
+    assert sizes == [40, 40, 20]
+    every = [uri for request in w.training.submissions for uri in request.data_uris]
+    assert sorted(every) == sorted(
+        f"{DATA_ACCOUNT}/training-data/churn/{n}.csv" for n in range(100)
+    )
+
+
+def test_data_that_landed_while_its_window_closed_is_picked_up_by_the_sweep():
+    w = fake_runtime()
+    w.handle(blob_event("churn", 1))
+    opened = w.aggregate("churn")
+    # The race: an event read the aggregate with the window open, then the window closed
+    # (submitting what it listed), then the event's item was recorded: it wrote nothing.
+    w.clock.advance(1)
+    w.deliver_due()
+    assert len(w.training.submissions) == 1 and w.aggregate("churn").retrain.window is None
+    late = blob_event("churn", 2)
+    w.ledger.claim("churn", data_items("churn", 2), late.message_id, w.clock(), timedelta(days=1))
+    assert opened.retrain.window is not None  # what the late event saw
+    assert w.ledger.pending("churn").items == 1
+
+    summary = w.runtime.maintenance.sweep()
+    assert summary["failed"] == []
+    window = w.aggregate("churn").retrain.window
+    assert window is not None
+    assert "retrain.stranded_data_found" in w.audit.actions("churn")
+    # Nothing more is stranded: a second sweep opens nothing new.
+    aggregate = w.aggregate("churn")
+    policy = w.policies["churn"]
+    assert (
+        sweep_stranded_data(w.runtime.ports, w.runtime.outbox, "churn", policy, aggregate) is None
+    )
+    w.training.finish(w.training.jobs[0], "1")
+    w.run(until=lambda: len(w.training.submissions) == 2, horizon=timedelta(hours=1))
+    assert w.training.submissions[1].data_uris == [f"{DATA_ACCOUNT}/training-data/churn/2.csv"]
+
+
+def test_data_below_the_minimum_is_not_reopened_by_every_sweep():
+    w = fake_runtime(policy_yaml("churn", retrain="{debounce: 1s, min_new_files: 3}"))
+    w.handle(landed("churn", 1))
+    w.clock.advance(1)
+    w.deliver_due()
+    assert "retrain.window_below_minimum" in w.audit.actions("churn")
+    before = w.aggregate("churn").version
+    w.runtime.maintenance.sweep()
+    assert w.aggregate("churn").retrain.window is None
+    assert w.aggregate("churn").version == before
