@@ -10,8 +10,9 @@ records. The index blob is written after the record (so it never names a missing
 again by a repeated append (so a crash between the two is repaired by the redelivery).
 Records written before the index existed: `BlobAuditLog.index_existing(model)`, once.
 
-Pages follow the blob listing (oldest first); the continuation token wraps the listing's own
-marker with the prefix it belongs to, so a token of another query is refused.
+Pages follow the blob listing, oldest first (a listing only ascends: newest first would need a
+second, reversed index); the continuation token wraps the listing's own marker with the prefix
+it belongs to, so a token of another query is refused.
 """
 
 from __future__ import annotations

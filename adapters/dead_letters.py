@@ -31,6 +31,9 @@ from domain.data_location import redact_body, redact_text
 
 REDACTED = "<redacted bearer token>"
 REPLAY_FIELDS = ("replayed_at", "replayed_to")
+# The largest Event Hubs event (1 MB) and standard Service Bus message (256 KB) fit whole, so a
+# replay sends the body as it came; a longer one is cut (and marked `body_truncated`).
+MAX_BODY = 1_048_576
 
 
 def redact_token(text: str) -> str:
@@ -57,14 +60,16 @@ class BlobDeadLetters:
         now = datetime.now(UTC)
         name = f"{source}/{now:%Y/%m/%d}/{now:%H%M%S%f}-{uuid.uuid4().hex[:8]}.json"
         text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
-        text = redact_token(text)
+        text = redact_body(redact_token(text))
         document = {
             "source": source,
             "reason": redact_text(reason),
             "dead_lettered_at": now.isoformat(),
             "properties": properties or {},
-            "body": redact_body(text)[:200_000],
+            "body": text[:MAX_BODY],
         }
+        if len(text) > MAX_BODY:  # kept for diagnosis; a replay of it is refused
+            document["body_truncated"] = len(text)
         self._container.upload_blob(name, json.dumps(document, default=str).encode())
         return name
 

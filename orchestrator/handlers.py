@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal, NoReturn
 
@@ -68,6 +68,7 @@ class Outcome:
     version: int
     reason: str | None = None
     effects: int = 0
+    effects_pending: bool = False  # saved, but an effect failed: the outbox retries it
 
 
 @dataclass
@@ -85,12 +86,21 @@ class MessageHandlers:
         self.ports = ports
         self.outbox = outbox
 
-    def handle(self, envelope: Envelope, *, verified_by: str | None = None) -> Outcome:
+    def handle(
+        self,
+        envelope: Envelope,
+        *,
+        verified_by: str | None = None,
+        raise_effect_failures: bool = True,
+    ) -> Outcome:
         """Handle one command or event from a queue. Raises InvalidMessage for a message that
         can never be handled (dead-letter it); any other error is transient (retry).
 
         `verified_by`: an HTTP entry point that has authenticated the caller itself (a person's
-        command then needs no token; orchestrator/people.py)."""
+        command then needs no token; orchestrator/people.py). `raise_effect_failures=False`: a
+        transition saved but with an effect failing returns its outcome marked
+        `effects_pending` instead of raising (an HTTP answer: the outbox retries the effect,
+        and a retried request would only find the transition done)."""
         payload_type = PAYLOADS.get(envelope.type)
         if payload_type is None:
             raise InvalidMessage(f"unknown message type {envelope.type!r}")
@@ -113,7 +123,15 @@ class MessageHandlers:
         if loaded[0].has_seen(envelope.message_id):
             return self._duplicate(envelope, loaded[0])
         handler = _HANDLERS.get(envelope.type, MessageHandlers._promotion)
-        return handler(self, envelope, policy, command, loaded)
+        try:
+            return handler(self, envelope, policy, command, loaded)
+        except Exception as exc:
+            saved: Outcome | None = getattr(exc, "saved_outcome", None)
+            if saved is None or raise_effect_failures:
+                raise
+            log.warning("%s %s saved; effects pending: %s", envelope.type, envelope.message_id, exc)
+            pending = f"saved; effects pending, retried by the outbox: {type(exc).__name__}: {exc}"
+            return replace(saved, reason=pending[:500], effects_pending=True)
 
     def reject(self, envelope: Envelope, reason: str) -> NoReturn:
         """Audit a message refused for who sent it, then raise InvalidMessage (the trigger
@@ -348,8 +366,20 @@ class MessageHandlers:
         decision = applied.decision
         if applied.duplicate:
             return self._duplicate(envelope, aggregate)
-        self.outbox.dispatch(envelope.model, aggregate)
         assert decision is not None
+        status: Literal["applied", "ignored"] = (
+            "ignored" if decision.ignored and not decision.effects else "applied"
+        )
+        outcome = Outcome(
+            status, envelope.model, aggregate.version, decision.ignored, len(decision.effects)
+        )
+        try:
+            self.outbox.dispatch(envelope.model, aggregate)
+        except Exception as exc:
+            # Saved: the effects are retried (redelivery, the sweep). A caller that answers a
+            # person (HTTP) reports that instead of failing (see `handle`).
+            exc.saved_outcome = outcome  # type: ignore[attr-defined]
+            raise
         if decision.ignored:
             log.info(
                 "%s %s for %s changed nothing: %s",
@@ -358,12 +388,7 @@ class MessageHandlers:
                 envelope.model,
                 decision.ignored,
             )
-        status: Literal["applied", "ignored"] = (
-            "ignored" if decision.ignored and not decision.effects else "applied"
-        )
-        return Outcome(
-            status, envelope.model, aggregate.version, decision.ignored, len(decision.effects)
-        )
+        return outcome
 
     def _duplicate(self, envelope: Envelope, aggregate: ModelAggregate) -> Outcome:
         log.info(

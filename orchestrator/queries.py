@@ -75,6 +75,15 @@ class Queries:
             "recent_promotions": [h.model_dump(mode="json") for h in promotion.history],
             "retrain": retrain,
             "pending_effects": len(aggregate.outbox),
+            # What an operator must look at: effects dropped after their retries, a rollback
+            # whose traffic does not hold (it pages), the endpoint serving something else.
+            "effects_given_up": aggregate.effects_given_up,
+            "traffic_alert": (
+                aggregate.traffic_alert.model_dump(mode="json") if aggregate.traffic_alert else None
+            ),
+            "endpoint_drift": (
+                promotion.drift.model_dump(mode="json") if promotion.drift else None
+            ),
         }
 
     def find_promotion(self, promotion_id: str) -> tuple[str, dict[str, Any]] | None:

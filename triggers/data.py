@@ -132,6 +132,7 @@ def data_events(events: list[func.EventHubEvent]) -> None:
             properties = _properties(event) | {"model": model}
             runtime.dead_letters.record("eventhub", reason, event.get_body(), properties)
             dead.add(index)
+            log.error("dead-lettered event %s for %s: %s", event.sequence_number, model, reason)
 
         settle(pairs, handle, dead_letter)
 

@@ -123,7 +123,9 @@ def retrain(req: func.HttpRequest) -> func.HttpResponse:
     )
     envelope = Envelope.new("RetrainRequested", body.model, command, message_id=f"http:{run_id}")
     try:
-        outcome = runtime.handlers.handle(envelope, verified_by=caller.verified_by)
+        outcome = runtime.handlers.handle(
+            envelope, verified_by=caller.verified_by, raise_effect_failures=False
+        )
     except InvalidMessage as exc:
         return problem(400, "Invalid request", exc.reason)
     status_url = f"/api/models/{body.model}"
@@ -132,6 +134,7 @@ def retrain(req: func.HttpRequest) -> func.HttpResponse:
             "run_id": run_id,
             "model": body.model,
             "status": outcome.status,
+            "effects_pending": outcome.effects_pending,
             "reason": outcome.reason,
             "status_url": status_url,
         },
@@ -291,7 +294,9 @@ def rollback(req: func.HttpRequest) -> func.HttpResponse:
         promotion_id=promotion_id,
         message_id=f"http:rollback:{uuid.uuid4().hex}",
     )
-    outcome = runtime.handlers.handle(envelope, verified_by=caller.verified_by)
+    outcome = runtime.handlers.handle(
+        envelope, verified_by=caller.verified_by, raise_effect_failures=False
+    )
     if outcome.status == "ignored":
         return problem(409, "Rollback not applied", outcome.reason or "promotion is not active")
     return json_response(
@@ -299,6 +304,10 @@ def rollback(req: func.HttpRequest) -> func.HttpResponse:
             "promotion_id": promotion_id,
             "model": model,
             "status": outcome.status,
+            # Saved either way; a pending effect (the endpoint down) is retried by the outbox
+            # and shows in the model's status (pending_effects, traffic_alert).
+            "effects_pending": outcome.effects_pending,
+            "reason": outcome.reason,
             "status_url": f"/api/promotions/{promotion_id}",
         },
         status=202,

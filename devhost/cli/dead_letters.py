@@ -239,6 +239,11 @@ def _replay_record(runtime: Runtime, dead_letter_id: str, name: str) -> Replayed
             "(a blob's record: upload the blob again under a valid name)"
         )
     body = str(record.get("body", ""))
+    if record.get("body_truncated"):
+        raise BadInput(
+            f"{dead_letter_id}: its body ({record['body_truncated']} characters) was cut when "
+            "it was recorded; a replay would not be the message that came"
+        )
     _refuse_a_persons_command(body, dead_letter_id)
     claimed = records.claim_replay(name, record, etag, target)
     if claimed is None:

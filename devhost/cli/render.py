@@ -144,6 +144,21 @@ def render_model(report: Mapping[str, Any]) -> list[RenderableType]:
     summary.add_row("new data", data)
     if report.get("pending_effects"):
         summary.add_row("pending effects", str(report["pending_effects"]))
+    if report.get("effects_given_up"):
+        summary.add_row("effects given up", f"[yellow]{report['effects_given_up']}[/yellow]")
+    alert = report.get("traffic_alert")
+    if alert:
+        summary.add_row(
+            "[bold red]traffic not restored[/bold red]",
+            f"{alert['traffic']} since {_when(alert['since'])}: {alert['error']}",
+        )
+    drift = report.get("endpoint_drift")
+    if drift:
+        summary.add_row(
+            "[yellow]endpoint drift[/yellow]",
+            f"serves {drift['actual_traffic']}, the state says {drift['expected_traffic']}"
+            + (f"; missing {', '.join(drift['missing'])}" if drift.get("missing") else ""),
+        )
     summary.add_row("state version", str(report.get("version")))
     out.append(summary)
 

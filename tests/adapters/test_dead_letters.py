@@ -8,7 +8,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 
 from adapters.blob_state import ensure_container
-from adapters.dead_letters import BlobDeadLetters
+from adapters.dead_letters import MAX_BODY, BlobDeadLetters
 
 pytestmark = pytest.mark.azurite
 
@@ -47,3 +47,11 @@ def test_entries_name_each_record_and_a_missing_one_is_none(records: BlobDeadLet
     names = [records.record("eventhub", f"reason {n}", "x") for n in range(3)]
     assert [name for name, _ in records.entries("eventhub")] == sorted(names)
     assert records.get("eventhub/no/such.json") is None
+
+
+def test_a_body_past_the_limit_is_cut_and_marked(records: BlobDeadLetters) -> None:
+    whole = records.record("eventhub", "reason", b"x" * MAX_BODY)
+    cut = records.record("eventhub", "reason", b"x" * (MAX_BODY + 10))
+    assert "body_truncated" not in (records.get(whole) or ({}, ""))[0]
+    record, _ = records.get(cut) or ({}, "")
+    assert len(record["body"]) == MAX_BODY and record["body_truncated"] == MAX_BODY + 10

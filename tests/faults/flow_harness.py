@@ -822,9 +822,7 @@ def final_state(process: Process, model: str) -> dict[str, Any]:
         "last_known_good": promotion.last_known_good.version if promotion.last_known_good else None,
         "active": promotion.active.status if promotion.active else None,
         "history": [(h.candidate_version, str(h.outcome)) for h in promotion.history],
-        "runs": [
-            (r.status, r.registered_version, r.data_count) for r in aggregate.retrain.runs
-        ],
+        "runs": [(r.status, r.registered_version, r.data_count) for r in aggregate.retrain.runs],
         "trained_items": sum(r.data_count for r in aggregate.retrain.runs),
         "pending_items": process.ports.ledger.pending(model).items,
         "transitions": [r.action for r in records if r.action not in NOOP_ACTIONS],

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from adapters.azurite import Azurite
 from orchestrator.bootstrap import Runtime
+from orchestrator.clock import utc_now
 from tests.faults.support import (
     DeadLetterSpy,
     TrainingBackend,
@@ -29,6 +30,7 @@ from tests.faults.support import (
 )
 from tests.harness import policy_yaml
 from triggers import data
+from triggers.payloads import blob_item
 
 pytestmark = pytest.mark.azurite
 

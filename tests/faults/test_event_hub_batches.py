@@ -2,9 +2,9 @@
 garbage, through the real `data_events` trigger with real `func.EventHubEvent` objects (and,
 at the end, batches whose handling keeps failing).
 
-Every valid event is kept (the model's retrain state has seen its data), every invalid one is
-one dead-letter record with a reason, bad input never raises, and a batch is one transition
-write per model (one handled command, one aggregate version carrying the batch).
+Every valid event is kept (pending in the model's data ledger), every invalid one is one
+dead-letter record with a reason, bad input never raises, and a batch is one handled command
+per model and at most one transition write, never one per event.
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from orchestrator.messages import Envelope
 from orchestrator.policy_files import UnknownModel
 from orchestrator.ports import AuditRecord, InvalidContinuation
 from promotion.commands import ApprovalDecision
+from retrain.commands import DATA_SAMPLE
 from retrain.state import MAX_RUNS
 from tests.fakes import (
     START,
@@ -336,3 +337,15 @@ def test_the_status_is_bounded_whatever_the_history():
     assert retrain["runs"][-1]["run_id"] == w.aggregate("churn").retrain.runs[-1].run_id
     text = json.dumps(status)
     assert "seen_keys" not in text and "blob:" not in text  # no data key, anywhere
+
+    # A job on many items: its count and a sample; data waiting: a count and a sample.
+    w = fake_runtime()  # jobs stay running
+    w.handle(landed("churn", *range(40)))
+    w.clock.advance(1)
+    w.deliver_due()
+    w.handle(landed("churn", *range(40, 60)))
+    retrain = w.runtime.queries.model_status("churn")["retrain"]
+    job = retrain["current_job"]
+    assert job["data_count"] == 40 and 0 < len(job["data_sample"]) <= DATA_SAMPLE
+    assert retrain["pending"]["count"] == 20 and len(retrain["pending"]["sample"]) <= DATA_SAMPLE
+    assert "blob:" not in json.dumps(retrain)

@@ -15,7 +15,7 @@ from adapters.storage_queue_bus import decode_body
 from domain.metrics import OfflineMetrics
 from orchestrator.bootstrap import set_runtime
 from orchestrator.messages import Envelope
-from orchestrator.ports import DeploymentStatus
+from orchestrator.ports import DeploymentStatus, EndpointError
 from tests.harness import RecordingTrainingBackend, ShiftedClock, policy_yaml, signed
 from triggers import data, health, http_api, maintenance, messages
 
@@ -30,20 +30,23 @@ class InMemoryEndpoint:
     """The OnlineEndpoint port in memory: deployments are ready at once."""
 
     def __init__(self) -> None:
-        self.deployments: dict[str, str] = {}
+        self.deployed: dict[str, str] = {}
         self.traffic_map: dict[str, int] = {}
         self.calls: list[tuple[str, Any]] = []
+        self.down = False  # every call fails, as an endpoint that does not answer
 
     def deploy(self, model_name: str, model_version: str, deployment: str) -> str:
         self.calls.append(("deploy", deployment))
-        self.deployments[deployment] = model_version
+        self.deployed[deployment] = model_version
         return deployment
 
     def deployment_state(self, deployment: str) -> DeploymentStatus:
-        state = "succeeded" if deployment in self.deployments else "missing"
+        state = "succeeded" if deployment in self.deployed else "missing"
         return DeploymentStatus(deployment=deployment, state=state)  # type: ignore[arg-type]
 
     def set_traffic(self, traffic: dict[str, int]) -> None:
+        if self.down:
+            raise EndpointError("endpoint unreachable", transient=True)
         self.calls.append(("set_traffic", dict(traffic)))
         self.traffic_map = {name: weight for name, weight in traffic.items() if weight}
 
@@ -51,11 +54,19 @@ class InMemoryEndpoint:
         self.calls.append(("set_mirror", dict(mirror)))
 
     def delete(self, deployment: str) -> None:
+        if self.down:
+            raise EndpointError("endpoint unreachable", transient=True)
         self.calls.append(("delete", deployment))
-        self.deployments.pop(deployment, None)
+        self.deployed.pop(deployment, None)
 
     def traffic(self) -> dict[str, int]:
         return dict(self.traffic_map)
+
+    def deployments(self) -> list[DeploymentStatus]:
+        return [
+            DeploymentStatus(deployment=name, state="succeeded", model_version=version)
+            for name, version in sorted(self.deployed.items())
+        ]
 
 
 class FixedMetrics:
@@ -421,6 +432,30 @@ def test_promotion_status_and_rollback_over_http(app_runtime):
         rollback(request("POST", "x", {"reason": "again"}, promotion_id=promotion_id)).status_code
         == 409
     )
+
+
+def test_a_rollback_over_http_while_the_endpoint_is_down_is_saved_and_retried(app_runtime):
+    """Not a 500 that a retry turns into a 409: the rollback is saved and answered 202 with
+    its effects pending; the timer's sweep finishes them once the endpoint answers."""
+    runtime, _, endpoint = app_runtime
+    start = Envelope.new("StartPromotion", "churn", {"candidate_version": "1"})
+    runtime.handlers.handle(runtime.signer.sign(start))
+    promotion_id = runtime.queries.model_status("churn")["active_promotion"]["id"]
+    endpoint.down = True
+
+    response = user(http_api.rollback)(
+        request("POST", "x", {"reason": "bad smell"}, promotion_id=promotion_id)
+    )
+    assert response.status_code == 202
+    body = json.loads(response.get_body())
+    assert body["effects_pending"] is True and "endpoint unreachable" in body["reason"]
+    status = runtime.queries.model_status("churn")
+    assert status["active_promotion"] is None and status["pending_effects"] == 1
+
+    endpoint.down = False
+    user(maintenance.outbox_sweeper)(TimerRequest(past_due=False))
+    assert runtime.queries.model_status("churn")["pending_effects"] == 0
+    assert endpoint.deployed == {}
 
 
 def test_timer_sweeps_an_outbox_left_behind(app_runtime):
