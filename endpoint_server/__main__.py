@@ -1,7 +1,8 @@
 """``python -m endpoint_server --data-dir DIR --tracking-uri URI [--port N] [--key KEY]``.
 
-Prints ``listening on http://127.0.0.1:PORT`` once it serves. Stops on SIGINT/SIGTERM, after
-``--max-lifetime`` seconds, or when ``--parent-pid`` is gone.
+Prints ``listening on http://127.0.0.1:PORT`` once it serves: every endpoint the policies name,
+under ``/{endpoint}/...`` (endpoint_server/app.py), kept in ``DIR/endpoints/{endpoint}/``.
+Stops on SIGINT/SIGTERM, after ``--max-lifetime`` seconds, or when ``--parent-pid`` is gone.
 
 Every route but /health needs the key (`Authorization: Bearer <key>` or `x-endpoint-key`):
 ``--key``, else the environment's ``LOCAL_ENDPOINT_KEY`` (better: a command line is visible

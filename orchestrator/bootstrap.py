@@ -144,6 +144,7 @@ class Runtime:
             data_account=settings.data_account,
             max_effect_attempts=settings.max_effect_attempts,
             effect_retry_window=timedelta(seconds=settings.effect_retry_seconds),
+            overdue_check_grace=timedelta(seconds=settings.overdue_check_seconds),
             identity=self.identity,
         )
 

@@ -1,7 +1,9 @@
 """The timer's sweep: re-dispatch outboxes a crash or a failing target left behind, check
 training jobs past their `max_job_duration` (so a lost check chain cannot keep a model from
-training for ever), report promotions that have not moved for `max_time_in_state`, then
-reconcile every endpoint with the state (orchestrator/reconcile.py)."""
+training for ever), send again a gate check or approval timeout overdue by more than
+`OVERDUE_CHECK_SECONDS` (so a crash in the middle of one costs a sweep, not a lease), report
+promotions that have not moved for `max_time_in_state`, then reconcile every endpoint with
+the state (orchestrator/reconcile.py)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from orchestrator.handlers import sweep_stranded_data
 from orchestrator.outbox import Outbox
 from orchestrator.ports import Ports
 from orchestrator.reconcile import Reconciler
+from promotion.machine import overdue_message
 from retrain.decide import overdue_check
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,7 @@ class Maintenance:
         stuck: list[dict[str, Any]] = []
         failed: list[dict[str, str]] = []
         overdue_jobs: list[str] = []
+        resent: list[str] = []
         for model in self.ports.store.list_keys():
             try:
                 redispatched += self.outbox.dispatch(model)
@@ -57,6 +61,14 @@ class Maintenance:
             active = aggregate.promotion.active
             if active is None:
                 continue
+            late = overdue_message(aggregate.promotion, now, self.ports.overdue_check_grace)
+            if late is not None:
+                log.warning("%s of %s is overdue: sent again", late.message_type, model)
+                try:
+                    self.outbox.send(model, late, aggregate.version)
+                    resent.append(late.message_id)
+                except Exception as exc:
+                    failed.append({"model": model, "error": f"{type(exc).__name__}: {exc}"})
             if now - active.updated_at > policy.max_time_in_state:
                 stuck.append(
                     {
@@ -78,6 +90,7 @@ class Maintenance:
             "stuck": stuck,
             "failed": failed,
             "overdue_jobs": overdue_jobs,
+            "resent_checks": resent,
             "drift": [],
         }
         if self.reconciler is not None:

@@ -452,6 +452,8 @@ class Ports:
     # from failing a step).
     max_effect_attempts: int = 5
     effect_retry_window: timedelta = timedelta(minutes=15)
+    # A scheduled check this late is sent again by the sweep (see OVERDUE_CHECK_SECONDS).
+    overdue_check_grace: timedelta = timedelta(minutes=1)
     # Verifies the bearer token a person's command carries (orchestrator/people.py). None:
     # every person's command arriving on a queue is refused.
     identity: IdentityVerifier | None = None

@@ -138,11 +138,14 @@ class _Declared:
     orchestrator_queue: str = setting("ORCHESTRATOR_QUEUE", "orchestrator", min_length=3)
     approvals_queue: str = setting("APPROVALS_QUEUE", "approvals", min_length=3)
     max_deliveries: int = setting("MAX_DELIVERIES", 5, ge=1)
-    # Dispatches of a training submit or a deployment that may fail transiently (each after
-    # the SDK's own retries) before the step fails with the service's message.
+    # Dispatches of an effect that may fail transiently (each after the SDK's own retries)
+    # before it is given up (a submit or a deployment then fails its step).
     max_effect_attempts: int = setting("MAX_EFFECT_ATTEMPTS", 5, ge=1)
     # ... and at least this long after the first failure (redeliveries come at once).
     effect_retry_seconds: float = setting("EFFECT_RETRY_SECONDS", 900, ge=0)
+    # A scheduled gate check or approval timeout this late is sent again by the timer's sweep
+    # (its delivery was lost, or is held in the lease of a process that crashed).
+    overdue_check_seconds: float = setting("OVERDUE_CHECK_SECONDS", 60, ge=0)
     # How often a started deployment is polled (Azure ML deployments take minutes).
     deployment_poll_seconds: float = setting("DEPLOYMENT_POLL_SECONDS", 30, gt=0)
 

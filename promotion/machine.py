@@ -17,7 +17,7 @@ Conventions:
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
@@ -164,6 +164,34 @@ def observation_needed(
             start, end = promotion.baseline_window
         arms.append(DeploymentWindow(deployment=production, window_start=start, window_end=end))
     return ObservationRequest(kind="live", arms=tuple(arms))
+
+
+def overdue_message(state: PromotionState, now: datetime, grace: timedelta) -> SendMessage | None:
+    """The active promotion's scheduled gate check or approval timeout, again, when it is
+    overdue by more than `grace`: its delivery was lost, or sits in the lease of a process that
+    crashed. Same payload (the same check id, which is what the machine judges), a new
+    message id per minute: whichever copy comes second is stale and changes nothing."""
+    active = state.active
+    if active is None or active.paused or active.pending_check_id is None:
+        return None
+    if active.check_due_at is None or now - active.check_due_at <= grace:
+        return None
+    check_id = active.pending_check_id
+    payload: BaseModel
+    if active.status == Status.AWAITING_APPROVAL:
+        message_type = "ApprovalTimedOut"
+        payload = ApprovalTimedOut(promotion_id=active.id, step=APPROVAL, timeout_id=check_id)
+    elif active.status in (Status.STAGING_GATE, Status.CANARY, Status.PRODUCTION_BAKE):
+        message_type = "GateCheck"
+        payload = GateCheck(promotion_id=active.id, step=active.step, check_id=check_id)
+    else:
+        return None
+    return SendMessage(
+        message_type=message_type,
+        message_id=f"{check_id}:resent:{now:%Y%m%dT%H%M}",
+        payload=payload.model_dump(mode="json", exclude_none=True),
+        promotion_id=active.id,
+    )
 
 
 # --- decide ------------------------------------------------------------------------------------

@@ -40,6 +40,13 @@ def data_landed(model: str, items: list[DataItem], source: str) -> Envelope:
     source=func.BlobSource.EVENT_GRID,
 )
 def data_blob_landed(blob: func.InputStream) -> None:
+    """A blob landed: its name, URI and ETag make one DataLanded item; its content is never
+    read (`blob.read()` is not called). The SDK-type binding that would spare the host's own
+    download (azurefunctions-extensions-bindings-blob, `blob.BlobClient`) is not used: the
+    worker resolves the parameter's type when it indexes the app, so `import function_app`
+    would load azure.storage.blob and azure.identity (about 1 s; tests/triggers/
+    test_imports.py), the client it builds per invocation ignores our credential, and the
+    ETag would still cost a request. docs/retraining.md, "The blob trigger"."""
     from urllib.parse import quote
 
     from orchestrator.bootstrap import get_runtime

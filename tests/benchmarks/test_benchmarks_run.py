@@ -55,3 +55,12 @@ def test_cold_start_benchmark() -> None:
 def test_endpoint_benchmark() -> None:
     out = run("bench_endpoint.main(['--requests', '40', '--threads', '2', '--rounds', '2'])")
     assert re.search(rf"ratio routed/pinned: req/s {RATIO}, p50 {RATIO}", out)
+
+
+@pytest.mark.azurite  # the benchmark starts its own emulator
+def test_data_ledger_benchmark() -> None:
+    out = run("bench_data_ledger.main(levels=(100, 1000), events=5, storm=40, workers=2)")
+    assert re.search(rf"rate at 1,000 keys / rate at 100 keys: {RATIO}", out)
+    assert re.search(rf"per-event latency, last 4 / first 4: {RATIO}", out)
+    assert "window close: 1 job(s) on 40 distinct blobs" in out
+    assert "pending after: 0" in out

@@ -141,7 +141,8 @@ def test_without_a_crash_the_flow_ends_as_expected(flow_settings: Any, scenario:
     points = expected["points"]
     # A dispatch after each transition with effects; an effect port call for each effect.
     assert points["before_port_call"] == points["after_port_call"]
-    assert points["before_dispatch"] >= {"promoted": 10, "rolled_back": 1, "failed": 1}[scenario]
+    # (Data an open window carries writes nothing, so it dispatches nothing.)
+    assert points["before_dispatch"] >= {"promoted": 9, "rolled_back": 1, "failed": 1}[scenario]
     assert points["before_port_call"] >= {"promoted": 20, "rolled_back": 4, "failed": 4}[scenario]
 
 

@@ -61,7 +61,14 @@ def test_the_sweep_redispatches_an_outbox_a_crash_left_behind():
     assert len(w.aggregate("churn").outbox) == 1
 
     report = w.runtime.maintenance.sweep()
-    assert report == {"redispatched": 1, "stuck": [], "failed": [], "overdue_jobs": [], "drift": []}
+    assert report == {
+        "redispatched": 1,
+        "stuck": [],
+        "failed": [],
+        "overdue_jobs": [],
+        "resent_checks": [],
+        "drift": [],
+    }
     assert [env.type for env in w.bus.envelopes()] == ["RetrainWindowClosed"]
     assert w.aggregate("churn").outbox == []
     # Nothing left: the next sweep does nothing.
@@ -157,7 +164,14 @@ def test_the_sweep_of_models_without_state_or_policy_changes_nothing():
     w = fake_runtime()
     w.store.seed("retired", lambda aggregate: aggregate)  # state, but no policy any more
     report = w.runtime.maintenance.sweep()
-    assert report == {"redispatched": 0, "stuck": [], "failed": [], "overdue_jobs": [], "drift": []}
+    assert report == {
+        "redispatched": 0,
+        "stuck": [],
+        "failed": [],
+        "overdue_jobs": [],
+        "resent_checks": [],
+        "drift": [],
+    }
     assert w.store.saves == [] and w.bus.sent == []
 
 

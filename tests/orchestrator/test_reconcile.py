@@ -176,3 +176,31 @@ def test_a_stale_split_that_lands_after_a_rollback_is_undone_and_the_candidate_r
     assert w.endpoint.live == {"churn-v1": 100}
     w.runtime.maintenance.sweep()
     assert set(w.endpoint.deployed) == {"churn-v1"} and w.aggregate("churn").outbox == []
+
+
+# --------------------------------------------------------------------------- overdue checks
+
+
+def test_a_gate_check_lost_in_a_crashed_lease_is_sent_again_by_the_next_sweep():
+    """The process handling the canary's gate check died; the message would come back only
+    after its lease. The sweep sends it again (same check id, a new message id); the original
+    arriving later is stale and changes nothing."""
+    w = canary_world()
+    in_canary(w)
+    [lost] = [item for item in w.bus.pending if item.envelope.type == "GateCheck"]
+    lost.delivered = True  # taken by the process that crashed
+    w.metrics.requests = 500
+    due = w.aggregate("churn").promotion.active.check_due_at  # type: ignore[union-attr]
+    assert due is not None
+
+    w.clock.advance_to(due + timedelta(seconds=30))  # within OVERDUE_CHECK_SECONDS: wait
+    assert w.runtime.maintenance.sweep()["resent_checks"] == []
+    w.clock.advance_to(due + timedelta(seconds=61))
+    [resent] = w.runtime.maintenance.sweep()["resent_checks"]
+    assert resent.startswith(lost.envelope.message_id + ":resent:")
+    [(envelope, outcome)] = [(e, o) for e, o in w.deliver_due() if e.type == "GateCheck"]
+    assert outcome.status == "applied"
+    assert w.endpoint.live == {"churn-v1": 50, "churn-v2": 50}  # the next step
+
+    late = w.handle(lost.envelope)  # the lease expires: the original comes back
+    assert late.status == "ignored" and w.endpoint.live == {"churn-v1": 50, "churn-v2": 50}

@@ -1,0 +1,190 @@
+"""Data events through the blob trigger with the data ledger on Azurite: the cost per event
+does not grow with the keys a model has seen, and a storm of blobs makes one job.
+
+1. For 10k, 100k and 1M keys already in a model's index (its shards written directly), blob
+   events one at a time through `triggers.data.data_blob_landed` (name and ETag only): events
+   per second and the size of the model's aggregate.
+2. A storm: `storm` blobs landing at once under one model, delivered by `workers` threads (as
+   Event Grid delivers to several instances), the shipped 10-minute debounce: the wall time
+   (well inside the window?), the per-event latency of the last thousand against the first
+   thousand, the aggregate's writes, then the window's close and the one job it submits.
+
+Figures are ratios and sizes within one run (Azurite's own speed varies with the machine).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
+from statistics import mean
+from typing import Any
+
+from azure.functions.blob import InputStream
+
+from adapters.azurite import start_azurite
+from adapters.data_ledger import BlobDataLedger, claimant_hash, key_hash, shard_of
+from orchestrator.bootstrap import Runtime, set_runtime
+from orchestrator.messages import Envelope
+from orchestrator.ports import JobStatus, TrainingRequest
+from orchestrator.settings import load_settings
+from retrain.decide import window_message_id
+from triggers.data import data_blob_landed
+
+ACCOUNT = "https://acct.blob.core.windows.net"
+WINDOW = timedelta(minutes=10)  # the shipped debounce (domain/policy.py RetrainSettings)
+
+
+def policy(model: str) -> str:
+    return (
+        f"model: {model}\nendpoint: {model}-ep\n"
+        f"data: {{container: training-data, prefix: {model}/}}\n"
+    )
+
+
+class Submissions:
+    """The TrainingBackend port, counting what it is asked to train on."""
+
+    def __init__(self) -> None:
+        self.requests: list[TrainingRequest] = []
+
+    def submit(self, request: TrainingRequest) -> str:
+        self.requests.append(request)
+        return request.run_id
+
+    def status(self, job_id: str) -> JobStatus:
+        return JobStatus(job_id=job_id, state="queued")
+
+    def cancel(self, job_id: str) -> None:
+        pass
+
+
+def blob(model: str, n: int) -> InputStream:
+    name = f"training-data/{model}/part-{n:07d}.csv"
+    return InputStream(
+        data=b"",  # never read: the trigger takes the name and the ETag
+        name=name,
+        uri=f"{ACCOUNT}/{name}",
+        length=1000,
+        blob_properties={"ETag": f'"0x8DC{n:012X}"', "Length": 1000},
+    )
+
+
+def prefill(ledger: BlobDataLedger, model: str, keys: int, workers: int) -> float:
+    """Write `keys` keys into the model's shards directly (what years of data would leave)."""
+    started = time.perf_counter()
+    shards: dict[int, dict[str, list[Any]]] = {}
+    seen_at = int(time.time())
+    who = claimant_hash("prefill")
+    for n in range(keys):
+        hashed = key_hash(f"blob:old/{model}/{n}.csv@0x1")
+        shards.setdefault(shard_of(hashed), {})[hashed] = [who, seen_at]
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda item: ledger.write_shard(model, *item), shards.items()))
+    return time.perf_counter() - started
+
+
+@contextmanager
+def app(folder: str, connection_string: str, models: list[str]) -> Iterator[Runtime]:
+    policies = Path(folder, "policies")
+    policies.mkdir()
+    for model in models:
+        (policies / f"{model}.yml").write_text(policy(model))
+    settings = load_settings(
+        AzureWebJobsStorage=connection_string,
+        POLICY_DIR=str(policies),
+        RETRAIN_LOCAL_DIR=folder,
+        STATE_CONTAINER=f"state{uuid.uuid4().hex[:8]}",
+        DataStorage__blobServiceUri=ACCOUNT,
+    )
+    runtime = Runtime(settings, overrides={"training": Submissions()})
+    set_runtime(runtime)
+    try:
+        yield runtime
+    finally:
+        set_runtime(None)
+
+
+def timed_event(model: str, n: int) -> float:
+    started = time.perf_counter()
+    data_blob_landed(blob(model, n))
+    return time.perf_counter() - started
+
+
+def main(
+    levels: tuple[int, ...] = (10_000, 100_000, 1_000_000),
+    events: int = 500,
+    storm: int = 10_000,
+    workers: int = 8,
+) -> None:
+    models = [f"keys{level}" for level in levels] + ["storm"]
+    lines: list[str] = []
+    with (
+        start_azurite() as azurite,
+        tempfile.TemporaryDirectory() as folder,
+        app(folder, azurite.connection_string, models) as runtime,
+    ):
+        ledger = runtime.ports.ledger
+        assert isinstance(ledger, BlobDataLedger)
+        rates = {}
+        for level, model in zip(levels, models, strict=False):
+            filled = prefill(ledger, model, level, workers)
+            latencies = [timed_event(model, n) for n in range(events)]
+            rates[level] = len(latencies) / sum(latencies)
+            size = len(runtime.ports.store.load(model)[0].model_dump_json())
+            lines.append(
+                f"{level:>9,} keys in the index (filled in {filled:5.1f} s): "
+                f"{rates[level]:7.1f} events/s one at a time, aggregate {size:,} bytes"
+            )
+        low, high = min(levels), max(levels)
+        lines.append(
+            f"rate at {high:,} keys / rate at {low:,} keys: {rates[high] / rates[low]:.2f}"
+        )
+
+        # The storm: every blob at once, several deliveries in parallel.
+        started = time.perf_counter()
+        with ThreadPoolExecutor(workers) as pool:
+            latencies = list(pool.map(lambda n: timed_event("storm", n), range(storm)))
+        wall = time.perf_counter() - started
+        aggregate = runtime.ports.store.load("storm")[0]
+        window = aggregate.retrain.window
+        assert window is not None, "no window open after the storm"
+        head = min(1000, storm // 10)
+        first, last = mean(latencies[:head]), mean(latencies[-head:])
+        lines.append(
+            f"storm: {storm:,} blobs by {workers} workers in {wall:.1f} s "
+            f"({storm / wall:.1f} events/s; {wall / WINDOW.total_seconds():.0%} of the "
+            f"{WINDOW} window), aggregate version {aggregate.version}"
+        )
+        lines.append(
+            f"per-event latency, last {head} / first {head}: {last / first:.2f} "
+            f"({last * 1000:.1f} ms / {first * 1000:.1f} ms)"
+        )
+        # The window closes: one job on every blob.
+        close = Envelope.new(
+            "RetrainWindowClosed",
+            "storm",
+            {"window_id": window.id, "seq": window.seq},
+            message_id=window_message_id("storm", window.id, window.seq),
+        )
+        started = time.perf_counter()
+        runtime.handlers.handle(runtime.signer.sign(close))
+        closing = time.perf_counter() - started
+        submitted: Submissions = runtime.ports.training  # type: ignore[assignment]
+        jobs = [r for r in submitted.requests if r.model == "storm"]
+        uris = {uri for request in jobs for uri in request.data_uris}
+        lines.append(
+            f"window close: {len(jobs)} job(s) on {len(uris):,} distinct blobs "
+            f"in {closing:.1f} s; pending after: {ledger.pending('storm').items}"
+        )
+    for line in lines:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()
