@@ -311,3 +311,55 @@ def test_the_cli_server_in_a_subprocess(registry: Registry, tmp_path) -> None:
     ):
         assert ep.traffic() == {"sub-v2": 100}
         assert wait_until_done(ep, "sub-v2").model_version == "2"
+
+
+def test_the_reconcile_pass_sees_hand_made_drift_on_the_real_endpoint_and_repairs_it(
+    server: Server, registry: Registry
+) -> None:
+    """Traffic moved and then the serving deployment deleted behind the app's back, over the
+    server's own HTTP API: each is seen in one timer pass and put back."""
+    import time
+
+    from promotion.state import PromotionState, ServingModel
+    from tests.fakes import fake_runtime, policy_yaml
+
+    name = "drift-ep"
+    with LocalEndpoint(server.url, name, key=server.key) as port:
+        port.deploy(registry.model, "1", "drift-v1")
+        port.deploy(registry.model, "2", "drift-v2")
+        assert wait_until_done(port, "drift-v1").state == "succeeded"
+        assert wait_until_done(port, "drift-v2").state == "succeeded"
+        port.set_traffic({"drift-v1": 100})
+        model = registry.model
+        w = fake_runtime(policy_yaml(model), endpoint=port)
+        serving = ServingModel(version="1", deployment="drift-v1", since=w.clock())
+        w.store.seed(
+            model,
+            lambda a: a.model_copy(
+                update={"promotion": PromotionState(champion=serving, last_known_good=serving)}
+            ),
+        )
+        assert w.runtime.maintenance.sweep()["drift"] == []
+
+        by_hand = httpx.Client(base_url=server.url, headers=server.headers)
+        by_hand.put(f"/{name}/traffic", json={"traffic": {"drift-v1": 50, "drift-v2": 50}})
+        [drift] = w.runtime.maintenance.sweep()["drift"]
+        assert "drift-v2" in drift["summary"]
+        assert port.traffic() == {"drift-v1": 100}
+
+        assert by_hand.delete(f"/{name}/deployments/drift-v1").status_code == 204
+        assert port.traffic() == {}
+        [drift] = w.runtime.maintenance.sweep()["drift"]
+        assert "missing drift-v1" in drift["summary"]
+        for _ in range(200):  # redeployed: the server loads it, then the traffic follows
+            w.runtime.maintenance.sweep()
+            if port.traffic() == {"drift-v1": 100}:
+                break
+            time.sleep(0.05)
+        assert port.traffic() == {"drift-v1": 100}
+        # Drift seen, repaired (redeployed, then its traffic put back), then cleared.
+        w.runtime.maintenance.sweep()
+        actions = [r.action for r in w.audit.read(model)]
+        assert actions[:2] == ["endpoint.drift", "endpoint.repair"]
+        assert actions[-1] == "endpoint.drift_resolved"
+        by_hand.close()

@@ -428,12 +428,14 @@ def test_mlflow_unreachable_at_the_staging_gate_holds_then_rejects_never_promote
 def test_mlflow_unreachable_during_the_canary_holds_the_split_then_rolls_back(
     flow_settings: Any, mlflow_down: str, request: pytest.FixtureRequest
 ) -> None:
+    from adapters.local_endpoint import endpoint_data_dir
     from endpoint_server.store import RECORDS_FILE, connect
 
     def metrics(settings: Settings) -> OfflineFromFake:
-        # The local endpoint's request log exists (empty): what fails is MLflow.
-        settings.local_endpoint_dir.mkdir(parents=True, exist_ok=True)
-        connect(settings.local_endpoint_dir / RECORDS_FILE).close()
+        # The endpoint's own request log exists (empty): what fails is MLflow.
+        folder = endpoint_data_dir(settings.local_endpoint_dir, f"{MODEL}-ep")
+        folder.mkdir(parents=True, exist_ok=True)
+        connect(folder / RECORDS_FILE).close()
         return OfflineFromFake(MlflowMetrics(settings, MlflowRegistry(settings.tracking_uri)))
 
     courier, world, _ = mlflow_flow(flow_settings, mlflow_down, metrics)
