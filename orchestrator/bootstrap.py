@@ -190,7 +190,12 @@ class Runtime:
 
     @cached_property
     def policies(self) -> dict[str, ModelPolicy]:
-        return self._given("policies", lambda: load_policies(self.settings.policy_dir))
+        return self._given(
+            "policies",
+            lambda: load_policies(
+                self.settings.policy_dir, watched_container=self.settings.data_container
+            ),
+        )
 
     @cached_property
     def dead_letters(self) -> BlobDeadLetters:

@@ -33,12 +33,24 @@ def load_policy(path: Path | str) -> ModelPolicy:
     return parse_policy(text, path)
 
 
-def load_policies(folder: Path | str) -> dict[str, ModelPolicy]:
-    """Every `*.yml` / `*.yaml` file in `folder`, by model name. Duplicate models are an error."""
+def load_policies(
+    folder: Path | str, *, watched_container: str | None = None
+) -> dict[str, ModelPolicy]:
+    """Every `*.yml` / `*.yaml` file in `folder`, by model name. Duplicate models are an error,
+    and so is a `data.container` other than `watched_container` (DATA_CONTAINER, the one the
+    blob trigger watches), when it is given: that model's data would never start anything."""
     policies: dict[str, ModelPolicy] = {}
     for path in sorted(Path(folder).glob("*.y*ml")):
         policy = load_policy(path)
         if policy.model in policies:
             raise PolicyError(path, "model", f"model {policy.model!r} is defined twice")
+        if watched_container is not None and policy.data.container != watched_container:
+            raise PolicyError(
+                path,
+                "data.container",
+                f"{policy.data.container!r} is not watched: the blob trigger watches "
+                f"DATA_CONTAINER={watched_container!r}; land the data there (under "
+                f"data.prefix) or set DATA_CONTAINER",
+            )
         policies[policy.model] = policy
     return policies

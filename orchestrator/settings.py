@@ -166,6 +166,9 @@ class _Declared:
 
     mlflow_tracking_uri: str | None = setting("MLFLOW_TRACKING_URI")
     policy_dir: Path = setting("POLICY_DIR", APP_ROOT / "policies")
+    # The container the blob trigger watches (its binding reads the same setting): a policy
+    # whose `data.container` is another one is refused at start (its data would never land).
+    data_container: str | None = setting("DATA_CONTAINER", None, min_length=3)
 
     # Who may move a promotion (orchestrator/people.py): the Entra ID tenant whose tokens a
     # person's command carries, and the API app's Application ID URI and/or client id (comma-

@@ -270,3 +270,21 @@ def test_the_fake_endpoint_applies_the_traffic_and_delete_rules():
     endpoint.delete("churn-v1")  # the only deployment serving may go: nothing serves
     assert endpoint.traffic() == {} and endpoint.deployed == {}
     assert len(endpoint.violations) == 4
+
+
+def test_a_policy_whose_data_container_is_not_watched_is_refused_at_start(tmp_path) -> None:
+    """The blob trigger watches DATA_CONTAINER only: a policy landing its data elsewhere would
+    never start anything, so the app refuses it at start, naming the file and the field."""
+    from domain.policy import PolicyError
+    from orchestrator.policy_files import load_policies
+    from tests.harness import policy_yaml
+
+    (tmp_path / "churn.yml").write_text(policy_yaml("churn"))
+    other = policy_yaml("fraud").replace("container: training-data", "container: fraud-data")
+    assert "container: fraud-data" in other
+    (tmp_path / "fraud.yml").write_text(other)
+    assert set(load_policies(tmp_path)) == {"churn", "fraud"}  # DATA_CONTAINER unknown
+    with pytest.raises(PolicyError) as refused:
+        load_policies(tmp_path, watched_container="training-data")
+    assert refused.value.path.endswith("fraud.yml") and refused.value.field == "data.container"
+    assert "DATA_CONTAINER='training-data'" in refused.value.reason
