@@ -80,6 +80,8 @@ VALID_PAYLOADS: dict[str, dict[str, Any]] = {
     "PausePromotion": {"promotion_id": "p", "requested_by": "ops"},
     "ResumePromotion": {"promotion_id": "p", "requested_by": "ops"},
     DEPLOYMENT_CHECK: {"promotion_id": "p", "deployment": "d"},
+    "EndpointDrift": {"expected_traffic": {"d": 100}, "actual_traffic": {}},
+    "EndpointInSync": {},
 }
 
 
