@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Effect(BaseModel):
@@ -44,6 +44,18 @@ class SubmitTrainingJob(_Effect):
     data_count: int = Field(default=0, ge=0)
     data_sample: list[str] = Field(default_factory=list)  # the first few URIs, for people
     reason: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_a_full_list(cls, data: Any) -> Any:
+        """An effect saved before manifests (`data_uris`, the whole list) is still read: its
+        list is all its data, as a person's URI is."""
+        if isinstance(data, dict) and "data_uris" in data:
+            data = dict(data)
+            uris = list(data.pop("data_uris") or [])
+            data.setdefault("data_sample", uris)
+            data.setdefault("data_count", len(uris))
+        return data
 
 
 class CancelTrainingJob(_Effect):

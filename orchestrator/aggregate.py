@@ -34,6 +34,7 @@ class OutboxItem(BaseModel):
     cause_id: str | None = None
     failed_attempts: int = 0  # dispatches that failed transiently (see Ports.max_effect_attempts)
     first_failed_at: AwareDatetime | None = None
+    last_error: str | None = None  # the latest failure, for the sweep's report and the status
 
 
 class TrafficAlert(BaseModel):

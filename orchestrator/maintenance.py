@@ -49,6 +49,18 @@ class Maintenance:
                 if not failed or failed[-1]["model"] != model:
                     failed.append({"model": model, "error": f"{type(exc).__name__}: {exc}"})
                 continue
+            failing = [item for item in aggregate.outbox if item.failed_attempts]
+            if failing and not any(entry["model"] == model for entry in failed):
+                # Failing effects of targets that do not hold the dispatch up (a tag, an
+                # event): reported all the same, so an operator sees them.
+                first = failing[0]
+                failed.append(
+                    {
+                        "model": model,
+                        "error": f"{first.effect.kind} failed {first.failed_attempts} time(s): "
+                        f"{first.last_error}",
+                    }
+                )
             policy = self.ports.policies.get(model)
             if policy is None:
                 continue

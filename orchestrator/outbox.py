@@ -71,7 +71,9 @@ class _Run:
 
     now: datetime
     done: set[str] = field(default_factory=set)
-    failed: dict[str, tuple[int, datetime]] = field(default_factory=dict)  # attempts, first
+    failed: dict[str, tuple[int, datetime, str]] = field(
+        default_factory=dict
+    )  # attempts, first, error
     gave_up: list[tuple[OutboxItem, str, int]] = field(default_factory=list)
     added: list[OutboxItem] = field(default_factory=list)
     flushed: set[str] = field(default_factory=set)
@@ -265,7 +267,7 @@ class Outbox:
         )
         error = f"{type(exc).__name__}: {exc}"[:500]
         if isinstance(effect, SetTraffic) and effect.restore:
-            run.failed[item.id] = (attempts, first)
+            run.failed[item.id] = (attempts, first, error)
             run.urgent = run.urgent or exc
             if exhausted and aggregate.traffic_alert is None:
                 run.alert = TrafficAlert(
@@ -273,7 +275,7 @@ class Outbox:
                 )
             return
         if not exhausted:
-            run.failed[item.id] = (attempts, first)
+            run.failed[item.id] = (attempts, first, error)
             if lane in _URGENT_LANES:
                 run.urgent = run.urgent or exc
             return
@@ -291,7 +293,7 @@ class Outbox:
                 self._deploy_failed(aggregate, effect, reason)
         except Exception as send_error:
             log.warning("could not report the given-up %s yet: %s", effect.kind, send_error)
-            run.failed[item.id] = (attempts, first)
+            run.failed[item.id] = (attempts, first, error)
             run.urgent = run.urgent or send_error
             return
         run.done.add(item.id)
@@ -315,9 +317,13 @@ class Outbox:
                 if item.id in run.done:
                     continue
                 if item.id in run.failed:
-                    attempts, first = run.failed[item.id]
+                    attempts, first, error = run.failed[item.id]
                     item = item.model_copy(
-                        update={"failed_attempts": attempts, "first_failed_at": first}
+                        update={
+                            "failed_attempts": attempts,
+                            "first_failed_at": first,
+                            "last_error": error,
+                        }
                     )
                 outbox.append(item)
             known = {item.id for item in outbox}

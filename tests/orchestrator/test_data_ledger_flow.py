@@ -8,6 +8,8 @@ from datetime import timedelta
 
 import pytest
 
+from domain.effects import SubmitTrainingJob
+from orchestrator.aggregate import OutboxItem
 from orchestrator.handlers import sweep_stranded_data
 from orchestrator.messages import InvalidMessage
 from tests.fakes import DATA_ACCOUNT, data_items, fake_runtime, landed, policy_yaml
@@ -125,3 +127,13 @@ def test_data_below_the_minimum_is_not_reopened_by_every_sweep():
     w.runtime.maintenance.sweep()
     assert w.aggregate("churn").retrain.window is None
     assert w.aggregate("churn").version == before
+
+
+def test_a_submit_saved_before_manifests_still_trains_on_its_whole_list():
+    w = fake_runtime()
+    legacy = {"kind": "submit_training_job", "run_id": "churn-old", "data_uris": ["a", "b"]}
+    item = OutboxItem(id="1-0", effect=SubmitTrainingJob.model_validate(legacy))
+    w.store.seed("churn", lambda a: a.model_copy(update={"outbox": [item]}))
+    w.runtime.outbox.dispatch("churn")
+    [request] = w.training.submissions
+    assert (request.run_id, request.data_uris) == ("churn-old", ["a", "b"])
