@@ -825,7 +825,12 @@ def _rollback(
             traffic = {known_good.deployment: 100}
             if had_traffic:
                 traffic[promotion.candidate_deployment] = 0
-            t.emit(SetTraffic(traffic=traffic, restore=True))
+            # Idempotent (a no-op while it exists); deployed again if it was removed behind
+            # the app's back, which the traffic below would otherwise wait for in vain.
+            t.emit(
+                DeployModel(model_version=known_good.version, deployment=known_good.deployment),
+                SetTraffic(traffic=traffic, restore=True),
+            )
         t.emit(DeleteDeployment(deployment=promotion.candidate_deployment))
     # The champion is whatever takes traffic now: the known-good one, or nothing at all.
     t.set_state(champion=known_good)
@@ -902,8 +907,10 @@ def _on_resume(t: _Transition, command: ResumePromotion) -> Decision[PromotionSt
     promotion = t.promotion
     expected = expected_endpoint(t.state)
     if t.state.drift is not None and expected is not None and promotion.deployment_ready:
-        # Paused for drift: the person resuming wants what the state says, put back.
+        # Paused for drift: the person resuming wants what the state says, put back. The drift
+        # is cleared, so the same drift found again pauses again.
         t.emit(SetTraffic(traffic=dict(expected.traffic)))
+        t.set_state(drift=None, drift_repairs=0)
     # A new check id: whatever was scheduled before the pause is stale from here on.
     due = max(t.now, promotion.check_due_at or t.now)
     if promotion.status in (Status.STAGING_GATE, Status.CANARY, Status.PRODUCTION_BAKE):
@@ -920,6 +927,8 @@ def _on_resume(t: _Transition, command: ResumePromotion) -> Decision[PromotionSt
 # --- drift: the endpoint serves something else than the state says ------------------------------
 
 RECONCILE = "reconcile"
+# Repairs of one drift that keeps coming back before the pass stops and pages.
+MAX_DRIFT_REPAIRS = 3
 
 
 def _on_drift(t: _Transition, command: EndpointDrift) -> Decision[PromotionState]:
@@ -945,7 +954,23 @@ def _on_drift(t: _Transition, command: EndpointDrift) -> Decision[PromotionState
                 | detail,
             )
         )
+    if mode == "repair" and known and t.state.drift_repairs >= MAX_DRIFT_REPAIRS:
+        if t.state.drift_repairs == MAX_DRIFT_REPAIRS:
+            # It keeps coming back (a deployment that crash-loops, someone fighting the app):
+            # stop re-provisioning, page once, leave it to a person.
+            t.set_state(drift_repairs=MAX_DRIFT_REPAIRS + 1)
+            t.record("endpoint.repair_given_up", repairs=MAX_DRIFT_REPAIRS, **detail)
+            t.emit(
+                PublishEvent(
+                    event_type="endpoint.repair_given_up",
+                    data={"model": t.policy.model, "repairs": MAX_DRIFT_REPAIRS} | detail,
+                )
+            )
+            return t.done()
+        else:
+            return Decision(state=t.original, ignored="repair given up: a person decides")
     if mode == "repair":
+        t.set_state(drift_repairs=1 if not known else t.state.drift_repairs + 1)
         broken = (*drift.missing, *drift.unhealthy)
         for name in broken:  # traffic follows on a later pass, once they are ready
             t.emit(DeployModel(model_version=expected.deployments[name], deployment=name))
@@ -963,7 +988,7 @@ def _on_in_sync(t: _Transition, command: EndpointInSync) -> Decision[PromotionSt
     if t.state.drift is None:
         return Decision(state=t.original, ignored="no drift to clear")
     t.record("endpoint.drift_resolved", **t.state.drift.model_dump(mode="json"))
-    t.set_state(drift=None)
+    t.set_state(drift=None, drift_repairs=0)
     t.emit(PublishEvent(event_type="endpoint.drift_resolved", data={"model": t.policy.model}))
     return t.done()
 

@@ -165,6 +165,7 @@ class PromotionState(_Record):
     history: tuple[HistoryEntry, ...] = Field(default=(), max_length=HISTORY_LIMIT)
     # What the reconcile pass last found the endpoint serving instead; None: in sync.
     drift: Drift | None = None
+    drift_repairs: int = 0  # repairs sent for that drift (bounded: machine.MAX_DRIFT_REPAIRS)
 
     def knows_version(self, version: str) -> str | None:
         """Why a StartPromotion for `version` would be a repeat, or None if it is new."""

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from orchestrator.messages import Envelope
-from orchestrator.ports import EndpointError
+from orchestrator.ports import EndpointError, InvalidTraffic
 from promotion.commands import ResumePromotion, RollbackRequested
 from tests.fakes import (
     FakeDeployment,
@@ -198,9 +198,65 @@ def test_a_gate_check_lost_in_a_crashed_lease_is_sent_again_by_the_next_sweep():
     w.clock.advance_to(due + timedelta(seconds=61))
     [resent] = w.runtime.maintenance.sweep()["resent_checks"]
     assert resent.startswith(lost.envelope.message_id + ":resent:")
-    [(envelope, outcome)] = [(e, o) for e, o in w.deliver_due() if e.type == "GateCheck"]
+    [(_, outcome)] = [(e, o) for e, o in w.deliver_due() if e.type == "GateCheck"]
     assert outcome.status == "applied"
     assert w.endpoint.live == {"churn-v1": 50, "churn-v2": 50}  # the next step
 
     late = w.handle(lost.envelope)  # the lease expires: the original comes back
     assert late.status == "ignored" and w.endpoint.live == {"churn-v1": 50, "churn-v2": 50}
+
+
+def rollback_of(w: FakeWorld) -> Envelope:
+    active = w.aggregate("churn").promotion.active
+    assert active is not None
+    command = RollbackRequested(
+        promotion_id=active.id, requested_by="oncall@contoso.com", reason="looks wrong"
+    )
+    envelope = message("RollbackRequested", "churn", command, message_id=f"rb:{active.id}")
+    return signed(w.runtime, envelope, "oncall@contoso.com", roles=["Promotion.Operate"])
+
+
+def test_a_rollback_to_a_known_good_deployment_deleted_by_hand_deploys_it_again():
+    w = canary_world(on_drift="repair")
+    in_canary(w)
+    w.metrics.requests = 500
+    w.run(until=lambda: w.aggregate("churn").promotion.active.status == "production_bake")  # type: ignore[union-attr]
+    assert w.endpoint.live == {"churn-v2": 100}
+    del w.endpoint.deployed["churn-v1"]  # the rollback target, at 0 %, removed by hand
+
+    with pytest.raises(InvalidTraffic):  # v1 is being created: its traffic waits
+        w.handle(rollback_of(w))
+    assert w.endpoint.creations["churn-v1"] == 1
+    for _ in range(3):
+        w.endpoint.deployment_state("churn-v1")  # time passes: the endpoint finishes it
+        w.runtime.maintenance.sweep()
+    assert w.endpoint.live == {"churn-v1": 100} and set(w.endpoint.deployed) == {"churn-v1"}
+    assert w.aggregate("churn").outbox == []
+
+
+def test_a_drift_pause_resumed_then_found_again_pauses_again():
+    w = canary_world()
+    in_canary(w)
+    w.endpoint.live = {"churn-v1": 100}
+    w.runtime.maintenance.sweep()
+    w.handle(resume(w))
+    assert w.aggregate("churn").promotion.drift is None
+    w.endpoint.live = {"churn-v1": 100}  # taken out again before the next pass
+    w.runtime.maintenance.sweep()
+    active = w.aggregate("churn").promotion.active
+    assert active is not None and active.paused
+    assert w.audit.actions("churn").count("endpoint.drift") == 2
+
+
+def test_a_repair_that_does_not_hold_is_given_up_after_three_and_pages_once():
+    w = canary_world()
+    w.endpoint.failing_versions.add("1")
+    w.endpoint.deployed["churn-v1"].state = "failed"  # crash-looping
+    w.endpoint.live = {}
+    for _ in range(12):
+        w.runtime.maintenance.sweep()
+    actions = w.audit.actions("churn")
+    assert actions.count("endpoint.repair") == 3
+    assert actions.count("endpoint.repair_given_up") == 1
+    assert w.endpoint.creations["churn-v1"] == 3
+    assert len(w.events.of_type("endpoint.repair_given_up")) == 1

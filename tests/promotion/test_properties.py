@@ -184,6 +184,8 @@ def apply_effects(world: World, decision: Decision[PromotionState], data: st.Dat
     state = decision.state
     for effect in decision.effects:
         if isinstance(effect, DeployModel):
+            if effect.deployment in world.deployments:
+                continue  # there already: a no-op (a rollback makes sure of the known-good)
             world.deployments.add(effect.deployment)
             assert state.active is not None
             outcome = data.draw(st.sampled_from(["ready", "ready", "ready", "failed"]))

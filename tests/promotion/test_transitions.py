@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from domain.decision import AuditEntry, Decision
-from domain.effects import DeleteDeployment, SendMessage, SetTraffic, TagModelVersion
+from domain.effects import DeleteDeployment, DeployModel, SendMessage, SetTraffic, TagModelVersion
 from promotion.commands import (
     ApprovalDecision,
     ApprovalTimedOut,
@@ -269,8 +269,15 @@ PUB, TAG, SEND, DEPLOY, TRAFFIC, DELETE, ASK = (
     "publish_event", "tag_model_version", "send_message", "deploy_model", "set_traffic",
     "delete_deployment", "request_approval",
 )  # fmt: skip
-ROLLBACK_LIVE = [TRAFFIC, DELETE, PUB, TAG]  # traffic first, then delete, then record
-ROLLBACK_BAKE = [TRAFFIC, DELETE, TAG, PUB, TAG]  # ... and the known-good is tagged production
+ROLLBACK_LIVE = [DEPLOY, TRAFFIC, DELETE, PUB, TAG]  # known-good there, traffic, delete, record
+ROLLBACK_BAKE = [
+    DEPLOY,
+    TRAFFIC,
+    DELETE,
+    TAG,
+    PUB,
+    TAG,
+]  # ... and the known-good is tagged production
 BACK_TO_V1 = (restore(v1=100, v2=0), delete("2"))  # all traffic on v1 first, then delete v2
 
 CASES = [
@@ -567,7 +574,7 @@ CASES = [
             promotion_id=h.active.id, deployment=h.active.candidate_deployment, error="quota"
         ),
         S.FAILED,
-        [TRAFFIC, DELETE, PUB, TAG],
+        [DEPLOY, TRAFFIC, DELETE, PUB, TAG],
         moves=(restore(v1=100), delete("2")),
     ),
     Case(
@@ -575,7 +582,7 @@ CASES = [
         deploying,
         rollback,
         S.ROLLED_BACK,
-        [TRAFFIC, DELETE, PUB, TAG],
+        [DEPLOY, TRAFFIC, DELETE, PUB, TAG],
         moves=(restore(v1=100), delete("2")),
     ),
     Case("paused deploying, ready -> held", paused(deploying), ready, S.DEPLOYING, []),
@@ -584,7 +591,7 @@ CASES = [
         paused(deploying),
         rollback,
         S.ROLLED_BACK,
-        [TRAFFIC, DELETE, PUB, TAG],
+        [DEPLOY, TRAFFIC, DELETE, PUB, TAG],
         moves=(restore(v1=100), delete("2")),
     ),
     # canary
@@ -1036,8 +1043,9 @@ def test_supersede_rolls_back_cleanly_then_starts_the_new_one() -> None:
     old_id = h.active.id
     h.send(StartPromotion(candidate_version="3", offline=offline("pass")))
     effects = h.last.effects  # type: ignore[union-attr]
-    assert effects[0] == SetTraffic(traffic={dep("1"): 100, dep("2"): 0}, restore=True)
-    assert effects[1] == DeleteDeployment(deployment=dep("2"))
+    assert effects[0] == DeployModel(model_version="1", deployment=dep("1"))  # a no-op if there
+    assert effects[1] == SetTraffic(traffic={dep("1"): 100, dep("2"): 0}, restore=True)
+    assert effects[2] == DeleteDeployment(deployment=dep("2"))
     assert h.state.history[-1].promotion_id == old_id
     assert h.state.history[-1].outcome == S.ROLLED_BACK
     assert "superseded" in h.state.history[-1].reason
