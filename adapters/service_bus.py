@@ -199,9 +199,15 @@ class ServiceBusDeadLetters:
         with self._dead_letter_receiver(queue) as receiver:
             return list(receiver.peek_messages(max_message_count=max_count))
 
-    def replay(self, queue: str, sequence_number: int) -> ServiceBusMessage | None:
+    def replay(
+        self,
+        queue: str,
+        sequence_number: int,
+        refuse: Callable[[bytes], None] | None = None,
+    ) -> ServiceBusMessage | None:
         """Send the dead letter `sequence_number` back to `queue` and complete it; the copy
-        sent, or None when there is no such dead letter (any more)."""
+        sent, or None when there is no such dead letter (any more). `refuse(body)` may raise
+        to refuse it (it is then left in the dead-letter queue)."""
         with self._dead_letter_receiver(queue) as receiver:
             passed: list[ServiceBusReceivedMessage] = []
             try:
@@ -213,6 +219,12 @@ class ServiceBusDeadLetters:
                         return None
                     for message in page:
                         if message.sequence_number == sequence_number:
+                            if refuse is not None:
+                                try:
+                                    refuse(message_body(message))
+                                except Exception:
+                                    passed.append(message)  # abandoned: stays dead-lettered
+                                    raise
                             copy = replay_message(message)
                             with self._client.get_queue_sender(queue) as sender:
                                 sender.send_messages(copy)

@@ -167,6 +167,7 @@ def _service_bus_dead_letters(runtime: Runtime) -> Any:
 
 
 def _service_bus(runtime: Runtime) -> list[DeadLetterView]:
+    from adapters.dead_letters import redact_token
     from adapters.service_bus import message_body
 
     dead_letters = _service_bus_dead_letters(runtime)
@@ -183,7 +184,8 @@ def _service_bus(runtime: Runtime) -> list[DeadLetterView]:
                     description=str(message.dead_letter_error_description or ""),
                     dead_lettered_at=enqueued.isoformat() if enqueued else None,
                     replay_to=queue,
-                    body=message_body(message).decode("utf-8", errors="replace"),
+                    # A person's bearer token is never shown: blanked as the records are.
+                    body=redact_token(message_body(message).decode("utf-8", errors="replace")),
                     properties={
                         "message_id": str(message.message_id),
                         "delivery_count": message.delivery_count,
@@ -282,7 +284,20 @@ def _replay_sb(runtime: Runtime, dead_letter_id: str, rest: str) -> Replayed:
         raise BadInput(f"{dead_letter_id!r}: expected service-bus:<queue>:<sequence number>")
     if not runtime.settings.uses_service_bus:
         raise BadInput("the settings name no Service Bus")
-    sent = _service_bus_dead_letters(runtime).replay(queue, int(sequence))
+    from adapters.dead_letters import redact_token
+
+    def refuse(body: bytes) -> None:
+        # A person's command carries their (still valid?) token: never sent again on their
+        # behalf by whoever runs the CLI. They send it again themselves.
+        if redact_token(body.decode("utf-8", errors="replace")) != body.decode(
+            "utf-8", errors="replace"
+        ):
+            raise BadInput(
+                f"{dead_letter_id} is a person's command (it carries their token): it is not "
+                "sent again on their behalf; they send it again (approve, rollback, ...)"
+            )
+
+    sent = _service_bus_dead_letters(runtime).replay(queue, int(sequence), refuse)
     if sent is None:
         raise BadInput(f"no dead letter {dead_letter_id!r} (replayed or removed meanwhile?)")
     return Replayed(dead_letter_id, queue, "completed")

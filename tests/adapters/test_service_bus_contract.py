@@ -12,6 +12,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from azure.servicebus import (
     ServiceBusClient,
     ServiceBusMessage,
@@ -267,3 +268,18 @@ def test_send_raw_sends_the_body_as_given_under_the_replay_id():
     assert name == "send_messages"
     assert b"".join(message.body) == b'{"exact": "bytes"}'
     assert message.message_id == "replay-orchestrator/2026/x.json"
+
+
+def test_a_refused_replay_sends_nothing_and_leaves_the_dead_letter_where_it_is():
+    """The CLI refuses a person's command (it carries their token): nothing is sent, and the
+    dead letter goes back to the dead-letter queue, not completed."""
+    person = dead_lettered(b'{"type": "ApprovalDecision", "auth": "eyJ.token.sig"}', 8)
+    client = FakeClient(FakeDeadLetterReceiver([person]))
+
+    def refuse(body: bytes) -> None:
+        raise PermissionError("a person's command")
+
+    with pytest.raises(PermissionError):
+        ServiceBusDeadLetters(client, max_wait_seconds=1).replay("approvals", 8, refuse)  # type: ignore[arg-type]
+    assert client.sender.calls == []
+    assert client.receiver.settled == [("abandon", 8)]
