@@ -461,9 +461,10 @@ class Outbox:
         except TrainingBackendError as exc:
             if exc.transient:
                 raise
-            # A permanent refusal ends the run with the service's own message (its manifest
-            # stays: a forced retrain can take the same data again).
+            # A permanent refusal ends the run with the service's own message; its data stays
+            # pending (nothing lost), so the next window takes it again.
             self._submit_failed(aggregate, effect, str(exc))
+            return
         if own:  # the run has its data: it stops being pending (idempotent)
             ledger.release(model, effect.run_id)
 
