@@ -119,7 +119,9 @@ def test_giving_up_takes_both_the_attempts_and_the_window(
 ):
     w = fake_runtime(settings=fake_settings(MAX_EFFECT_ATTEMPTS="3", EFFECT_RETRY_SECONDS="900"))
     w.training.faults.fail_always("submit", BUSY)
-    with_outbox(w, SubmitTrainingJob(run_id="churn-r1", data_count=1, data_sample=["https://a/x.csv"]))
+    with_outbox(
+        w, SubmitTrainingJob(run_id="churn-r1", data_count=1, data_sample=["https://a/x.csv"])
+    )
     for minutes in failures_at_minutes:
         w.clock.advance_to(START + timedelta(minutes=minutes))
         with pytest.raises(TrainingBackendError):
