@@ -19,7 +19,7 @@ from typing import Any, Literal, NoReturn
 from pydantic import BaseModel
 
 from domain.decision import AuditEntry, Decision
-from domain.effects import SendMessage
+from domain.effects import SendMessage, SubmitTrainingJob
 from domain.metrics import LiveMetrics, OfflineMetrics
 from domain.policy import ModelPolicy
 from orchestrator.aggregate import ModelAggregate, OutboxItem
@@ -408,6 +408,10 @@ def sweep_stranded_data(
     id opened, else None. Never raises: a failure is logged and the next sweep tries again."""
     tracker = aggregate.retrain
     if tracker.window is not None or tracker.follow_up_pending:
+        return None
+    if any(isinstance(item.effect, SubmitTrainingJob) for item in aggregate.outbox):
+        # A submit still waiting seals its items when it goes through: until then they are
+        # still pending, but they are that run's, not stranded.
         return None
     try:
         pending = ports.ledger.pending(model)

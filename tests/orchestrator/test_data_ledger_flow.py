@@ -12,6 +12,7 @@ from domain.effects import SubmitTrainingJob
 from orchestrator.aggregate import OutboxItem
 from orchestrator.handlers import sweep_stranded_data
 from orchestrator.messages import InvalidMessage
+from orchestrator.ports import TrainingBackendError
 from tests.fakes import DATA_ACCOUNT, data_items, fake_runtime, landed, policy_yaml
 from triggers.envelopes import data_landed_envelope
 
@@ -115,6 +116,23 @@ def test_data_that_landed_while_its_window_closed_is_picked_up_by_the_sweep():
     w.training.finish(w.training.jobs[0], "1")
     w.run(until=lambda: len(w.training.submissions) == 2, horizon=timedelta(hours=1))
     assert w.training.submissions[1].data_uris == [f"{DATA_ACCOUNT}/training-data/churn/2.csv"]
+
+
+def test_a_submit_still_retrying_keeps_its_items_and_the_sweep_opens_no_window_for_them():
+    w = fake_runtime()
+    w.handle(blob_event("churn", 1))
+    w.clock.advance(1)
+    w.training.faults.fail_always("submit", TrainingBackendError("503", transient=True))
+    with pytest.raises(TrainingBackendError):
+        w.deliver_due()
+    assert w.ledger.pending("churn").items == 1  # not sealed: the submit has not gone through
+    w.runtime.maintenance.sweep()  # the submit fails again (counted); no window opened
+    assert w.aggregate("churn").retrain.window is None
+    assert "retrain.stranded_data_found" not in w.audit.actions("churn")
+
+    w.training.faults.clear()
+    w.runtime.maintenance.sweep()  # the submit goes through: its items are the run's
+    assert len(w.training.submissions) == 1 and w.ledger.pending("churn").items == 0
 
 
 def test_data_below_the_minimum_is_not_reopened_by_every_sweep():
