@@ -9,13 +9,16 @@ from anywhere but the data account's blobs under the model's prefix
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from itertools import groupby
 from typing import TYPE_CHECKING
 
 import azure.functions as func
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Mapping, Sequence
 
+    from domain.policy import ModelPolicy
     from orchestrator.messages import Envelope
     from retrain.commands import DataItem
 
@@ -107,6 +110,7 @@ def data_events(events: list[func.EventHubEvent]) -> None:
     events and each that still fails is dead-lettered with its reason, before the checkpoint
     moves (`triggers.event_batches.settle`). Redelivery is idempotent (same data, same ids)."""
     from orchestrator.bootstrap import get_runtime
+    from retrain.decide import items_over_cap
     from triggers.event_batches import describe, settle
     from triggers.payloads import BadPayload, parse_event
 
@@ -119,11 +123,20 @@ def data_events(events: list[func.EventHubEvent]) -> None:
             reason = exc.reason if isinstance(exc, BadPayload) else describe(exc)
             runtime.dead_letters.record("eventhub", reason, event.get_body(), _properties(event))
             continue
+        counts = Counter(model for model, _ in pairs)
+        over = [
+            reason
+            for model, count in counts.items()
+            if (reason := items_over_cap(count, runtime.policies[model]))
+        ]
+        if over:  # the cap is per event: the whole event is refused, never taken in pieces
+            runtime.dead_letters.record("eventhub", over[0], event.get_body(), _properties(event))
+            continue
         for model, item in pairs:
             by_model.setdefault(model, []).append((index, item))
     dead: set[int] = set()  # an event with items for several models is one dead letter
 
-    for model, pairs in by_model.items():
+    for model, pairs in _chunks(by_model, runtime.policies):
 
         def handle(batch: Sequence[tuple[int, DataItem]], model: str = model) -> None:
             outcome = runtime.handlers.handle(
@@ -142,6 +155,24 @@ def data_events(events: list[func.EventHubEvent]) -> None:
             log.error("dead-lettered event %s for %s: %s", event.sequence_number, model, reason)
 
         settle(pairs, handle, dead_letter)
+
+
+def _chunks(
+    by_model: dict[str, list[tuple[int, DataItem]]], policies: Mapping[str, ModelPolicy]
+) -> Iterator[tuple[str, list[tuple[int, DataItem]]]]:
+    """Each model's items in messages of at most its `max_items_per_event`, an event's items
+    never split between two (each event is within the cap)."""
+    for model, pairs in by_model.items():
+        cap = policies[model].retrain.max_items_per_event
+        chunk: list[tuple[int, DataItem]] = []
+        for _, group in groupby(pairs, key=lambda pair: pair[0]):
+            items = list(group)
+            if chunk and len(chunk) + len(items) > cap:
+                yield model, chunk
+                chunk = []
+            chunk.extend(items)
+        if chunk:
+            yield model, chunk
 
 
 def _properties(event: func.EventHubEvent) -> dict[str, object]:

@@ -613,3 +613,29 @@ def test_with_app_service_authentication_the_audit_names_its_principal(make_runt
     [record] = [r for r in trail if r.cause_type == "RetrainRequested"]
     assert record.actor == "ana@contoso.com"
     assert record.detail["identity"]["verified_by"] == "http:app-service:0c7a-ana"
+
+
+def test_the_per_event_item_cap_refuses_a_whole_event_and_a_big_batch_goes_in_chunks(
+    make_runtime,
+):
+    """`max_items_per_event` is per event: one event over it is dead-lettered whole (never
+    taken in pieces), while many small events of one batch are handled in messages within it."""
+    runtime = make_runtime(
+        {"churn": policy_yaml("churn", retrain="{max_items_per_event: 5}")},
+        DataStorage__blobServiceUri=DATA_ACCOUNT,
+    )
+    set_runtime(runtime)
+    try:
+
+        def ready(n: int) -> dict[str, Any]:
+            uri = f"{DATA_ACCOUNT}/training-data/churn/{n}.csv"
+            return {"model": "churn", "data_uri": uri, "event_id": f"churn-{n}"}
+
+        too_big = func.EventHubEvent(body=json.dumps([ready(n) for n in range(100, 106)]).encode())
+        small = [func.EventHubEvent(body=json.dumps(ready(n)).encode()) for n in range(12)]
+        user(data.data_events)([*small[:6], too_big, *small[6:]])
+        assert runtime.queries.model_status("churn")["retrain"]["pending"]["count"] == 12
+        [record] = runtime.dead_letters.read("eventhub")
+        assert "max_items_per_event (5)" in record["reason"]
+    finally:
+        set_runtime(None)
