@@ -30,7 +30,7 @@ from azure.storage.blob import ContainerClient
 from domain.data_location import redact_body, redact_text
 
 REDACTED = "<redacted bearer token>"
-REPLAY_FIELDS = ("replayed_at", "replayed_to")
+REPLAY_FIELDS = ("replayed_at", "replayed_to", "replaying_at")
 # The largest Event Hubs event (1 MB) and standard Service Bus message (256 KB) fit whole, so a
 # replay sends the body as it came; a longer one is cut (and marked `body_truncated`).
 MAX_BODY = 1_048_576
@@ -95,14 +95,22 @@ class BlobDeadLetters:
     def claim_replay(
         self, name: str, record: dict[str, Any], etag: str, replayed_to: str
     ) -> dict[str, Any] | None:
-        """Mark the record replayed to `replayed_to` if it is still as read (`etag`): the
-        marked record, or None when it changed meanwhile (another replay claimed it)."""
-        marked = record | {"replayed_at": datetime.now(UTC).isoformat(), "replayed_to": replayed_to}
+        """Claim the record for a replay to `replayed_to` if it is still as read (`etag`): the
+        claimed record, or None when it changed meanwhile (another replay claimed it). The
+        record reads replayed only once `finish_replay` says the send went through."""
+        marked = record | {
+            "replaying_at": datetime.now(UTC).isoformat(),
+            "replayed_to": replayed_to,
+        }
         try:
             self._write(name, marked, etag)
         except ResourceModifiedError:
             return None
         return marked
+
+    def finish_replay(self, name: str, claimed: dict[str, Any]) -> None:
+        """The claimed record's send went through: it reads replayed from now on."""
+        self._write(name, claimed | {"replayed_at": datetime.now(UTC).isoformat()}, None)
 
     def release_replay(self, name: str, record: dict[str, Any]) -> None:
         """Undo a claim whose send failed, so the record can be replayed again."""

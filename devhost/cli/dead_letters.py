@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from devhost.cli.commands import BadInput, CliError
@@ -222,6 +223,10 @@ def replay_dead_letter(runtime: Runtime, dead_letter_id: str) -> Replayed:
     return replayers[store](runtime, dead_letter_id, rest)
 
 
+# A replay claimed this long ago that never finished died on the way: it may be taken over.
+STALE_REPLAY = timedelta(minutes=10)
+
+
 def _replay_record(runtime: Runtime, dead_letter_id: str, name: str) -> Replayed:
     records = runtime.dead_letters
     found = records.get(name)
@@ -247,6 +252,14 @@ def _replay_record(runtime: Runtime, dead_letter_id: str, name: str) -> Replayed
             "it was recorded; a replay would not be the message that came"
         )
     _refuse_a_persons_command(body, dead_letter_id)
+    started = record.get("replaying_at")
+    if started and datetime.now(UTC) - datetime.fromisoformat(str(started)) < STALE_REPLAY:
+        raise CliError(
+            f"{dead_letter_id} is being replayed (since {started}); a replay that died is "
+            f"taken over after {int(STALE_REPLAY.total_seconds() // 60)} minutes"
+        )
+    # A replay that died between its claim and its send is taken over: at worst the message
+    # goes twice under one id (`replay-<name>`), and the app drops the second as a duplicate.
     claimed = records.claim_replay(name, record, etag, target)
     if claimed is None:
         raise CliError(f"{dead_letter_id} changed meanwhile (another replay?): list it again")
@@ -255,6 +268,7 @@ def _replay_record(runtime: Runtime, dead_letter_id: str, name: str) -> Replayed
     except Exception:
         records.release_replay(name, claimed)
         raise
+    records.finish_replay(name, claimed)
     return Replayed(dead_letter_id, target, "marked replayed")
 
 

@@ -28,7 +28,7 @@ def test_two_replays_of_one_record_cannot_both_claim_it(records: BlobDeadLetters
     assert first is not None and first["replayed_to"] == "orchestrator"
     assert second is None
     stored, _ = records.get(name) or ({}, "")
-    assert stored["replayed_at"] == first["replayed_at"]
+    assert stored["replaying_at"] == first["replaying_at"] and "replayed_at" not in stored
     assert stored["body"] == '{"type": "GateCheck"}'
 
 
@@ -39,7 +39,7 @@ def test_a_released_claim_can_be_claimed_again(records: BlobDeadLetters) -> None
     assert claimed is not None
     records.release_replay(name, claimed)
     record, etag = records.get(name) or ({}, "")
-    assert "replayed_at" not in record
+    assert "replaying_at" not in record and "replayed_at" not in record
     assert records.claim_replay(name, record, etag, "approvals") is not None
 
 

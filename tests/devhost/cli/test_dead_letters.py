@@ -224,3 +224,30 @@ def test_a_replay_whose_send_fails_leaves_the_record_replayable(make_runtime, ca
     assert cli(runtime, capsys, "dead-letters", "replay", view["id"])[0] == 0
     [sent] = list(runtime.queue(runtime.settings.orchestrator_queue).receive_messages())
     assert decode_body(sent.content) == body
+
+
+def test_a_replay_that_died_after_its_claim_is_taken_over_once_it_is_stale(make_runtime, capsys):
+    """The CLI claimed the record, then died before sending: the record does not read
+    replayed; a replay while the claim is fresh is refused, a stale claim is taken over."""
+    from datetime import UTC, datetime, timedelta
+
+    runtime = churn_runtime(make_runtime)
+    message_id = f"start-{uuid.uuid4().hex}"
+    body = start_promotion(runtime, message_id).to_bytes()
+    name = runtime.dead_letters.record("orchestrator", "handler crashed", body)
+    record, etag = runtime.dead_letters.get(name) or ({}, "")
+    claimed = runtime.dead_letters.claim_replay(name, record, etag, "orchestrator")
+    assert claimed is not None  # ... and the process died here
+    [view] = listed(runtime, capsys, message_id, "--source", "records")
+    assert view["replayed_at"] is None
+
+    code, error = cli(runtime, capsys, "dead-letters", "replay", view["id"])
+    assert code == 1 and "is being replayed" in error["error"]
+
+    # Eleven minutes later: the claim, as it reads then, is stale.
+    stale = (datetime.now(UTC) - timedelta(minutes=11)).isoformat()
+    record, etag = runtime.dead_letters.get(name) or ({}, "")
+    runtime.dead_letters._write(name, record | {"replaying_at": stale}, etag)
+    assert cli(runtime, capsys, "dead-letters", "replay", view["id"])[0] == 0
+    [again] = listed(runtime, capsys, message_id, "--source", "records")
+    assert again["replayed_at"] is not None
