@@ -296,6 +296,10 @@ class AzureMLEndpoint:
 
     def traffic(self) -> dict[str, int]:
         endpoint = self.client.online_endpoints.get(self.endpoint_name)
+        state = str(getattr(endpoint.provisioning_state, "value", endpoint.provisioning_state))
+        if state.lower() in _ENDPOINT_BUSY:
+            # Mid-update the split read back may be the old one: not an answer to compare.
+            raise DeploymentBusy(f"endpoint {self.endpoint_name} is {state}: its traffic is moving")
         return live_only(endpoint.traffic or {})
 
     def set_traffic(self, traffic: dict[str, int]) -> None:

@@ -317,7 +317,8 @@ class OnlineEndpoint(Protocol):
         ...
 
     def traffic(self) -> dict[str, int]:
-        """The live split, zero weights omitted."""
+        """The live split, zero weights omitted. Raises `DeploymentBusy` while the endpoint is
+        applying an update (the split it reads back then may still be the old one)."""
         ...
 
     def deployments(self) -> list[DeploymentStatus]:

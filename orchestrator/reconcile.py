@@ -18,7 +18,7 @@ from orchestrator.aggregate import ModelAggregate
 from orchestrator.handlers import MessageHandlers
 from orchestrator.messages import Envelope
 from orchestrator.outbox import Outbox, endpoint_effects_waiting
-from orchestrator.ports import Ports
+from orchestrator.ports import DeploymentBusy, Ports
 from promotion.commands import EndpointDrift, EndpointInSync
 from promotion.drift import ObservedDeployment, converging, expected_endpoint, find_drift
 
@@ -66,7 +66,11 @@ class Reconciler:
             ObservedDeployment(name=d.deployment, state=d.state, version=d.model_version)
             for d in endpoint.deployments()
         ]
-        traffic = endpoint.traffic()
+        try:
+            traffic = endpoint.traffic()
+        except DeploymentBusy:
+            report.skipped[model] = "the endpoint is applying an update"
+            return
         report.checked.append(model)
         if converging(expected, deployments):
             report.skipped[model] = "a deployment is being created or removed"
