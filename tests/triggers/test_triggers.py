@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from typing import Any
 
 import azure.functions as func
@@ -626,16 +627,17 @@ def test_the_per_event_item_cap_refuses_a_whole_event_and_a_big_batch_goes_in_ch
     )
     set_runtime(runtime)
     try:
+        tag = uuid.uuid4().hex  # the dead-letter container is shared by the session's tests
 
         def ready(n: int) -> dict[str, Any]:
-            uri = f"{DATA_ACCOUNT}/training-data/churn/{n}.csv"
-            return {"model": "churn", "data_uri": uri, "event_id": f"churn-{n}"}
+            uri = f"{DATA_ACCOUNT}/training-data/churn/{tag}-{n}.csv"
+            return {"model": "churn", "data_uri": uri, "event_id": f"{tag}-{n}"}
 
         too_big = func.EventHubEvent(body=json.dumps([ready(n) for n in range(100, 106)]).encode())
         small = [func.EventHubEvent(body=json.dumps(ready(n)).encode()) for n in range(12)]
         user(data.data_events)([*small[:6], too_big, *small[6:]])
         assert runtime.queries.model_status("churn")["retrain"]["pending"]["count"] == 12
-        [record] = runtime.dead_letters.read("eventhub")
+        [record] = [r for r in runtime.dead_letters.read("eventhub") if tag in str(r["body"])]
         assert "max_items_per_event (5)" in record["reason"]
     finally:
         set_runtime(None)
