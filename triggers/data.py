@@ -1,4 +1,5 @@
-"""New data lands: a blob under a model's data prefix, or a batch of Event Hubs events.
+"""New data lands: a blob under a model's data prefix (an Event Grid BlobCreated event), or a
+batch of Event Hubs events.
 
 Triggers only translate: binding payload -> DataLanded command -> handler. A payload that
 can never be handled is dead-lettered with its reason; nothing is retried forever. So is data
@@ -8,8 +9,9 @@ from anywhere but the data account's blobs under the model's prefix
 
 from __future__ import annotations
 
+import json
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from itertools import groupby
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from domain.policy import ModelPolicy
     from orchestrator.messages import Envelope
     from retrain.commands import DataItem
+    from triggers.payloads import NotData
 
 # Cold start: the orchestrator (pydantic models, clients) is imported on the first
 # invocation, not when the host indexes the app.
@@ -36,55 +39,51 @@ def data_landed(model: str, items: list[DataItem], source: str) -> Envelope:
     return data_landed_envelope(model, items, source)
 
 
-@bp.blob_trigger(
-    arg_name="blob",
-    path="%DATA_CONTAINER%/{name}",
-    connection="DataStorage",
-    source=func.BlobSource.EVENT_GRID,
-)
-def data_blob_landed(blob: func.InputStream) -> None:
-    """A blob landed: its name, URI and ETag make one DataLanded item; its content is never
-    read (`blob.read()` is not called). The SDK-type binding that would spare the host's own
-    download (azurefunctions-extensions-bindings-blob, `blob.BlobClient`) is not used: the
-    worker resolves the parameter's type when it indexes the app, so `import function_app`
-    would load azure.storage.blob and azure.identity (about 1 s; tests/triggers/
-    test_imports.py), the client it builds per invocation ignores our credential, and the
-    ETag would still cost a request. docs/retraining.md, "The blob trigger"."""
-    from urllib.parse import quote
-
+@bp.event_grid_trigger(arg_name="event")
+def data_blob_created(event: func.EventGridEvent) -> None:
+    """A blob landed (Event Grid `Microsoft.Storage.BlobCreated`, pushed by the data account's
+    subscription): the event carries the blob's URL and ETag, so one DataLanded item is made
+    without the host or the app reading the blob. An event that is no blob's is
+    dead-lettered; a blob under no model's prefix is logged once and ignored. A failure to
+    record it raises: Event Grid redelivers (then its own dead-letter destination)."""
     from orchestrator.bootstrap import get_runtime
-    from triggers.payloads import (
-        BadPayload,
-        blob_item,
-        checked_uri,
-        policy_for_blob,
-        split_blob_name,
-    )
+    from triggers.payloads import BadPayload, NotData, blob_created, parse_grid_event
 
     runtime = get_runtime()
-    name = blob.name or ""
+    document = {
+        "id": event.id,
+        "eventType": event.event_type,
+        "subject": event.subject,
+        "data": event.get_json(),
+    }
     try:
-        container, path = split_blob_name(name)
+        found = blob_created(
+            parse_grid_event(document), runtime.policies, runtime.settings.data_account
+        )
     except BadPayload as exc:
-        runtime.dead_letters.record("blob", exc.reason, name)
+        body = json.dumps(document, default=str)
+        runtime.dead_letters.record("eventgrid", exc.reason, body, {"id": event.id})
         return
-    policy = policy_for_blob(runtime.policies, container, path)
-    if policy is None:
-        log.info("blob %s matches no model's data prefix: ignored", name)
+    if isinstance(found, NotData):
+        _log_once(found)
         return
-    properties = blob.blob_properties or {}
-    etag = properties.get("ETag") or properties.get("Etag") or properties.get("etag")
-    account = runtime.settings.data_account
-    try:
-        # The blob's own URI (on the data account, so it passes), checked like any other.
-        uri = blob.uri or f"{account.blob_endpoint.rstrip('/')}/{quote(name)}"
-        uri = checked_uri(uri, policy, account, "blob uri")
-    except BadPayload as exc:
-        runtime.dead_letters.record("blob", exc.reason, name)
+    model, item = found
+    outcome = runtime.handlers.handle(data_landed(model, [item], "eventgrid"))
+    log.info("blob %s -> %s: %s", item.uri, model, outcome.status)
+
+
+_logged: OrderedDict[str, None] = OrderedDict()  # blobs already explained (redeliveries)
+_LOGGED_KEPT = 10_000
+
+
+def _log_once(found: NotData) -> None:
+    if found.blob in _logged:
         return
-    item = blob_item(name, uri, etag, blob.length)
-    outcome = runtime.handlers.handle(data_landed(policy.model, [item], "blob"))
-    log.info("blob %s -> %s: %s", name, policy.model, outcome.status)
+    _logged[found.blob] = None
+    if len(_logged) > _LOGGED_KEPT:
+        _logged.popitem(last=False)
+    level = logging.WARNING if found.unmatched else logging.INFO
+    log.log(level, "blob %s ignored: %s", found.blob, found.reason)
 
 
 # Only a dead letter that cannot be written makes the function raise (every event is handled

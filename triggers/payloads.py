@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -60,6 +61,7 @@ class BlobCreatedData(BaseModel):
     url: str
     eTag: str | None = None  # Event Grid's own field names
     contentLength: int | None = None
+    api: str | None = None  # PutBlob, PutBlockList, CopyBlob, FlushWithClose, CreateFile...
 
 
 class EventGridEvent(BaseModel):
@@ -187,24 +189,59 @@ def blob_item(name: str, uri: str | None, etag: str | None, length: int | None) 
     return DataItem(uri=uri or name, key=f"blob:{name}@{version}")
 
 
-def _blob_created(
+@dataclass(frozen=True)
+class NotData:
+    """A valid event that is no model's data: `reason` says why (logged, not dead-lettered)."""
+
+    blob: str
+    reason: str
+    unmatched: bool  # under no model's prefix (else: a file not written yet)
+
+
+# On an account with a hierarchical namespace a file's creation raises BlobCreated twice: at
+# CreateFile (still empty) and at FlushWithClose (written). Only the second is data.
+_NOT_WRITTEN_YET = frozenset({"CreateFile"})
+
+
+def blob_created(
     event: EventGridEvent,
     policies: Mapping[str, ModelPolicy],
     data_account: DataAccount | str | None,
-) -> tuple[str, DataItem]:
+) -> tuple[str, DataItem] | NotData:
+    """A BlobCreated event -> (model, item); NotData for a blob under no model's prefix or a
+    file not written yet; BadPayload for an event that is not a blob's or names another URL."""
+    if event.eventType != BLOB_CREATED:
+        raise BadPayload(f"eventType {event.eventType!r} is not {BLOB_CREATED}")
     marker = "/containers/"
     if marker not in event.subject or "/blobs/" not in event.subject:
         raise BadPayload(f"subject {event.subject!r} does not name a blob")
     container, _, path = event.subject.split(marker, 1)[1].partition("/blobs/")
-    policy = policy_for_blob(policies, container, unquote(path))
-    if policy is None:
-        raise BadPayload(f"no model's data prefix matches {container}/{path}")
-    name = f"{container}/{unquote(path)}"
+    # The subject holds the name as written; some producers percent-encode it: either reading
+    # is taken, the URL must then name the same blob.
+    readings = list(dict.fromkeys([path, unquote(path)]))
+    name = f"{container}/{readings[-1]}"
+    if event.data.api in _NOT_WRITTEN_YET:
+        return NotData(
+            name, f"{event.data.api}: the file is not written yet (FlushWithClose is)", False
+        )
+    found = [(p, policy_for_blob(policies, container, p)) for p in readings]
+    matched = [(p, policy) for p, policy in found if policy is not None]
+    if not matched:
+        known = sorted({f"{p.data.container}/{p.data.prefix}" for p in policies.values()})
+        return NotData(name, f"under no model's data prefix (watched: {', '.join(known)})", True)
+    policy = matched[0][1]
     blob = _located(event.data.url, policy, data_account, "data.url")
-    if blob.name != name:
-        raise BadPayload(f"data.url: names {blob.name!r}, not the subject's blob {name!r}")
-    item = blob_item(name, blob.uri, event.data.eTag, None)
-    return policy.model, item
+    names = [f"{container}/{p}" for p, _ in matched]
+    if blob.name not in names:
+        raise BadPayload(f"data.url: names {blob.name!r}, not the subject's blob {names[-1]!r}")
+    return policy.model, blob_item(blob.name, blob.uri, event.data.eTag, None)
+
+
+def parse_grid_event(entry: Mapping[str, Any]) -> EventGridEvent:
+    try:
+        return EventGridEvent.model_validate(entry, strict=True)
+    except ValidationError as exc:
+        raise BadPayload(f"Event Grid event: {describe(exc)}") from exc
 
 
 def parse_event(
@@ -226,13 +263,12 @@ def parse_event(
         if not isinstance(entry, dict):
             raise BadPayload("event body must be a JSON object or an array of objects")
         if "eventType" in entry:
-            try:
-                grid_event = EventGridEvent.model_validate(entry, strict=True)
-            except ValidationError as exc:
-                raise BadPayload(f"Event Grid event: {describe(exc)}") from exc
-            if grid_event.eventType != BLOB_CREATED:
-                raise BadPayload(f"eventType {grid_event.eventType!r} is not {BLOB_CREATED}")
-            items.append(_blob_created(grid_event, policies, data_account))
+            found = blob_created(parse_grid_event(entry), policies, data_account)
+            if isinstance(found, NotData):
+                if found.unmatched:  # sent to our hub by name: kept as a dead letter
+                    raise BadPayload(f"{found.blob}: {found.reason}")
+                continue
+            items.append(found)
             continue
         try:
             ready = DataReadyEvent.model_validate(entry, strict=True)

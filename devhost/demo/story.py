@@ -186,6 +186,7 @@ def demo_settings(options: DemoOptions, endpoint_url: str, endpoint_key: str) ->
         "AzureWebJobsStorage": "UseDevelopmentStorage=true",
         "DataStorage": "UseDevelopmentStorage=true",
         "DATA_CONTAINER": "training-data",
+        "DEVHOST_EVENT_GRID_SUBSCRIPTIONS": "data_blob_created=DataStorage:%DATA_CONTAINER%",
         "STATE_CONTAINER": "retrain-state",
         "ORCHESTRATOR_QUEUE": "orchestrator",
         "APPROVALS_QUEUE": "approvals",

@@ -22,7 +22,7 @@ import azure.functions as func
 import uvicorn
 from azure.storage.queue import QueueServiceClient
 
-from adapters.azurite import Azurite, ensure_azurite, parse_connection_string
+from adapters.azurite import Azurite, parse_connection_string
 from adapters.storage_queue_bus import StorageQueueConsumer
 from devhost.host import discovery as kinds
 from devhost.host.connections import (
@@ -36,6 +36,14 @@ from devhost.host.discovery import FunctionSpec, discover, load_app
 from devhost.host.http_server import ANONYMOUS, HttpDispatcher, HttpFunction, build_http_app
 from devhost.host.invoke import Invoker
 from devhost.host.keys import DEFAULT_KEY_FILE, resolve_function_key
+from devhost.host.local_services import (
+    ENDPOINT_KEY_SETTING,
+    ENDPOINT_URL_SETTING,
+    EndpointServer,
+    azurite_record,
+    checkout_azurite,
+    start_endpoint_server,
+)
 from devhost.host.messaging import queue_message_from_delivery, service_bus_message_from_delivery
 from devhost.host.mlflow_ui import UI_URL_SETTING, MlflowUi, start_mlflow_ui
 from devhost.host.outputs import OutputSink
@@ -43,15 +51,18 @@ from devhost.host.pollers import (
     BLOB_POISON_QUEUE,
     PROCESSING_VISIBILITY,
     BlobTriggerPoller,
+    EventGridBlobPoller,
     EventHubReceiverPoller,
     LocalEventHubPoller,
     Poller,
     QueueTriggerPoller,
     ServiceBusReceiverPoller,
     TimerPoller,
+    event_grid_subscription,
     utc_now,
 )
 from devhost.host.settings import DevHostError, HostConfig
+from devhost.host.state_file import RUNNING, DevhostState, is_running, read_state, write_state
 from devhost.host.storage import ensure_queue_client
 
 log = logging.getLogger("devhost")
@@ -86,6 +97,9 @@ class DevHost:
         clock: Callable[[], datetime] = utc_now,
         retry_delay_scale: float = 1.0,
         state_dir: Path | str = ".local",
+        state_file: Path | str | None = None,
+        local_endpoint: bool = False,
+        settings_file: Path | str | None = None,
     ) -> None:
         self._app_target = app
         self._settings = dict(settings or {})
@@ -103,6 +117,14 @@ class DevHost:
         self._clock = clock
         self._retry_delay_scale = retry_delay_scale
         self._state_dir = Path(state_dir)
+        # `state_file`: this checkout's record (devhost/host/state_file.py): its Azurite is
+        # reused while it answers, and the CLI finds everything there.
+        self._state_file = Path(state_file) if state_file else None
+        self._settings_file = Path(settings_file).resolve() if settings_file else None
+        self._use_local_endpoint = local_endpoint
+        self._previous_state: DevhostState | None = None
+        self._endpoint: EndpointServer | None = None
+        self._state_written = False
 
         self._lock = threading.RLock()
         self._started = False
@@ -140,6 +162,18 @@ class DevHost:
         return self._mlflow.url if self._mlflow else None
 
     @property
+    def azurite(self) -> Azurite | None:
+        return self._azurite
+
+    @property
+    def endpoint(self) -> EndpointServer | None:
+        return self._endpoint
+
+    @property
+    def state_file(self) -> Path | None:
+        return self._state_file
+
+    @property
     def storage_connection_string(self) -> str | None:
         return os.environ.get(HOST_STORAGE)
 
@@ -156,8 +190,11 @@ class DevHost:
             self._stopping.clear()
             self._http_functions, self._pollers, self._streams = [], [], []
             try:
+                self._check_not_running()
                 self._apply_settings()
                 self._ensure_storage()
+                if self._use_local_endpoint:
+                    self._start_local_endpoint()
                 self.functions = discover(load_app(self._app_target))
                 self._build_triggers()
                 self._resolve_key()
@@ -173,6 +210,7 @@ class DevHost:
                 self.stop()
                 raise
             self._log_startup()
+            self._write_state(RUNNING)
             return self
 
     def run_pending_once(self) -> int:
@@ -204,6 +242,10 @@ class DevHost:
             if self._mlflow is not None:
                 self._mlflow.stop()
                 self._mlflow = None
+            if self._endpoint is not None:
+                self._endpoint.stop()  # only ends a server this host started
+                self._endpoint = None
+            self._mark_stopped()
             if self._azurite is not None:
                 self._azurite.stop()  # only ends an emulator this host started
                 self._azurite = None
@@ -246,24 +288,78 @@ class DevHost:
         self._saved_environment.clear()
 
     def _ensure_storage(self) -> None:
-        """Azurite when storage is absent or `UseDevelopmentStorage=true` (reusing a running
-        one); its real connection string replaces every `UseDevelopmentStorage=true` setting
-        (AzureWebJobsStorage and others, e.g. a data account) before the app is imported."""
+        """Azurite when storage is absent or `UseDevelopmentStorage=true`: this checkout's
+        (the state file's, while it answers) or a new one on free ports, never one that merely
+        answers on the default ports. Its real connection string replaces every
+        `UseDevelopmentStorage=true` setting (AzureWebJobsStorage and others, e.g. a data
+        account) before the app is imported."""
         current = os.environ.get(HOST_STORAGE)
         if not self._use_azurite or not _wants_development_storage(current):
             return
         if current is None and _has_identity_storage(os.environ):
             return
-        self._azurite = ensure_azurite(current)
+        recorded = self._previous_state.azurite if self._previous_state else None
+        location = self._state_file.parent / "azurite" if self._state_file else None
+        self._azurite = checkout_azurite(recorded, location)
         self._set_environment(HOST_STORAGE, self._azurite.connection_string)
         for key, value in list(os.environ.items()):
             if key != HOST_STORAGE and _is_development_storage(value):
                 self._set_environment(key, self._azurite.connection_string)
         where = "started" if self._azurite.started_here else "reused"
         log.info("Azurite %s: blob %s", where, self._azurite.blob_endpoint)
-        # The CLI and other tools reach this Azurite with its connection string (its ports are
-        # free ones, not 10000-10002): export it as AzureWebJobsStorage in their shell.
-        log.info("AzureWebJobsStorage=%s", self._azurite.connection_string)
+
+    def _start_local_endpoint(self) -> None:
+        """The local endpoint server the app deploys to; its URL (and key) become the app's
+        LOCAL_ENDPOINT_URL (and LOCAL_ENDPOINT_KEY) before the app is imported."""
+        local_dir = Path(os.environ.get("RETRAIN_LOCAL_DIR") or self._state_dir)
+        self._endpoint = start_endpoint_server(os.environ, local_dir)
+        self._set_environment(ENDPOINT_URL_SETTING, self._endpoint.url)
+        self._set_environment(ENDPOINT_KEY_SETTING, self._endpoint.key)
+
+    # --- the state file -----------------------------------------------------------------------
+
+    def _check_not_running(self) -> None:
+        """One devhost per state file: a second would take over the first one's record."""
+        if self._state_file is None:
+            return
+        self._previous_state = read_state(self._state_file)
+        previous = self._previous_state
+        if previous is not None and previous.pid != os.getpid() and is_running(previous):
+            raise DevHostError(
+                f"a devhost already runs in this checkout (pid {previous.pid}, "
+                f"{previous.app_url}; {self._state_file}): stop it first, or give this one "
+                "another --state-dir"
+            )
+
+    def _current_state(self, status: str) -> DevhostState:
+        from_file = (self.function_key_source or "").startswith(str(self._key_file))
+        # What a tool needs to reach what the app reaches (the CLI applies them).
+        shared = (HOST_STORAGE, "DataStorage", ENDPOINT_URL_SETTING)
+        return DevhostState(
+            status=status,
+            pid=os.getpid(),
+            checkout=str(Path.cwd()),
+            app_url=self.http_url if self.bound_port is not None else None,
+            function_key_file=str(self._key_file.resolve()) if from_file else None,
+            settings_file=str(self._settings_file) if self._settings_file else None,
+            azurite=azurite_record(self._azurite) if self._azurite else None,
+            endpoint=self._endpoint.record() if self._endpoint else None,
+            mlflow_ui_url=self.mlflow_url,
+            app_settings={name: os.environ[name] for name in shared if os.environ.get(name)},
+        )
+
+    def _write_state(self, status: str) -> None:
+        if self._state_file is not None:
+            write_state(self._state_file, self._current_state(status))
+            self._state_written = True
+
+    def _mark_stopped(self) -> None:
+        """Marked stopped, not removed: the record of the Azurite stays for the next start."""
+        if self._state_file is not None and self._state_written:
+            state = read_state(self._state_file)
+            if state is not None and state.pid == os.getpid():
+                write_state(self._state_file, state.stopped())
+            self._state_written = False
 
     # --- triggers -----------------------------------------------------------------------------
 
@@ -285,6 +381,7 @@ class DevHost:
     def _poller(self, invoker: Invoker) -> Poller:
         builders: dict[str, Callable[[Invoker], Poller]] = {
             kinds.BLOB_TRIGGER: self._blob_poller,
+            kinds.EVENT_GRID_TRIGGER: self._event_grid_poller,
             kinds.SERVICE_BUS_TRIGGER: self._service_bus_poller,
             kinds.EVENT_HUB_TRIGGER: self._local_event_hub_poller,
             kinds.QUEUE_TRIGGER: self._queue_poller,
@@ -300,6 +397,18 @@ class DevHost:
             host_blobs=blob_service(None, os.environ),
             poison_queue=ensure_queue_client(host_queues, BLOB_POISON_QUEUE),
             poison_threshold=self._host_config.blob_poison_threshold,
+        )
+
+    def _event_grid_poller(self, invoker: Invoker) -> Poller:
+        connection, path = event_grid_subscription(invoker.spec.name, os.environ)
+        host_queues = queue_service(None, os.environ)
+        return EventGridBlobPoller(
+            invoker,
+            blobs=blob_service(connection, os.environ),
+            host_blobs=blob_service(None, os.environ),
+            poison_queue=ensure_queue_client(host_queues, BLOB_POISON_QUEUE),
+            poison_threshold=self._host_config.blob_poison_threshold,
+            path=path,
         )
 
     def _consumer(

@@ -22,10 +22,11 @@ BLOB_TRIGGER = "blobTrigger"
 SERVICE_BUS_TRIGGER = "serviceBusTrigger"
 EVENT_HUB_TRIGGER = "eventHubTrigger"
 TIMER_TRIGGER = "timerTrigger"
+EVENT_GRID_TRIGGER = "eventGridTrigger"
 QUEUE_TRIGGER = "queueTrigger"
 SUPPORTED_TRIGGERS = frozenset(
     {HTTP_TRIGGER, BLOB_TRIGGER, SERVICE_BUS_TRIGGER, EVENT_HUB_TRIGGER, TIMER_TRIGGER,
-     QUEUE_TRIGGER}
+     QUEUE_TRIGGER, EVENT_GRID_TRIGGER}
 )  # fmt: skip
 # Output bindings devhost can honour (see devhost/host/outputs.py).
 SUPPORTED_OUTPUTS = frozenset({"http", "queue", "serviceBus", "eventHub", "blob"})

@@ -9,7 +9,8 @@ import json
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
@@ -18,7 +19,7 @@ import azure.functions as func
 from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.functions import blob as functions_blob
 from azure.functions import timer as functions_timer
-from azure.storage.blob import BlobProperties, BlobServiceClient
+from azure.storage.blob import BlobProperties, BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient
 
 from adapters.storage_queue_bus import Delivery, StorageQueueConsumer
@@ -33,6 +34,7 @@ from devhost.host.messaging import (
     service_bus_message_from_received,
 )
 from devhost.host.schedule import parse_schedule
+from devhost.host.settings import DevHostError, resolve_placeholders
 from devhost.host.storage import ensure_container
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ log = logging.getLogger("devhost")
 
 HOSTS_CONTAINER = "azure-webjobs-hosts"
 BLOB_POISON_QUEUE = "webjobs-blobtrigger-poison"
+EVENT_GRID_DEAD_LETTERS = "eventgrid-deadletter"
 # How long a received message stays hidden while the function runs (host.json functionTimeout).
 PROCESSING_VISIBILITY = timedelta(minutes=5)
 STORAGE_QUEUE_PAGE = 32
@@ -97,11 +100,13 @@ class BlobTriggerPoller:
         host_blobs: BlobServiceClient,
         poison_queue: QueueClient,
         poison_threshold: int,
+        path: BlobPath | None = None,
     ) -> None:
         self.name = invoker.spec.name
         self._invoker = invoker
-        self._path = BlobPath.parse(invoker.spec.trigger["path"])
+        self._path = path or BlobPath.parse(invoker.spec.trigger["path"])
         self._container = blobs.get_container_client(self._path.container)
+        self._hosts_service = host_blobs
         self._hosts = ensure_container(host_blobs, HOSTS_CONTAINER)
         self._poison = poison_queue
         self._threshold = poison_threshold
@@ -200,6 +205,127 @@ class BlobTriggerPoller:
 
     def close(self) -> None:
         return None
+
+
+class EventGridBlobPoller(BlobTriggerPoller):
+    """An Event Grid subscription to `Microsoft.Storage.BlobCreated` on one container (devhost
+    setting DEVHOST_EVENT_GRID_SUBSCRIPTIONS), emulated by listing it: each new blob name + ETag
+    is one event in the Event Grid schema, built from the listing (url, eTag, contentLength),
+    the blob never read. A delivery that keeps failing is dead-lettered to the container
+    `eventgrid-deadletter`, as a subscription's storage dead-letter destination."""
+
+    def _process(self, blob: BlobProperties) -> None:
+        key = (blob.name, _plain_etag(blob.etag))
+        event = _event_for(self._container, blob)
+        try:
+            self._invoker.invoke(event, {})
+        except Exception as exc:
+            self._record_failure(key, blob, exc)
+            return
+        self._complete(key)
+
+    @property
+    def _receipt_prefix(self) -> str:
+        return f"eventgridreceipts/{self.name}/{self._path.container}/"
+
+    def _record_failure(self, key: tuple[str, str], blob: BlobProperties, exc: Exception) -> None:
+        attempts = self._failures.get(key, 0) + 1
+        self._failures[key] = attempts
+        if attempts < self._threshold:
+            return
+        event = _event_for(self._container, blob)
+        log.error("%s: event %s failed %d times; dead-lettered to %s",
+                  self.name, event.id, attempts, EVENT_GRID_DEAD_LETTERS)  # fmt: skip
+        record = {
+            "id": event.id,
+            "eventType": event.event_type,
+            "subject": event.subject,
+            "data": event.get_json(),
+            "deadLetterReason": "MaxDeliveryAttemptsExceeded",
+            "deliveryAttempts": attempts,
+            "lastDeliveryOutcome": f"{type(exc).__name__}: {exc}"[:2000],
+        }
+        container = ensure_container(self._hosts_service, EVENT_GRID_DEAD_LETTERS)
+        container.upload_blob(f"{self.name}/{event.id}.json", json.dumps(record), overwrite=True)
+        self._complete(key)
+
+
+EVENT_GRID_SUBSCRIPTIONS = "DEVHOST_EVENT_GRID_SUBSCRIPTIONS"
+
+
+def event_grid_subscription(function: str, environ: Mapping[str, str]) -> tuple[str, BlobPath]:
+    """Which container's BlobCreated events go to `function`: the devhost setting
+    `DEVHOST_EVENT_GRID_SUBSCRIPTIONS`, `<function>=<connection>:<container>[/<prefix>]` (comma
+    separated; %SETTING% placeholders resolved), as an Event Grid subscription would say."""
+    raw = environ.get(EVENT_GRID_SUBSCRIPTIONS, "")
+    example = f"{EVENT_GRID_SUBSCRIPTIONS}={function}=DataStorage:%DATA_CONTAINER%"
+    for entry in filter(None, (part.strip() for part in raw.split(","))):
+        name, equals, source = entry.partition("=")
+        connection, colon, path = source.partition(":")
+        if not (equals and colon and name.strip() and connection.strip() and path.strip("/ ")):
+            raise DevHostError(
+                f"{EVENT_GRID_SUBSCRIPTIONS}: {entry!r} is not "
+                "<function>=<connection>:<container>[/<prefix>]"
+            )
+        if name.strip() == function:
+            where = f"{EVENT_GRID_SUBSCRIPTIONS} ({function})"
+            path = resolve_placeholders(path.strip(), environ, where).strip("/")
+            container, _, prefix = path.partition("/")
+            return connection.strip(), BlobPath.parse(f"{container}/{prefix}{{name}}")
+    raise DevHostError(
+        f"function {function!r} has an Event Grid trigger and no subscription: add "
+        f"{example!r} to local.settings.json Values (which container's BlobCreated events "
+        "devhost delivers to it)"
+    )
+
+
+def blob_created_event(
+    container_url: str,
+    blob_name: str,
+    etag: str,
+    size: int | None = None,
+    *,
+    account: str = "devstoreaccount1",
+    content_type: str | None = None,
+    last_modified: datetime | None = None,
+) -> func.EventGridEvent:
+    """The event Event Grid sends for a blob written with Put Blob (its documented schema)."""
+    from urllib.parse import quote
+
+    container = container_url.rstrip("/").rsplit("/", 1)[-1]
+    data = {
+        "api": "PutBlob",
+        "eTag": _plain_etag(etag),  # as Event Grid writes it: no quotes
+        "contentType": content_type,
+        "contentLength": size,
+        "blobType": "BlockBlob",
+        "url": f"{container_url.rstrip('/')}/{quote(blob_name)}",
+        "sequencer": _plain_etag(etag),
+    }
+    event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{data['url']}@{_plain_etag(etag)}"))
+    return func.EventGridEvent(
+        id=event_id,
+        data=data,
+        topic="/subscriptions/devhost/resourceGroups/devhost/providers/Microsoft.Storage/"
+        f"storageAccounts/{account}",
+        subject=f"/blobServices/default/containers/{container}/blobs/{blob_name}",
+        event_type="Microsoft.Storage.BlobCreated",
+        event_time=last_modified or datetime.now(UTC),
+        data_version="",
+    )
+
+
+def _event_for(container: ContainerClient, blob: BlobProperties) -> func.EventGridEvent:
+    settings = blob.content_settings
+    return blob_created_event(
+        container.url,
+        blob.name,
+        blob.etag,
+        blob.size,
+        account=str(container.account_name or "devstoreaccount1"),
+        content_type=settings.content_type if settings else None,
+        last_modified=blob.last_modified,
+    )
 
 
 def _if_match() -> Any:

@@ -1,8 +1,9 @@
-"""Blob trigger names through the real `data_blob_landed` with real `func.InputStream`s: a
-name that is not <container>/<path> is one dead-letter record, a blob outside every model's
-data prefix is ignored (nothing written), one inside is kept; never an exception. A blob
-whose URI the data policy refuses (another account; a '.' or '..' segment, a control
-character or a backslash in its name) is one dead-letter record too."""
+"""Blob names through the real `data_blob_created` with real `func.EventGridEvent`s (the
+BlobCreated schema, built as devhost's subscription builds them): an event whose subject names
+no blob is one dead-letter record, a blob outside every model's data prefix is ignored
+(nothing written), one inside is kept; never an exception. A blob whose URI the data policy
+refuses (another account; a '.' or '..' segment, a control character or a backslash in its
+name) is one dead-letter record too."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from urllib.parse import quote, unquote
 
 import azure.functions as func
 import pytest
-from azure.functions.blob import InputStream
 from hypothesis import given
 from hypothesis import strategies as st
 
 from adapters.azurite import Azurite
+from devhost.host.pollers import blob_created_event
 from orchestrator.bootstrap import Runtime
 from orchestrator.clock import utc_now
 from tests.faults.support import (
@@ -34,7 +35,7 @@ from triggers.payloads import blob_item
 
 pytestmark = pytest.mark.azurite
 
-data_blob_landed = user_function(data.data_blob_landed)
+data_blob_created = user_function(data.data_blob_created)
 CONTAINER = "training-data"
 ACCOUNT = "https://acct.blob.core.windows.net"  # the data account
 
@@ -43,9 +44,9 @@ segments = st.text(st.characters(codec="utf-8", exclude_characters="/"), min_siz
 
 @st.composite
 def blobs(draw: st.DrawFn) -> tuple[str, str]:
-    kind = draw(st.sampled_from(["not-container/path", "outside-prefixes", "refused-uri", "kept"]))
-    if kind == "not-container/path":
-        name = draw(st.sampled_from(["", "/", "no-slash", "/leading", "trailing/"]) | segments)
+    kind = draw(st.sampled_from(["not-a-blob", "outside-prefixes", "refused-uri", "kept"]))
+    if kind == "not-a-blob":  # a subject that names no blob: the whole subject is drawn
+        name = draw(st.sampled_from(["", "/", "/blobServices/default/containers/x"]) | segments)
     elif kind == "outside-prefixes":
         name = draw(
             st.sampled_from([f"other/churn/{uuid.uuid4().hex}", f"{CONTAINER}/elsewhere/x"])
@@ -89,22 +90,28 @@ def test_a_blob_name_is_dead_lettered_ignored_or_kept(
     store = runtime.ports.store
     version = store.load("churn")[0].version
     dead = len(dead_letters.calls)
-    stream = InputStream(
-        data=b"a,b\n1,2\n",
-        name=name,
-        # As the host gives it: percent-encoded; on the data account, but for "refused-uri".
-        uri=f"{ACCOUNT if kind != 'refused-uri' else 'https://evil.example'}/{quote(name)}",
-        length=length,
-        blob_properties={"ETag": etag} if etag is not None else None,
-    )
-    assert isinstance(stream, func.InputStream)
+    # As Event Grid sends it: the URL percent-encoded; on the data account, but for
+    # "refused-uri".
+    account = ACCOUNT if kind != "refused-uri" else "https://evil.example"
+    container, _, path = name.partition("/")
+    event = blob_created_event(f"{account}/{container}", path, etag or "0x1", length)
+    if kind == "not-a-blob":
+        event = func.EventGridEvent(
+            id=event.id,
+            data=event.get_json(),
+            topic=event.topic,
+            subject=name,
+            event_type=event.event_type,
+            event_time=event.event_time,
+            data_version="",
+        )
     with installed(runtime):
-        data_blob_landed(stream)
+        data_blob_created(event)
     after = store.load("churn")[0]
-    assert len(dead_letters.calls) - dead == (kind in ("not-container/path", "refused-uri"))
+    assert len(dead_letters.calls) - dead == (kind in ("not-a-blob", "refused-uri"))
     if kind == "kept":
         # Its key is claimed: the same blob from another message is a duplicate.
-        probe = blob_item(name, f"{ACCOUNT}/{quote(name)}", etag, length)
+        probe = blob_item(name, f"{ACCOUNT}/{quote(name)}", etag or "0x1", None)
         keep = runtime.policies["churn"].retrain.dedup_retention
         assert runtime.ports.ledger.claim("churn", [probe], "probe", utc_now(), keep) == []
     else:

@@ -13,9 +13,9 @@ from typing import Any
 
 import azure.functions as func
 import pytest
-from azure.functions.blob import InputStream
 
 from adapters.azurite import Azurite
+from devhost.host.pollers import blob_created_event
 from orchestrator.bootstrap import Runtime
 from tests.faults.support import (
     DeadLetterSpy,
@@ -32,7 +32,7 @@ pytestmark = pytest.mark.azurite
 
 retrain = user_function(http_api.retrain)
 data_events = user_function(data.data_events)
-data_blob_landed = user_function(data.data_blob_landed)
+data_blob_created = user_function(data.data_blob_created)
 
 ACCOUNT = "https://acct.blob.core.windows.net"  # the data account (DataStorage__blobServiceUri)
 GOOD = f"{ACCOUNT}/training-data/churn/2026-11-22.csv"
@@ -200,24 +200,19 @@ def test_an_event_grid_event_naming_its_own_blob_is_kept(
     assert sorted(pending.sample) == sorted([GOOD, encoded])
 
 
-def test_the_blob_triggers_own_uri_passes_the_same_check(
+def test_the_event_grid_triggers_url_passes_the_same_check(
     runtime: Runtime, dead_letters: DeadLetterSpy
 ) -> None:
-    def land(name: str, uri: str | None) -> None:
-        stream = InputStream(data=b"a\n1\n", name=name, uri=uri, blob_properties={"ETag": "0x2"})
+    def land(container_url: str, path: str) -> None:
         with installed(runtime):
-            data_blob_landed(stream)
+            data_blob_created(blob_created_event(container_url, path, '"0x2"', 4))
 
-    land("training-data/churn/kept.csv", f"{ACCOUNT}/training-data/churn/kept.csv")
-    land("training-data/churn/no-uri.csv", None)  # the URI follows from the data account
-    land("training-data/churn/elsewhere.csv", "https://evil.example/training-data/churn/x.csv")
+    land(f"{ACCOUNT}/training-data", "churn/kept.csv")
+    land("https://evil.example/training-data", "churn/elsewhere.csv")
     [(source, reason)] = dead_letters.calls
-    assert source == "blob" and reason.startswith("blob uri: ")
+    assert source == "eventgrid" and reason.startswith("data.url: ")
     pending = runtime.ports.ledger.pending("churn").sample
-    assert sorted(pending) == [
-        f"{ACCOUNT}/training-data/churn/kept.csv",
-        f"{ACCOUNT}/training-data/churn/no-uri.csv",
-    ]
+    assert pending == [f"{ACCOUNT}/training-data/churn/kept.csv"]
 
 
 # --------------------------------------------------------------------------- no SAS stored

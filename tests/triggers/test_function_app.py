@@ -53,7 +53,7 @@ def test_every_function_is_indexed_with_its_trigger():
         "model_audit": "httpTrigger",
         "promotion_status": "httpTrigger",
         "rollback": "httpTrigger",
-        "data_blob_landed": "blobTrigger",
+        "data_blob_created": "eventGridTrigger",
         "data_events": "eventHubTrigger",
         "orchestrator_queue": "serviceBusTrigger",
         "approvals_queue": "serviceBusTrigger",
@@ -71,10 +71,7 @@ def test_every_function_is_indexed_with_its_trigger():
         ("model_audit", {"route": "models/{model}/audit", "methods": ["GET"]}),
         ("promotion_status", {"route": "promotions/{promotion_id}", "methods": ["GET"]}),
         ("rollback", {"route": "promotions/{promotion_id}/rollback", "methods": ["POST"]}),
-        (
-            "data_blob_landed",
-            {"path": "%DATA_CONTAINER%/{name}", "connection": "DataStorage", "source": "EventGrid"},
-        ),
+        ("data_blob_created", {"name": "event"}),
         (
             "data_events",
             {

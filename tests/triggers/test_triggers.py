@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import uuid
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from azure.functions.timer import TimerRequest
 
 from adapters.storage_queue_bus import decode_body
+from devhost.host.pollers import blob_created_event
 from domain.metrics import OfflineMetrics
 from orchestrator.bootstrap import set_runtime
 from orchestrator.messages import Envelope
@@ -312,16 +314,11 @@ def test_the_runs_and_the_status_over_http(app_runtime):
     assert "blob:" not in json.dumps(status)  # no data key
 
 
-def test_blob_trigger_records_the_data_once_and_schedules_the_window(app_runtime):
+def test_blob_created_records_the_data_once_and_schedules_the_window(app_runtime, caplog):
     runtime, _, _ = app_runtime
-    blob = func.blob.InputStream(
-        name="training-data/churn/2026-11-22.csv",
-        uri=f"{DATA_ACCOUNT}/training-data/churn/2026-11-22.csv",
-        length=10,
-        blob_properties={"ETag": '"0x8D1"'},
-        data=b"a,label\n1,0\n",
-    )
-    user(data.data_blob_landed)(blob)
+    container = f"{DATA_ACCOUNT}/training-data"
+    event = blob_created_event(container, "churn/2026-11-22.csv", '"0x8D1"', 10)
+    user(data.data_blob_created)(event)
     after_first = runtime.queries.model_status("churn")
     assert after_first["retrain"]["pending"] == {
         "count": 1,
@@ -331,13 +328,39 @@ def test_blob_trigger_records_the_data_once_and_schedules_the_window(app_runtime
     # The window's close is scheduled: on the queue, invisible until the debounce ends.
     assert after_first["retrain"]["window"] is not None
     assert waiting(runtime) == 1 and queued(runtime) == []
-    user(data.data_blob_landed)(blob)  # the same blob and ETag fires again: no change
+    user(data.data_blob_created)(event)  # Event Grid delivers it again: no change
     assert runtime.queries.model_status("churn")["version"] == after_first["version"]
-    elsewhere = func.blob.InputStream(
-        name="training-data/unrelated/file.csv", uri="u", length=1, data=b"x"
-    )
-    user(data.data_blob_landed)(elsewhere)  # no model's prefix: ignored
+    elsewhere = blob_created_event(container, "unrelated/file.csv", '"0x1"', 1)
+    with caplog.at_level(logging.INFO, logger="triggers.data"):
+        user(data.data_blob_created)(elsewhere)  # no model's prefix: ignored, said once
+        user(data.data_blob_created)(elsewhere)
+    said = [r.getMessage() for r in caplog.records if "unrelated/file.csv" in r.getMessage()]
+    assert len(said) == 1 and "under no model's data prefix" in said[0], said
+    assert "training-data/churn/" in said[0]  # the prefixes that are watched
     assert waiting(runtime) == 1
+
+
+def test_a_file_not_written_yet_is_skipped(app_runtime):
+    """ADLS raises BlobCreated at CreateFile (empty) and at FlushWithClose: only the second."""
+    runtime, _, _ = app_runtime
+    container = f"{DATA_ACCOUNT}/training-data"
+    created = blob_created_event(container, "churn/adls.csv", '"0x1"', 0)
+    document = created.get_json() | {"api": "CreateFile"}
+    user(data.data_blob_created)(
+        func.EventGridEvent(
+            id=created.id,
+            data=document,
+            topic=created.topic,
+            subject=created.subject,
+            event_type=created.event_type,
+            event_time=created.event_time,
+            data_version="",
+        )
+    )
+    assert runtime.queries.model_status("churn")["retrain"]["pending"]["count"] == 0
+    flushed = blob_created_event(container, "churn/adls.csv", '"0x2"', 10)
+    user(data.data_blob_created)(flushed)
+    assert runtime.queries.model_status("churn")["retrain"]["pending"]["count"] == 1
 
 
 def test_event_hub_batch_writes_once_per_model(app_runtime):
