@@ -2,7 +2,8 @@
 does not grow with the keys a model has seen, and a storm of blobs makes one job.
 
 1. For 10k, 100k and 1M keys already in a model's index (its shards written directly), blob
-   events one at a time through `triggers.data.data_blob_landed` (name and ETag only): events
+   events one at a time through `triggers.data.data_blob_created` (Event Grid BlobCreated
+   events, as devhost's subscription builds them: name, URL and ETag only): events
    per second and the size of the model's aggregate.
 2. A storm: `storm` blobs landing at once under one model, delivered by `workers` threads (as
    Event Grid delivers to several instances), the shipped 10-minute debounce: the wall time
@@ -15,28 +16,34 @@ Figures are ratios and sizes within one run (Azurite's own speed varies with the
 from __future__ import annotations
 
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from azure.functions.blob import InputStream
+import azure.functions as func
+from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.blob import BlobServiceClient
 
 from adapters.azurite import start_azurite
 from adapters.data_ledger import BlobDataLedger, claimant_hash, key_hash, shard_of
+from devhost.host.pollers import blob_created_event
 from orchestrator.bootstrap import Runtime, set_runtime
 from orchestrator.messages import Envelope
 from orchestrator.ports import JobStatus, TrainingRequest
 from orchestrator.settings import load_settings
 from retrain.decide import window_message_id
-from triggers.data import data_blob_landed
+from triggers.data import data_blob_created
 
 ACCOUNT = "https://acct.blob.core.windows.net"
+created = data_blob_created._function.get_user_function()  # the function the worker calls
 WINDOW = timedelta(minutes=10)  # the shipped debounce (domain/policy.py RetrainSettings)
 
 
@@ -64,14 +71,9 @@ class Submissions:
         pass
 
 
-def blob(model: str, n: int) -> InputStream:
-    name = f"training-data/{model}/part-{n:07d}.csv"
-    return InputStream(
-        data=b"",  # never read: the trigger takes the name and the ETag
-        name=name,
-        uri=f"{ACCOUNT}/{name}",
-        length=1000,
-        blob_properties={"ETag": f'"0x8DC{n:012X}"', "Length": 1000},
+def blob(model: str, n: int) -> func.EventGridEvent:
+    return blob_created_event(
+        f"{ACCOUNT}/training-data", f"{model}/part-{n:07d}.csv", f"0x8DC{n:012X}", 1000
     )
 
 
@@ -110,10 +112,72 @@ def app(folder: str, connection_string: str, models: list[str]) -> Iterator[Runt
         set_runtime(None)
 
 
-def timed_event(model: str, n: int) -> float:
+@dataclass(frozen=True)
+class Delivery:
+    started: float
+    seconds: float
+    requests: int  # storage requests the event cost (state, key shard, pending item)
+
+
+_requests = threading.local()
+
+
+@contextmanager
+def counting_requests() -> Iterator[None]:
+    """Count the HTTP requests each thread sends through azure-core's requests transport."""
+    send = RequestsTransport.send
+
+    def counted(self: RequestsTransport, request: Any, **kwargs: Any) -> Any:
+        _requests.count = getattr(_requests, "count", 0) + 1
+        return send(self, request, **kwargs)
+
+    RequestsTransport.send = counted  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        RequestsTransport.send = send  # type: ignore[method-assign]
+
+
+def timed_event(model: str, n: int) -> Delivery:
+    _requests.count = 0
     started = time.perf_counter()
-    data_blob_landed(blob(model, n))
-    return time.perf_counter() - started
+    created(blob(model, n))
+    return Delivery(started, time.perf_counter() - started, _requests.count)
+
+
+class EmulatorProbe:
+    """Azurite's own cost per request over time: one GET of a fixed small blob every 0.2 s.
+    The emulator keeps its blob index in LokiJS and every request scans it, so each request
+    slows as the account fills, whoever sends it; a storage account does not. Dividing by
+    this separates what an event costs from what the emulator has become."""
+
+    def __init__(self, connection_string: str) -> None:
+        service = BlobServiceClient.from_connection_string(connection_string)
+        self._container = service.get_container_client(f"probe{uuid.uuid4().hex[:8]}")
+        self._container.create_container()
+        self._container.upload_blob("probe", b"x" * 600)
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            started = time.perf_counter()
+            self._container.download_blob("probe").readall()
+            self.samples.append((started, time.perf_counter() - started))
+
+    def __enter__(self) -> EmulatorProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def during(self, deliveries: list[Delivery]) -> float:
+        begin = min(d.started for d in deliveries)
+        end = max(d.started + d.seconds for d in deliveries)
+        return mean([s for t, s in self.samples if begin <= t <= end] or [float("nan")])
 
 
 def main(
@@ -135,8 +199,9 @@ def main(
             ledger = runtime.ports.ledger
             assert isinstance(ledger, BlobDataLedger)
             filled = prefill(ledger, model, level, workers)
-            latencies = [timed_event(model, n) for n in range(events)]
-            rates[level] = len(latencies) / sum(latencies)
+            with counting_requests():
+                deliveries = [timed_event(model, n) for n in range(events)]
+            rates[level] = len(deliveries) / sum(d.seconds for d in deliveries)
             size = len(runtime.ports.store.load(model)[0].model_dump_json())
             report(
                 f"{level:>9,} keys in the index (filled in {filled:5.1f} s): "
@@ -154,22 +219,35 @@ def main(
         assert isinstance(ledger, BlobDataLedger)
         # The storm: every blob at once, several deliveries in parallel.
         started = time.perf_counter()
-        with ThreadPoolExecutor(workers) as pool:
-            latencies = list(pool.map(lambda n: timed_event("storm", n), range(storm)))
+        with (
+            EmulatorProbe(azurite.connection_string) as probe,
+            counting_requests(),
+            ThreadPoolExecutor(workers) as pool,
+        ):
+            deliveries = list(pool.map(lambda n: timed_event("storm", n), range(storm)))
         wall = time.perf_counter() - started
         aggregate = runtime.ports.store.load("storm")[0]
         window = aggregate.retrain.window
         assert window is not None, "no window open after the storm"
         head = min(1000, storm // 10)
-        first, last = mean(latencies[:head]), mean(latencies[-head:])
+        ordered = sorted(deliveries, key=lambda d: d.started)
+        firsts, lasts = ordered[:head], ordered[-head:]
+        first, last = mean(d.seconds for d in firsts), mean(d.seconds for d in lasts)
+        per_request = probe.during(lasts) / probe.during(firsts)
         report(
             f"storm: {storm:,} blobs by {workers} workers in {wall:.1f} s "
             f"({storm / wall:.1f} events/s; {wall / WINDOW.total_seconds():.0%} of the "
             f"{WINDOW} window), aggregate version {aggregate.version}"
         )
         report(
+            f"requests per event, first {head} / last {head}: "
+            f"{mean(d.requests for d in firsts):.2f} / {mean(d.requests for d in lasts):.2f}"
+        )
+        report(
             f"per-event latency, last {head} / first {head}: {last / first:.2f} "
-            f"({last * 1000:.1f} ms / {first * 1000:.1f} ms)"
+            f"({last * 1000:.1f} ms / {first * 1000:.1f} ms); Azurite's own GET over the same "
+            f"spans: {per_request:.2f}; per event in the emulator's requests: "
+            f"{last / first / per_request:.2f}"
         )
         # The window closes: one job on every blob.
         close = Envelope.new(
