@@ -144,6 +144,25 @@ class Invoker:
         self._stopping = stopping or threading.Event()
         self._retry_delay_scale = retry_delay_scale
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def invoke_until_done(self, trigger_value: Any) -> InvocationResult:
+        """Invoke until it succeeds, waiting as the retry policy's backoff says between
+        attempts (an unlimited `@app.retry` on a stream: the host never moves past it).
+        Stopping the host raises the last failure."""
+        retry_count = 0
+        while True:
+            try:
+                return self.invoke(trigger_value, retry_count=retry_count)
+            except Exception:
+                retry_count += 1
+                policy = self.spec.retry
+                delay = policy.delay_before(retry_count).total_seconds() if policy else 1.0
+                if self._stopping.wait(delay * self._retry_delay_scale):
+                    raise
+
     def _arguments(
         self, trigger_value: Any, retry_count: int = 0
     ) -> tuple[dict[str, Any], dict[str, OutValue]]:
@@ -187,7 +206,8 @@ class Invoker:
 
     def invoke_with_retry_policy(self, trigger_value: Any) -> InvocationResult:
         """Invoke; on failure retry as the function's `@app.retry` policy says (in memory,
-        as the host does for timer and Event Hubs triggers). Stopping the host ends retries."""
+        as the host does for timer and Event Hubs triggers). Stopping the host ends retries.
+        An unlimited policy (-1) is not retried here: the caller keeps the input instead."""
         policy = self.spec.retry
         retry_count = 0
         while True:

@@ -524,6 +524,8 @@ class EventHubReceiverPoller:
         trigger = invoker.spec.trigger
         self._many = str(trigger.get("cardinality", "MANY")).upper() == "MANY"
         self._max_batch = max_batch_size
+        retry = invoker.spec.retry
+        self._unlimited = retry is not None and retry.max_retry_count < 0
         self._client = event_hub_consumer(
             connection, trigger["eventHubName"], trigger.get("consumerGroup") or "$Default"
         )
@@ -559,8 +561,13 @@ class EventHubReceiverPoller:
         else:
             for payload in [converted] if self._many else converted:
                 try:
-                    self._invoker.invoke_with_retry_policy(payload)
+                    if self._unlimited:  # as the host: retried in memory, never skipped
+                        self._invoker.invoke_until_done(payload)
+                    else:
+                        self._invoker.invoke_with_retry_policy(payload)
                 except Exception:
+                    if self._unlimited:
+                        return  # stopped while retrying: the checkpoint stays before it
                     log.warning("%s: events failed; not retried (as the host does)", self.name)
         partition.update_checkpoint(events[-1])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -484,6 +485,48 @@ def test_a_failing_batch_is_retried_by_its_policy_then_checkpointed(event_hub, r
     # Event Hubs has no redelivery: @app.retry (1 + 2 retries), then the batch is passed.
     assert attempts == [b"x", b"x", b"x", b"y", b"y", b"y"]
     assert consumer.checkpoint("0")["sequence_number"] == 6
+    assert consumer.callback_errors == []
+
+
+def test_an_unlimited_retry_policy_never_checkpoints_past_a_failing_batch(
+    event_hub, running
+) -> None:
+    """`max_retry_count` -1 (as `data_events` has): retried in memory until it succeeds; a host
+    stopped while it still fails leaves the checkpoint before the batch."""
+    consumer = event_hub([("0", [received_event(b"x", 5)]), ("1", [received_event(b"y", 9)])])
+    attempts: list[bytes] = []
+
+    def fails_twice_then_never_again_for_x(events: list[func.EventHubEvent]) -> None:
+        body = events[0].get_body()
+        attempts.append(body)
+        if body == b"y" or attempts.count(b"x") < 3:
+            raise RuntimeError("downstream is down")
+
+    app = func.FunctionApp()
+
+    @app.retry(strategy="fixed_delay", max_retry_count="-1", delay_interval="00:00:01")
+    @app.event_hub_message_trigger(
+        arg_name="events", event_hub_name="data-ready", connection="EventHubConnection"
+    )
+    def data_ready(events: list[func.EventHubEvent]) -> None:
+        fails_twice_then_never_again_for_x(events)
+
+    stopping = threading.Event()
+    [spec] = discover(app, {})
+    invoker = Invoker(spec, lambda *_: None, Path.cwd(), stopping, retry_delay_scale=0.01)
+    poller = EventHubReceiverPoller(invoker, CONNECTION, max_batch_size=8)
+    poller.start()
+    deadline = time.monotonic() + 30
+    while attempts.count(b"y") < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stopping.set()  # the host stops while "y" still fails
+    assert consumer.delivered.wait(timeout=30)
+    poller.close()
+
+    assert attempts[:3] == [b"x", b"x", b"x"] and attempts.count(b"y") >= 5
+    assert consumer.checkpoint("0")["sequence_number"] == 5  # handled at the third attempt
+    found = consumer.checkpoints.list_checkpoints(NAMESPACE, "data-ready", "$Default")
+    assert [c["partition_id"] for c in found] == ["0"]  # never past "y"
     assert consumer.callback_errors == []
 
 
