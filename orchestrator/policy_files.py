@@ -37,8 +37,8 @@ def load_policies(
     folder: Path | str, *, watched_container: str | None = None
 ) -> dict[str, ModelPolicy]:
     """Every `*.yml` / `*.yaml` file in `folder`, by model name. Duplicate models are an error,
-    and so is a `data.container` other than `watched_container` (DATA_CONTAINER, the one the
-    blob trigger watches), when it is given: that model's data would never start anything."""
+    and so is a `data.container` other than `watched_container` (DATA_CONTAINER, the one whose
+    BlobCreated events the app takes), when it is given: that model's data would never start anything."""
     policies: dict[str, ModelPolicy] = {}
     for path in sorted(Path(folder).glob("*.y*ml")):
         policy = load_policy(path)
@@ -48,7 +48,7 @@ def load_policies(
             raise PolicyError(
                 path,
                 "data.container",
-                f"{policy.data.container!r} is not watched: the blob trigger watches "
+                f"{policy.data.container!r} is not watched: new blobs are taken from "
                 f"DATA_CONTAINER={watched_container!r}; land the data there (under "
                 f"data.prefix) or set DATA_CONTAINER",
             )

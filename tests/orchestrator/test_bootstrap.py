@@ -273,7 +273,7 @@ def test_the_fake_endpoint_applies_the_traffic_and_delete_rules():
 
 
 def test_a_policy_whose_data_container_is_not_watched_is_refused_at_start(tmp_path) -> None:
-    """The blob trigger watches DATA_CONTAINER only: a policy landing its data elsewhere would
+    """New blobs are taken from DATA_CONTAINER only: a policy landing its data elsewhere would
     never start anything, so the app refuses it at start, naming the file and the field."""
     from domain.policy import PolicyError
     from orchestrator.policy_files import load_policies
