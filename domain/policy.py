@@ -51,11 +51,50 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+ALL_FEATURES = "*"  # feature_columns as a pipeline input: every column but the label
+# A column name travels as a pipeline input inside a component's quoted command line, and the
+# feature columns as one comma-separated value: these characters could not arrive intact.
+_COLUMN_FORBIDDEN = frozenset("'\"`$\\,")
+
+
+def _column_name(name: str) -> str:
+    if name != name.strip():
+        raise ValueError(f"column name {name!r} has leading or trailing spaces")
+    if name == ALL_FEATURES:
+        raise ValueError(f"{ALL_FEATURES!r} is not a column name")
+    bad = sorted({c for c in name if c in _COLUMN_FORBIDDEN or not c.isprintable()})
+    if bad:
+        raise ValueError(f"column name {name!r} contains {''.join(bad)!r}")
+    return name
+
+
+ColumnName = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_column_name)]
+
+
 class DataSource(_Section):
-    """Where new training data for the model lands."""
+    """Where new training data for the model lands, and which of its columns train it."""
 
     container: str = Field(min_length=3, max_length=63)
     prefix: str = ""
+    # The CSV column holding the target. feature_columns: the columns to train on (each must
+    # be numeric); None takes every column except the label.
+    label_column: ColumnName = "label"
+    feature_columns: list[ColumnName] | None = Field(default=None, min_length=1)
+
+    @field_validator("feature_columns")
+    @classmethod
+    def _features_distinct_from_label(
+        cls, columns: list[str] | None, info: ValidationInfo
+    ) -> list[str] | None:
+        # A field validator (not a model one) so the error names data.feature_columns.
+        if columns is None:
+            return None
+        repeated = sorted({c for c in columns if columns.count(c) > 1})
+        if repeated:
+            raise ValueError(f"columns named more than once: {repeated}")
+        if info.data.get("label_column") in columns:
+            raise ValueError(f"the label column {info.data['label_column']!r} cannot be a feature")
+        return columns
 
 
 class RetrainSettings(_Section):
@@ -169,6 +208,18 @@ class CanarySettings(_Section):
         return steps
 
 
+class FirstModelSettings(_Section):
+    """A first model (nothing in production yet): no champion to compare with, no known-good
+    model to roll back to, so its production bake judges only its own traffic."""
+
+    # When its bake check finds fewer than canary.min_samples_per_arm requests (or cannot read
+    # them): "hold" keeps it in the bake, checked again every canary.bake, until the samples
+    # arrive or a person decides (promote-now completes it, rollback removes it); "pass"
+    # completes it if it served no errors (else holds); "rollback" extends the bake up to
+    # canary.max_extensions times, then rolls it back, leaving nothing serving.
+    bake_without_traffic: Literal["hold", "pass", "rollback"] = "hold"
+
+
 class ModelPolicy(_Section):
     model: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     endpoint: str = Field(min_length=3, max_length=32, pattern=r"^[A-Za-z][A-Za-z0-9-]*$")
@@ -179,6 +230,7 @@ class ModelPolicy(_Section):
     approval: ApprovalSettings = ApprovalSettings()
     canary: CanarySettings = CanarySettings()
     production_bake: Duration = timedelta(hours=1)
+    first_model: FirstModelSettings = FirstModelSettings()
     on_newer_candidate: Literal["queue", "supersede"] = "queue"
     # When the endpoint serves something else than the state says (changed by hand, a
     # deployment deleted outside the app): put it back, or pause the promotion for a person.

@@ -23,7 +23,9 @@ Control plane (shaped like Azure ML's online endpoint API):
 
 Data plane:
 
-    POST   /{endpoint}/score                MLflow scoring payload; routed by key (see routing)
+    POST   /{endpoint}/score                MLflow scoring payload; routed by key (see routing);
+                                            503 NoLiveTraffic when nothing serves (which endpoint,
+                                            its deployments and why), DeploymentNotReady
     POST   /{endpoint}/feedback             {"request_id", "label"} or {"feedback": [...]}
     POST   /{endpoint}/records/flush        returns once every record so far is in SQLite
     GET    /health
@@ -80,6 +82,8 @@ ENDPOINT_KEY_HEADER = "x-endpoint-key"  # or Authorization: Bearer <key>
 MIN_KEY_LENGTH = 16
 STATE_FILE = "endpoint.json"  # in each endpoint's folder
 DEPLOYMENT_NOT_FOUND = "DeploymentNotFound"
+NO_LIVE_TRAFFIC = "NoLiveTraffic"  # a 503: no deployment of the endpoint takes live traffic
+DEPLOYMENT_NOT_READY = "DeploymentNotReady"  # a 503: the routed (or pinned) one is not ready
 RESERVED_NAMES = frozenset({"health", "endpoints"})  # the server's own top-level routes
 
 
@@ -364,6 +368,36 @@ def error(status: int, message: str, code: str | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
+def nothing_serves(endpoint: EndpointState) -> JSONResponse:
+    """The 503 of a score that no deployment takes: which endpoint, what it has and why none
+    of it serves, so a caller early (before a first model's promotion sets traffic) or after
+    a first model's rollback knows it is not their request."""
+    with endpoint.lock:
+        deployments = [
+            {"name": d.name, "model_version": d.model_version, "state": d.state}
+            for d in endpoint.deployments.values()
+        ]
+        traffic = dict(endpoint.live)
+    if not deployments:
+        why = "it has no deployment yet"
+    else:
+        names = ", ".join(f"{d['name']} (v{d['model_version']}, {d['state']})" for d in deployments)
+        why = f"none of its deployments takes traffic: {names}"
+    return JSONResponse(
+        {
+            "error": f"nothing serves on endpoint {endpoint.name} yet: {why}",
+            "code": NO_LIVE_TRAFFIC,
+            "endpoint": endpoint.name,
+            "traffic": traffic,
+            "deployments": deployments,
+            "hint": "a model takes traffic once its promotion has its deployment ready and "
+            "reaches the canary (a first model: production); `python -m devhost.cli status "
+            "<model>` shows where it is. A first model rolled back leaves nothing serving",
+        },
+        status_code=503,
+    )
+
+
 def name_problem(name: str) -> str | None:
     """Why `name` cannot name an endpoint, or None."""
     if name in RESERVED_NAMES:
@@ -396,14 +430,15 @@ def create_app(state: EndpointServerState, key: str) -> Starlette:
 
         return checked
 
-    def existing(handler: OnEndpoint) -> Handler:
-        """`handler` on the endpoint the path names; 404 when there is no such endpoint."""
+    def existing(handler: OnEndpoint, why_missing: str = "") -> Handler:
+        """`handler` on the endpoint the path names; 404 when there is no such endpoint (its
+        message ends with `why_missing`)."""
 
         async def on_endpoint(request: Request) -> Response:
             name = request.path_params["endpoint"]
             endpoint = state.get(name)
             if endpoint is None:
-                return error(404, f"endpoint {name} not found", ENDPOINT_NOT_FOUND)
+                return error(404, f"endpoint {name} not found{why_missing}", ENDPOINT_NOT_FOUND)
             return await handler(request, endpoint)
 
         return keyed(on_endpoint)
@@ -518,7 +553,7 @@ def create_app(state: EndpointServerState, key: str) -> Starlette:
             shadow_name = mirror_target(key or request_id, endpoint.mirror) if not pin else None
             shadow = endpoint.deployments.get(shadow_name) if shadow_name else None
         if name is None:
-            return error(503, f"no deployment of endpoint {endpoint.name} takes live traffic")
+            return nothing_serves(endpoint)
         if deployment is None:
             return error(404, f"deployment {name} not found", DEPLOYMENT_NOT_FOUND)
         headers = {PIN_HEADER: deployment.name, REQUEST_ID_HEADER: request_id}
@@ -540,9 +575,20 @@ def create_app(state: EndpointServerState, key: str) -> Starlette:
             )
 
         if deployment.state != "succeeded" or deployment.model is None:
-            message = f"deployment {deployment.name} is {deployment.state}"
+            message = (
+                f"deployment {deployment.name} of endpoint {endpoint.name} is {deployment.state}"
+            )
             finish(503, None, message)
-            return JSONResponse({"error": message}, status_code=503, headers=headers)
+            return JSONResponse(
+                {
+                    "error": message,
+                    "code": DEPLOYMENT_NOT_READY,
+                    "endpoint": endpoint.name,
+                    "deployment": deployment.name,
+                },
+                status_code=503,
+                headers=headers,
+            )
         try:
             frame = to_frame(payload)
         except (ValueError, KeyError, TypeError) as exc:
@@ -596,7 +642,16 @@ def create_app(state: EndpointServerState, key: str) -> Starlette:
             Route(one + "/traffic", existing(get_traffic), methods=["GET"]),
             Route(one + "/traffic", existing(put_traffic), methods=["PUT"]),
             Route(one + "/mirror", existing(put_mirror), methods=["PUT"]),
-            Route(one + "/score", existing(score), methods=["POST"]),
+            Route(
+                one + "/score",
+                existing(
+                    score,
+                    ": nothing serves there; an endpoint comes into being with its first "
+                    "deployment (a first model's promotion past its staging gate), under the "
+                    "name its policy's `endpoint` gives",
+                ),
+                methods=["POST"],
+            ),
             Route(one + "/feedback", existing(feedback), methods=["POST"]),
             Route(one + "/records/flush", existing(flush), methods=["POST"]),
         ]

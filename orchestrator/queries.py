@@ -18,6 +18,7 @@ from typing import Any
 
 from orchestrator.policy_files import policy_for
 from orchestrator.ports import MAX_AUDIT_PAGE, AuditPage, AuditRecord, Ports
+from promotion.explain import first_model_bake
 
 RECENT_RUNS = 5  # the last runs the status shows (the rest: `runs`)
 QUEUED_SHOWN = 10  # queued candidates the status lists (all are counted)
@@ -40,9 +41,10 @@ class Queries:
 
     def model_status(self, model: str) -> dict[str, Any]:
         """Raises UnknownModel for a model without a policy."""
-        policy_for(self.ports.policies, model)
+        policy = policy_for(self.ports.policies, model)
         aggregate, _ = self.ports.store.load(model)
         promotion = aggregate.promotion
+        first_bake = first_model_bake(promotion.active, policy) if promotion.active else None
         tracker = aggregate.retrain
         retrain = tracker.model_dump(mode="json", include=_RETRAIN_FIELDS)
         # What waits for a job: a count, its rows and the oldest few URIs (the data ledger's).
@@ -68,6 +70,9 @@ class Queries:
             "active_promotion": (
                 promotion.active.model_dump(mode="json") if promotion.active else None
             ),
+            # A first model's bake: the live traffic it has and needs, and what happens when
+            # the next check still finds too little (None for anything else).
+            "waiting_for_traffic": first_bake.model_dump(mode="json") if first_bake else None,
             "queued_candidates": [
                 q.model_dump(mode="json") for q in promotion.queued[:QUEUED_SHOWN]
             ],

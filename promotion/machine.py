@@ -66,6 +66,7 @@ from promotion.state import (
     QueuedCandidate,
     ServingModel,
     StepRecord,
+    TrafficWait,
 )
 
 Status = PromotionStatus
@@ -406,11 +407,14 @@ def _schedule_check(t: _Transition, step: str, at: datetime) -> None:
     )
 
 
-def _record_gate(t: _Transition, result: GateResult) -> None:
+def _record_gate(t: _Transition, result: GateResult, *, replace_last: bool = False) -> None:
+    """Keep the check's evidence on the promotion; `replace_last`: in place of the previous
+    record (a wait that may last for days keeps one record, not one per check)."""
     promotion = t.promotion
+    kept = promotion.gates[:-1] if replace_last and promotion.gates else promotion.gates
     t.update(
         gates=(
-            *promotion.gates,
+            *kept,
             GateRecord(
                 step=promotion.step,
                 check_id=promotion.pending_check_id,
@@ -677,6 +681,12 @@ def _on_gate_check(t: _Transition, command: GateCheck) -> Decision[PromotionStat
     result = evaluate_canary(
         t.policy.canary, command.live, promotion.candidate_deployment, _production_arm(promotion)
     )
+    waiting = is_first_model_bake(promotion) and result.outcome == "inconclusive"
+    if waiting and t.policy.first_model.bake_without_traffic != "rollback":
+        _first_model_without_traffic(t, command, result)
+        return t.done()
+    if waiting:
+        _note_traffic_wait(t, command)
     _record_gate(t, result)
     if result.outcome == "fail":
         _rollback(t, f"{promotion.step} gate failed: {result.reasons}", SYSTEM)
@@ -694,13 +704,71 @@ def _on_gate_check(t: _Transition, command: GateCheck) -> Decision[PromotionStat
         _schedule_check(t, promotion.step, t.now + t.policy.canary.bake)
     else:
         exhausted = t.policy.canary.on_exhausted
-        t.record("gate.exhausted", step=promotion.step, on_exhausted=exhausted)
         why = f"{promotion.step} inconclusive after {t.promotion.inconclusive} extensions"
+        if waiting:
+            # The first model's own setting: it names this case, and wins over on_exhausted.
+            exhausted = "rollback"
+            why += ": policy first_model.bake_without_traffic=rollback"
+        t.record("gate.exhausted", step=promotion.step, on_exhausted=exhausted)
         if exhausted == "rollback":
             _rollback(t, f"{why}: {result.reasons}", SYSTEM)
         else:
             _step_passed(t, f"{why}: policy on_exhausted=promote")
     return t.done()
+
+
+def is_first_model_bake(promotion: Promotion) -> bool:
+    """The production bake of a first model: no known-good model before it, nothing to
+    compare it with and nothing to roll back to."""
+    return promotion.status == Status.PRODUCTION_BAKE and promotion.baseline is None
+
+
+def _note_traffic_wait(t: _Transition, command: GateCheck) -> TrafficWait:
+    """Record on the promotion how much traffic the first model's bake has and needs."""
+    promotion = t.promotion
+    arm = command.live.arms.get(promotion.candidate_deployment) if command.live else None
+    before = promotion.traffic_wait
+    wait = TrafficWait(
+        since=before.since if before else t.now,
+        checks=before.checks + 1 if before else 1,
+        requests=arm.requests if arm else None,
+        errors=arm.errors if arm else None,
+        needed=t.policy.canary.min_samples_per_arm,
+        checked_at=t.now,
+    )
+    t.update(traffic_wait=wait)
+    return wait
+
+
+def _first_model_without_traffic(t: _Transition, command: GateCheck, result: GateResult) -> None:
+    """A first model's bake short of traffic, under first_model.bake_without_traffic `hold`
+    or `pass`: no extension is used up (it has no end); `pass` completes it when what it
+    served had no error, anything else (errors, metrics unreadable) holds it. Missing data
+    never completes it: `pass` needs the candidate's counts read."""
+    mode = t.policy.first_model.bake_without_traffic
+    still_waiting = t.promotion.traffic_wait is not None
+    wait = _note_traffic_wait(t, command)
+    _record_gate(t, result, replace_last=still_waiting)
+    served = "unreadable" if wait.requests is None else f"{wait.requests} of {wait.needed}"
+    if mode == "pass" and wait.errors == 0:
+        t.record("bake.passed_without_traffic", requests=wait.requests, needed=wait.needed)
+        _complete(
+            t,
+            f"{served} requests, no errors: policy first_model.bake_without_traffic=pass",
+        )
+        return
+    t.update(check_attempt=t.promotion.check_attempt + 1)
+    _schedule_check(t, BAKE, t.now + t.policy.canary.bake)
+    t.record(
+        "bake.waiting_for_traffic",
+        requests=wait.requests,
+        errors=wait.errors,
+        needed=wait.needed,
+        checks=wait.checks,
+        since=wait.since.isoformat(),
+        next_check_at=t.promotion.check_due_at.isoformat() if t.promotion.check_due_at else None,
+        bake_without_traffic=mode,
+    )
 
 
 def _production_arm(promotion: Promotion) -> str | None:
@@ -728,7 +796,7 @@ def _step_passed(t: _Transition, cause: str) -> None:
         _go_to_production(t, f"{promotion.step}: {cause}; last canary step")
 
 
-def _complete(t: _Transition, cause: str) -> None:
+def _complete(t: _Transition, cause: str, by: str = SYSTEM) -> None:
     promotion = t.promotion
     baseline = promotion.baseline
     champion = ServingModel(
@@ -744,19 +812,32 @@ def _complete(t: _Transition, cause: str) -> None:
         )
         t.tag(baseline.version, "archived")
     t.event("promotion.completed", previous_version=baseline.version if baseline else None)
-    _finish(t, Status.COMPLETED, f"production bake: {cause}")
+    _finish(t, Status.COMPLETED, f"production bake: {cause}", by=by)
 
 
 def _on_promote_now(t: _Transition, command: PromoteNow) -> Decision[PromotionState]:
     reason = _matching(t, command.promotion_id)
     promotion = t.state.active
     if reason is None and promotion is not None:
-        if promotion.status != Status.CANARY:
-            reason = f"only a canary can be promoted now, not {promotion.status}"
+        if promotion.status != Status.CANARY and not is_first_model_bake(promotion):
+            reason = (
+                "only a canary or a first model's production bake can be promoted now, "
+                f"not {promotion.status}"
+            )
         elif promotion.paused:
             reason = "promotion is paused: resume it first"
     if reason is not None:
         return t.ignore(command, reason)
+    if is_first_model_bake(t.promotion):
+        # Nothing older is kept for a rollback: ending the bake only makes it known-good.
+        t.record(
+            "promotion.promote_now",
+            requested_by=command.requested_by,
+            reason=command.reason,
+            skipped=[BAKE],
+        )
+        _complete(t, f"promote_now: {command.reason}", by=command.requested_by)
+        return t.done()
     skipped = [
         canary_step_name(i) for i in range(t.promotion.step_index, len(t.promotion.canary_steps))
     ]

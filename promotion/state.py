@@ -88,6 +88,18 @@ class ApprovalRecord(_Record):
     at: AwareDatetime
 
 
+class TrafficWait(_Record):
+    """A first model's production bake that found too little traffic to judge: what it has
+    and what it needs (policy `first_model.bake_without_traffic` says what happens)."""
+
+    since: AwareDatetime  # the first check that found too little
+    checks: int = Field(default=1, ge=1)  # checks that found too little, so far
+    requests: int | None  # the candidate's requests over the bake so far; None: unreadable
+    errors: int | None
+    needed: int  # canary.min_samples_per_arm
+    checked_at: AwareDatetime
+
+
 class Promotion(_Record):
     id: str
     candidate_version: str
@@ -113,6 +125,8 @@ class Promotion(_Record):
     # The production arm's window for the production bake (the last canary step's window).
     baseline_window: tuple[AwareDatetime, AwareDatetime] | None = None
     approval: ApprovalRecord | None = None
+    # A first model's bake waiting for live traffic (None: not waiting).
+    traffic_wait: TrafficWait | None = None
     gates: tuple[GateRecord, ...] = ()
     steps: tuple[StepRecord, ...] = ()
     started_at: AwareDatetime

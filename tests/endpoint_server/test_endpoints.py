@@ -166,7 +166,9 @@ def test_deleting_on_one_endpoint_leaves_the_same_name_on_the_other(
         assert bc.deployment_state("blue").state == "succeeded"
         assert bc.traffic() == {"blue": 100}
         with http(handle) as client:
-            assert score(client, WINE, two_models, "wine", 1)[0].status_code == 503
+            [nothing] = score(client, WINE, two_models, "wine", 1)
+            assert nothing.status_code == 503
+            assert (nothing.json()["code"], nothing.json()["endpoint"]) == ("NoLiveTraffic", WINE)
             assert score(client, BC, two_models, "breast-cancer", 1)[0].status_code == 200
     finally:
         wine.deploy("wine", "1", "blue")
