@@ -62,5 +62,11 @@ def test_data_ledger_benchmark() -> None:
     out = run("bench_data_ledger.main(levels=(100, 1000), events=5, storm=40, workers=2)")
     assert re.search(rf"rate at 1,000 keys / rate at 100 keys: {RATIO}", out)
     assert re.search(rf"per-event latency, last 4 / first 4: {RATIO}", out)
+    assert re.search(rf"requests per event, first 4 / last 4: {RATIO} / {RATIO}", out)
     assert "window close: 1 job(s) on 40 distinct blobs" in out
     assert "pending after: 0" in out
+
+
+def test_canary_gate_benchmark() -> None:
+    out = run("bench_canary_gate.main(runs=100, latency_runs=10)")
+    assert "accuracy gate" in out
