@@ -40,8 +40,13 @@ def build_message(
     properties: dict[str | bytes, Any] = {"type": envelope.type, "model": envelope.model}
     if envelope.promotion_id:
         properties["promotion_id"] = envelope.promotion_id
+    if envelope.traceparent:
+        # Where the Service Bus SDK's own tracing puts it: the Functions host parents the
+        # invocation on it, so the receiving side joins the same trace.
+        properties["Diagnostic-Id"] = envelope.traceparent
+        properties["traceparent"] = envelope.traceparent
     return ServiceBusMessage(
-        envelope.model_dump_json(),
+        envelope.to_json(),
         message_id=message_id or envelope.message_id,
         content_type="application/json",
         subject=envelope.type,

@@ -35,6 +35,7 @@ class OutboxItem(BaseModel):
     failed_attempts: int = 0  # dispatches that failed transiently (see Ports.max_effect_attempts)
     first_failed_at: AwareDatetime | None = None
     last_error: str | None = None  # the latest failure, for the sweep's report and the status
+    traceparent: str | None = None  # the span that decided it: its effect's span continues it
 
 
 class TrafficAlert(BaseModel):
@@ -56,10 +57,20 @@ class ModelAggregate(BaseModel):
     pending_audit: list[AuditRecord] = Field(default_factory=list)
     effects_given_up: int = 0  # effects dropped after their retries (each audited, published)
     traffic_alert: TrafficAlert | None = None  # set while a rollback's traffic does not hold
+    # The trace of the model change in progress (a data window, its job, the promotion that
+    # follows): messages that carry no trace of their own (a person's, a data event) join it.
+    change_trace: str | None = None
 
     @classmethod
     def new(cls, model: str) -> ModelAggregate:
         return cls(model=model)
+
+    def in_change(self) -> bool:
+        """A model change is in progress: a data window, a training job or a promotion."""
+        retrain = self.retrain
+        return bool(retrain.window or retrain.current_job or retrain.follow_up_pending) or (
+            self.promotion.active is not None
+        )
 
     def has_seen(self, message_id: str) -> bool:
         # Raw ids: what aggregates written before the digests hold.

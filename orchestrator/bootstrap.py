@@ -362,6 +362,9 @@ def get_runtime() -> Runtime:
     global _runtime
     with _lock:
         if _runtime is None:
+            from adapters.telemetry_exporters import configure
+
+            configure()  # exporters, from the environment: once per process, never at import
             _runtime = Runtime(load_settings())
         return _runtime
 

@@ -22,6 +22,7 @@ from domain.decision import AuditEntry, Decision
 from domain.effects import SendMessage, SubmitTrainingJob
 from domain.metrics import LiveMetrics, OfflineMetrics
 from domain.policy import ModelPolicy
+from orchestrator import telemetry
 from orchestrator.aggregate import ModelAggregate, OutboxItem
 from orchestrator.data_sources import checked_data
 from orchestrator.messages import Envelope, InvalidMessage
@@ -92,6 +93,7 @@ class MessageHandlers:
         *,
         verified_by: str | None = None,
         raise_effect_failures: bool = True,
+        sender_trace: str | None = None,
     ) -> Outcome:
         """Handle one command or event from a queue. Raises InvalidMessage for a message that
         can never be handled (dead-letter it); any other error is transient (retry).
@@ -100,7 +102,8 @@ class MessageHandlers:
         command then needs no token; orchestrator/people.py). `raise_effect_failures=False`: a
         transition saved but with an effect failing returns its outcome marked
         `effects_pending` instead of raising (an HTTP answer: the outbox retries the effect,
-        and a retried request would only find the transition done)."""
+        and a retried request would only find the transition done). `sender_trace`: the
+        trace context the transport brought (Service Bus application properties), linked."""
         payload_type = PAYLOADS.get(envelope.type)
         if payload_type is None:
             raise InvalidMessage(f"unknown message type {envelope.type!r}")
@@ -120,6 +123,42 @@ class MessageHandlers:
         except Refused as refused:
             self.reject(envelope, refused.reason)
         loaded = self.ports.store.load(envelope.model)
+        # The app's own messages carry their trace; anything else joins the change in progress
+        # (a person's approval is part of the promotion's trace), its sender's trace linked.
+        with telemetry.span(
+            f"handle {envelope.type}",
+            envelope.traceparent or loaded[0].change_trace,
+            links=[sender_trace],
+            **{
+                "retrain.model": envelope.model,
+                "retrain.message_type": envelope.type,
+                "retrain.message_id": envelope.message_id,
+                "retrain.promotion_id": envelope.promotion_id,
+                "retrain.actor": (
+                    envelope.identity.get("oid") if isinstance(envelope, VerifiedEnvelope) else None
+                ),
+            },
+        ) as span:
+            outcome = self._handle(envelope, policy, command, loaded, raise_effect_failures)
+            telemetry.annotate(
+                span,
+                **{
+                    "retrain.outcome": outcome.status,
+                    "retrain.reason": outcome.reason,
+                    "retrain.effects": outcome.effects,
+                    "retrain.version": outcome.version,
+                },
+            )
+            return outcome
+
+    def _handle(
+        self,
+        envelope: Envelope,
+        policy: ModelPolicy,
+        command: BaseModel,
+        loaded: Loaded,
+        raise_effect_failures: bool,
+    ) -> Outcome:
         if loaded[0].has_seen(envelope.message_id):
             return self._duplicate(envelope, loaded[0])
         handler = _HANDLERS.get(envelope.type, MessageHandlers._promotion)
@@ -326,6 +365,7 @@ class MessageHandlers:
         now = self.ports.clock()
         decide = _RULES[section]
         applied = _Applied()
+        traceparent = telemetry.current_traceparent()
 
         def change(aggregate: ModelAggregate) -> ModelAggregate | None:
             applied.aggregate, applied.decision, applied.duplicate = aggregate, None, False
@@ -350,10 +390,11 @@ class MessageHandlers:
                     effect=effect,
                     cause_id=envelope.message_id,
                     version=version,
+                    traceparent=traceparent,
                 )
                 for index, effect in enumerate(decision.effects)
             ]
-            return aggregate.model_copy(
+            changed = aggregate.model_copy(
                 update={
                     section: decision.state,
                     "outbox": [*aggregate.outbox, *items],
@@ -361,12 +402,24 @@ class MessageHandlers:
                     "seen_messages": aggregate.remember(envelope.message_id),
                 }
             )
+            trace = (changed.change_trace or traceparent) if changed.in_change() else None
+            return changed.model_copy(update={"change_trace": trace})
 
         aggregate, _ = self.ports.store.update(envelope.model, change, loaded=loaded)
         decision = applied.decision
         if applied.duplicate:
             return self._duplicate(envelope, aggregate)
         assert decision is not None
+        for entry in decision.audit:  # the decision, as the trace shows it
+            telemetry.on_current_span(
+                entry.action,
+                {
+                    "retrain.promotion_id": entry.promotion_id,
+                    "retrain.from_state": entry.from_state,
+                    "retrain.to_state": entry.to_state,
+                    **{f"retrain.detail.{key}": value for key, value in entry.detail.items()},
+                },
+            )
         status: Literal["applied", "ignored"] = (
             "ignored" if decision.ignored and not decision.effects else "applied"
         )

@@ -68,7 +68,7 @@ class Maintenance:
             overdue = overdue_check(aggregate.retrain, policy, now)
             if overdue is not None:
                 log.warning("training job of %s is past max_job_duration: checking it", model)
-                self.outbox.send(model, overdue, aggregate.version)
+                self.outbox.send(model, overdue, aggregate.version, aggregate.change_trace)
                 overdue_jobs.append(str(overdue.payload["run_id"]))
             active = aggregate.promotion.active
             if active is None:
@@ -77,7 +77,7 @@ class Maintenance:
             if late is not None:
                 log.warning("%s of %s is overdue: sent again", late.message_type, model)
                 try:
-                    self.outbox.send(model, late, aggregate.version)
+                    self.outbox.send(model, late, aggregate.version, aggregate.change_trace)
                     resent.append(late.message_id)
                 except Exception as exc:
                     failed.append({"model": model, "error": f"{type(exc).__name__}: {exc}"})

@@ -43,6 +43,12 @@ class Envelope(BaseModel):
     # HMAC-SHA256 over the rest of the envelope: set on the app's own messages
     # (orchestrator/signing.py), required on internal types.
     mac: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    # W3C trace context of the span that sent it (orchestrator/telemetry.py): the handler's
+    # span continues that trace. Left out of the bytes when unset, so envelopes without it
+    # read (and verify) as before.
+    traceparent: str | None = Field(
+        default=None, pattern=r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+    )
 
     @classmethod
     def new(
@@ -68,7 +74,10 @@ class Envelope(BaseModel):
         )
 
     def to_bytes(self) -> bytes:
-        return self.model_dump_json().encode()
+        return self.to_json().encode()
+
+    def to_json(self) -> str:
+        return self.model_dump_json(exclude=_UNSET_OPTIONAL if self.traceparent is None else None)
 
     def payload_as(self, payload_type: type[PayloadT]) -> PayloadT:
         """The payload as `payload_type`, strictly: no coercion of strings to numbers or
@@ -77,6 +86,9 @@ class Envelope(BaseModel):
             return payload_type.model_validate_json(json.dumps(self.payload), strict=True)
         except ValidationError as exc:
             raise InvalidMessage(f"{self.type} payload is invalid: {_describe(exc)}") from exc
+
+
+_UNSET_OPTIONAL = {"traceparent"}
 
 
 def parse_envelope(data: bytes | str | dict[str, Any]) -> Envelope:

@@ -201,7 +201,19 @@ class Outbox:
                     run.done.add(item.id)
                     continue
                 try:
-                    self._execute(aggregate, policy, item)
+                    with telemetry.span(
+                        f"effect {item.effect.kind}",
+                        item.traceparent,
+                        **{
+                            "retrain.model": model,
+                            "retrain.effect": item.effect.kind,
+                            "retrain.effect_id": item.id,
+                            "retrain.cause_id": item.cause_id,
+                            "retrain.attempt": item.failed_attempts + 1,
+                            "retrain.lane": lane,
+                        },
+                    ):
+                        self._execute(aggregate, policy, item)
                 except DeploymentBusy as busy:
                     # Not a failure: the endpoint is still applying a traffic change (an
                     # Azure ML update takes minutes). The delete stays for the sweep; the
@@ -230,8 +242,11 @@ class Outbox:
             endpoint = self._endpoints[policy.endpoint] = self.ports.endpoints(policy)
         return endpoint
 
-    def send(self, model: str, effect: SendMessage, aggregate_version: int) -> None:
-        """Send (or schedule, when `not_before` is ahead) one message to the app itself, signed."""
+    def send(
+        self, model: str, effect: SendMessage, aggregate_version: int, trace: str | None = None
+    ) -> None:
+        """Send (or schedule, when `not_before` is ahead) one message to the app itself, signed,
+        carrying the current trace (else `trace`: the change's, from a sweep)."""
         signer = self.ports.signer
         envelope = Envelope.new(
             effect.message_type,
@@ -242,7 +257,8 @@ class Outbox:
             aggregate_version=aggregate_version,
             time=self.ports.clock(),
         )
-        envelope = signer.sign(envelope)
+        traceparent = telemetry.current_traceparent() or trace
+        envelope = signer.sign(envelope.model_copy(update={"traceparent": traceparent}))
         if effect.not_before is not None and effect.not_before > self.ports.clock():
             self.ports.bus.schedule(envelope, effect.not_before)
         else:
@@ -560,4 +576,6 @@ def training_request(
         champion_version=champion_version,
         tags={"retrain_run_id": effect.run_id, "retrain_reason": effect.reason[:200]}
         | (tags or {}),
+        label_column=policy.data.label_column,
+        feature_columns=policy.data.feature_columns,
     )

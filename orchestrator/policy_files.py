@@ -38,7 +38,8 @@ def load_policies(
 ) -> dict[str, ModelPolicy]:
     """Every `*.yml` / `*.yaml` file in `folder`, by model name. Duplicate models are an error,
     and so is a `data.container` other than `watched_container` (DATA_CONTAINER, the one whose
-    BlobCreated events the app takes), when it is given: that model's data would never start anything."""
+    BlobCreated events the app takes), when it is given: that model's data would never start
+    anything."""
     policies: dict[str, ModelPolicy] = {}
     for path in sorted(Path(folder).glob("*.y*ml")):
         policy = load_policy(path)

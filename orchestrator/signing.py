@@ -70,7 +70,9 @@ class MessageSigner:
         return None
 
     def _mac(self, envelope: Envelope) -> str:
-        document = envelope.model_dump(mode="json", exclude={"mac"})
+        # A field added later is signed only when set: envelopes signed before it still verify.
+        unset = {"traceparent"} if envelope.traceparent is None else set()
+        document = envelope.model_dump(mode="json", exclude={"mac"} | unset)
         canonical = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hmac.new(self._key, canonical.encode(), hashlib.sha256).hexdigest()
 

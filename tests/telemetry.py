@@ -35,3 +35,31 @@ def counter(name: str, **attributes: str) -> int:
                     if all(point.attributes.get(k) == v for k, v in attributes.items()):
                         total += int(point.value)
     return total
+
+
+@cache
+def _spans() -> Any:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+def install_tracing() -> None:
+    """Record the app's spans with the SDK's in-memory exporter (once per process)."""
+    _spans()
+
+
+def finished_spans(**attributes: Any) -> list[Any]:
+    """Every span finished so far whose attributes include these."""
+    return [
+        span
+        for span in _spans().get_finished_spans()
+        if all(span.attributes.get(k) == v for k, v in attributes.items())
+    ]

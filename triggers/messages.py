@@ -51,7 +51,12 @@ def handle_message(
                 f"{envelope.type} is not accepted on the {source} queue "
                 f"(only {', '.join(sorted(allowed))})"
             )
-        outcome = runtime.handlers.handle(envelope)
+        # A sender's own trace context (the Service Bus SDK's application properties): linked.
+        sent = getattr(message, "application_properties", None) or {}
+        sender_trace = sent.get("traceparent") or sent.get("Diagnostic-Id")
+        outcome = runtime.handlers.handle(
+            envelope, sender_trace=sender_trace if isinstance(sender_trace, str) else None
+        )
     except InvalidMessage as exc:
         runtime.dead_letters.record(source, exc.reason, body, properties)
         log.error("dead-lettered a %s message: %s", source, exc.reason)
