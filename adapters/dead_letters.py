@@ -28,6 +28,7 @@ from azure.core.exceptions import ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob import ContainerClient
 
 from domain.data_location import redact_body, redact_text
+from orchestrator import telemetry
 
 REDACTED = "<redacted bearer token>"
 REPLAY_FIELDS = ("replayed_at", "replayed_to", "replaying_at")
@@ -71,6 +72,9 @@ class BlobDeadLetters:
         if len(text) > MAX_BODY:  # kept for diagnosis; a replay of it is refused
             document["body_truncated"] = len(text)
         self._container.upload_blob(name, json.dumps(document, default=str).encode())
+        # The reason's lead (before its first ':'), so the metric's values stay few.
+        kind = redact_text(reason).split(":", 1)[0].strip()[:60]
+        telemetry.count("dead_letters", source=source, reason=kind)
         return name
 
     def read(self, source: str | None = None) -> list[dict[str, Any]]:

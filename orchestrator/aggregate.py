@@ -60,6 +60,7 @@ class ModelAggregate(BaseModel):
     # The trace of the model change in progress (a data window, its job, the promotion that
     # follows): messages that carry no trace of their own (a person's, a data event) join it.
     change_trace: str | None = None
+    status_since: AwareDatetime | None = None  # when the active promotion entered its status
 
     @classmethod
     def new(cls, model: str) -> ModelAggregate:

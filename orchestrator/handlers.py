@@ -222,6 +222,10 @@ class MessageHandlers:
                 envelope.model, command.items, envelope.message_id, now, keep_for
             )
             command = command.model_copy(update={"new_items": len(counted)})
+            source = command.source
+            telemetry.count("data.items", len(counted), model=envelope.model, source=source)
+            duplicates = len(command.items) - len(counted)
+            telemetry.count("data.duplicates", duplicates, model=envelope.model, source=source)
         elif isinstance(command, RetrainRequested) and command.data_uri is not None:
             # A person's data URI is its own key; a redelivery of the request counts it again.
             item = DataItem(uri=command.data_uri, key=command.data_uri)
@@ -403,13 +407,17 @@ class MessageHandlers:
                 }
             )
             trace = (changed.change_trace or traceparent) if changed.in_change() else None
-            return changed.model_copy(update={"change_trace": trace})
+            status = _status(changed)
+            since = aggregate.status_since if status == _status(aggregate) else now
+            return changed.model_copy(update={"change_trace": trace, "status_since": since})
 
         aggregate, _ = self.ports.store.update(envelope.model, change, loaded=loaded)
         decision = applied.decision
         if applied.duplicate:
             return self._duplicate(envelope, aggregate)
         assert decision is not None
+        if applied.aggregate is not None:
+            _measure(envelope.model, applied.aggregate, aggregate, decision, now)
         for entry in decision.audit:  # the decision, as the trace shows it
             telemetry.on_current_span(
                 entry.action,
@@ -498,6 +506,40 @@ _HANDLERS: dict[str, Handler] = {
         if message_type != JOB_CHECK
     },
 }
+
+
+_ENDED = frozenset({"completed", "rolled_back", "failed", "rejected", "aborted"})
+_RUN_ENDED = frozenset({"completed", "failed", "canceled"})
+
+
+def _status(aggregate: ModelAggregate) -> str | None:
+    active = aggregate.promotion.active
+    return str(active.status) if active is not None else None
+
+
+def _measure(
+    model: str,
+    before: ModelAggregate,
+    after: ModelAggregate,
+    decision: Decision[Any],
+    now: datetime,
+) -> None:
+    """The metrics a transition moves (docs/observability.md): once per saved decision."""
+    old = _status(before)
+    if old is not None and old != _status(after) and before.status_since is not None:
+        seconds = (now - before.status_since).total_seconds()
+        telemetry.record("promotion.time_in_state", seconds, model=model, state=old)
+    for entry in decision.audit:
+        kind, _, what = entry.action.partition(".")
+        if kind == "promotion" and what in _ENDED:
+            telemetry.count("promotions", model=model, outcome=what)
+        elif kind == "gate" and what in ("passed", "failed", "inconclusive"):
+            for evidence in entry.detail.get("evidence") or []:
+                gate = str(evidence.get("gate", "?")).split(":", 1)[0]  # the kind, bounded
+                outcome = str(evidence.get("outcome", what))
+                telemetry.count("gate.verdicts", model=model, gate=gate, verdict=outcome)
+        elif kind == "retrain" and what.startswith("job_") and what[4:] in _RUN_ENDED:
+            telemetry.count("training.runs", model=model, result=what[4:])
 
 
 def _audit_record(

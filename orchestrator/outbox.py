@@ -282,6 +282,7 @@ class Outbox:
             and run.now - first >= self.ports.effect_retry_window
         )
         error = f"{type(exc).__name__}: {exc}"[:500]
+        telemetry.count("effects.failed", kind=effect.kind, model=aggregate.model, lane=lane)
         if isinstance(effect, SetTraffic) and effect.restore:
             run.failed[item.id] = (attempts, first, error)
             run.urgent = run.urgent or exc

@@ -63,3 +63,18 @@ def finished_spans(**attributes: Any) -> list[Any]:
         for span in _spans().get_finished_spans()
         if all(span.attributes.get(k) == v for k, v in attributes.items())
     ]
+
+
+def histogram_count(name: str, **attributes: str) -> int:
+    """How many observations histogram `name` has over the data points with these attributes."""
+    data = _reader().get_metrics_data()
+    total = 0
+    for resource in data.resource_metrics if data else ():
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name != name:
+                    continue
+                for point in metric.data.data_points:
+                    if all(point.attributes.get(k) == v for k, v in attributes.items()):
+                        total += int(point.count)
+    return total

@@ -55,3 +55,17 @@ def test_a_body_past_the_limit_is_cut_and_marked(records: BlobDeadLetters) -> No
     assert "body_truncated" not in (records.get(whole) or ({}, ""))[0]
     record, _ = records.get(cut) or ({}, "")
     assert len(record["body"]) == MAX_BODY and record["body_truncated"] == MAX_BODY + 10
+
+
+def test_each_record_is_counted_by_source_and_the_lead_of_its_reason(
+    records: BlobDeadLetters,
+) -> None:
+    from tests.telemetry import counter, install
+
+    install()
+    source = f"src{uuid.uuid4().hex[:8]}"  # this test's own: the counters are process-wide
+    records.record(source, "data.url: names 'x', not the subject's blob 'y'", "{}")
+    records.record(source, "data.url: another blob", "{}")
+    records.record(source, "body is not JSON: Expecting value", "")
+    assert counter("retrain.dead_letters", source=source, reason="data.url") == 2
+    assert counter("retrain.dead_letters", source=source, reason="body is not JSON") == 1

@@ -27,7 +27,7 @@ from tests.faults.flow_harness import (  # noqa: F401
     make_runtime,
     seed_champion,
 )
-from tests.telemetry import finished_spans, install_tracing
+from tests.telemetry import counter, finished_spans, histogram_count, install, install_tracing
 
 pytestmark = pytest.mark.azurite
 
@@ -48,6 +48,7 @@ class FlakyEndpoint(FakeEndpoint):
 
 def run_flow(flow_settings: Any, model: str, world: World) -> Courier:
     install_tracing()
+    install()  # the metrics reader
     settings = flow_settings({model: flow_policy(model, approval=True)})
     courier = Courier(world, lambda: Process(settings, world), None)
     seed_champion(courier.process, world, model)
@@ -87,6 +88,14 @@ def test_a_model_change_is_one_trace_across_the_queue(flow_settings: Any) -> Non
     completed = [e.name for s in spans for e in s.events]
     assert "promotion.completed" in completed, sorted(set(completed))
 
+    # The metrics the same transitions moved (the model name is this test's own).
+    assert counter("retrain.promotions", model=model, outcome="completed") == 1
+    assert counter("retrain.promotions", model=model, outcome="rolled_back") == 0
+    assert counter("retrain.training.runs", model=model, result="completed") == 1
+    assert counter("retrain.data.items", model=model, source="eventhub") == 6
+    assert counter("retrain.gate.verdicts", model=model, verdict="pass") >= 3
+    assert histogram_count("retrain.promotion.time_in_state", model=model) >= 4
+
 
 def test_a_rollback_and_its_retried_traffic_change_are_in_the_trace(flow_settings: Any) -> None:
     model = "traces"
@@ -112,3 +121,6 @@ def test_a_rollback_and_its_retried_traffic_change_are_in_the_trace(flow_setting
         failed[0].attributes["retrain.effect_id"]
     ) and s.status.is_ok]  # fmt: skip
     assert retried and retried[0].attributes["retrain.attempt"] == 2
+    assert counter("retrain.promotions", model=model, outcome="rolled_back") == 1
+    assert counter("retrain.effects.failed", model=model, kind="set_traffic") == 1
+    assert counter("retrain.gate.verdicts", model=model, verdict="fail") >= 1
