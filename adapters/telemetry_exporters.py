@@ -28,7 +28,11 @@ def configure(environ: Mapping[str, str] | None = None) -> str | None:
         if environ.get("APPLICATIONINSIGHTS_CONNECTION_STRING"):
             from azure.monitor.opentelemetry import configure_azure_monitor
 
-            configure_azure_monitor(logger_name="retrain")
+            from adapters.azure_credential import azure_credential
+
+            # Application Insights with local auth off takes Entra tokens only: the app's
+            # identity (Monitoring Metrics Publisher). The root logger: every module's logs.
+            configure_azure_monitor(credential=azure_credential())
             return "azure-monitor"
         if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
             _configure_otlp()

@@ -1,0 +1,540 @@
+"""Offline checks of infra/ (the azd templates): each returns the problems it finds, [] if none.
+
+The templates are read with pycep-parser (Bicep to JSON); what the app reads comes from the app
+itself: the Settings model (orchestrator/settings.py) and the bindings the Functions host
+indexes (function_app.py). tests/infra/test_templates.py runs every check on infra/ and on
+broken copies of it.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+INFRA = REPO / "infra"
+# The packages whose string literals may be the text of a log record an alert matches.
+APP_PACKAGES = ("orchestrator", "adapters", "triggers", "promotion", "retrain", "domain")
+
+# Built-in role definition ids (the same in every tenant).
+ROLE_IDS = {
+    "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
+    "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
+    "Azure Service Bus Data Owner": "090c5cfd-751d-490a-894a-3ce6f1109419",
+    "Azure Event Hubs Data Owner": "f526a384-b230-433a-b45c-95f59c4a2dec",
+    "AzureML Data Scientist": "f6c7c914-8db3-469d-8ca1-694a8f32e121",
+    "Key Vault Secrets User": "4633458b-17de-408a-b874-0445c86b69e6",
+}
+# What each identity-based connection needs on the resource its settings name (Functions'
+# identity-based connections; Service Bus Owner: the Flex Consumption scaler reads queue
+# properties). A connection the app starts reading without an entry here fails the check.
+CONNECTION_ROLES = {
+    "AzureWebJobsStorage": ("Storage Blob Data Owner", "Storage Queue Data Contributor"),
+    "DataStorage": ("Storage Blob Data Owner", "Storage Queue Data Contributor"),
+    "ServiceBusConnection": ("Azure Service Bus Data Owner",),
+    "EventHubConnection": ("Azure Event Hubs Data Owner",),
+}
+# Settings that are not connections but name a resource the app reaches with its identity:
+# (setting, role, whether the deploying user needs it too for the CLI).
+IDENTITY_SETTINGS = (
+    ("AZUREML_WORKSPACE", "AzureML Data Scientist", True),
+    ("MESSAGE_SIGNING_KEY", "Key Vault Secrets User", False),
+)
+# Flex Consumption takes these from functionAppConfig and refuses them as app settings.
+FLEX_FORBIDDEN = ("FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION")
+AVM_TAG = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
+NAMESPACE_MODULES = ("avm/res/service-bus/namespace", "avm/res/event-hub/namespace")
+NAMESPACE_TYPES = ("Microsoft.ServiceBus/namespaces", "Microsoft.EventHub/namespaces")
+
+
+# --- reading the templates ------------------------------------------------------------------
+
+
+@functools.cache
+def _parser() -> Any:
+    from pycep import BicepParser
+
+    return BicepParser()
+
+
+@functools.cache
+def _parse_text(text: str) -> dict[str, Any]:
+    return _parser().parse(text=text)
+
+
+def parse(path: Path) -> dict[str, Any]:
+    return _parse_text(path.read_text())
+
+
+def bicep_files(infra: Path) -> list[Path]:
+    return sorted(infra.rglob("*.bicep"))
+
+
+def render(node: Any) -> str:
+    """A pycep expression as text: `a.b.c`, `fn(x, y)`, or the literal."""
+    if isinstance(node, str):
+        return node
+    if (
+        isinstance(node, dict)
+        and "operator" in node
+        and node["operator"]["type"] == ("property_accessor")
+    ):
+        operands = node["operator"]["operands"]
+        return f"{render(operands['operand_1'])}.{render(operands['operand_2'])}"
+    if isinstance(node, dict) and "function" in node:
+        function = node["function"]
+        parameters = function.get("parameters") or {}
+        arguments = ", ".join(render(value) for value in parameters.values())
+        return f"{function['type']}({arguments})"
+    return json.dumps(node, sort_keys=True)
+
+
+def _body(declaration: dict[str, Any]) -> dict[str, Any]:
+    """A module's or resource's config, through a `[for ...]` loop or an `if`."""
+    config = declaration["config"]
+    return config["config"] if "loop_type" in config or "condition" in config else config
+
+
+def modules(template: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    yield from template.get("modules", {}).items()
+
+
+def module_params(declaration: dict[str, Any]) -> dict[str, Any]:
+    return _body(declaration).get("params", {})
+
+
+def avm_modules(infra: Path, path: str) -> Iterator[tuple[Path, str, dict[str, Any]]]:
+    """(file, symbol, params) of every use of one registry module."""
+    for file in bicep_files(infra):
+        for symbol, declaration in modules(parse(file)):
+            if declaration["detail"].get("path") == path:
+                yield file, symbol, module_params(declaration)
+
+
+def local_module(template: dict[str, Any], file: str) -> tuple[str, dict[str, Any]]:
+    """The (symbol, params) of the module declared from the local file `file`."""
+    found = [
+        (symbol, module_params(declaration))
+        for symbol, declaration in modules(template)
+        if declaration["type"] == "local" and declaration["detail"]["path"] == file
+    ]
+    if len(found) != 1:
+        raise LookupError(f"main.bicep declares {file} {len(found)} times")
+    return found[0]
+
+
+# --- the checks -----------------------------------------------------------------------------
+
+
+def parse_problems(infra: Path) -> list[str]:
+    problems = []
+    files = bicep_files(infra)
+    if not files:
+        problems.append(f"no .bicep file under {infra}")
+    for file in files:
+        try:
+            parse(file)
+        except Exception as exc:
+            problems.append(f"{file.relative_to(infra)} does not parse: {exc}")
+    return problems
+
+
+def module_reference_problems(infra: Path) -> list[str]:
+    """Every module is an Azure Verified Module pinned to a version, or a file of infra/."""
+    problems = []
+    for file in bicep_files(infra):
+        for symbol, declaration in modules(parse(file)):
+            detail, where = declaration["detail"], f"{file.relative_to(infra)}: module {symbol}"
+            if declaration["type"] == "local":
+                if not (file.parent / detail["path"]).is_file():
+                    problems.append(f"{where}: no file {detail['path']}")
+            elif not (
+                declaration["type"] == "bicep_registry_alias"
+                and detail.get("alias") == "public"
+                and str(detail.get("path", "")).startswith("avm/")
+                and AVM_TAG.fullmatch(str(detail.get("tag", "")))
+            ):
+                problems.append(f"{where}: {detail.get('full')} is not br/public:avm/...:<version>")
+    return problems
+
+
+def module_param_problems(infra: Path) -> list[str]:
+    """Each local module is given every parameter it requires and none it does not declare,
+    and main.parameters.json feeds main.bicep the same way (what `bicep build` would refuse)."""
+    problems = []
+    for file in bicep_files(infra):
+        for symbol, declaration in modules(parse(file)):
+            if declaration["type"] != "local":
+                continue
+            target = file.parent / declaration["detail"]["path"]
+            if target.is_file():
+                problems += _argument_problems(
+                    f"{file.name}: module {symbol}", target, set(module_params(declaration))
+                )
+    parameters = json.loads((infra / "main.parameters.json").read_text())["parameters"]
+    problems += _argument_problems("main.parameters.json", infra / "main.bicep", set(parameters))
+    return problems
+
+
+def output_reference_problems(infra: Path) -> list[str]:
+    """Each `<module>.outputs.<name>` of a local module names an output that module declares."""
+    problems = []
+    for file in bicep_files(infra):
+        local = {
+            symbol: file.parent / declaration["detail"]["path"]
+            for symbol, declaration in modules(parse(file))
+            if declaration["type"] == "local"
+        }
+        text = file.read_text()
+        for symbol, name in sorted(set(re.findall(r"\b(\w+)\.outputs\.\??(\w+)", text))):
+            target = local.get(symbol)
+            if target and target.is_file() and name not in parse(target).get("outputs", {}):
+                problems.append(f"{file.name}: {target.name} has no output {name}")
+    return problems
+
+
+def _argument_problems(where: str, target: Path, given: set[str]) -> list[str]:
+    declared = parse(target).get("parameters", {})
+    required = {name for name, parameter in declared.items() if parameter.get("default") is None}
+    problems = [
+        f"{where}: {target.name} declares no parameter {name}"
+        for name in sorted(given - set(declared))
+    ]
+    problems += [f"{where}: {target.name} needs {name}" for name in sorted(required - given)]
+    return problems
+
+
+def local_auth_problems(infra: Path) -> list[str]:
+    """No storage account allows shared keys; no namespace allows local (SAS) auth."""
+    problems = []
+    for file, symbol, params in avm_modules(infra, "avm/res/storage/storage-account"):
+        if params.get("allowSharedKeyAccess") is not False:
+            problems.append(f"{file.name}: storage account {symbol} allows shared keys")
+    for path in NAMESPACE_MODULES:
+        for file, symbol, params in avm_modules(infra, path):
+            if params.get("disableLocalAuth") is not True:
+                problems.append(f"{file.name}: namespace {symbol} allows local auth")
+    for file in bicep_files(infra):
+        for symbol, resource in parse(file).get("resources", {}).items():
+            if resource["existing"]:
+                continue
+            properties = _body(resource).get("properties", {})
+            if resource["type"] == "Microsoft.Storage/storageAccounts" and (
+                properties.get("allowSharedKeyAccess") is not False
+            ):
+                problems.append(f"{file.name}: storage account {symbol} allows shared keys")
+            if (
+                resource["type"] in NAMESPACE_TYPES
+                and properties.get("disableLocalAuth") is not True
+            ):
+                problems.append(f"{file.name}: namespace {symbol} allows local auth")
+    counted = sum(
+        1
+        for path in ("avm/res/storage/storage-account", *NAMESPACE_MODULES)
+        for _ in avm_modules(infra, path)
+    )
+    if not counted:
+        problems.append("no storage account or namespace found: nothing was checked")
+    return problems
+
+
+@functools.cache
+def app_setting_names() -> tuple[str, ...]:
+    """Every app setting the Settings model reads (its aliases)."""
+    from orchestrator.settings import settings_model
+
+    names = []
+    for field in settings_model().model_fields.values():
+        names.extend(str(choice) for choice in field.validation_alias.choices)
+    return tuple(names)
+
+
+@functools.cache
+def binding_connections() -> tuple[str, ...]:
+    """The `connection` of every binding the Functions host indexes in function_app.py."""
+    import function_app
+
+    function_app.app.functions_bindings = {}  # indexed once per process otherwise
+    found = set()
+    for function in function_app.app.get_functions():
+        for binding in json.loads(function.get_function_json())["bindings"]:
+            if binding.get("connection"):
+                found.add(binding["connection"])
+    return tuple(sorted(found))
+
+
+def identity_connections() -> dict[str, set[str]]:
+    """Each identity-based connection the app reads in Azure -> the settings it reads for it
+    (`<connection>__<property>`); the host's own storage is one of them."""
+    connections: dict[str, set[str]] = {name: set() for name in binding_connections()}
+    for name in app_setting_names():
+        if "__" in name:
+            connections.setdefault(name.split("__", 1)[0], set()).add(name)
+    return connections
+
+
+def function_app_settings(infra: Path) -> tuple[Path, dict[str, Any]]:
+    """The app settings the Function App module sets: the object its siteConfig.appSettings
+    loops over (file, {name: value expression})."""
+    sites = list(avm_modules(infra, "avm/res/web/site"))
+    if len(sites) != 1:
+        raise LookupError(f"{len(sites)} Function App modules (avm/res/web/site) in {infra}")
+    file, _, params = sites[0]
+    listing = params.get("siteConfig", {}).get("appSettings")
+    try:
+        source = listing["loop_type"]["detail"]["array_name"]["function"]
+        assert source["type"] == "items"
+        variable = source["parameters"]["arg_1"]
+    except (KeyError, TypeError, AssertionError):
+        raise LookupError(
+            f"{file.name}: siteConfig.appSettings is not [for s in items(<var>): ...]"
+        ) from None
+    values = parse(file)["variables"][variable]["value"]
+    return file, {name.strip("'"): value for name, value in values.items()}
+
+
+def connection_setting_problems(infra: Path) -> list[str]:
+    """Each identity-based setting the app reads is set, pinned to the user-assigned identity;
+    no connection string (a secret) and nothing Flex Consumption refuses."""
+    _, settings = function_app_settings(infra)
+    problems = []
+    for connection, names in sorted(identity_connections().items()):
+        wanted = sorted(names) or [f"{connection}__fullyQualifiedNamespace"]
+        problems += [f"{name} is not set" for name in wanted if name not in settings]
+        if render(settings.get(f"{connection}__credential")) != "managedidentity":
+            problems.append(f"{connection}__credential is not managedidentity")
+        if f"{connection}__clientId" not in settings:
+            problems.append(f"{connection}__clientId is not set (user-assigned identity)")
+        if connection in settings:
+            problems.append(f"{connection} is set: a connection string, a secret")
+    if "AZURE_CLIENT_ID" not in settings:
+        problems.append(
+            "AZURE_CLIENT_ID is not set: DefaultAzureCredential would not pick the identity"
+        )
+    problems += [
+        f"{name} is set: Flex Consumption refuses it" for name in FLEX_FORBIDDEN if name in settings
+    ]
+    return problems
+
+
+def _objects(node: Any) -> Iterator[dict[str, Any]]:
+    """Every object literal inside a pycep expression."""
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _objects(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _objects(value)
+
+
+def _app_params_named(file: Path, value: Any, params: set[str]) -> set[str]:
+    """The app module's parameters an app setting's value is built from (through its vars)."""
+    variables = parse(file).get("variables", {})
+    text = render(value)
+    names = set(re.findall(r"\$\{(\w+)\}", text)) | ({text} if text.isidentifier() else set())
+    found = set()
+    for name in names:
+        if name in params:
+            found.add(name)
+        elif name in variables:
+            found |= _app_params_named(file, variables[name]["value"], params)
+    return found
+
+
+def role_problems(infra: Path) -> list[str]:
+    """Each identity-based connection (and Azure ML, Key Vault) has its roles, for the app's
+    identity and (data plane) the deploying user, on the very resource its settings name."""
+    main = parse(infra / "main.bicep")
+    app_file, settings = function_app_settings(infra)
+    _, app_passed = local_module(main, app_file.name)
+    _, rbac_passed = local_module(main, "rbac.bicep")
+    rbac = parse(infra / "rbac.bicep")
+    problems = []
+
+    identity = render(app_passed.get("identityId", "")).split(".")[0]
+    if render(rbac_passed.get("appPrincipalId", "")).split(".")[0] != identity:
+        problems.append("rbac.bicep's appPrincipalId is not the Function App's identity")
+    if render(rbac_passed.get("userPrincipalId")) != "principalId":
+        problems.append("rbac.bicep's userPrincipalId is not the deploying principal")
+
+    roles = {key.strip("'"): value for key, value in rbac["variables"]["roles"]["value"].items()}
+    # Who the `[for principal in principals]` assignments reach: the ids of its entries.
+    looped = {
+        {"appPrincipalId": "app", "userPrincipalId": "user"}.get(render(entry["id"]), "?")
+        for entry in _objects(rbac["variables"].get("principals", {}).get("value"))
+        if "id" in entry
+    }
+    existing = {
+        symbol: render(_body(resource)["name"])
+        for symbol, resource in rbac["resources"].items()
+        if resource["existing"]
+    }
+    granted: dict[tuple[str, str], set[str]] = {}  # (rbac param of the scope, role id) -> who
+    for resource in rbac["resources"].values():
+        if resource["type"] != "Microsoft.Authorization/roleAssignments":
+            continue
+        config = resource["config"]
+        body = _body(resource)
+        scope = existing.get(render(body.get("scope")), "")
+        role_key = render(body["properties"]["roleDefinitionId"]).rsplit("roles.", 1)[-1]
+        role = render(roles.get(role_key.rstrip(")").split(",")[0], ""))
+        if "loop_type" in config and config["loop_type"]["detail"]["array_name"] == "principals":
+            who = looped
+        else:
+            who = (
+                {"app"} if render(body["properties"]["principalId"]) == "appPrincipalId" else set()
+            )
+        granted.setdefault((scope, role), set()).update(who)
+
+    app_params = set(parse(app_file).get("parameters", {}))
+    needs: list[tuple[str, list[str], tuple[str, ...], bool]] = [
+        (
+            connection,
+            sorted(names) or [f"{connection}__fullyQualifiedNamespace"],
+            CONNECTION_ROLES.get(connection, ()),
+            True,
+        )
+        for connection, names in sorted(identity_connections().items())
+    ]
+    needs += [(setting, [setting], (role,), user) for setting, role, user in IDENTITY_SETTINGS]
+    for what, names, wanted, user_too in needs:
+        if not wanted:
+            problems.append(
+                f"{what}: no roles known for this connection (tests/infra/templates.py)"
+            )
+            continue
+        targets = set()
+        for name in names:
+            if name in settings:
+                targets |= _app_params_named(app_file, settings[name], app_params)
+        targets.discard("identityClientId")
+        if len(targets) != 1:
+            problems.append(f"{what}: its settings name {sorted(targets) or 'no resource'}")
+            continue
+        passed = render(app_passed.get(targets.pop()))
+        scope_params = [param for param, value in rbac_passed.items() if render(value) == passed]
+        for role in wanted:
+            who = set().union(
+                *(granted.get((param, ROLE_IDS[role]), set()) for param in scope_params)
+            )
+            if "app" not in who:
+                problems.append(f"{what}: the app's identity lacks {role} on {passed}")
+            if user_too and "user" not in who:
+                problems.append(f"{what}: the deploying user lacks {role} on {passed}")
+    return problems
+
+
+def shellcheck_problems(hooks: Path) -> list[str]:
+    scripts = sorted(hooks.glob("*.sh"))
+    if not scripts:
+        return [f"no hook scripts under {hooks}"]
+    shellcheck = Path(sys.executable).with_name("shellcheck")
+    result = subprocess.run(
+        [str(shellcheck), "--shell=sh", "--severity=style", *map(str, scripts)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return [result.stdout + result.stderr] if result.returncode else []
+
+
+def endpoint_problems(infra: Path, policy_dir: Path) -> list[str]:
+    """One managed online endpoint per policy file: the `models` parameter names each policy's
+    model and endpoint, and nothing else."""
+    parameters = json.loads((infra / "main.parameters.json").read_text())["parameters"]
+    declared = {(entry["model"], entry["endpoint"]) for entry in parameters["models"]["value"]}
+    policies = set()
+    for file in sorted(policy_dir.glob("*.yml")):
+        document = yaml.safe_load(file.read_text())
+        policies.add((document["model"], document["endpoint"]))
+    problems = [
+        f"policy {model}: no endpoint {endpoint} in main.parameters.json"
+        for model, endpoint in sorted(policies - declared)
+    ]
+    problems += [
+        f"main.parameters.json: {model}/{endpoint} has no policy file"
+        for model, endpoint in sorted(declared - policies)
+    ]
+    return problems
+
+
+def _literals(tree: ast.AST) -> Iterator[str]:
+    """String literals; an f-string as its text with `{}` for each value."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.JoinedStr):
+            yield "".join(
+                part.value if isinstance(part, ast.Constant) else "{}" for part in node.values
+            )
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.value
+
+
+@functools.cache
+def app_literals(repo: Path = REPO) -> tuple[str, ...]:
+    found = []
+    for package in APP_PACKAGES:
+        for file in sorted((repo / package).rglob("*.py")):
+            found.extend(_literals(ast.parse(file.read_text())))
+    return tuple(found)
+
+
+@functools.cache
+def app_counters(repo: Path = REPO) -> frozenset[str]:
+    """The metric names the app counts: `retrain.<name>` of each `telemetry.count("<name>")`."""
+    found = set()
+    for package in APP_PACKAGES:
+        for file in sorted((repo / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(file.read_text())):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "count"
+                    and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "telemetry"
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                ):
+                    found.add(f"retrain.{node.args[0].value}")
+    return frozenset(found)
+
+
+def log_alert_problems(infra: Path) -> list[str]:
+    """Each alert on the app's own signals looks for something the app really emits: the text
+    fragments it matches in AppTraces appear together in one string of the app's code, and
+    the metrics it reads in AppMetrics are counters the app counts."""
+    alerts = parse(infra / "alerts.bicep")["variables"]["logAlerts"]["value"]
+    problems = []
+    for alert in alerts:
+        query, name = alert["query"], alert["name"]
+        traced = "AppTraces" in query
+        fragments = re.findall(r'(?:has|startswith|contains)\s+"([^"]+)"', query) if traced else []
+        metrics = re.findall(r'\bName == "([^"]+)"', query)
+        if traced and not fragments:
+            problems.append(f"{name}: the query matches no text")
+        if fragments and not any(
+            all(part in text for part in fragments) for text in app_literals()
+        ):
+            problems.append(f"{name}: the app writes no trace with {fragments}")
+        if "AppMetrics" in query and not metrics:
+            problems.append(f"{name}: the query names no metric")
+        problems += [
+            f"{name}: the app counts no {metric}"
+            for metric in metrics
+            if metric not in app_counters()
+        ]
+        if "StorageBlobLogs" in query:
+            from orchestrator.bootstrap import DEAD_LETTER_CONTAINER
+
+            if f"/{DEAD_LETTER_CONTAINER}/" not in query:
+                problems.append(f"{name}: not the app's container {DEAD_LETTER_CONTAINER}")
+    return problems
