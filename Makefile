@@ -6,7 +6,7 @@ STAMP_PY := $(VENV)/.installed
 STAMP_NODE := node_modules/.installed
 PYTEST_ARGS ?=
 
-.PHONY: install test unit lint bench demo devhost clean
+.PHONY: install browser test unit lint bench demo devhost clean
 
 install: $(STAMP_PY) $(STAMP_NODE)
 
@@ -20,13 +20,32 @@ $(STAMP_NODE): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
+# The dashboard's browser tests (tests/dashboard) drive Debian's chromium through Playwright
+# (whose own browser download cannot work here). Installed when missing and apt can (root, or
+# sudo without a password); where it cannot be had, those tests skip and say so.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 \
+		|| [ -n "$$CHROMIUM_PATH" ]; then :; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "no chromium and no apt-get: the dashboard's browser tests will skip"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+			|| echo "chromium could not be installed: the dashboard's browser tests will skip"; \
+	elif sudo -n true 2>/dev/null; then \
+		sudo -n apt-get update -qq && sudo -n env DEBIAN_FRONTEND=noninteractive \
+			apt-get install -y -qq chromium \
+			|| echo "chromium could not be installed: the dashboard's browser tests will skip"; \
+	else \
+		echo "no chromium, and apt needs root: the dashboard's browser tests will skip"; \
+	fi
+
 # `make unit`: the tests that need no Azurite, with RETRAIN_NO_AZURITE=1 so that any of them
 # trying to start it fails (tests/README.md). `make test`: ruff, that part, then the Azurite
 # part. Exit status 5 is pytest's "no test selected" (PYTEST_ARGS naming one part's files).
 unit: install
 	RETRAIN_NO_AZURITE=1 $(PY) -m pytest -n 2 -m "not azurite" $(PYTEST_ARGS) || test $$? -eq 5
 
-test: install
+test: install browser
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(VENV)/bin/lint-imports
@@ -40,15 +59,11 @@ lint: install
 bench: install
 	$(PY) -m benchmarks
 
-# The app under devhost with local.settings.json (made from the sample on first use), and the
-# local endpoint it deploys to (stops with devhost).
+# The app under devhost with local.settings.json (made from the sample on first use). devhost
+# starts this checkout's Azurite, the local endpoint and the MLflow UI on free ports (unless the
+# settings pin them), prints where they are and writes it to .local/devhost.json for the CLI.
 devhost: install
 	@test -f local.settings.json || cp local.settings.sample.json local.settings.json
-	@mkdir -p .local/endpoint
-	@# One key for the local endpoint's routes, in the environment of the server and the app.
-	export LOCAL_ENDPOINT_KEY="$${LOCAL_ENDPOINT_KEY:-$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(32))')}"; \
-	$(PY) -m endpoint_server --port 5080 --data-dir .local/endpoint \
-		--tracking-uri sqlite:///.local/mlflow.db --max-lifetime 86400 --parent-pid $$$$ & \
 	$(PY) -m devhost --settings local.settings.json
 
 demo: install

@@ -79,6 +79,7 @@ class UploadedBlob:
     blob_name: str
     url: str
     size: int
+    etag: str | None = None  # the version written (what a BlobCreated event names)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +88,7 @@ class UploadedBlob:
             "blob": self.blob_name,
             "url": self.url,
             "size": self.size,
+            "etag": self.etag,
         }
 
 
@@ -424,7 +426,7 @@ def send_data(
         blob_name = f"{policy.data.prefix}{path.name}"
         blob = container.get_blob_client(blob_name)
         with path.open("rb") as stream:
-            blob.upload_blob(stream, overwrite=True)
+            written = blob.upload_blob(stream, overwrite=True)
         uploaded.append(
             UploadedBlob(
                 file=str(path),
@@ -432,6 +434,7 @@ def send_data(
                 blob_name=blob_name,
                 url=blob.url,
                 size=path.stat().st_size,
+                etag=written.get("etag"),
             )
         )
     return DataUpload(model=model, blobs=uploaded, notes=tuple(notes))

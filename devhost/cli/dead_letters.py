@@ -333,14 +333,9 @@ def _send(runtime: Runtime, target: str, body: bytes, message_id: str) -> None:
         return
     from azure.eventhub import EventData
 
-    from devhost.host.connections import MessagingConnection
-    from devhost.host.messaging import event_hub_producer
+    from devhost.cli.events import event_hub_producer_for
 
-    connection = MessagingConnection(
-        connection_string=settings.event_hub_connection_string,
-        fully_qualified_namespace=settings.event_hub_namespace,
-    )
-    with event_hub_producer(connection, hub) as producer:
+    with event_hub_producer_for(runtime, hub) as producer:
         producer.send_batch([EventData(body)])
 
 

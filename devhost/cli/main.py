@@ -2,8 +2,11 @@
 
 Every command goes through the same ports as the app (`orchestrator.bootstrap.Runtime`):
 commands are *sent* as envelopes on the app's queues (Service Bus in Azure, Azurite queues
-locally) and handled by the running app, never here; data files are uploaded where the blob
-trigger watches; status is read from the state store and audit log.
+locally) and handled by the running app, never here; data files are uploaded into the
+model's data container (`send-data`), or announced many to an event on the data-events hub
+(`send-event`, devhost/cli/events.py); status is read from the state store and audit log.
+Locally the storage is the running devhost's, found in its state file unless the settings name
+one (devhost/cli/local_devhost.py).
 
 A person's command carries a bearer token (the app believes the token, not `--as`): locally,
 `--as NAME` mints one from the local issuer (.local/issuer/); against Azure (ENTRA_TENANT_ID
@@ -41,12 +44,14 @@ from devhost.cli.commands import (
     send_approval,
     send_data,
 )
+from devhost.cli.local_devhost import use_running_devhost
 from devhost.cli.render import (
     render_audit,
     render_model,
     render_promotion,
     render_runs,
     render_sent,
+    render_sent_events,
     render_upload,
     report_error,
 )
@@ -58,6 +63,7 @@ if TYPE_CHECKING:
     from orchestrator.bootstrap import Runtime
 
 PROG = "python -m devhost.cli"
+EVENT_FORMATS = ("event-grid", "data-ready")  # devhost/cli/events.py
 DEAD_LETTER_SOURCES = ("records", "poison-queues", "service-bus")  # devhost/cli/dead_letters.py
 DEFAULT_PAGE = 100  # as the HTTP API's
 MAX_PAGE = MAX_AUDIT_PAGE
@@ -155,6 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("model", metavar="MODEL")
     sub.add_argument("files", metavar="FILE", nargs="+", type=Path)
 
+    sub = add("send-event", "announce data on the data-events hub, many blobs an event: "
+              "Event Grid BlobCreated (default) or data-ready events")  # fmt: skip
+    sub.add_argument("model", metavar="MODEL")
+    sub.add_argument("files", metavar="FILE", nargs="*", type=Path,
+                     help="files to upload first (as send-data); a folder: its files")  # fmt: skip
+    sub.add_argument("--blob", dest="blobs", action="append", default=[], metavar="NAME",
+                     help="a blob already in the model's data container (repeatable)")  # fmt: skip
+    sub.add_argument("--under", metavar="PREFIX",
+                     help="every blob under this prefix of the model's data container")  # fmt: skip
+    sub.add_argument("--format", dest="event_format", choices=EVENT_FORMATS,
+                     default="event-grid", help="the events' schema")  # fmt: skip
+    sub.add_argument("--per-event", type=int, metavar="N",
+                     help="items an event (default: the policy's max_items_per_event)")  # fmt: skip
+
     sub = add("dead-letters", "list or replay messages that could not be handled")
     actions = sub.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     actions.required = True
@@ -238,6 +258,19 @@ def _run(arguments: argparse.Namespace, runtime: Runtime) -> tuple[Any, list[Ren
     if command == "send-data":
         upload = send_data(runtime, arguments.model, arguments.files)
         return upload.to_json(), render_upload(upload)
+    if command == "send-event":
+        from devhost.cli.events import send_events
+
+        sent_events = send_events(
+            runtime,
+            arguments.model,
+            files=arguments.files,
+            blob_names=arguments.blobs,
+            under=arguments.under,
+            event_format=arguments.event_format,
+            per_event=arguments.per_event,
+        )
+        return sent_events.to_json(), render_sent_events(sent_events)
     if command == "dead-letters":
         from devhost.cli import dead_letters
 
@@ -324,6 +357,7 @@ def main(argv: list[str] | None = None, *, runtime: Runtime | None = None) -> in
         _check_arguments(arguments)
         if runtime is None:
             load_cli_settings(arguments.settings)
+            use_running_devhost(settings_given=arguments.settings is not None)
             runtime = runtime_from_environment()
         document, renderables = _run(arguments, runtime)
     except CliError as exc:

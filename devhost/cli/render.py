@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from rich.console import Console, RenderableType
 
     from devhost.cli.commands import DataUpload, SentMessage
+    from devhost.cli.events import SentEvents
 
 _OUTCOME_STYLE = {
     "pass": "green",
@@ -354,7 +355,34 @@ def render_upload(upload: DataUpload) -> list[RenderableType]:
     ]
     lines.extend(f"  {escape(blob.url)}" for blob in upload.blobs)
     lines.extend(f"[yellow]note:[/] {escape(note)}" for note in upload.notes)
-    lines.append(f"the blob trigger picks them up; follow it with `status {escape(upload.model)}`")
+    lines.append(
+        f"the data container's Event Grid subscription picks them up; follow it with "
+        f"`status {escape(upload.model)}`"
+    )
+    return lines
+
+
+def render_sent_events(sent: SentEvents) -> list[RenderableType]:
+    from rich.markup import escape
+
+    lines: list[RenderableType] = []
+    if sent.uploaded:
+        lines.append(
+            f"[green]uploaded[/] {sent.uploaded} file(s) to {escape(sent.blobs[0].container)}"
+        )
+    lines.append(
+        f"[green]sent[/] {len(sent.blobs)} {escape(sent.format)} item(s) for {escape(sent.model)} "
+        f"in {sent.events} event(s) ({sent.sends} send(s)) on hub {escape(sent.hub)} "
+        f"({escape(sent.route)})"
+    )
+    shown = sent.blobs[:5]
+    lines.extend(f"  {escape(blob.url)}" for blob in shown)
+    if len(sent.blobs) > len(shown):
+        lines.append(f"  ... and {len(sent.blobs) - len(shown)} more (--json lists them all)")
+    lines.extend(f"[yellow]note:[/] {escape(note)}" for note in sent.notes)
+    lines.append(
+        f"the app's data_events function takes them; follow it with `status {escape(sent.model)}`"
+    )
     return lines
 
 

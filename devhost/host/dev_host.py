@@ -62,7 +62,7 @@ from devhost.host.pollers import (
     utc_now,
 )
 from devhost.host.settings import DevHostError, HostConfig
-from devhost.host.state_file import RUNNING, DevhostState, is_running, read_state, write_state
+from devhost.host.state_file import RUNNING, DevhostState, is_alive, read_state, write_state
 from devhost.host.storage import ensure_queue_client
 
 log = logging.getLogger("devhost")
@@ -229,6 +229,7 @@ class DevHost:
             if not self._started:
                 return
             self._stopping.set()
+            self._mark_stopped()  # first: a devhost starting meanwhile must not reuse ours
             for thread in self._threads:
                 thread.join(timeout=30)
             self._threads.clear()
@@ -245,7 +246,6 @@ class DevHost:
             if self._endpoint is not None:
                 self._endpoint.stop()  # only ends a server this host started
                 self._endpoint = None
-            self._mark_stopped()
             if self._azurite is not None:
                 self._azurite.stop()  # only ends an emulator this host started
                 self._azurite = None
@@ -298,9 +298,13 @@ class DevHost:
             return
         if current is None and _has_identity_storage(os.environ):
             return
-        recorded = self._previous_state.azurite if self._previous_state else None
-        location = self._state_file.parent / "azurite" if self._state_file else None
-        self._azurite = checkout_azurite(recorded, location)
+        previous = self._previous_state
+        location = self._state_file.parent.resolve() / "azurite" if self._state_file else None
+        self._azurite = checkout_azurite(
+            previous.azurite if previous else None,
+            location,
+            may_still_run=previous is not None and previous.status == RUNNING,
+        )
         self._set_environment(HOST_STORAGE, self._azurite.connection_string)
         for key, value in list(os.environ.items()):
             if key != HOST_STORAGE and _is_development_storage(value):
@@ -324,11 +328,11 @@ class DevHost:
             return
         self._previous_state = read_state(self._state_file)
         previous = self._previous_state
-        if previous is not None and previous.pid != os.getpid() and is_running(previous):
+        if previous is not None and previous.pid != os.getpid() and is_alive(previous):
             raise DevHostError(
                 f"a devhost already runs in this checkout (pid {previous.pid}, "
                 f"{previous.app_url}; {self._state_file}): stop it first, or give this one "
-                "another --state-dir"
+                "another --state-dir (if that process is no devhost, remove the file)"
             )
 
     def _current_state(self, status: str) -> DevhostState:

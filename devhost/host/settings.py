@@ -31,6 +31,22 @@ def load_local_settings(path: Path) -> dict[str, str]:
     return {str(key): str(value) for key, value in values.items()}
 
 
+def local_http_port(path: Path) -> int | None:
+    """`Host.LocalHttpPort` of local.settings.json (as `func start` reads it), if set."""
+    if not path.exists():
+        return None
+    try:
+        host = json.loads(path.read_text(encoding="utf-8")).get("Host") or {}
+    except json.JSONDecodeError as exc:
+        raise DevHostError(f"{path} is not valid JSON: {exc}") from exc
+    port = host.get("LocalHttpPort") if isinstance(host, dict) else None
+    if port is None:
+        return None
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise DevHostError(f"{path}: Host.LocalHttpPort must be a port number, not {port!r}")
+    return port
+
+
 def apply_settings(settings: Mapping[str, str]) -> None:
     """Export settings into the environment, as the host does with app settings.
 

@@ -324,6 +324,7 @@ def test_rollback_pause_resume_and_promote_now_name_the_promotion(make_runtime):
 def test_a_settings_error_is_bad_input(monkeypatch, capsys, tmp_path):
     monkeypatch.delenv("AzureWebJobsStorage", raising=False)
     monkeypatch.delenv("AzureWebJobsStorage__blobServiceUri", raising=False)
+    monkeypatch.setenv("RETRAIN_LOCAL_DIR", str(tmp_path))  # no devhost runs there
 
     assert main(["status", "churn"]) == 2
     assert "AzureWebJobsStorage" in capsys.readouterr().err

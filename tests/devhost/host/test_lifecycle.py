@@ -80,6 +80,7 @@ def start_cli(
     command = [
         sys.executable, "-m", "devhost", "--app", "tests.devhost.host.sample_app", "--port", "0",
         "--settings", str(settings), "--no-mlflow-ui", "--poll-interval", "0.1",
+        "--no-local-endpoint", "--state-dir", str(tmp_path / ".local"),
     ]  # fmt: skip
     process = subprocess.Popen(
         command, cwd=REPO_ROOT, env=environment, stdout=subprocess.PIPE,
