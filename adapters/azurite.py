@@ -93,20 +93,26 @@ def _die_with_parent() -> None:
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
-def start_azurite(location: Path | None = None, timeout: float = 30.0) -> Azurite:
-    """Start the pinned Azurite on free ports and wait until blob, queue and table answer."""
+def start_azurite(
+    location: Path | None = None,
+    timeout: float = 30.0,
+    ports: tuple[int, int, int] | None = None,
+) -> Azurite:
+    """Start the pinned Azurite on free ports (or these blob, queue and table `ports`) and wait
+    until blob, queue and table answer; AzuriteError when it does not come up (a port taken)."""
     owns_location = location is None
     location = Path(location or tempfile.mkdtemp(prefix="azurite-"))
     location.mkdir(parents=True, exist_ok=True)
+    blob_port, queue_port, table_port = ports or (0, 0, 0)
     command = [
         str(azurite_binary()),
         "--disableTelemetry",
         "--skipApiVersionCheck",
         "--loose",
         "--location", str(location),
-        "--blobHost", "127.0.0.1", "--blobPort", "0",
-        "--queueHost", "127.0.0.1", "--queuePort", "0",
-        "--tableHost", "127.0.0.1", "--tablePort", "0",
+        "--blobHost", "127.0.0.1", "--blobPort", str(blob_port),
+        "--queueHost", "127.0.0.1", "--queuePort", str(queue_port),
+        "--tableHost", "127.0.0.1", "--tablePort", str(table_port),
     ]  # fmt: skip
     process = subprocess.Popen(
         command,

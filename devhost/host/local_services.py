@@ -5,13 +5,8 @@ that another project may hold (docs/devhost.md, "What happens at start").
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
-import signal
 import socket
-import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
@@ -20,14 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-from adapters.azurite import (
-    DEV_ACCOUNT,
-    DEV_KEY,
-    Azurite,
-    azurite_binary,
-    running_azurite,
-    start_azurite,
-)
+from adapters.azurite import Azurite, AzuriteError, running_azurite, start_azurite
 from devhost.host.settings import DevHostError
 from devhost.host.state_file import AzuriteRecord, EndpointRecord
 
@@ -92,41 +80,14 @@ def _free(port: int) -> bool:
     return True
 
 
-def _die_with_parent() -> None:
-    with contextlib.suppress(Exception):  # Linux: SIGTERM when devhost exits, however it exits
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
-
-
-def _start_on_ports(
-    location: Path, ports: tuple[int, int, int], timeout: float = 30.0
-) -> Azurite | None:
-    """The pinned Azurite on these ports (adapters.azurite.start_azurite picks free ones);
-    None when it does not come up (a port taken meanwhile): its log is `<location>.log`."""
-    blob, queue, table = (f"http://127.0.0.1:{port}/{DEV_ACCOUNT}" for port in ports)
-    command = [
-        str(azurite_binary()), "--disableTelemetry", "--skipApiVersionCheck", "--loose",
-        "--location", str(location),
-        "--blobHost", "127.0.0.1", "--blobPort", str(ports[0]),
-        "--queueHost", "127.0.0.1", "--queuePort", str(ports[1]),
-        "--tableHost", "127.0.0.1", "--tablePort", str(ports[2]),
-    ]  # fmt: skip
-    location.mkdir(parents=True, exist_ok=True)
-    with location.with_suffix(".log").open("ab") as output:
-        process = subprocess.Popen(
-            command, stdout=output, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent
-        )
-    connection_string = (
-        f"DefaultEndpointsProtocol=http;AccountName={DEV_ACCOUNT};AccountKey={DEV_KEY};"
-        f"BlobEndpoint={blob};QueueEndpoint={queue};TableEndpoint={table};"
-    )
-    deadline = time.monotonic() + timeout
-    while process.poll() is None and time.monotonic() < deadline:
-        if running_azurite(connection_string) is not None:
-            return Azurite(blob, queue, table, process=process, location=location)
-        time.sleep(0.2)
-    process.kill()
-    process.wait(timeout=10)
-    return None
+def _start_on_ports(location: Path, ports: tuple[int, int, int]) -> Azurite | None:
+    """The pinned Azurite on these ports; None when it does not come up (a port taken
+    meanwhile)."""
+    try:
+        return start_azurite(location, ports=ports)
+    except AzuriteError as exc:
+        log.warning("Azurite did not start on %s: %s", ports, exc)
+        return None
 
 
 def azurite_record(azurite: Azurite) -> AzuriteRecord:
