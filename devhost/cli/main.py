@@ -129,7 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--reason", required=True)
     sub.add_argument("--as", dest="actor", metavar="WHO", help="who asks (default: cli:<user>)")
 
-    sub = add("promote-now", "skip the remaining canary steps: 100%% on the candidate")
+    sub = add(
+        "promote-now",
+        "skip the remaining canary steps: 100%% on the candidate; or complete a first "
+        "model's production bake that waits for traffic",
+    )
     sub.add_argument("promotion_id", metavar="PROMOTION_ID")
     sub.add_argument("--as", dest="actor", required=True, metavar="WHO")
     sub.add_argument("--reason", required=True)

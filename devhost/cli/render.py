@@ -192,6 +192,11 @@ def render_model(report: Mapping[str, Any]) -> list[RenderableType]:
             )
         if active.get("check_due_at"):
             tree.add(f"next check {_when(active['check_due_at'])}")
+        # Why a step waits: a canary step's samples, a first model's live traffic.
+        for waiting in (report.get("canary_samples"), report.get("waiting_for_traffic")):
+            if waiting:
+                tree.add(f"[yellow]{escape(waiting['summary'])}[/]")
+                tree.add(f"then: {escape(waiting['when_time_runs_out'])}")
         gates = active.get("gates") or []
         if gates:
             gate_branch = tree.add("gates")

@@ -106,3 +106,18 @@ def test_rollback_removes_the_first_model_after_its_extensions_and_nothing_serve
     assert w.audit.actions("churn").count("gate.extended") == 3
     [event] = w.events.of_type("promotion.rolled_back")
     assert event["nothing_serves"] is True
+
+
+def test_the_cli_says_what_a_first_model_waits_for() -> None:
+    from rich.console import Console
+
+    from devhost.cli.render import render_model
+
+    w = first_model(None, requests=2)
+    w.run(until=lambda: checks_short(w) >= 1)
+    console = Console(record=True, width=200)
+    for part in render_model(w.runtime.queries.model_status("churn")):
+        console.print(part)
+    text = console.export_text()
+    assert f"2 of {NEEDED} requests on churn-v1" in text
+    assert "then: " in text and "keeps waiting" in text
