@@ -47,6 +47,7 @@ def data_blob_created(event: func.EventGridEvent) -> None:
     dead-lettered; a blob under no model's prefix is logged once and ignored. A failure to
     record it raises: Event Grid redelivers (then its own dead-letter destination)."""
     from orchestrator.bootstrap import get_runtime
+    from orchestrator.messages import InvalidMessage
     from triggers.payloads import BadPayload, NotData, blob_created, parse_grid_event
 
     runtime = get_runtime()
@@ -68,7 +69,12 @@ def data_blob_created(event: func.EventGridEvent) -> None:
         _log_once(found)
         return
     model, item = found
-    outcome = runtime.handlers.handle(data_landed(model, [item], "eventgrid"))
+    try:
+        outcome = runtime.handlers.handle(data_landed(model, [item], "eventgrid"))
+    except InvalidMessage as exc:  # refused by the service layer (e.g. its data policy)
+        body = json.dumps(document, default=str)
+        runtime.dead_letters.record("eventgrid", exc.reason, body, {"id": event.id})
+        return
     log.info("blob %s -> %s: %s", item.uri, model, outcome.status)
 
 

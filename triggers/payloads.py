@@ -16,18 +16,26 @@ blob its `subject` names. Anything else is a BadPayload (a dead letter) naming t
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import unquote
+from typing import Any, Literal
+from urllib.parse import quote, unquote
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from domain.data_location import DataAccount, DataBlob, DataLocationRefused, locate_data_uri
+from domain.data_location import (
+    DataAccount,
+    DataBlob,
+    DataLocationRefused,
+    locate_data_uri,
+    redact_uri,
+)
 from domain.policy import ModelPolicy
 from retrain.commands import DataItem
 
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
+log = logging.getLogger(__name__)
 
 
 class BadPayload(ValueError):
@@ -84,6 +92,34 @@ class RollbackBody(_Strict):
     """POST /api/promotions/{id}/rollback."""
 
     reason: str = Field(min_length=1, max_length=500)
+
+
+class ApprovalBody(_Strict):
+    """POST /api/promotions/{id}/approval: the step and version the person saw, so an answer
+    never applies to a later step or another candidate."""
+
+    decision: Literal["approve", "reject"]
+    step: str = Field(min_length=1, max_length=100)
+    candidate_version: str = Field(min_length=1, max_length=100)
+    comment: str = Field(default="", max_length=500)
+
+
+class PromoteNowBody(_Strict):
+    """POST /api/promotions/{id}/promote-now."""
+
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class PauseResumeBody(_Strict):
+    """POST /api/promotions/{id}/pause and /resume."""
+
+    reason: str = Field(default="", max_length=500)
+
+
+class SignInBody(_Strict):
+    """POST /api/dashboard/sign-in (local issuer only): who to mint a token for."""
+
+    name: str = Field(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")
 
 
 PROMOTION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"
@@ -224,17 +260,47 @@ def blob_created(
         return NotData(
             name, f"{event.data.api}: the file is not written yet (FlushWithClose is)", False
         )
-    found = [(p, policy_for_blob(policies, container, p)) for p in readings]
-    matched = [(p, policy) for p, policy in found if policy is not None]
-    if not matched:
-        known = sorted({f"{p.data.container}/{p.data.prefix}" for p in policies.values()})
-        return NotData(name, f"under no model's data prefix (watched: {', '.join(known)})", True)
-    policy = matched[0][1]
-    blob = _located(event.data.url, policy, data_account, "data.url")
-    names = [f"{container}/{p}" for p, _ in matched]
-    if blob.name not in names:
-        raise BadPayload(f"data.url: names {blob.name!r}, not the subject's blob {names[-1]!r}")
-    return policy.model, blob_item(blob.name, blob.uri, event.data.eTag, None)
+    url = event.data.url
+    policies_of = {reading: policy_for_blob(policies, container, reading) for reading in readings}
+    for reading in readings:
+        canonical = _event_url(url, container, reading)
+        if canonical is None:
+            continue  # the URL names another reading of the subject (or another blob)
+        policy = policies_of[reading]
+        if policy is None:
+            break
+        blob = _located(canonical, policy, data_account, "data.url")
+        return policy.model, blob_item(f"{container}/{reading}", blob.uri, event.data.eTag, None)
+    else:
+        if any(policies_of.values()):
+            raise BadPayload(f"data.url: {redact_uri(url)!r} is not the subject's blob {name!r}")
+    known = sorted({f"{p.data.container}/{p.data.prefix}" for p in policies.values()})
+    return NotData(name, f"under no model's data prefix (watched: {', '.join(known)})", True)
+
+
+def _event_url(url: str, container: str, path: str) -> str | None:
+    """An event's `url`, percent-encoded as the data policy reads URLs, when it names the blob
+    `container/path`; None when it names another. Event Grid may send the name unencoded
+    (spaces, '#', non-ASCII), and an account with a hierarchical namespace sends its `dfs`
+    endpoint: the blob endpoint is the same account's."""
+    scheme, separator, rest = url.partition("://")
+    host, _, raw_path = rest.partition("/")
+    if not separator or not host:
+        return None
+    host = host.replace(".dfs.core.windows.net", ".blob.core.windows.net")
+    wanted = f"{container}/{path}"
+    without_query, mark, query = raw_path.partition("?")
+    # A query is kept for the policy to refuse (a SAS token is named as such).
+    for candidate, suffix in ((raw_path, ""), (without_query, f"{mark}{query}")):
+        for decoded in dict.fromkeys([candidate, unquote(candidate)]):
+            if not decoded.endswith(wanted):
+                continue
+            account = decoded[: len(decoded) - len(wanted)]  # Azurite's "devstoreaccount1/"
+            if account and (not account.endswith("/") or "/" in account[:-1]):
+                continue
+            encoded = f"{quote(account)}{quote(container)}/{quote(path, safe='/')}"
+            return f"{scheme}://{host}/{encoded}{suffix}"
+    return None
 
 
 def parse_grid_event(entry: Mapping[str, Any]) -> EventGridEvent:
@@ -265,8 +331,9 @@ def parse_event(
         if "eventType" in entry:
             found = blob_created(parse_grid_event(entry), policies, data_account)
             if isinstance(found, NotData):
-                if found.unmatched:  # sent to our hub by name: kept as a dead letter
-                    raise BadPayload(f"{found.blob}: {found.reason}")
+                # As on the webhook: a subscription sends every blob of the container; one
+                # under no prefix (or not written yet) is no one's data, not a bad event.
+                log.info("blob %s ignored: %s", found.blob, found.reason)
                 continue
             items.append(found)
             continue

@@ -168,12 +168,10 @@ def test_a_data_ready_event_from_elsewhere_is_dead_lettered_with_the_reason(
     ("url", "subject", "says"),
     [
         (f"{ACCOUNT}/training-data/churn/other.csv", None, "not the subject's blob"),
-        (f"{ACCOUNT}/training-data/fraud/x.csv", None, "outside churn's data prefix"),
-        (
-            f"{ACCOUNT}/training-data/churn/x.csv",
-            "training-data/fraud/x.csv",
-            "outside fraud's data prefix",
-        ),
+        # A URL naming another blob than the subject is refused as such, whoever's data
+        # either is.
+        (f"{ACCOUNT}/training-data/fraud/x.csv", None, "not the subject's blob"),
+        (f"{ACCOUNT}/training-data/churn/x.csv", "training-data/fraud/x.csv", "not the subject"),
         ("https://evil.blob.core.windows.net/training-data/churn/2026-11-22.csv", None, "host"),
         (f"{GOOD}?{SAS}", None, "SAS token"),
         (GOOD.replace("https://", "http://"), None, "https only"),
@@ -198,6 +196,40 @@ def test_an_event_grid_event_naming_its_own_blob_is_kept(
     assert dead_letters.calls == []
     pending = runtime.ports.ledger.pending("churn")
     assert sorted(pending.sample) == sorted([GOOD, encoded])
+
+
+@pytest.mark.parametrize(
+    ("url", "subject_path", "kept"),
+    [
+        # Event Grid writes the name as the blob has it: spaces, '#', non-ASCII unencoded.
+        (f"{ACCOUNT}/training-data/churn/a b#1 café.csv", "churn/a b#1 café.csv", None),
+        # An account with a hierarchical namespace: FlushWithClose names the dfs endpoint.
+        (
+            "https://acct.dfs.core.windows.net/training-data/churn/lake.csv",
+            "churn/lake.csv",
+            f"{ACCOUNT}/training-data/churn/lake.csv",
+        ),
+    ],
+    ids=["unencoded name", "dfs endpoint"],
+)
+def test_an_event_grid_url_as_the_service_writes_it_is_kept(
+    runtime: Runtime, dead_letters: DeadLetterSpy, url: str, subject_path: str, kept: str | None
+) -> None:
+    event = func.EventGridEvent(
+        id="evt-1",
+        data={"api": "FlushWithClose", "url": url, "eTag": "0x8DE", "contentLength": 9},
+        topic="/subscriptions/s/resourceGroups/g/providers/Microsoft.Storage/storageAccounts/acct",
+        subject=f"/blobServices/default/containers/training-data/blobs/{subject_path}",
+        event_type="Microsoft.Storage.BlobCreated",
+        event_time=None,
+        data_version="",
+    )
+    with installed(runtime):
+        data_blob_created(event)
+    assert dead_letters.calls == []
+    [uri] = runtime.ports.ledger.pending("churn").sample
+    expected = kept or f"{ACCOUNT}/training-data/churn/a%20b%231%20caf%C3%A9.csv"
+    assert uri == expected  # encoded as the data policy reads URLs
 
 
 def test_the_event_grid_triggers_url_passes_the_same_check(
