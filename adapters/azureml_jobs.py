@@ -7,8 +7,9 @@ and only when a backend is built (the Functions app's cold start does not pay fo
 
 - submit: `load_job` the YAML, set the data input (`uri_file` for one file, `uri_folder`
   otherwise: one folder as is, several URIs -> their deepest common folder), the model
-  name, champion, run id and data URI inputs, name = run_id, the experiment and (when set)
-  the default compute, then `jobs.create_or_update`. A job of that name that already exists
+  name, champion, run id, data URI and column (label_column, feature_columns) inputs,
+  name = run_id, the experiment and (when set) the default compute, then
+  `jobs.create_or_update`. A job of that name that already exists
   is returned as is: submitting twice is a no-op.
 - status: `jobs.get`, every Azure ML job status mapped to ours (`STATUS_MAP`). A completed
   job's registered version comes from the tags the evaluate_register step sets (on the
@@ -37,6 +38,7 @@ from pipelines.contract import (
     REGISTERED_MODEL_TAG,
     REGISTERED_VERSION_TAG,
     RUN_ID_INPUT,
+    column_inputs,
     data_uris_text,
 )
 
@@ -172,7 +174,13 @@ class AzureMLTrainingBackend:
             raise TrainingBackendError(f"{path}: no pipeline input {request.data_input!r}")
         input_type, uri = data_input_for(request.data_uris)
         setattr(job.inputs, request.data_input, Input(type=input_type, path=uri))
-        values = {
+        try:
+            columns = column_inputs(
+                request.label_column, request.feature_columns, declared, str(path)
+            )
+        except ValueError as exc:
+            raise TrainingBackendError(str(exc)) from exc
+        values = columns | {
             MODEL_NAME_INPUT: request.model,
             CHAMPION_INPUT: request.champion_version or NO_CHAMPION,
             RUN_ID_INPUT: request.run_id,

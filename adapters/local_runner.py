@@ -9,6 +9,9 @@ thread, with MLFLOW_TRACKING_URI set. `python` in a command is this interpreter.
 
 The job's status lives in `work_dir/<run_id>/status.json`, so `status()` works from any
 process, and `submit` is idempotent per run id (the run folder is created exclusively).
+The policy's label and feature columns go to the pipeline's `label_column` and
+`feature_columns` inputs (pipelines/contract.py), and `_sources.json` beside the fetched data
+maps each file to its URI, so a file without a named column fails the job naming both.
 A step that exits non-zero fails the job with the tail of its stderr. A job whose runner
 process died is reported failed. `cancel` leaves a marker in the run folder (so it works from
 any process); the runner stops the running step and ends the job "canceled".
@@ -26,6 +29,7 @@ import threading
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import yaml
 
@@ -34,11 +38,13 @@ from orchestrator.ports import JobStatus, TrainingBackendError, TrainingRequest
 from orchestrator.settings import APP_ROOT
 from pipelines.contract import (
     CHAMPION_INPUT,
+    DATA_SOURCES_FILE,
     DATA_URIS_INPUT,
     MODEL_NAME_INPUT,
     NO_CHAMPION,
     REGISTRATION_OUTPUT,
     RUN_ID_INPUT,
+    column_inputs,
     data_uris_text,
 )
 
@@ -69,7 +75,8 @@ class LocalTrainingBackend:
         env: dict[str, str] | None = None,
     ) -> None:
         self.work_dir = Path(work_dir).resolve()
-        self.tracking_uri = tracking_uri
+        # The steps run in their component's folder: a relative store would be another one.
+        self.tracking_uri = absolute_tracking_uri(tracking_uri)
         self.fetch = fetch
         self.app_root = Path(app_root)
         self.python = python
@@ -197,12 +204,24 @@ class LocalTrainingBackend:
                 f"{plan.source}: the pipeline has no input {request.data_input!r} for the data"
             )
         values = dict(plan.inputs)
+        try:
+            columns = column_inputs(
+                request.label_column, request.feature_columns, set(plan.inputs), str(plan.source)
+            )
+        except ValueError as exc:
+            raise PipelineSpecError(str(exc)) from exc
         data_dir = run_dir / "inputs" / request.data_input
+        sources: dict[str, str] = {}
         for index, uri in enumerate(request.data_uris):
             # One folder per URI: two files with the same name never overwrite each other.
-            self.fetch(uri, data_dir / f"{index:05d}")
+            folder = data_dir / f"{index:05d}"
+            for path in self.fetch(uri, folder):
+                relative = Path(path).resolve().relative_to(folder.resolve()).as_posix()
+                sources[f"{folder.name}/{relative}"] = _source_of(uri, relative)
+        # The prepare step names a bad file by the URI it came from (pipelines/components).
+        (data_dir / DATA_SOURCES_FILE).write_text(json.dumps(sources, indent=2), encoding="utf-8")
         values[request.data_input] = data_dir
-        overrides = {
+        overrides = columns | {
             MODEL_NAME_INPUT: request.model,
             CHAMPION_INPUT: request.champion_version or NO_CHAMPION,
             RUN_ID_INPUT: request.run_id,
@@ -230,6 +249,9 @@ class LocalTrainingBackend:
             | self.env
             | {
                 "MLFLOW_TRACKING_URI": self.tracking_uri,
+                # The models register in the same store (mlflow.set_registry_uri in this
+                # process exports MLFLOW_REGISTRY_URI, which a step would otherwise inherit).
+                "MLFLOW_REGISTRY_URI": self.tracking_uri,
                 "RETRAIN_EXPERIMENT": request.experiment,
                 "RETRAIN_RUN_ID": request.run_id,
                 "PYTHONUNBUFFERED": "1",
@@ -442,6 +464,30 @@ def _command_argv(
     if argv and argv[0] in ("python", "python3"):
         argv[0] = python
     return argv
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """A relative local MLflow store (`sqlite:///.local/mlflow.db`, `mlruns`) made absolute
+    against this process's working directory, as this process's own MLflow client reads it."""
+    if uri.startswith("sqlite:///"):
+        path = uri.removeprefix("sqlite:///")
+        if path and not path.startswith("/") and not path.startswith(":memory:"):
+            return f"sqlite:///{Path(path).resolve()}"
+        return uri
+    if "://" not in uri and not uri.startswith("file:"):
+        return str(Path(uri).resolve())  # a plain folder path: MLflow's file store
+    return uri
+
+
+def _source_of(uri: str, relative: str) -> str:
+    """The URI a fetched file came from: `uri` itself when it names that file, else the file
+    under the folder `uri` names."""
+    parsed = urlparse(uri)
+    path = unquote(parsed.path) if parsed.scheme in ("http", "https", "file") else uri
+    path = path.replace("\\", "/").rstrip("/")
+    if path == relative or path.endswith("/" + relative):
+        return uri
+    return f"{uri.rstrip('/')}/{relative}"
 
 
 def _read_registration(folder: Path | None) -> dict[str, Any]:

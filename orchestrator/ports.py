@@ -9,6 +9,7 @@ the service layer (orchestrator/) imports only this module, never an adapter.
   TrainingBackend  adapters.azureml_jobs          adapters.local_runner
   OnlineEndpoint   adapters.azureml_endpoint      adapters.local_endpoint (endpoint_server)
   MetricsReader    adapters.mlflow_metrics        the same, on a SQLite MLflow store
+  LatencyReader    adapters.traffic_log_latency   (the local request log has latencies)
   ModelRegistry    adapters.mlflow_registry       the same
   EventPublisher   adapters.events (Event Hubs)   adapters.events (an Azurite queue)
   IdentityVerifier adapters.identity (Entra ID)   adapters.identity (adapters.local_issuer)
@@ -28,7 +29,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from domain.data_location import DataAccount
 from domain.metrics import LiveMetrics, OfflineMetrics
-from domain.policy import ModelPolicy
+from domain.policy import ColumnName, ModelPolicy
 from orchestrator.clock import Clock, utc_now
 from orchestrator.messages import Envelope
 from orchestrator.signing import MessageSigner
@@ -171,6 +172,17 @@ class ArmWindow(BaseModel):
     window_end: AwareDatetime
 
 
+class LatencyReader(Protocol):
+    """Request latencies of one deployment over a window, from where the platform records them
+    per request: Azure's data collector records none, the online endpoint's traffic log
+    (AmlOnlineEndpointTrafficLog in Log Analytics) does. Successful requests, oldest first,
+    evenly thinned to at most `limit`."""
+
+    def latencies(
+        self, endpoint: str, deployment: str, start: datetime, end: datetime, limit: int
+    ) -> list[float]: ...
+
+
 class ModelRegistry(Protocol):
     def tag(self, model: str, version: str, tags: dict[str, str]) -> None: ...
 
@@ -206,6 +218,9 @@ class TrainingRequest(BaseModel):
     compute: str | None = None  # None keeps the YAML's default compute
     champion_version: str | None = None  # the production model, evaluated on the same holdout
     tags: dict[str, str] = Field(default_factory=dict)
+    # The dataset's columns (the policy's data section): passed as the pipeline's inputs.
+    label_column: ColumnName = "label"
+    feature_columns: list[ColumnName] | None = None  # None: every column but the label
 
 
 class JobStatus(BaseModel):

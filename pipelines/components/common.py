@@ -18,6 +18,10 @@ HOLDOUT_FILE = "holdout.csv"
 DATA_INFO_FILE = "data.json"
 REGISTRATION_FILE = "registration.json"
 NO_CHAMPION = "none"
+ALL_FEATURES = "*"  # the feature_columns input that means "every column but the label"
+# Beside the data, where the runner knows them: {path relative to the input: its URI}, so an
+# error names the file the user sent (the local runner writes it; Azure ML mounts the data).
+SOURCES_FILE = "_sources.json"
 
 
 def csv_files(path: Path) -> list[Path]:
@@ -25,6 +29,19 @@ def csv_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
     return sorted(p for p in path.rglob("*.csv") if p.is_file())
+
+
+def source_names(path: Path, files: list[Path]) -> dict[Path, str]:
+    """How to name each file in a message: its URI when the runner recorded it, else its
+    path relative to the input."""
+    sources: dict[str, str] = {}
+    if path.is_dir() and (path / SOURCES_FILE).is_file():
+        sources = read_json(path / SOURCES_FILE)
+    names = {}
+    for file in files:
+        relative = _relative(file, path)
+        names[file] = sources.get(relative, relative)
+    return names
 
 
 def fingerprint(files: list[Path], root: Path) -> str:

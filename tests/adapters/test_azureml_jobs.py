@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -110,6 +111,45 @@ def test_submit_puts_the_pipeline_job(
     assert len(component_puts) == 3
     # The pipeline submission carries the user's Azure ML token.
     assert put.headers.get("x-azureml-token")
+
+
+def test_the_policys_columns_are_pipeline_inputs(
+    backend: AzureMLTrainingBackend, transport: RecordingTransport
+) -> None:
+    backend.submit(request())
+    inputs = job_puts(transport)[0].body["properties"]["inputs"]
+    assert inputs["label_column"] == {"value": "label", "jobInputType": "literal"}
+    assert inputs["feature_columns"] == {"value": "*", "jobInputType": "literal"}
+
+    backend.submit(
+        request(
+            run_id="wine-1", label_column="cultivar", feature_columns=["alcohol", "color intensity"]
+        )
+    )
+    body = job_puts(transport)[1].body["properties"]
+    assert body["inputs"]["label_column"]["value"] == "cultivar"
+    assert body["inputs"]["feature_columns"]["value"] == "alcohol,color intensity"
+    # The prepare step receives them from the pipeline's inputs.
+    prepare = body["jobs"]["prepare"]["inputs"]
+    assert prepare["label_column"]["value"] == "${{parent.inputs.label_column}}"
+    assert prepare["feature_columns"]["value"] == "${{parent.inputs.feature_columns}}"
+
+
+def test_a_pipeline_without_column_inputs_refuses_another_label(
+    backend: AzureMLTrainingBackend, transport: RecordingTransport, tmp_path: Path
+) -> None:
+    pipeline = tmp_path / "pipeline.yml"
+    text = (APP_ROOT / PIPELINE).read_text(encoding="utf-8")
+    text = text.replace("  label_column: label\n", "").replace(
+        "      label_column: ${{parent.inputs.label_column}}\n", ""
+    )
+    components = APP_ROOT / "pipelines" / "azureml" / "components"
+    pipeline.write_text(text.replace("./components/", f"{components}/"))
+    with pytest.raises(TrainingBackendError, match=r"no input 'label_column'.*'cultivar'"):
+        backend.submit(request(pipeline_file=str(pipeline), label_column="cultivar"))
+    assert job_puts(transport) == []
+    backend.submit(request(pipeline_file=str(pipeline)))  # the default label: as before
+    assert "label_column" not in job_puts(transport)[0].body["properties"]["inputs"]
 
 
 def test_one_file_is_a_uri_file_input(

@@ -132,8 +132,128 @@ def test_a_failing_step_fails_the_job_with_its_stderr_tail(
     assert status.state == "failed"
     assert status.error is not None
     assert status.error.startswith("step prepare failed (exit code 2)")
-    assert "label column 'label' missing" in status.error
+    assert f"{data}: label column 'label' missing; its columns are ['x', 'y']" in status.error
     assert status.service_status == "prepare"
+
+
+@pytest.fixture
+def wine(tmp_path: Path) -> Path:
+    """scikit-learn's wine data (three cultivars), its target named `cultivar`, with a text
+    column `note` that is not a feature."""
+    from sklearn.datasets import load_wine
+
+    frame = load_wine(as_frame=True).frame.rename(columns={"target": "cultivar"})
+    frame.insert(0, "note", [f"bottle {n}" for n in range(len(frame))])
+    path = tmp_path / "wine" / "wine.csv"
+    path.parent.mkdir()
+    frame.to_csv(path, index=False)
+    return path
+
+
+WINE_FEATURES = ["alcohol", "malic_acid", "color_intensity", "proline", "flavanoids"]
+
+
+@pytest.mark.slow
+def test_trains_on_the_named_label_and_feature_columns(
+    tmp_path: Path, wine: Path, tracking_uri: str
+) -> None:
+    from mlflow import MlflowClient
+
+    backend = LocalTrainingBackend(tmp_path / "work", tracking_uri)
+    job = request(
+        "wine-1",
+        [wine.as_uri()],
+        model="wine",
+        label_column="cultivar",
+        feature_columns=WINE_FEATURES,
+    )
+    backend.submit(job)
+    status = backend.join(job.run_id, timeout=240)
+    assert status.state == "completed", status.error
+    assert (status.registered_model, status.registered_version) == ("wine", "1")
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    prepared = json.loads(
+        (tmp_path / "work" / "wine-1" / "jobs" / "prepare" / "train_data" / "data.json").read_text()
+    )
+    assert prepared["label_column"] == "cultivar" and prepared["features"] == WINE_FEATURES
+    version = client.get_model_version("wine", "1")
+    run = client.get_run(version.run_id)
+    assert run.data.metrics["accuracy"] > 0.8 and run.data.metrics["auc"] > 0.9  # 3 classes
+    train_run = client.get_run(version.tags["train_mlflow_run_id"])
+    assert train_run.data.params["features"] == str(len(WINE_FEATURES))
+    # The registered model takes the named features only (the text column is not one).
+    import mlflow
+
+    with mlflow_store(tracking_uri):
+        model = mlflow.pyfunc.load_model("models:/wine/1")
+    assert model.metadata.get_input_schema().input_names() == WINE_FEATURES
+
+
+def failed_prepare(backend: LocalTrainingBackend, job: TrainingRequest) -> str:
+    backend.submit(job)
+    status = backend.join(job.run_id, timeout=120)
+    assert status.state == "failed" and status.service_status == "prepare", status
+    assert status.error is not None and status.error.startswith("step prepare failed")
+    return status.error
+
+
+def test_a_csv_without_the_label_column_fails_naming_it_and_the_file(
+    tmp_path: Path, wine: Path, tracking_uri: str
+) -> None:
+    backend = LocalTrainingBackend(tmp_path / "work", tracking_uri)
+    folder = wine.parent.as_uri() + "/"
+    error = failed_prepare(backend, request("nolabel-1", [folder], label_column="quality"))
+    assert f"{folder}wine.csv: label column 'quality' missing" in error
+
+
+def test_a_missing_feature_column_fails_naming_it_and_the_file(
+    tmp_path: Path, wine: Path, tracking_uri: str
+) -> None:
+    backend = LocalTrainingBackend(tmp_path / "work", tracking_uri)
+    job = request(
+        "nofeature-1",
+        [str(wine)],
+        label_column="cultivar",
+        feature_columns=["alcohol", "sweetness"],
+    )
+    error = failed_prepare(backend, job)
+    assert f"{wine}: feature column 'sweetness' missing" in error
+
+
+def test_a_non_numeric_feature_fails_naming_it_the_file_and_the_line(
+    tmp_path: Path, wine: Path, tracking_uri: str
+) -> None:
+    backend = LocalTrainingBackend(tmp_path / "work", tracking_uri)
+    # Every column but the label is a feature by default: the text column `note` too.
+    error = failed_prepare(backend, request("text-1", [str(wine)], label_column="cultivar"))
+    assert f"{wine}: feature column 'note' is not numeric (line 2: 'bottle 0')" in error
+
+
+def test_files_with_different_columns_fail_naming_both(
+    tmp_path: Path, breast_cancer: tuple[Path, Path], tracking_uri: str
+) -> None:
+    first, second = breast_cancer
+    (first.parent / "extra.csv").write_text("label,zeta\n1,2\n")
+    backend = LocalTrainingBackend(tmp_path / "work", tracking_uri)
+    error = failed_prepare(backend, request("mixed-1", [str(first.parent), str(second)]))
+    assert "extra.csv: its feature columns differ from" in error and "extra ['zeta']" in error
+
+
+def test_a_pipeline_without_a_label_input_refuses_another_label(
+    tmp_path: Path, tracking_uri: str
+) -> None:
+    pipeline = hanging_pipeline(tmp_path / "pipe")  # declares training_data only
+    data = tmp_path / "data.csv"
+    data.write_text("quality\n1\n")
+    backend = LocalTrainingBackend(tmp_path / "work", tracking_uri)
+    backend.submit(
+        request("nolabelinput-1", [str(data)], pipeline_file=str(pipeline), label_column="quality")
+    )
+    status = backend.join("nolabelinput-1", timeout=30)
+    assert status.state == "failed"
+    assert "no input 'label_column'" in (status.error or "")
+    assert "'quality'" in (status.error or "")
 
 
 def test_missing_data_fails_the_job(tmp_path: Path, tracking_uri: str) -> None:
@@ -183,6 +303,18 @@ def test_command_substitution() -> None:
         command, {"data": Path("/d"), "name": "n", "champion": "3"}, {"out": out}, "py"
     )
     assert argv[-4:] == ["--champion", "3", "--out", str(out)]
+
+
+def test_a_relative_mlflow_store_is_the_one_this_process_sees(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The steps run in their component's folder, where a relative store would be another one.
+    monkeypatch.chdir(tmp_path)
+    backend = LocalTrainingBackend(tmp_path / "work", "sqlite:///.local/mlflow.db")
+    assert backend.tracking_uri == f"sqlite:///{tmp_path}/.local/mlflow.db"
+    assert LocalTrainingBackend("w", "mlruns").tracking_uri == str(tmp_path / "mlruns")
+    for absolute in ("sqlite:////data/mlflow.db", "http://127.0.0.1:5000", "azureml://x/mlflow"):
+        assert LocalTrainingBackend("w", absolute).tracking_uri == absolute
 
 
 def test_pid_liveness_uses_this_process() -> None:

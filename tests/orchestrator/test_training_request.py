@@ -35,3 +35,20 @@ def test_training_request_from_the_effect_and_the_policy() -> None:
         policy(compute="gpu", experiment="x"), effect, ["a"], default_compute="cpu"
     )
     assert (named.compute, named.experiment) == ("gpu", "x")
+
+
+def test_the_request_carries_the_policys_columns() -> None:
+    effect = SubmitTrainingJob(
+        run_id="wine-w1", manifest="wine-w1", data_count=1, data_sample=["a"], reason="window"
+    )
+    default = training_request(policy(), effect, ["a"])
+    assert (default.label_column, default.feature_columns) == ("label", None)
+    named = ModelPolicy.model_validate(
+        {
+            "model": "wine",
+            "endpoint": "wine-ep",
+            "data": {"container": "data", "label_column": "cultivar", "feature_columns": ["x"]},
+        }
+    )
+    request = training_request(named, effect, ["a"])
+    assert (request.label_column, request.feature_columns) == ("cultivar", ["x"])
