@@ -103,7 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
 
     def add(name: str, help_text: str) -> argparse.ArgumentParser:
-        return commands.add_parser(name, help=help_text, description=help_text, parents=[common])
+        # `help` is %-formatted by argparse, `description` is printed as it is.
+        return commands.add_parser(
+            name, help=help_text, description=help_text.replace("%%", "%"), parents=[common]
+        )
 
     for decision in ("approve", "reject"):
         sub = add(
