@@ -19,6 +19,7 @@ so two replays cannot both send it; the record is kept, marked, for the record.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -51,6 +52,16 @@ def redact_token(text: str) -> str:
     return json.dumps(document | {"auth": REDACTED})
 
 
+_REASON_KIND = re.compile(r"^[A-Za-z][A-Za-z_. ]{0,47}$")
+
+
+def reason_kind(reason: str) -> str:
+    """The reason's lead (before its first ':', e.g. `data.url`, `body is not JSON`) when it
+    is a plain phrase, else `other`: a metric's values stay few, and never carry data."""
+    lead = reason.split(":", 1)[0].strip()
+    return lead if ":" in reason and _REASON_KIND.match(lead) else "other"
+
+
 class BlobDeadLetters:
     def __init__(self, container: ContainerClient) -> None:
         self._container = container
@@ -72,9 +83,7 @@ class BlobDeadLetters:
         if len(text) > MAX_BODY:  # kept for diagnosis; a replay of it is refused
             document["body_truncated"] = len(text)
         self._container.upload_blob(name, json.dumps(document, default=str).encode())
-        # The reason's lead (before its first ':'), so the metric's values stay few.
-        kind = redact_text(reason).split(":", 1)[0].strip()[:60]
-        telemetry.count("dead_letters", source=source, reason=kind)
+        telemetry.count("dead_letters", source=source, reason=reason_kind(reason))
         return name
 
     def read(self, source: str | None = None) -> list[dict[str, Any]]:

@@ -77,7 +77,7 @@ class StorageQueueBus:
         return self._queue.queue_name
 
     def send(self, envelope: Envelope) -> None:
-        self._queue.send_message(encode_body(envelope.model_dump(mode="json")))
+        self._queue.send_message(encode_body(envelope.to_document()))
 
     def send_raw(self, body: bytes, message_id: str) -> None:
         """A body exactly as given (a replayed dead letter); a storage queue keeps no id."""
@@ -85,7 +85,7 @@ class StorageQueueBus:
 
     def schedule(self, envelope: Envelope, at: datetime) -> ScheduledHandle:
         delay = at - self._clock()
-        document: dict[str, Any] = envelope.model_dump(mode="json")
+        document: dict[str, Any] = envelope.to_document()
         if delay > self._max_visibility:
             document = _wrap(envelope.to_bytes(), deliver_at=at.isoformat())
         limit = int(self._max_visibility.total_seconds())

@@ -128,7 +128,7 @@ class MessageHandlers:
         with telemetry.span(
             f"handle {envelope.type}",
             envelope.traceparent or loaded[0].change_trace,
-            links=[sender_trace],
+            links=[sender_trace] if sender_trace != envelope.traceparent else [],
             **{
                 "retrain.model": envelope.model,
                 "retrain.message_type": envelope.type,

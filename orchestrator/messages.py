@@ -77,7 +77,15 @@ class Envelope(BaseModel):
         return self.to_json().encode()
 
     def to_json(self) -> str:
-        return self.model_dump_json(exclude=_UNSET_OPTIONAL if self.traceparent is None else None)
+        return self.model_dump_json(exclude=self._unset())
+
+    def to_document(self) -> dict[str, Any]:
+        """The envelope as JSON values, without the optional fields left unset: an instance
+        still on the previous version (extra fields forbidden) reads it during a deploy."""
+        return self.model_dump(mode="json", exclude=self._unset())
+
+    def _unset(self) -> set[str] | None:
+        return _UNSET_OPTIONAL if self.traceparent is None else None
 
     def payload_as(self, payload_type: type[PayloadT]) -> PayloadT:
         """The payload as `payload_type`, strictly: no coercion of strings to numbers or

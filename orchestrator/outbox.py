@@ -258,7 +258,11 @@ class Outbox:
             time=self.ports.clock(),
         )
         traceparent = telemetry.current_traceparent() or trace
-        envelope = signer.sign(envelope.model_copy(update={"traceparent": traceparent}))
+        if traceparent is not None and telemetry.TRACEPARENT.match(traceparent):
+            # model_copy skips validation: only a well-formed context goes in (a receiver's
+            # strict parsing would refuse the whole message).
+            envelope = envelope.model_copy(update={"traceparent": traceparent})
+        envelope = signer.sign(envelope)
         if effect.not_before is not None and effect.not_before > self.ports.clock():
             self.ports.bus.schedule(envelope, effect.not_before)
         else:

@@ -69,3 +69,7 @@ def test_each_record_is_counted_by_source_and_the_lead_of_its_reason(
     records.record(source, "body is not JSON: Expecting value", "")
     assert counter("retrain.dead_letters", source=source, reason="data.url") == 2
     assert counter("retrain.dead_letters", source=source, reason="body is not JSON") == 1
+    # A lead that carries data (a blob name) or no ':' at all: "other", never the data.
+    records.record(source, "training-data/x 1.csv: under no model's data prefix", "{}")
+    records.record(source, "subject 'x' does not name a blob", "{}")
+    assert counter("retrain.dead_letters", source=source, reason="other") == 2

@@ -105,3 +105,24 @@ def test_payload_validation_names_the_field():
         envelope.payload_as(StepPayload)
     ok = Envelope.new("GateCheck", "churn", {"step": "s", "attempt": 2})
     assert ok.payload_as(StepPayload) == StepPayload(step="s", attempt=2)
+
+
+def test_an_envelope_without_a_trace_is_written_and_signed_as_before() -> None:
+    """The trace context is left out of the bytes and the MAC when unset: an instance still
+    on the previous version (extra fields forbidden) reads it, and a message it signed before
+    the field existed still verifies."""
+    from orchestrator.signing import MessageSigner
+
+    plain = Envelope.new("GateCheck", "churn", {"promotion_id": "p"}, message_id="m-1")
+    assert "traceparent" not in plain.to_document()
+    assert "traceparent" not in json.loads(plain.to_bytes())
+    traced = plain.model_copy(
+        update={"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    )
+    assert traced.to_document()["traceparent"] == traced.traceparent
+    signer = MessageSigner(b"k" * 32)
+    signed = signer.sign(plain)
+    assert signer.verify(signed) is None
+    # The trace is covered by the MAC when set: changing it breaks the signature.
+    assert signer.verify(signer.sign(traced)) is None
+    assert signer.verify(signed.model_copy(update={"traceparent": traced.traceparent}))
