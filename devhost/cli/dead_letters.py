@@ -19,6 +19,7 @@ fails. A person's command cannot be replayed: its token was not kept (send it ag
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,7 +32,10 @@ if TYPE_CHECKING:
 
     from orchestrator.bootstrap import Runtime
 
-SOURCES = ("records", "poison-queues", "service-bus")
+SOURCES = ("records", "poison-queues", "service-bus", "event-grid")
+# Where an Event Grid subscription dead-letters what it could not deliver (infra/storage.bicep;
+# devhost's emulated subscription writes there too).
+EVENT_GRID_DEAD_LETTERS = "eventgrid-dead-letters"
 LIST_LIMIT = 100  # per queue: Service Bus peeks this many, a storage queue at most 32
 
 
@@ -196,7 +200,46 @@ def _service_bus(runtime: Runtime) -> list[DeadLetterView]:
     return views
 
 
-_LISTERS = {"records": _records, "poison-queues": _poison_queues, "service-bus": _service_bus}
+def _event_grid(runtime: Runtime) -> list[DeadLetterView]:
+    """Event Grid's own dead letters: each blob a JSON array of events (devhost: one event),
+    each with `deadLetterReason`. Not replayable: upload the blob again, or `send-event`."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    container = runtime.blob_service.get_container_client(EVENT_GRID_DEAD_LETTERS)
+    views = []
+    try:
+        blobs = list(container.list_blobs())
+    except ResourceNotFoundError:
+        return []
+    for blob in blobs[:LIST_LIMIT]:
+        try:
+            document = json.loads(container.download_blob(blob.name).readall())
+        except ValueError:
+            document = [{"deadLetterReason": "unreadable dead-letter blob"}]
+        for index, event in enumerate(document if isinstance(document, list) else [document]):
+            if not isinstance(event, dict):
+                continue
+            views.append(
+                DeadLetterView(
+                    id=f"event-grid:{blob.name}:{index}",
+                    source="event-grid",
+                    origin="eventgrid",
+                    reason=str(event.get("deadLetterReason", "")),
+                    description=str(event.get("lastDeliveryOutcome", "")),
+                    dead_lettered_at=blob.last_modified.isoformat() if blob.last_modified else None,
+                    body=json.dumps(event)[:4000],
+                    properties={"attempts": event.get("deliveryAttempts")},
+                )
+            )
+    return views
+
+
+_LISTERS = {
+    "records": _records,
+    "poison-queues": _poison_queues,
+    "service-bus": _service_bus,
+    "event-grid": _event_grid,
+}
 
 
 # --------------------------------------------------------------------------- replay

@@ -37,7 +37,18 @@ def explicit_storage(environ: MutableMapping[str, str]) -> bool:
 
 
 def local_dir(environ: MutableMapping[str, str]) -> Path:
-    return Path(environ.get("RETRAIN_LOCAL_DIR") or ".local")
+    """Where devhost keeps its state, as devhost itself decides it (devhost/host/main.py
+    `state_dir`): RETRAIN_LOCAL_DIR of the environment, else of ./local.settings.json, else
+    .local."""
+    from devhost.host.settings import DevHostError, load_local_settings
+
+    if environ.get("RETRAIN_LOCAL_DIR"):
+        return Path(environ["RETRAIN_LOCAL_DIR"])
+    try:
+        settings = load_local_settings(Path("local.settings.json"))
+    except DevHostError:
+        settings = {}
+    return Path(settings.get("RETRAIN_LOCAL_DIR") or ".local")
 
 
 def use_running_devhost(

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
 PROG = "python -m devhost.cli"
 EVENT_FORMATS = ("event-grid", "data-ready")  # devhost/cli/events.py
-DEAD_LETTER_SOURCES = ("records", "poison-queues", "service-bus")  # devhost/cli/dead_letters.py
+DEAD_LETTER_SOURCES = ("records", "poison-queues", "service-bus", "event-grid")  # dead_letters.py
 DEFAULT_PAGE = 100  # as the HTTP API's
 MAX_PAGE = MAX_AUDIT_PAGE
 PIPED_WIDTH = 140

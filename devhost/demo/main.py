@@ -1,7 +1,8 @@
 """`make demo`: the whole loop on one machine, no Azure subscription.
 
-The entry point of `python -m devhost.demo [--output demo-output] [--no-mlflow-ui]`; the demo
-itself is devhost/demo/story.py.
+The entry point of `python -m devhost.demo [--output demo-output] [--no-mlflow-ui]
+[--approve-in-dashboard] [--keep-open]`; the demo itself is devhost/demo/story.py. It prints
+the app's live dashboard at start (docs/dashboard.md).
 """
 
 from __future__ import annotations
@@ -18,10 +19,25 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, default=REPO / "demo-output")
     parser.add_argument("--no-mlflow-ui", action="store_true")
+    parser.add_argument(
+        "--approve-in-dashboard",
+        action="store_true",
+        help="wait for a person to approve each candidate in the dashboard (30 min per chapter)",
+    )
+    parser.add_argument(
+        "--keep-open",
+        action="store_true",
+        help="keep the app and its dashboard up after the story, until Ctrl-C",
+    )
     arguments = parser.parse_args(argv)
     options = DemoOptions(
-        output_dir=arguments.output.resolve(), mlflow_ui=not arguments.no_mlflow_ui
+        output_dir=arguments.output.resolve(),
+        mlflow_ui=not arguments.no_mlflow_ui,
+        approve_in_dashboard=arguments.approve_in_dashboard,
+        keep_open=arguments.keep_open,
     )
+    if arguments.approve_in_dashboard:
+        options.phase_timeout = 1800.0  # a person reads the evidence before answering
     result = run_demo(options)
     console = options.console
     console.print()
@@ -37,4 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"The demo took {result.seconds:.0f} s.")
     if result.mlflow_url:
         console.print(f"MLflow UI was at {result.mlflow_url}; it stopped with the demo.")
+    if result.dashboard_url:
+        console.print(
+            f"The dashboard was at {result.dashboard_url}; it stopped with the demo.",
+            soft_wrap=True,
+        )
     return 0

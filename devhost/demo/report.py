@@ -1,11 +1,12 @@
 """The demo's report: each promotion's timeline (traffic on the candidate, the canary gates'
-accuracy per arm) as a picture, and an HTML page with the audit trails and where to look in
-MLflow."""
+accuracy per arm) as a picture, and an HTML page with the audit trails, a link to the app's
+live dashboard and where to look in MLflow."""
 
 from __future__ import annotations
 
 import json
 from datetime import datetime
+from html import escape as html_escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,12 +51,28 @@ def timeline(promotion: dict[str, Any]) -> dict[str, list[Any]]:
     }
 
 
+def dashboard_section(dashboard_url: str | None) -> str:
+    """A link to the app's live dashboard (docs/dashboard.md): live while the demo ran, and
+    after it with `--keep-open`."""
+    if not dashboard_url:
+        return ""
+    link = html_escape(dashboard_url)
+    return (
+        "<h2>Dashboard</h2>"
+        f"<p><a href='{link}'>{link}</a>: the app's live view of every promotion above "
+        "(traffic over time, gate evidence, approvals, the audit trail), served while the demo "
+        "ran; run <code>python -m devhost.demo --keep-open</code> to keep it up afterwards.</p>"
+    )
+
+
 def write_report(
     output_dir: Path,
     phases: list[PhaseResult],
     promotions: dict[str, dict[str, Any]],
     final: dict[str, Any],
     mlflow_url: str | None,
+    *,
+    dashboard_url: str | None = None,
 ) -> tuple[Path, Path]:
     import matplotlib
 
@@ -128,7 +145,8 @@ def write_report(
         f"<h2>Promotions</h2><table><tr><th>phase</th><th>version</th><th>outcome</th>"
         f"<th>promotion</th><th>took</th></tr>{rows}</table>"
         f"<h2>Audit trails</h2>{audits}"
-        "<h2>Where to look in MLflow</h2><ul>"
+        + dashboard_section(dashboard_url)
+        + "<h2>Where to look in MLflow</h2><ul>"
         f"<li>UI: {mlflow_url or ui_command}</li>"
         "<li>Experiment <b>breast-cancer-retrain</b>: one run per pipeline step; the "
         "evaluate_register run has auc/accuracy and champion_auc/champion_accuracy on the "

@@ -28,6 +28,10 @@ class DemoOptions:
     traffic_threads: int = 3
     phase_timeout: float = 300.0
     console: Console = field(default_factory=Console)
+    # A person approves from the dashboard instead of the story (docs/dashboard.md).
+    approve_in_dashboard: bool = False
+    # After the story: the app (and its dashboard) stays up until Ctrl-C.
+    keep_open: bool = False
 
 
 @dataclass
@@ -50,14 +54,22 @@ class DemoResult:
     timeline_png: Path
     mlflow_url: str | None
     seconds: float
+    dashboard_url: str | None = None
 
 
 # ----------------------------------------------------------------------------- the story
 
 
 class Story:
-    def __init__(self, options: DemoOptions, runtime: Any, traffic: TrafficGenerator) -> None:
+    def __init__(
+        self,
+        options: DemoOptions,
+        runtime: Any,
+        traffic: TrafficGenerator,
+        dashboard_url: str | None = None,
+    ) -> None:
         self.options = options
+        self.dashboard_url = dashboard_url
         self.runtime = runtime
         self.traffic = traffic
         self.phase = "starting"
@@ -87,6 +99,12 @@ class Story:
         if not active or active["status"] != "awaiting_approval" or active["id"] in self.approved:
             return
         self.approved.add(active["id"])
+        if self.options.approve_in_dashboard:
+            self.say(
+                f"v{active['candidate_version']} awaits approval: approve or reject it in the "
+                f"dashboard, signed in as {APPROVER} ({self.dashboard_url})"
+            )
+            return
         send_approval(
             self.runtime,
             active["id"],
@@ -265,10 +283,15 @@ def run_demo(options: DemoOptions) -> DemoResult:
         host.start()
         runtime = get_runtime()
         console.print(f"Functions app: {host.http_url} (key in {local / 'function-key'})")
+        dashboard_url = f"{host.http_url}/dashboard?code={host.function_key}"
+        # soft_wrap: the URL stays one line to copy, whatever the console's width.
+        console.print(
+            f"[bold]Dashboard (live while the demo runs):[/bold] {dashboard_url}", soft_wrap=True
+        )
         if host.mlflow_url:
             console.print(f"MLflow UI: {host.mlflow_url}")
         traffic.start()
-        story = Story(options, runtime, traffic)
+        story = Story(options, runtime, traffic, dashboard_url)
         live = Live(console=console, refresh_per_second=4) if console.is_terminal else None
         if live is not None:
             live.start()
@@ -306,12 +329,25 @@ def run_demo(options: DemoOptions) -> DemoResult:
             endpoint_traffic = client.traffic()
         traffic_stats = traffic.snapshot()
         mlflow_url = host.mlflow_url
+        png, html = write_report(
+            options.output_dir, phases, promotions, final, mlflow_url, dashboard_url=dashboard_url
+        )
+        if options.keep_open:
+            traffic.stop()
+            console.print(f"Report: {html}")
+            console.print(
+                f"The dashboard stays live at {dashboard_url}: Ctrl-C to stop.", soft_wrap=True
+            )
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
     finally:
         traffic.stop()
         host.stop()
         endpoint.stop()
         set_runtime(None)
-    png, html = write_report(options.output_dir, phases, promotions, final, mlflow_url)
     return DemoResult(
         phases=phases,
         final_status=final,
@@ -322,4 +358,5 @@ def run_demo(options: DemoOptions) -> DemoResult:
         timeline_png=png,
         mlflow_url=mlflow_url,
         seconds=time.monotonic() - began,
+        dashboard_url=dashboard_url,
     )

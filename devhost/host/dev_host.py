@@ -9,6 +9,7 @@ See docs/devhost.md for how each trigger is mapped locally.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
@@ -17,6 +18,7 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import ModuleType, TracebackType
+from typing import IO
 
 import azure.functions as func
 import uvicorn
@@ -123,6 +125,7 @@ class DevHost:
         self._settings_file = Path(settings_file).resolve() if settings_file else None
         self._use_local_endpoint = local_endpoint
         self._previous_state: DevhostState | None = None
+        self._state_lock: IO[str] | None = None  # held while running (one devhost per file)
         self._endpoint: EndpointServer | None = None
         self._state_written = False
 
@@ -251,6 +254,9 @@ class DevHost:
                 self._azurite = None
             self._restore_environment()
             self._started = False
+            if self._state_lock is not None:  # released last: the record says stopped
+                self._state_lock.close()
+                self._state_lock = None
 
     def wait(self) -> None:
         """Block until stop() is called (the CLI's main loop; Ctrl-C interrupts it)."""
@@ -323,9 +329,22 @@ class DevHost:
     # --- the state file -----------------------------------------------------------------------
 
     def _check_not_running(self) -> None:
-        """One devhost per state file: a second would take over the first one's record."""
+        """One devhost per state file: a second would take over the first one's record. An
+        exclusive lock beside the file, held while this host runs, closes the gap between
+        the check and the record (two `make devhost` started together)."""
         if self._state_file is None:
             return
+        self._state_file.parent.mkdir(parents=True, exist_ok=True)
+        lock = self._state_file.with_suffix(".lock").open("a")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise DevHostError(
+                f"a devhost is starting or running in this checkout ({self._state_file}): "
+                "stop it first, or give this one another --state-dir"
+            ) from None
+        self._state_lock = lock
         self._previous_state = read_state(self._state_file)
         previous = self._previous_state
         if previous is not None and previous.pid != os.getpid() and is_alive(previous):

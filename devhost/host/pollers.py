@@ -44,7 +44,7 @@ log = logging.getLogger("devhost")
 
 HOSTS_CONTAINER = "azure-webjobs-hosts"
 BLOB_POISON_QUEUE = "webjobs-blobtrigger-poison"
-EVENT_GRID_DEAD_LETTERS = "eventgrid-deadletter"
+EVENT_GRID_DEAD_LETTERS = "eventgrid-dead-letters"  # as infra/storage.bicep names it
 # How long a received message stays hidden while the function runs (host.json functionTimeout).
 PROCESSING_VISIBILITY = timedelta(minutes=5)
 STORAGE_QUEUE_PAGE = 32
@@ -212,7 +212,7 @@ class EventGridBlobPoller(BlobTriggerPoller):
     setting DEVHOST_EVENT_GRID_SUBSCRIPTIONS), emulated by listing it: each new blob name + ETag
     is one event in the Event Grid schema, built from the listing (url, eTag, contentLength),
     the blob never read. A delivery that keeps failing is dead-lettered to the container
-    `eventgrid-deadletter`, as a subscription's storage dead-letter destination."""
+    `eventgrid-dead-letters`, as a subscription's storage dead-letter destination."""
 
     def _process(self, blob: BlobProperties) -> None:
         key = (blob.name, _plain_etag(blob.etag))

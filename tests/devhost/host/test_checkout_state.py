@@ -162,7 +162,7 @@ def test_two_checkouts_get_their_own_azurite_and_ports_and_the_cli_finds_them(
         cwd=REPO_ROOT, env=environment(), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert again.returncode == 2
-    assert "a devhost already runs in this checkout" in again.stdout + again.stderr
+    assert "a devhost is starting or running in this checkout" in again.stdout + again.stderr
     assert read_state(state_path(first / ".local")) == a
 
     stop(processes[0])

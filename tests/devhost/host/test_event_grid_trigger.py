@@ -1,7 +1,7 @@
 """Event Grid triggers under devhost: its emulated BlobCreated subscription delivers one event
 per blob name + ETag in the Event Grid schema (url, eTag, contentLength from the listing, the
 blob never read), keeps receipts across restarts, and dead-letters a delivery that keeps
-failing to `eventgrid-deadletter`, as a subscription's storage destination does."""
+failing to `eventgrid-dead-letters`, as a subscription's storage destination does."""
 
 from __future__ import annotations
 
@@ -96,6 +96,18 @@ def test_a_delivery_that_keeps_failing_is_dead_lettered(
     assert record["deadLetterReason"] == "MaxDeliveryAttemptsExceeded"
     assert record["deliveryAttempts"] == 5
     assert "cannot take this one" in record["lastDeliveryOutcome"]
+
+    # The CLI lists it with every other dead letter.
+    from devhost.cli.dead_letters import list_dead_letters
+    from orchestrator.bootstrap import bootstrap
+    from orchestrator.settings import load_settings
+
+    runtime = bootstrap(load_settings(AzureWebJobsStorage=azurite.connection_string))
+    [listed] = [
+        view for view in list_dead_letters(runtime, "event-grid") if unique_name in view.body
+    ]
+    assert (listed.origin, listed.reason) == ("eventgrid", "MaxDeliveryAttemptsExceeded")
+    assert "cannot take this one" in listed.description and listed.replay_to is None
 
 
 def test_an_event_grid_trigger_without_a_subscription_is_a_clear_error(
