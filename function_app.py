@@ -12,7 +12,7 @@ import os
 
 import azure.functions as func
 
-from triggers import data, health, http_api, maintenance, messages
+from triggers import dashboard, data, health, http_api, maintenance, messages
 
 if os.environ.get("FUNCTIONS_WORKER_RUNTIME"):
     # Under a Functions host (Azure, func start, devhost): a missing or malformed setting
@@ -25,5 +25,5 @@ if os.environ.get("FUNCTIONS_WORKER_RUNTIME"):
     check_environment()
 
 app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
-for blueprint in (health.bp, http_api.bp, data.bp, messages.bp, maintenance.bp):
+for blueprint in (health.bp, http_api.bp, dashboard.bp, data.bp, messages.bp, maintenance.bp):
     app.register_functions(blueprint)

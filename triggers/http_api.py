@@ -3,6 +3,11 @@ GET /api/health. Bad input (a body, a query parameter, a continuation token): 40
 application/problem+json naming the field; an unknown model or promotion: 404. Handlers run
 synchronously; long work is started, never awaited.
 
+A person's commands (approval, pause, resume, promote-now; rollback too when it carries one)
+take the person's bearer token (`Authorization: Bearer`), verified as on a queue
+(orchestrator/people.py): none is a 401, a refused one a 403, audited; the dashboard
+(triggers/dashboard.py) sends them.
+
 Reads are bounded: GET /api/models/{model} is a summary (counts and samples, never the data
 keys); runs and audit are pages (`?limit=` 1..1000, default 100, oldest first), the next
 page's token in the body (`continuation`, `next`) and the headers (`x-ms-continuation`,
@@ -283,6 +288,14 @@ def rollback(req: func.HttpRequest) -> func.HttpResponse:
     if found is None:
         return problem(404, "Unknown promotion", f"promotion_id: {promotion_id!r} not found")
     model, _ = found
+    token = bearer_token(req)
+    if token is not None:
+        # A person's token (the dashboard): verified and audited as that person, exactly as
+        # a rollback sent on the queue (orchestrator/people.py).
+        command = RollbackRequested(
+            promotion_id=promotion_id, reason=body.reason, requested_by=TOKEN_DECIDES
+        )
+        return _person_command(runtime, model, promotion_id, command, token, "rollback")
     caller = requester(req, runtime.settings.app_service_auth)
     command = RollbackRequested(
         promotion_id=promotion_id, reason=body.reason, requested_by=caller.name
@@ -312,3 +325,151 @@ def rollback(req: func.HttpRequest) -> func.HttpResponse:
         },
         status=202,
     )
+
+
+# ------------------------------------------------------------------ a person's commands, by token
+#
+# Approve or reject, pause, resume, promote now (and a rollback sent with a token): the caller
+# is a person, who the bearer token in `Authorization` says (an Entra ID access token for the
+# API in Azure; the local issuer's locally). The app verifies it exactly as a command sent on
+# the queue (orchestrator/people.py: signature, issuer, audience, tenant, lifetime, then the
+# app role or the policy's approvers), and the audit names the token's principal. No token:
+# 401; a token refused: 403, audited (message.rejected); a command the promotion cannot take
+# now (not awaiting approval, another step, already paused): 409.
+
+TOKEN_DECIDES = "bearer-token"  # a placeholder the verified principal replaces
+
+
+def bearer_token(req: func.HttpRequest) -> str | None:
+    """The token in `Authorization: Bearer <token>`, or None."""
+    scheme, _, token = (req.headers.get("authorization") or "").strip().partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
+def _token_required() -> func.HttpResponse:
+    response = problem(
+        401,
+        "A person's token is required",
+        "Authorization: send `Bearer <access token>` for the API (Entra ID in Azure; locally "
+        "the local issuer's, e.g. from the dashboard's sign-in)",
+    )
+    response.headers["WWW-Authenticate"] = 'Bearer realm="retrain-orchestrator"'
+    return response
+
+
+def _person_command(
+    runtime: Any, model: str, promotion_id: str, command: Any, token: str, kind: str
+) -> func.HttpResponse:
+    from orchestrator.messages import Envelope, InvalidMessage
+    from orchestrator.ports import IdentityUnavailable
+
+    envelope = Envelope.new(
+        type(command).__name__,
+        model,
+        command,
+        promotion_id=promotion_id,
+        message_id=f"http:{kind}:{uuid.uuid4().hex}",
+    ).model_copy(update={"auth": token})
+    try:
+        outcome = runtime.handlers.handle(envelope, raise_effect_failures=False)
+    except IdentityUnavailable as exc:
+        return problem(503, "Identity provider unavailable", str(exc))
+    except InvalidMessage as exc:
+        # The command is built here from a parsed body and a known promotion: what the
+        # handler can still refuse is the sender (audited as message.rejected).
+        return problem(403, "Refused", exc.reason)
+    if outcome.status == "ignored":
+        return problem(409, f"{type(command).__name__} not applied", outcome.reason or "")
+    return json_response(
+        {
+            "promotion_id": promotion_id,
+            "model": model,
+            "status": outcome.status,
+            "effects_pending": outcome.effects_pending,
+            "reason": outcome.reason,
+            "status_url": f"/api/promotions/{promotion_id}",
+        },
+        status=202,
+    )
+
+
+def _promotion_route(req: func.HttpRequest, schema: type[Any], build: Any, kind: str) -> Any:
+    """Token, body, promotion, then the command `build(promotion_id, body)` sent as the person."""
+    from orchestrator.bootstrap import get_runtime
+    from triggers.payloads import BadPayload, parse_json_body
+
+    promotion_id = req.route_params.get("promotion_id", "")
+    token = bearer_token(req)
+    if token is None:
+        return _token_required()
+    try:
+        body = parse_json_body(req.get_body(), schema)
+    except BadPayload as exc:
+        return problem(400, "Invalid request body", exc.reason)
+    runtime = get_runtime()
+    found = runtime.queries.find_promotion(promotion_id)
+    if found is None:
+        return problem(404, "Unknown promotion", f"promotion_id: {promotion_id!r} not found")
+    model, _ = found
+    command = build(promotion_id, body)
+    return _person_command(runtime, model, promotion_id, command, token, kind)
+
+
+@bp.route(route="promotions/{promotion_id}/approval", methods=["POST"])
+def approval(req: func.HttpRequest) -> func.HttpResponse:
+    """{"decision": "approve"|"reject", "step", "candidate_version", "comment"}."""
+    from promotion.commands import ApprovalDecision
+    from triggers.payloads import ApprovalBody
+
+    def build(promotion_id: str, body: ApprovalBody) -> ApprovalDecision:
+        return ApprovalDecision(
+            promotion_id=promotion_id,
+            step=body.step,
+            candidate_version=body.candidate_version,
+            decision=body.decision,
+            approver=TOKEN_DECIDES,
+            comment=body.comment,
+        )
+
+    return _promotion_route(req, ApprovalBody, build, "approval")
+
+
+@bp.route(route="promotions/{promotion_id}/promote-now", methods=["POST"])
+def promote_now(req: func.HttpRequest) -> func.HttpResponse:
+    """{"reason"}: skip the remaining canary steps (100 % on the candidate, then the bake)."""
+    from promotion.commands import PromoteNow
+    from triggers.payloads import PromoteNowBody
+
+    def build(promotion_id: str, body: PromoteNowBody) -> PromoteNow:
+        return PromoteNow(promotion_id=promotion_id, reason=body.reason, requested_by=TOKEN_DECIDES)
+
+    return _promotion_route(req, PromoteNowBody, build, "promote-now")
+
+
+@bp.route(route="promotions/{promotion_id}/pause", methods=["POST"])
+def pause(req: func.HttpRequest) -> func.HttpResponse:
+    """{"reason"} (optional): hold the promotion where it is."""
+    from promotion.commands import PausePromotion
+    from triggers.payloads import PauseResumeBody
+
+    def build(promotion_id: str, body: PauseResumeBody) -> PausePromotion:
+        return PausePromotion(
+            promotion_id=promotion_id, reason=body.reason, requested_by=TOKEN_DECIDES
+        )
+
+    return _promotion_route(req, PauseResumeBody, build, "pause")
+
+
+@bp.route(route="promotions/{promotion_id}/resume", methods=["POST"])
+def resume(req: func.HttpRequest) -> func.HttpResponse:
+    """{"reason"} (optional): carry on from where it was paused."""
+    from promotion.commands import ResumePromotion
+    from triggers.payloads import PauseResumeBody
+
+    def build(promotion_id: str, body: PauseResumeBody) -> ResumePromotion:
+        return ResumePromotion(
+            promotion_id=promotion_id, reason=body.reason, requested_by=TOKEN_DECIDES
+        )
+
+    return _promotion_route(req, PauseResumeBody, build, "resume")

@@ -1,0 +1,155 @@
+"""The dashboard in a real browser: Debian's `chromium` driven by Playwright for Python, against
+the app running under devhost with the demo's pieces (the local endpoint, the local pipeline
+runner, MLflow on SQLite, labelled traffic) on the session's Azurite.
+
+`make test` installs chromium when it is missing and apt can (Makefile, `browser`); where it
+truly cannot be had, the browser tests skip and say why. Screenshots go to build/dashboard/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.azurite import Azurite
+
+REPO = Path(__file__).resolve().parents[2]
+SCREENSHOTS = REPO / "build" / "dashboard"
+FUNCTION_KEY = "dashboard-test-key"
+CHROMIUM_NAMES = ("chromium", "chromium-browser")
+
+
+def chromium_executable() -> str | None:
+    """CHROMIUM_PATH, else Debian's chromium on the PATH."""
+    explicit = os.environ.get("CHROMIUM_PATH")
+    if explicit:
+        return explicit
+    return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """A headless Chromium (Playwright's own browser download cannot work here)."""
+    executable = chromium_executable()
+    if executable is None:
+        pytest.skip(
+            "no chromium on this machine (`make test` installs Debian's chromium when it runs "
+            "as root with apt; elsewhere: apt-get install chromium, or set CHROMIUM_PATH)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True)
+        yield browser
+        browser.close()
+
+
+@dataclass
+class DashboardWorld:
+    host: Any  # devhost.host.dev_host.DevHost
+    runtime: Any
+    model: str
+    endpoint_url: str
+    endpoint_name: str
+    endpoint_key: str
+    batches: dict[str, list[Path]]
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"{self.host.http_url}/dashboard?code={FUNCTION_KEY}"
+
+    def endpoint_traffic(self) -> dict[str, int]:
+        from adapters.local_endpoint import LocalEndpoint
+
+        with LocalEndpoint(self.endpoint_url, self.endpoint_name, key=self.endpoint_key) as client:
+            return client.traffic()
+
+    def land(self, batch: str) -> None:
+        from devhost.cli.commands import send_data
+
+        send_data(self.runtime, self.model, self.batches[batch])
+
+
+@pytest.fixture
+def dashboard_world(azurite: Azurite, tmp_path: Path) -> Iterator[DashboardWorld]:
+    """The demo's model under devhost: its policy (short timings, approval by
+    demo-lead@example.com), data batches for a first model and a better one, traffic flowing.
+    Containers and queues are this test's own."""
+    from devhost.demo.inputs import TrafficGenerator, load_dataset, write_batch
+    from devhost.demo.story import APPROVER, MODEL, DemoOptions, demo_endpoint, demo_settings
+    from devhost.host.dev_host import DevHost
+    from endpoint_server import start_local_endpoint
+    from endpoint_server.server import new_key
+    from orchestrator.bootstrap import get_runtime, set_runtime
+
+    suffix = uuid.uuid4().hex[:10]
+    data_container = f"dash-data-{suffix}"
+    policy_dir = tmp_path / "policies"
+    policy_dir.mkdir()
+    demo_policy = (DemoOptions().policy_dir / f"{MODEL}.yml").read_text()
+    assert "container: training-data" in demo_policy and APPROVER in demo_policy
+    (policy_dir / f"{MODEL}.yml").write_text(
+        demo_policy.replace("container: training-data", f"container: {data_container}")
+    )
+    options = DemoOptions(output_dir=tmp_path, policy_dir=policy_dir, mlflow_ui=False)
+    local = tmp_path / "local"
+    (local / "endpoint").mkdir(parents=True)
+    tracking_uri = f"sqlite:///{(local / 'mlflow.db').resolve()}"
+    dataset = load_dataset()
+    data = tmp_path / "data"
+    batches = {
+        "first": [write_batch(dataset, data, "batch-a-1", 0, 120)],
+        "better": [write_batch(dataset, data, "batch-b", 120, 420)],
+    }
+    key = new_key()
+    endpoint = start_local_endpoint(
+        local / "endpoint", tracking_uri, subprocess_mode=True, max_lifetime=1200, key=key
+    )
+    settings = demo_settings(options, endpoint.url, key) | {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "DataStorage": azurite.connection_string,
+        "DATA_CONTAINER": data_container,
+        "STATE_CONTAINER": f"dash-state-{suffix}",
+        "ORCHESTRATOR_QUEUE": f"dash-orch-{suffix}",
+        "APPROVALS_QUEUE": f"dash-appr-{suffix}",
+        "LIFECYCLE_EVENTS_HUB": f"dash-life-{suffix}",
+        "DATA_EVENTS_HUB": f"dash-data-{suffix}",
+    }
+    host = DevHost(
+        "function_app",
+        settings,
+        port=0,
+        function_key=FUNCTION_KEY,
+        azurite=False,
+        retry_delay_scale=0,
+        max_deliveries=5,
+        poll_interval=0.3,
+        state_dir=local,
+    )
+    endpoint_name = demo_endpoint(options)
+    traffic = TrafficGenerator(endpoint.url, endpoint_name, dataset, 3, key)
+    set_runtime(None)
+    try:
+        host.start()
+        traffic.start()
+        yield DashboardWorld(
+            host=host,
+            runtime=get_runtime(),
+            model=MODEL,
+            endpoint_url=endpoint.url,
+            endpoint_name=endpoint_name,
+            endpoint_key=key,
+            batches=batches,
+        )
+    finally:
+        traffic.stop()
+        host.stop()
+        endpoint.stop()
+        set_runtime(None)

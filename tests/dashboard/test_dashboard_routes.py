@@ -1,0 +1,188 @@
+"""The dashboard's routes without a browser: the page and its fixed list of assets, the state
+document the page polls (on real Azurite: the status, the promotion's audit, traffic and gate
+evidence, dead letters), and the local sign-in, whose token the app then verifies like any
+person's (and which does not exist when the app verifies Entra ID's tokens)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import azure.functions as func
+import pytest
+
+from orchestrator.bootstrap import set_runtime
+from orchestrator.messages import Envelope
+from tests.harness import issuer_of
+from tests.orchestrator.test_handlers import LEAD, canary_policy
+from tests.triggers.test_triggers import FixedMetrics, InMemoryEndpoint
+from triggers import dashboard, http_api
+
+TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+
+
+def user(builder: Any) -> Any:
+    return builder._function.get_user_function()
+
+
+def get(route: Any, params: dict[str, str] | None = None, **route_params: str) -> Any:
+    request = func.HttpRequest(
+        "GET",
+        "http://localhost/api/dashboard",
+        params=params or {},
+        route_params=route_params,
+        body=b"",
+    )
+    return user(route)(request)
+
+
+def post(route: Any, body: Any, headers: dict[str, str] | None = None, **route_params: str) -> Any:
+    request = func.HttpRequest(
+        "POST",
+        "http://localhost/api/x",
+        headers={"content-type": "application/json"} | (headers or {}),
+        params={},
+        route_params=route_params,
+        body=json.dumps(body).encode(),
+    )
+    return user(route)(request)
+
+
+def test_the_page_hands_its_key_to_its_assets_escaped_and_forbids_anything_foreign():
+    response = get(dashboard.dashboard_page, {"code": 'k"e<y&'})
+    assert response.status_code == 200
+    assert response.mimetype == "text/html"
+    text = response.get_body().decode()
+    assert 'src="dashboard/assets/dashboard.js?code=k%22e%3Cy%26"' in text
+    assert "{{query}}" not in text and 'k"e<y' not in text
+    policy = response.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "{{query}}" not in get(dashboard.dashboard_page).get_body().decode()
+
+
+@pytest.mark.parametrize(
+    ("name", "mimetype", "starts"),
+    [
+        ("dashboard.js", "text/javascript", b"// The dashboard's script"),
+        ("uPlot.iife.min.js", "text/javascript", b"/*! https://github.com/leeoniya/uPlot"),
+        ("uPlot.min.css", "text/css", b".uplot"),
+        ("dashboard.css", "text/css", b":root"),
+    ],
+)
+def test_each_asset_is_served_with_its_type(name, mimetype, starts):
+    response = get(dashboard.dashboard_asset, name=name)
+    assert (response.status_code, response.mimetype) == (200, mimetype)
+    assert response.get_body().startswith(starts)
+
+
+@pytest.mark.parametrize(
+    "name", ["index.html", "../dashboard.py", "vendor", "%2e%2e%2fhttp_api.py"]
+)
+def test_anything_else_is_not_an_asset(name):
+    assert get(dashboard.dashboard_asset, name=name).status_code == 404
+
+
+@pytest.fixture
+def canary_runtime(make_runtime):
+    endpoint = InMemoryEndpoint()
+    runtime = make_runtime(
+        {"churn": canary_policy()},
+        endpoints=lambda policy: endpoint,
+        metrics=FixedMetrics(),
+    )
+    set_runtime(runtime)
+    yield runtime
+    set_runtime(None)
+
+
+def state_of() -> dict[str, Any]:
+    response = get(dashboard.dashboard_state)
+    assert response.status_code == 200
+    return json.loads(response.get_body())
+
+
+def test_the_state_shows_the_promotion_its_audit_traffic_and_the_newest_dead_letters(
+    canary_runtime,
+):
+    runtime = canary_runtime
+    start = Envelope.new("StartPromotion", "churn", {"candidate_version": "1"})
+    runtime.handlers.handle(runtime.signer.sign(start))
+    runtime.dead_letters.record("service-bus", "not a command: bad json", b"{")
+
+    document = state_of()
+    assert document["sign_in"] == {"mode": "local", "audience": "api://retrain-orchestrator-local"}
+    [view] = document["models"]
+    assert view["model"] == "churn"
+    active = view["status"]["active_promotion"]
+    assert active["status"] == "awaiting_approval"
+    promotion = view["promotion"]
+    assert promotion["id"] == active["id"] and promotion["outcome"] is None
+    states = [record["to_state"] for record in promotion["audit"] if record["to_state"]]
+    assert states[-1] == "awaiting_approval"
+    assert [point["weight"] for point in promotion["traffic"]] == [0] * len(promotion["traffic"])
+    staging = [check for check in promotion["evidence"] if check["step"] == "staging"]
+    assert (
+        staging
+        and staging[0]["gate"].startswith("threshold:auc")
+        and staging[0]["outcome"] == "pass"
+    )
+    assert staging[0]["values"] == {"candidate": 0.95}
+    newest = document["dead_letters"][0]
+    assert (newest["source"], newest["reason"]) == ("service-bus", "not a command: bad json")
+
+    # Signed in through the page, the approver approves with that token; the state shows it.
+    signed = post(dashboard.dashboard_sign_in, {"name": LEAD})
+    assert signed.status_code == 200
+    token = json.loads(signed.get_body())["token"]
+    assert issuer_of(runtime).verifier().verify(token).upn == LEAD
+    body = {"decision": "approve", "step": active["step"], "candidate_version": "1"}
+    answer = post(
+        http_api.approval, body, {"authorization": f"Bearer {token}"}, promotion_id=active["id"]
+    )
+    assert answer.status_code == 202
+    promotion = state_of()["models"][0]["promotion"]
+    assert promotion["active"]["approval"]["approver"] == LEAD
+    [record] = [r for r in promotion["audit"] if r["action"] == "promotion.deploying"]
+    assert record["actor"] == LEAD
+
+
+def test_traffic_over_time_follows_the_states_and_closes_at_the_current_weight():
+    records = [
+        {"time": "2026-12-01T10:00:00+00:00", "to_state": "deploying", "detail": {}},
+        {"time": "2026-12-01T10:01:00+00:00", "to_state": "canary", "detail": {"traffic": 10}},
+        {"time": "2026-12-01T10:02:00+00:00", "action": "gate.waiting", "detail": {}},
+        {"time": "2026-12-01T10:02:30+00:00", "to_state": "canary", "detail": {"step": "canary-1"}},
+        {"time": "2026-12-01T10:03:00+00:00", "to_state": "canary", "detail": {"traffic": 25}},
+        {"time": "2026-12-01T10:04:00+00:00", "to_state": "production_bake", "detail": {}},
+        {"time": "2026-12-01T10:05:00+00:00", "to_state": "rolling_back", "detail": {}},
+    ]
+    weights = [point["weight"] for point in dashboard.traffic_timeline(records, None)]
+    assert weights == [0, 10, 10, 25, 100, 0]
+    live = dashboard.traffic_timeline(records[:2], {"traffic_weight": 10, "status": "canary"})
+    assert [point["weight"] for point in live] == [0, 10, 10]
+
+
+@pytest.mark.parametrize("name", ["", " lead", 7, None])
+def test_a_sign_in_needs_a_name(canary_runtime, name):
+    response = post(dashboard.dashboard_sign_in, {"name": name})
+    assert response.status_code == 400
+    assert json.loads(response.get_body())["detail"].startswith("name")
+
+
+def test_no_local_sign_in_where_the_app_verifies_entra_id_tokens(make_runtime):
+    runtime = make_runtime(
+        {"churn": canary_policy()},
+        ENTRA_TENANT_ID=TENANT,
+        ENTRA_API_AUDIENCE="api://retrain-orchestrator",
+    )
+    set_runtime(runtime)
+    try:
+        response = post(dashboard.dashboard_sign_in, {"name": LEAD})
+        assert response.status_code == 404
+        assert not (runtime.settings.local_issuer_dir / "private-key.pem").exists()
+        assert state_of()["sign_in"] == {
+            "mode": "app-service",
+            "audience": "api://retrain-orchestrator",
+        }
+    finally:
+        set_runtime(None)

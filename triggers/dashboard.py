@@ -1,0 +1,274 @@
+"""The live dashboard, served by the app itself behind the API's authentication (a function key;
+App Service authentication in Azure when it is on). docs/dashboard.md.
+
+- GET /api/dashboard: the page (plain HTML, our script and uPlot, vendored, no build step).
+- GET /api/dashboard/assets/{name}: its script, style sheet and uPlot (a fixed list).
+- GET /api/dashboard/state: one JSON document the page polls: every model's status (production,
+  last known-good, the active promotion), the active (or else the last) promotion's audit trail,
+  its traffic over time and gate evidence, recent runs, the newest dead letters, and how a
+  person signs in.
+- POST /api/dashboard/sign-in: locally only (no ENTRA_TENANT_ID), a token from the local issuer
+  for the name given, as the CLI's `--as` mints one: the stand-in for Entra ID's sign-in page.
+  In Azure the page takes the person's access token from App Service authentication
+  (`/.auth/me`) instead, and this route answers 404.
+
+The page acts through the person-command routes of triggers/http_api.py with that token, which
+the app verifies as it verifies every person's command (orchestrator/people.py).
+
+Cold start: the static files are read on first request, the runtime is imported inside each
+function.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import azure.functions as func
+
+from triggers.http_api import json_response, problem
+
+log = logging.getLogger(__name__)
+
+bp = func.Blueprint()
+
+STATIC = Path(__file__).resolve().parent / "static" / "dashboard"
+ASSETS = {
+    "dashboard.js": ("dashboard.js", "text/javascript"),
+    "dashboard.css": ("dashboard.css", "text/css"),
+    "uPlot.iife.min.js": ("vendor/uPlot.iife.min.js", "text/javascript"),
+    "uPlot.min.css": ("vendor/uPlot.min.css", "text/css"),
+}
+AUDIT_SHOWN = 500  # a promotion's audit records the page gets (a promotion's life is short)
+DEAD_LETTERS_SHOWN = 10  # each one read per poll: a few suffice to see that something failed
+SIGN_IN_LIFETIME = timedelta(hours=1)
+# The page is ours and loads nothing from elsewhere: say so to the browser.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+# Where the candidate's share of traffic stands once a promotion has entered a state (canary
+# steps carry their weight in the audit record's detail).
+_FULL_TRAFFIC = {"promoting", "production_bake", "completed"}
+
+
+@cache
+def _static(relative: str) -> bytes:
+    return (STATIC / relative).read_bytes()
+
+
+@bp.route(route="dashboard", methods=["GET"])
+def dashboard_page(req: func.HttpRequest) -> func.HttpResponse:
+    # The assets need the key too: the page hands on the `code` it was opened with.
+    code = req.params.get("code")
+    query = html.escape("?" + urlencode({"code": code})) if code else ""
+    text = _static("index.html").decode().replace("{{query}}", query)
+    return func.HttpResponse(
+        text, status_code=200, mimetype="text/html", charset="utf-8", headers=SECURITY_HEADERS
+    )
+
+
+@bp.route(route="dashboard/assets/{name}", methods=["GET"])
+def dashboard_asset(req: func.HttpRequest) -> func.HttpResponse:
+    name = req.route_params.get("name", "")
+    found = ASSETS.get(name)
+    if found is None:
+        return problem(404, "Unknown asset", f"name: no dashboard asset {name!r}")
+    relative, mimetype = found
+    return func.HttpResponse(
+        _static(relative),
+        status_code=200,
+        mimetype=mimetype,
+        charset="utf-8",
+        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"},
+    )
+
+
+@bp.route(route="dashboard/state", methods=["GET"])
+def dashboard_state(req: func.HttpRequest) -> func.HttpResponse:
+    from orchestrator.bootstrap import get_runtime
+
+    runtime = get_runtime()
+    models = [model_view(runtime.queries, model) for model in sorted(runtime.policies)]
+    return json_response(
+        {
+            "generated_at": datetime.now(UTC).isoformat(),
+            "sign_in": sign_in_mode(runtime.settings),
+            "models": models,
+            "dead_letters": recent_dead_letters(runtime, DEAD_LETTERS_SHOWN),
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@bp.route(route="dashboard/sign-in", methods=["POST"])
+def dashboard_sign_in(req: func.HttpRequest) -> func.HttpResponse:
+    from orchestrator.bootstrap import get_runtime
+    from orchestrator.people import OPERATE
+    from triggers.payloads import BadPayload, SignInBody, parse_json_body
+
+    settings = get_runtime().settings
+    if settings.entra_tenant_id:
+        return problem(
+            404,
+            "No local sign-in",
+            "the app verifies Entra ID tokens: sign in with App Service authentication",
+        )
+    try:
+        body = parse_json_body(req.get_body(), SignInBody)
+    except BadPayload as exc:
+        return problem(400, "Invalid request body", exc.reason)
+    from adapters.local_issuer import LocalIssuer
+
+    # As the CLI's `--as`: the operator role, as if an admin had assigned it; approvals are
+    # still decided by the model's approvers list (no Promotion.Approve role).
+    roles = [OPERATE]
+    issued = datetime.now(UTC)
+    token = LocalIssuer(settings.local_issuer_dir).mint(
+        body.name,
+        roles=roles,
+        audience=settings.api_audiences[0],
+        lifetime=SIGN_IN_LIFETIME,
+        now=issued,
+    )
+    log.info("dashboard: local issuer signed in %s", body.name)
+    return json_response(
+        {
+            "token": token,
+            "name": body.name,
+            "roles": roles,
+            "expires_at": (issued.replace(microsecond=0) + SIGN_IN_LIFETIME).isoformat(),
+        },
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+# ------------------------------------------------------------------ the state document
+
+
+def sign_in_mode(settings: Any) -> dict[str, Any]:
+    """How the page gets a person's token: the local issuer, or App Service authentication."""
+    if settings.entra_tenant_id:
+        return {"mode": "app-service", "audience": settings.api_audiences[0]}
+    return {"mode": "local", "audience": settings.api_audiences[0]}
+
+
+def model_view(queries: Any, model: str) -> dict[str, Any]:
+    """The model's status and the promotion the page shows: the active one, or else the last."""
+    status = queries.model_status(model)
+    active = status.get("active_promotion")
+    shown_id = active["id"] if active else None
+    if shown_id is None and status.get("recent_promotions"):
+        shown_id = status["recent_promotions"][-1]["promotion_id"]
+    promotion: dict[str, Any] | None = None
+    if shown_id is not None:
+        page = queries.audit(model, shown_id, limit=AUDIT_SHOWN)
+        records = [record.model_dump(mode="json") for record in page.records]
+        history = next(
+            (h for h in status.get("recent_promotions") or [] if h["promotion_id"] == shown_id),
+            None,
+        )
+        promotion = {
+            "id": shown_id,
+            "active": active,
+            "outcome": history,
+            "audit": records,
+            "audit_complete": page.continuation is None,
+            "traffic": traffic_timeline(records, active),
+            "evidence": gate_evidence(records),
+        }
+    return {"model": model, "status": status, "promotion": promotion}
+
+
+def traffic_timeline(
+    records: list[dict[str, Any]], active: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """The candidate's share of traffic (percent) after each state change, oldest first, from
+    the promotion's audit trail; the active promotion's current weight closes the series."""
+    points: list[dict[str, Any]] = []
+    weight = 0
+    for record in records:
+        to_state = record.get("to_state")
+        if not to_state:
+            continue
+        detail = record.get("detail") or {}
+        if to_state == "canary":
+            # A new step names its weight; a gate's record within the step keeps it.
+            traffic = detail.get("traffic")
+            weight = traffic if isinstance(traffic, int) else weight
+        elif to_state in _FULL_TRAFFIC:
+            weight = 100
+        else:  # before the canary, and after a rollback, a rejection or a failure
+            weight = 0
+        points.append({"time": record["time"], "weight": weight, "state": to_state})
+    if active is not None:
+        points.append(
+            {
+                "time": datetime.now(UTC).isoformat(),
+                "weight": int(active.get("traffic_weight") or 0),
+                "state": active.get("status"),
+            }
+        )
+    return points
+
+
+def gate_evidence(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every gate decision in the trail with what it saw (samples, estimates, bounds, verdict),
+    oldest first: one entry per gate per check."""
+    checks: list[dict[str, Any]] = []
+    for record in records:
+        detail = record.get("detail") or {}
+        evidence = detail.get("evidence")
+        if not isinstance(evidence, list):
+            continue
+        for item in evidence:
+            if isinstance(item, dict) and "gate" in item:
+                checks.append(
+                    {
+                        "time": record["time"],
+                        "step": detail.get("step"),
+                        "action": record.get("action"),
+                    }
+                    | item
+                )
+    return checks
+
+
+def recent_dead_letters(runtime: Any, limit: int) -> list[dict[str, Any]]:
+    """The newest `limit` dead letters (names listed, only those read), newest first."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from orchestrator.bootstrap import DEAD_LETTER_CONTAINER
+
+    container = runtime.blob_service.get_container_client(DEAD_LETTER_CONTAINER)
+    try:
+        blobs = [(blob.last_modified, blob.name) for blob in container.list_blobs()]
+    except ResourceNotFoundError:
+        return []
+    newest = sorted(blobs, reverse=True)[:limit]
+    shown = []
+    for _, name in newest:
+        found = runtime.dead_letters.get(name)
+        if found is None:
+            continue
+        record, _ = found
+        shown.append(
+            {
+                "name": name,
+                "source": record.get("source"),
+                "reason": record.get("reason"),
+                "dead_lettered_at": record.get("dead_lettered_at"),
+                "replayed_at": record.get("replayed_at"),
+            }
+        )
+    return shown
