@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.azure_credential import azure_credential
 from domain.metrics import LiveMetrics, OfflineMetrics
-from orchestrator.ports import ArmWindow
+from orchestrator.ports import ArmWindow, LatencyReader
 
 if TYPE_CHECKING:
     from adapters.mlflow_registry import MlflowRegistry
@@ -28,7 +28,9 @@ class MlflowMetrics:
     The canary evaluation runs here, in the gate check, and logs to MLflow before the gate
     reads it back: locally over the request log of the model's endpoint (the policy's
     `endpoint`, `endpoint_of`) on the local endpoint server, in Azure over the data
-    collector's JSONL and the feedback tables (CANARY_RECORDS_URI, CANARY_FEEDBACK_URI).
+    collector's JSONL and the feedback tables (CANARY_RECORDS_URI, CANARY_FEEDBACK_URI). The
+    collector records no latency: in Azure each arm's latencies come from `latency` (the
+    endpoint's traffic log, adapters/traffic_log_latency.py) when it is given.
     The same module is the Azure ML command component pipelines/canary/component.yml, for
     evaluating a window by hand (see docs/endpoint.md).
     """
@@ -39,9 +41,11 @@ class MlflowMetrics:
         registry: MlflowRegistry,
         *,
         endpoint_of: Callable[[str], str] | None = None,
+        latency: LatencyReader | None = None,
     ) -> None:
         self._settings = settings
         self._registry = registry
+        self._latency = latency
         # Locally, which endpoint (the policy's) serves a model: its request log is judged.
         self._endpoint_of = endpoint_of or self._endpoint_from_policy_files
 
@@ -95,7 +99,26 @@ class MlflowMetrics:
                     }
                 )
         assert merged is not None
+        if self._latency is not None and settings.uses_azureml:
+            merged = self._with_latencies(model, merged, arms)
         return merged
+
+    def _with_latencies(self, model: str, live: LiveMetrics, arms: list[ArmWindow]) -> LiveMetrics:
+        """Each arm's latencies over its own window, from the latency reader."""
+        from pipelines.canary.evaluate_canary import DEFAULT_LATENCY_SAMPLE
+
+        assert self._latency is not None
+        endpoint = self._endpoint_of(model)
+        updated = dict(live.arms)
+        for arm in arms:
+            stats = updated.get(arm.deployment)
+            if stats is None:
+                continue
+            sample = self._latency.latencies(
+                endpoint, arm.deployment, arm.window_start, arm.window_end, DEFAULT_LATENCY_SAMPLE
+            )
+            updated[arm.deployment] = stats.model_copy(update={"latency_ms": sample})
+        return live.model_copy(update={"arms": updated})
 
     def _records(
         self, model: str, start: datetime, end: datetime

@@ -144,24 +144,76 @@ class ChampionGate(_Section):
     margin: Finite = Field(default=0.0, ge=0)  # how much worse than the champion is tolerated
 
 
+RATE_METRICS = ("accuracy", "error_rate")
+# Production's rate assumed when a rate gate's sample size is planned, unless it gives its own.
+DEFAULT_PLANNING_RATE = {"accuracy": 0.90, "error_rate": 0.01}
+# Test names of earlier policy files, still read: what each means now (docs/canary-statistics.md).
+_LEGACY_TESTS = {"two_proportion": "farrington_manning", "mann_whitney": "quantile",
+                 "bootstrap": "quantile"}  # fmt: skip
+
+
 class CanaryGate(_Section):
-    """Canary against production on live metrics: a non-inferiority test."""
+    """Canary against production on live metrics: a sequential non-inferiority test.
+
+    Rates (accuracy, error_rate): the Farrington-Manning score test, `margin` absolute (0.02 =
+    two points). Latency: the `quantile` (p95 by default) of the canary at most (1 + margin)
+    times production's, `margin` relative. `test` may be left out (it follows the metric);
+    the earlier names two_proportion, mann_whitney and bootstrap are read as the test of their
+    metric today.
+    """
 
     kind: Literal["canary"] = "canary"
     metric: Literal["accuracy", "error_rate", "latency_ms"]
-    test: Literal["two_proportion", "mann_whitney", "bootstrap"] = "two_proportion"
-    margin: Finite = Field(default=0.02, ge=0)  # tolerated degradation (absolute for rates,
+    test: (
+        Literal["farrington_manning", "quantile", "two_proportion", "mann_whitney", "bootstrap"]
+        | None
+    ) = Field(default=None, validate_default=True)
+    margin: Finite = Field(default=0.02, gt=0)  # tolerated degradation (absolute for rates,
     # relative for latency: 0.1 = 10% slower)
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    quantile: float = Field(default=0.95, ge=0.5, lt=1)  # latency only: 0.95 = p95
+    # Rates only: production's expected rate, which the sample size is planned from
+    # (None: 0.90 for accuracy, 0.01 for error_rate). A wrong guess changes the samples
+    # needed, never the test's error rates.
+    planning_rate: float | None = Field(default=None, gt=0, lt=1)
+
+    @field_validator("test")
+    @classmethod
+    def _test_fits_metric(cls, test: str | None, info: ValidationInfo) -> str:
+        metric = info.data.get("metric")
+        wanted = "farrington_manning" if metric in RATE_METRICS else "quantile"
+        normalized = _LEGACY_TESTS.get(test, test) if test is not None else wanted
+        if normalized != wanted:
+            kind = "a rate" if metric in RATE_METRICS else "not a rate"
+            raise ValueError(f"metric {metric} is {kind}: use test {wanted}")
+        return normalized
 
     @model_validator(mode="after")
-    def _test_fits_metric(self) -> CanaryGate:
-        rate = self.metric in ("accuracy", "error_rate")
-        if rate and self.test != "two_proportion":
-            raise ValueError(f"metric {self.metric} is a rate: use test two_proportion")
-        if not rate and self.test == "two_proportion":
-            raise ValueError("latency_ms is not a rate: use test mann_whitney or bootstrap")
+    def _fields_fit_metric(self) -> CanaryGate:
+        rate = self.metric in RATE_METRICS
+        if rate and self.quantile != 0.95:
+            raise ValueError(f"metric {self.metric} is a rate: quantile is for latency_ms")
+        if not rate and self.planning_rate is not None:
+            raise ValueError("planning_rate is for rates (accuracy, error_rate)")
+        if rate:
+            good = self.rate_to_plan if self.metric == "accuracy" else 1 - self.rate_to_plan
+            if good - self.margin <= 0:
+                raise ValueError(
+                    f"margin {self.margin:g} leaves no rate to test against at planning rate "
+                    f"{self.rate_to_plan:g}"
+                )
         return self
+
+    @property
+    def rate_to_plan(self) -> float:
+        """Production's rate the sample size is planned from."""
+        if self.planning_rate is not None:
+            return self.planning_rate
+        return DEFAULT_PLANNING_RATE.get(self.metric, 0.0)
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.metric == "accuracy"
 
 
 StagingGate = Annotated[ThresholdGate | ChampionGate, Field(discriminator="kind")]
@@ -191,12 +243,30 @@ class ApprovalSettings(_Section):
 
 
 class CanarySettings(_Section):
+    """The canary: steps of traffic on the candidate, judged by one group-sequential design
+    per promotion (docs/canary-statistics.md)."""
+
     steps: list[int] = Field(default_factory=lambda: [10, 25, 50])  # percent on the candidate
-    bake: Duration = timedelta(minutes=30)  # per step, before its gate check
+    bake: Duration = timedelta(minutes=30)  # before a step's first check, and between checks
+    # A step waits (checked every `bake`) until the design's samples for it are reached, at
+    # most this long; then `on_exhausted`. Too few samples is never a failure.
+    max_step_duration: Duration = timedelta(hours=24)
+    # Requests each arm needs in a step's window before it is judged (and a first model's bake).
     min_samples_per_arm: int = Field(default=200, ge=1)
     gates: list[CanaryGate] = Field(default_factory=list)
-    max_extensions: int = Field(default=3, ge=0)  # inconclusive checks that extend the bake
-    on_exhausted: Literal["rollback", "promote"] = "rollback"
+    # The power the samples are planned for: the chance that a candidate exactly as good as
+    # production passes by the last step (1 - power of such candidates end undecided: paused).
+    power: float = Field(default=0.8, ge=0.5, lt=1)
+    # How alpha is spent over the looks (Lan-DeMets): O'Brien-Fleming-like spends little early.
+    spending: Literal["obrien_fleming", "pocock"] = "obrien_fleming"
+    # The production bake's inconclusive checks that extend it (a first model's too, under
+    # first_model.bake_without_traffic=rollback); the canary steps wait by time instead.
+    max_extensions: int = Field(default=3, ge=0)
+    # Undecided when time runs out or the design's samples are all used: pause (a person
+    # decides), rollback, or promote. promote acts only when every gate's metrics were read
+    # and the design's full samples reached: missing or too few metrics never promote, they
+    # pause (docs/canary-statistics.md).
+    on_exhausted: Literal["pause", "rollback", "promote"] = "pause"
 
     @field_validator("steps")
     @classmethod
@@ -206,6 +276,23 @@ class CanarySettings(_Section):
         if steps != sorted(set(steps)):
             raise ValueError("canary steps must strictly increase")
         return steps
+
+    @field_validator("max_step_duration")
+    @classmethod
+    def _step_outlasts_bake(cls, value: timedelta, info: ValidationInfo) -> timedelta:
+        bake = info.data.get("bake")
+        if bake is not None and value < bake:
+            raise ValueError("max_step_duration must be at least canary.bake")
+        return value
+
+    @field_validator("gates")
+    @classmethod
+    def _one_gate_per_metric(cls, gates: list[CanaryGate]) -> list[CanaryGate]:
+        metrics = [gate.metric for gate in gates]
+        repeated = sorted({m for m in metrics if metrics.count(m) > 1})
+        if repeated:
+            raise ValueError(f"one gate per metric: {repeated} repeated")
+        return gates
 
 
 class FirstModelSettings(_Section):

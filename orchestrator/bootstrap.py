@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from domain.policy import ModelPolicy
+from domain.policy import ModelPolicy, PolicyError
 from orchestrator.aggregate import ModelAggregate
 from orchestrator.clock import Clock, utc_now
 from orchestrator.handlers import MessageHandlers
@@ -28,6 +28,7 @@ from orchestrator.ports import (
     AuditLog,
     DataLedger,
     IdentityVerifier,
+    LatencyReader,
     MetricsReader,
     OnlineEndpoint,
     Ports,
@@ -190,12 +191,17 @@ class Runtime:
 
     @cached_property
     def policies(self) -> dict[str, ModelPolicy]:
-        return self._given(
+        policies = self._given(
             "policies",
             lambda: load_policies(
                 self.settings.policy_dir, watched_container=self.settings.data_container
             ),
         )
+        settings = self.settings
+        refuse_unmeasured_gates(
+            policies, settings.uses_azureml, bool(settings.canary_latency_workspace_id)
+        )
+        return policies
 
     @cached_property
     def dead_letters(self) -> BlobDeadLetters:
@@ -345,12 +351,45 @@ class Runtime:
     def _metrics(self) -> MetricsReader:
         from adapters.mlflow_metrics import MlflowMetrics
 
+        latency = self._latency_reader()
         # Locally, a model's live metrics come from its own endpoint's request log.
         return MlflowMetrics(
             self.settings,
             self.registry,
             endpoint_of=lambda model: policy_for(self.policies, model).endpoint,
+            latency=latency,
         )
+
+    def _latency_reader(self) -> LatencyReader | None:
+        """Azure: the endpoint's traffic log in Log Analytics (the data collector records no
+        latency); locally None: the local request log carries latencies."""
+        workspace = self.settings.canary_latency_workspace_id
+        if not self.settings.uses_azureml or not workspace:
+            return None
+        from adapters.azure_credential import azure_credential
+        from adapters.traffic_log_latency import TrafficLogLatency
+
+        return TrafficLogLatency(workspace, azure_credential())
+
+
+def refuse_unmeasured_gates(
+    policies: Mapping[str, ModelPolicy], in_azure: bool, latency_source: bool
+) -> None:
+    """A canary gate whose metric the metrics source cannot give could never pass: refuse the
+    policy when the runtime loads its policies, naming the gate (in Azure, latency needs
+    CANARY_LATENCY_WORKSPACE_ID: the data collector records none)."""
+    if not in_azure or latency_source:
+        return
+    for model, policy in policies.items():
+        for index, gate in enumerate(policy.canary.gates):
+            if gate.metric == "latency_ms":
+                raise PolicyError(
+                    f"policy of {model}",
+                    f"canary.gates.{index}",
+                    "latency_ms: in Azure the data collector records no latency; set "
+                    "CANARY_LATENCY_WORKSPACE_ID (the Log Analytics workspace receiving the "
+                    "endpoint's AmlOnlineEndpointTrafficLog) or remove the gate",
+                )
 
 
 _runtime: Runtime | None = None

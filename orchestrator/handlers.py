@@ -47,6 +47,7 @@ from retrain.commands import (
 )
 
 log = logging.getLogger(__name__)
+REJECT_REASON_LIMIT = 500  # characters of a refusal's reason kept in the audit and the log
 
 Section = Literal["retrain", "promotion"]
 Loaded = tuple[ModelAggregate, str | None]
@@ -176,7 +177,10 @@ class MessageHandlers:
         """Audit a message refused for who sent it, then raise InvalidMessage (the trigger
         dead-letters it with the reason). The write adds only the audit record: the state is
         unchanged and the message id is NOT remembered as seen, so a forged message sent under
-        a real one's id cannot make the real one a duplicate."""
+        a real one's id cannot make the real one a duplicate. Raises `Refused` (an
+        InvalidMessage): an HTTP caller answers it 403. The reason may quote a sender's text:
+        it is cut to printable characters and REJECT_REASON_LIMIT."""
+        reason = "".join(c if c.isprintable() else "?" for c in reason[:REJECT_REASON_LIMIT])
         now = self.ports.clock()
         entry = AuditEntry(
             action="message.rejected",
@@ -201,7 +205,7 @@ class MessageHandlers:
             self.outbox.dispatch(envelope.model, aggregate)
         except Exception:  # the record is saved; the sweep flushes it if this dispatch fails
             log.exception("dispatch after rejecting %s failed", envelope.message_id)
-        raise InvalidMessage(reason)
+        raise Refused(reason)
 
     # ------------------------------------------------------------------ handlers
 

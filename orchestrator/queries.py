@@ -14,11 +14,12 @@ status, not among the runs.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Any
 
 from orchestrator.policy_files import policy_for
 from orchestrator.ports import MAX_AUDIT_PAGE, AuditPage, AuditRecord, Ports
-from promotion.explain import first_model_bake
+from promotion.explain import canary_samples, first_model_bake
 
 RECENT_RUNS = 5  # the last runs the status shows (the rest: `runs`)
 QUEUED_SHOWN = 10  # queued candidates the status lists (all are counted)
@@ -45,6 +46,7 @@ class Queries:
         aggregate, _ = self.ports.store.load(model)
         promotion = aggregate.promotion
         first_bake = first_model_bake(promotion.active, policy) if promotion.active else None
+        samples = canary_samples(promotion.active, policy) if promotion.active else None
         tracker = aggregate.retrain
         retrain = tracker.model_dump(mode="json", include=_RETRAIN_FIELDS)
         # What waits for a job: a count, its rows and the oldest few URIs (the data ledger's).
@@ -73,6 +75,9 @@ class Queries:
             # A first model's bake: the live traffic it has and needs, and what happens when
             # the next check still finds too little (None for anything else).
             "waiting_for_traffic": first_bake.model_dump(mode="json") if first_bake else None,
+            # A canary step: the labeled samples per arm its look waits for (computed from the
+            # policy's margin, alpha and power), the deadline and what happens then.
+            "canary_samples": samples.model_dump(mode="json") if samples else None,
             "queued_candidates": [
                 q.model_dump(mode="json") for q in promotion.queued[:QUEUED_SHOWN]
             ],
@@ -130,6 +135,26 @@ class Queries:
             records.extend(page.records)
             if page.continuation is None:
                 return records
+            continuation = page.continuation
+
+    def audit_tail(
+        self, model: str, promotion_id: str, limit: int
+    ) -> tuple[list[AuditRecord], bool]:
+        """A promotion's newest `limit` audit records, oldest first, and whether that is all of
+        them (the dashboard: what happened last matters most). Reads the promotion's records
+        only, by pages. Raises UnknownModel."""
+        policy_for(self.ports.policies, model)
+        newest: deque[AuditRecord] = deque(maxlen=limit)
+        total = 0
+        continuation = None
+        while True:
+            page = self.ports.audit.page(
+                model, promotion_id=promotion_id, limit=MAX_AUDIT_PAGE, continuation=continuation
+            )
+            newest.extend(page.records)
+            total += len(page.records)
+            if page.continuation is None:
+                return list(newest), total <= limit
             continuation = page.continuation
 
     def runs(

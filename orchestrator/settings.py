@@ -181,6 +181,13 @@ class _Declared:
     # Set by the platform on every Azure Functions instance: the app runs in Azure, where no
     # key or token issuer may be made up locally.
     website_instance_id: str | None = setting("WEBSITE_INSTANCE_ID")
+    # Automation opt-in: POST /api/promotions/{id}/rollback with the function key alone (no
+    # person's token, no App Service principal), audited as `function-key`. Off: such a
+    # rollback is a 401, since whoever holds the key (e.g. a dashboard viewer) is nobody known.
+    http_key_rollback: bool = setting("HTTP_KEY_ROLLBACK", False)
+    # Set by devhost only: POST /api/dashboard/sign-in mints local-issuer tokens for any name.
+    # Never honoured in Azure (WEBSITE_INSTANCE_ID set) nor with ENTRA_TENANT_ID.
+    devhost_local_sign_in: bool = setting("DEVHOST_LOCAL_SIGN_IN", False)
 
     # Local stand-ins.
     local_dir: Path = setting("RETRAIN_LOCAL_DIR", APP_ROOT / ".local")
@@ -191,6 +198,10 @@ class _Declared:
     # Azure: where the canary evaluation reads the data collector's output and the feedback.
     canary_records_uri: str | None = setting("CANARY_RECORDS_URI")
     canary_feedback_uri: str | None = setting("CANARY_FEEDBACK_URI")
+    # Azure: the Log Analytics workspace (its id, a GUID) receiving the online endpoint's
+    # traffic log (AmlOnlineEndpointTrafficLog): the canary's latency samples. Unset, a policy
+    # with a latency_ms canary gate is refused at start in Azure (the collector has none).
+    canary_latency_workspace_id: str | None = setting("CANARY_LATENCY_WORKSPACE_ID")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("RETRAIN_LOG_LEVEL", "INFO")
 

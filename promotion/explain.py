@@ -1,9 +1,9 @@
 """What an active promotion waits for, in words and numbers: for the status view. Pure.
 
-Today: a first model's production bake, which judges only the candidate's own traffic (no
-champion to compare with, no known-good model to roll back to): how many requests it has, how
-many it needs, and what `first_model.bake_without_traffic` does when the next check still
-finds too few.
+A canary step under the sequential design: the samples per arm its look waits for. A first
+model's production bake, which judges only the candidate's own traffic (no champion to compare
+with, no known-good model to roll back to): how many requests it has, how many it needs, and
+what `first_model.bake_without_traffic` does when the next check still finds too few.
 """
 
 from __future__ import annotations
@@ -116,4 +116,102 @@ def first_model_bake(promotion: Promotion, policy: ModelPolicy) -> FirstModelBak
         extensions_left=extensions_left,
         summary=summary,
         when_time_runs_out=outcome,
+    )
+
+
+class GateSamples(BaseModel):
+    """One rate gate's samples: what the current step's look waits for, and the whole design."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    metric: str
+    unit: str  # "labeled requests" (accuracy) or "requests" (error rate)
+    required_this_step: dict[str, int]  # cumulative per arm (canary, production)
+    required_by_step: list[dict[str, int]]  # cumulative per arm at the end of each step
+    fixed_horizon: dict[str, int]  # the one-look test of the same power, for comparison
+    boundaries: list[float]  # z at the planned looks
+    passed: bool  # decided at an earlier look
+
+
+class CanarySamples(BaseModel):
+    """A canary step under the sequential design, as the status shows it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    step: str
+    look: int  # the look this step's check takes (1-based)
+    power: float
+    spending: str
+    gates: list[GateSamples]
+    deadline: AwareDatetime | None  # the step stops waiting for samples then
+    when_time_runs_out: str
+    summary: str
+
+
+def canary_samples(promotion: Promotion, policy: ModelPolicy) -> CanarySamples | None:
+    """The samples a canary step waits for (computed from the policy: margin, alpha, power,
+    the planning rate and the steps); None outside the canary. Plans the design (scipy) on
+    first use for these policy numbers."""
+    if promotion.status != "canary" or promotion.step_index < 0:
+        return None
+    from promotion.canary_design import canary_plan
+
+    canary = policy.canary
+    plan = canary_plan(canary)
+    passed = {
+        metric
+        for look in promotion.looks
+        for metric, gate in look.gates.items()
+        if gate.outcome == "pass"
+    }
+    index = min(promotion.step_index, len(canary.steps) - 1)
+    gates = [
+        GateSamples(
+            metric=metric,
+            unit=item.unit,
+            required_this_step={
+                "canary": item.targets[index].candidate,
+                "production": item.targets[index].production,
+            },
+            required_by_step=[
+                {"canary": t.candidate, "production": t.production} for t in item.targets
+            ],
+            fixed_horizon={
+                "canary": item.fixed_horizon.candidate,
+                "production": item.fixed_horizon.production,
+            },
+            boundaries=[round(b, 4) for b in item.design.boundaries],
+            passed=metric in passed,
+        )
+        for metric, item in plan.items()
+    ]
+    mode = canary.on_exhausted
+    outcome = {
+        "pause": "paused: a person decides (resume waits another max_step_duration)",
+        "rollback": "rolled back",
+        "promote": "promoted only with every metric read and the design's full samples; "
+        "otherwise paused",
+    }[mode]
+    waiting = [
+        f"{g.metric}: {g.required_this_step['canary']:,} canary / "
+        f"{g.required_this_step['production']:,} production {g.unit}"
+        for g in gates
+        if not g.passed
+    ]
+    floor = f"{canary.min_samples_per_arm} requests per arm in the step's window"
+    if waiting:
+        summary = f"{promotion.step} waits for {'; '.join(waiting)} (cumulative since canary-1)"
+    elif gates:
+        summary = f"{promotion.step}: every rate gate has passed; its check needs {floor}"
+    else:
+        summary = f"{promotion.step}: no rate gate to plan samples for; its check needs {floor}"
+    return CanarySamples(
+        step=promotion.step,
+        look=len(promotion.looks) + 1,
+        power=canary.power,
+        spending=canary.spending,
+        gates=gates,
+        deadline=promotion.step_deadline,
+        when_time_runs_out=f"undecided when the step's time runs out: {outcome}",
+        summary=summary,
     )

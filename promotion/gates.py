@@ -3,29 +3,38 @@
 Missing metrics and too few samples are always inconclusive, never a pass. scipy is imported
 inside the functions that test, so importing this module stays cheap at cold start.
 
-Canary rule (every test is one-sided at `alpha`, against the tolerated degradation `margin`):
-- pass: non-inferiority shown (canary is better than "production minus the margin", p < alpha);
-- fail: inferiority shown (canary is worse than "production minus the margin", p < alpha);
+Canary rule (docs/canary-statistics.md): each gate tests non-inferiority against the tolerated
+degradation `margin`, rates by the Farrington-Manning score test, latency on a tail quantile.
+- pass: non-inferiority shown (every gate must pass: an intersection-union test, each gate at
+  its own alpha);
+- fail: inferiority beyond the margin shown by any gate, at Holm-adjusted levels (any one gate
+  rolls back, so the family-wise error over the gates is controlled);
 - inconclusive: neither (not enough evidence either way yet).
+In the canary steps the levels come from the promotion's group-sequential design
+(`judge_canary_look`); the production bake is one look at each gate's alpha (`evaluate_canary`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from domain.metrics import ArmStats, LiveMetrics, OfflineMetrics
-from domain.policy import CanaryGate, CanarySettings, ChampionGate, StagingGate, ThresholdGate
+from domain.policy import (
+    RATE_METRICS,
+    CanaryGate,
+    CanarySettings,
+    ChampionGate,
+    StagingGate,
+    ThresholdGate,
+)
 
 Outcome = Literal["pass", "fail", "inconclusive"]
-
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = (
-    20240601  # fixed: a gate is a pure function, the same snapshot gives the same verdict
-)
+LookOutcome = Literal["wait", "pass", "fail", "continue", "exhausted"]
 
 
 class GateEvidence(BaseModel):
@@ -45,7 +54,14 @@ class GateEvidence(BaseModel):
     statistic: float | None = None
     p_value: float | None = None  # of the non-inferiority test
     p_value_inferior: float | None = None  # of the opposite test (inferiority beyond the margin)
-    interval: tuple[float, float] | None = None  # bootstrap confidence interval
+    interval: tuple[float, float] | None = None  # confidence bounds (latency: candidate's)
+    # The sequential design (canary steps): the look, where it stood, its boundaries.
+    look: int | None = None  # 1-based look of this gate's sequential test
+    information_fraction: float | None = None
+    pass_boundary: float | None = None  # z at or above passes
+    fail_boundary: float | None = None  # z at or below fails (Holm-adjusted level)
+    required: dict[str, int] = {}  # samples per arm this step's look waits for (cumulative)
+    design: dict[str, float | str | list[float]] | None = None
 
 
 class GateResult(BaseModel):
@@ -183,20 +199,68 @@ def evaluate_canary(
     canary_deployment: str,
     production_deployment: str | None,
 ) -> GateResult:
-    """Judge the canary arm against the production arm.
+    """One look at each gate's own alpha: the production bake (and a first model's).
 
     A built-in "samples" gate always runs first: each arm needs `min_samples_per_arm` requests.
     `production_deployment=None` means there is nothing to compare with (the first model's
     production bake): the canary only has to show enough traffic, and each comparison gate
     passes with the evidence "no baseline".
     """
+    observed = _arms(settings, live, canary_deployment, production_deployment)
+    if isinstance(observed, GateEvidence):
+        return GateResult.combine([observed])
+    stats, samples = observed
+    evidence = [samples]
+    if production_deployment is None:
+        evidence += [
+            GateEvidence(
+                gate=f"canary:{gate.metric}",
+                outcome="pass",
+                reason="no baseline (first model)",
+                margin=gate.margin,
+                alpha=gate.alpha,
+            )
+            for gate in settings.gates
+        ]
+        return GateResult.combine(evidence)
+    minimum = settings.min_samples_per_arm
+    judged = {
+        gate.metric: _judge(gate, stats, minimum, pass_alpha=gate.alpha, fail_alpha=gate.alpha)
+        for gate in settings.gates
+    }
+    # Holm on the fail side: the gates that show inferiority at alpha / m do first.
+    # A gate that does not fail at its alpha fails at no smaller level: judged again only
+    # when it does.
+    failing = _holm_fail(
+        settings.gates,
+        lambda gate, level: (
+            judged[gate.metric].outcome == "fail"
+            and _judge(gate, stats, minimum, gate.alpha, level).outcome == "fail"
+        ),
+    )
+    for gate in settings.gates:
+        item = judged[gate.metric]
+        if item.outcome == "fail" and gate.metric not in failing:
+            item = item.model_copy(
+                update={
+                    "outcome": "inconclusive",
+                    "reason": f"{item.reason}, but not at the Holm-adjusted level",
+                }
+            )
+        evidence.append(item)
+    return GateResult.combine(evidence)
+
+
+def _arms(
+    settings: CanarySettings,
+    live: LiveMetrics | None,
+    canary_deployment: str,
+    production_deployment: str | None,
+) -> GateEvidence | tuple[dict[str, ArmStats], GateEvidence]:
+    """Each role's metrics, and the samples gate; or the evidence of what is missing."""
     if live is None:
-        return GateResult.combine(
-            [
-                GateEvidence(
-                    gate="samples", outcome="inconclusive", reason="live metrics unavailable"
-                )
-            ]
+        return GateEvidence(
+            gate="samples", outcome="inconclusive", reason="live metrics unavailable"
         )
     minimum = settings.min_samples_per_arm
     arms = {"canary": canary_deployment}
@@ -211,9 +275,7 @@ def evaluate_canary(
         else:
             stats[role] = arm
     if missing:
-        return GateResult.combine(
-            [GateEvidence(gate="samples", outcome="inconclusive", reason="; ".join(missing))]
-        )
+        return GateEvidence(gate="samples", outcome="inconclusive", reason="; ".join(missing))
     counts = {role: arm.requests for role, arm in stats.items()}
     short = [role for role, count in counts.items() if count < minimum]
     samples = GateEvidence(
@@ -227,80 +289,132 @@ def evaluate_canary(
         samples=counts,
         threshold=float(minimum),
     )
-    evidence = [samples]
-    for gate in settings.gates:
-        if production_deployment is None:
-            evidence.append(
-                GateEvidence(
-                    gate=f"canary:{gate.metric}",
-                    outcome="pass",
-                    reason="no baseline (first model)",
-                    margin=gate.margin,
-                    alpha=gate.alpha,
-                )
-            )
-        elif gate.metric == "latency_ms":
-            evidence.append(_latency(gate, stats["canary"], stats["production"], minimum))
-        else:
-            evidence.append(_rate(gate, stats["canary"], stats["production"], minimum))
-    return GateResult.combine(evidence)
+    return stats, samples
 
 
-def _rate(gate: CanaryGate, canary: ArmStats, production: ArmStats, minimum: int) -> GateEvidence:
-    """One-sided two-proportion z-test of non-inferiority (unpooled Wald standard error)."""
-    name = f"canary:{gate.metric}"
-    higher_is_better = gate.metric == "accuracy"
-    if higher_is_better:
-        (x_c, n_c), (x_p, n_p) = (
-            (canary.correct, canary.labeled),
-            (production.correct, production.labeled),
+def _holm_fail(
+    gates: Sequence[CanaryGate], fails_at: Callable[[CanaryGate, float], bool]
+) -> dict[str, float]:
+    """Holm's step-down on the fail side: with r gates left, each faces alpha / r; every gate
+    failing at that level is rejected, then the level grows; none failing stops it. Any gate
+    failing rolls back, so this bounds the chance a good candidate is rolled back by any gate.
+    Returns the failed gates' metrics and the level each failed at."""
+    left = list(gates)
+    failed: dict[str, float] = {}
+    while left:
+        remaining = len(left)
+        now = [gate for gate in left if fails_at(gate, gate.alpha / remaining)]
+        if not now:
+            break
+        failed |= {gate.metric: gate.alpha / remaining for gate in now}
+        left = [gate for gate in left if gate not in now]
+    return failed
+
+
+def _rate_counts(gate: CanaryGate, arm: ArmStats) -> tuple[int, int]:
+    """(events, samples): correct of labeled for accuracy, errors of requests for error rate."""
+    return (arm.correct, arm.labeled) if gate.metric == "accuracy" else (arm.errors, arm.requests)
+
+
+def _judge(
+    gate: CanaryGate,
+    stats: dict[str, ArmStats],
+    minimum: int,
+    pass_alpha: float,
+    fail_alpha: float,
+) -> GateEvidence:
+    """One look of one gate at one-look levels (nominal alphas of the pass and fail sides)."""
+    if gate.metric in RATE_METRICS:
+        test = _score(gate, stats, minimum)
+        if isinstance(test, GateEvidence):
+            return test
+        z, common = test
+        from scipy.stats import norm
+
+        return _rate_verdict(
+            gate, z, float(norm.isf(pass_alpha)), -float(norm.isf(fail_alpha)), common
         )
-    else:
-        (x_c, n_c), (x_p, n_p) = (
-            (canary.errors, canary.requests),
-            (production.errors, production.requests),
-        )
-    common = {
+    return _latency(gate, stats, minimum, pass_alpha, fail_alpha)
+
+
+def _score(
+    gate: CanaryGate, stats: dict[str, ArmStats], minimum: int
+) -> GateEvidence | tuple[float, dict]:
+    """The Farrington-Manning z of a rate gate on cumulative counts, or why it cannot run:
+    fewer than `minimum` samples in an arm is never judged (the normal approximation needs
+    them; too few samples is never a failure)."""
+    from promotion.sequential import farrington_manning
+
+    x_c, n_c = _rate_counts(gate, stats["canary"])
+    x_p, n_p = _rate_counts(gate, stats["production"])
+    common: dict = {
         "samples": {"canary": n_c, "production": n_p},
         "margin": gate.margin,
         "alpha": gate.alpha,
-        "test": "two_proportion",
+        "test": "farrington_manning",
     }
-    if n_c < minimum or n_p < minimum:
-        unit = "labeled requests" if higher_is_better else "requests"
+    if min(n_c, n_p) < max(minimum, 1):
+        unit = "labeled requests" if gate.higher_is_better else "requests"
         return GateEvidence(
-            gate=name,
+            gate=f"canary:{gate.metric}",
             outcome="inconclusive",
             reason=f"fewer than {minimum} {unit} in an arm",
             **common,
         )
-    p_c, p_p = x_c / n_c, x_p / n_p
-    # How much better the canary is (positive = better), whichever direction is "better".
-    advantage = p_c - p_p if higher_is_better else p_p - p_c
-    se = math.sqrt(p_c * (1 - p_c) / n_c + p_p * (1 - p_p) / n_p)
-    if se == 0:
-        # Both rates 0 or 1: the Wald error vanishes; use the Agresti-Caffo adjusted rates.
-        a_c, a_p = (x_c + 1) / (n_c + 2), (x_p + 1) / (n_p + 2)
-        se = math.sqrt(a_c * (1 - a_c) / (n_c + 2) + a_p * (1 - a_p) / (n_p + 2))
-    from scipy.stats import norm
+    result = farrington_manning(x_c, n_c, x_p, n_p, gate.margin, gate.higher_is_better)
+    common["values"] = {
+        "canary": result.candidate_rate,
+        "production": result.baseline_rate,
+        "difference": result.candidate_rate - result.baseline_rate,
+    }
+    common["statistic"] = result.statistic
+    common["p_value"] = result.p_value
+    common["p_value_inferior"] = result.p_value_inferior
+    return result.statistic, common
 
-    z = (advantage + gate.margin) / se
-    p_ni, p_inf = float(norm.sf(z)), float(norm.cdf(z))
-    values: dict[str, float | None] = {"canary": p_c, "production": p_p, "difference": p_c - p_p}
-    return _verdict(name, p_ni, p_inf, gate.alpha, z, values, **common)
+
+def _rate_verdict(
+    gate: CanaryGate, z: float, pass_bound: float, fail_bound: float, common: dict, **extra: object
+) -> GateEvidence:
+    if z >= pass_bound:
+        outcome: Outcome = "pass"
+        reason = f"non-inferior within margin (z={z:.3f} >= {pass_bound:.3f})"
+    elif z <= fail_bound:
+        outcome = "fail"
+        reason = f"inferior beyond margin (z={z:.3f} <= {fail_bound:.3f})"
+    else:
+        outcome = "inconclusive"
+        reason = f"not enough evidence (z={z:.3f} between {fail_bound:.3f} and {pass_bound:.3f})"
+    return GateEvidence(
+        gate=f"canary:{gate.metric}",
+        outcome=outcome,
+        reason=reason,
+        pass_boundary=pass_bound,
+        fail_boundary=fail_bound,
+        **common,
+        **extra,  # type: ignore[arg-type]
+    )
 
 
 def _latency(
-    gate: CanaryGate, canary: ArmStats, production: ArmStats, minimum: int
+    gate: CanaryGate,
+    stats: dict[str, ArmStats],
+    minimum: int,
+    pass_alpha: float,
+    fail_alpha: float,
 ) -> GateEvidence:
-    """Canary latencies against production latencies scaled by (1 + margin)."""
+    """The canary's tail quantile against (1 + margin) times production's (order-statistic
+    bounds, distribution-free), passing at `pass_alpha` and failing at `fail_alpha`."""
+    from promotion.sequential import quantile_ratio_test
+
     name = f"canary:{gate.metric}"
-    c, p = list(canary.latency_ms), list(production.latency_ms)
-    common = {
+    c, p = stats["canary"].latency_ms, stats["production"].latency_ms
+    label = f"p{gate.quantile * 100:g}"
+    common: dict = {
         "samples": {"canary": len(c), "production": len(p)},
         "margin": gate.margin,
         "alpha": gate.alpha,
-        "test": gate.test,
+        "test": f"quantile:{label}",
     }
     if len(c) < minimum or len(p) < minimum:
         return GateEvidence(
@@ -309,84 +423,320 @@ def _latency(
             reason=f"fewer than {minimum} latency samples in an arm",
             **common,
         )
-    import numpy as np
-
-    allowance = np.asarray(p, dtype=float) * (1 + gate.margin)
+    # A level of 0 (a look that spends nothing: no new information) can decide nothing.
+    passing = quantile_ratio_test(c, p, gate.quantile, gate.margin, max(pass_alpha, 1e-300))
+    failing = (
+        passing
+        if fail_alpha == pass_alpha
+        else quantile_ratio_test(c, p, gate.quantile, gate.margin, max(fail_alpha, 1e-300))
+    )
+    if pass_alpha <= 0:
+        passing = replace(passing, outcome="inconclusive")
+    if fail_alpha <= 0:
+        failing = replace(failing, outcome="inconclusive")
     values: dict[str, float | None] = {
-        "canary_median": float(np.median(c)),
-        "production_median": float(np.median(p)),
+        f"canary_{label}": passing.candidate,
+        f"production_{label}": passing.baseline,
+        "ratio": passing.candidate / passing.baseline if passing.baseline > 0 else None,
     }
-    if gate.test == "mann_whitney":
-        from scipy.stats import mannwhitneyu
-
-        # Non-inferior: canary latencies stochastically smaller than production * (1 + margin).
-        less = mannwhitneyu(c, allowance, alternative="less")
-        greater = mannwhitneyu(c, allowance, alternative="greater")
-        return _verdict(
-            name,
-            float(less.pvalue),
-            float(greater.pvalue),
-            gate.alpha,
-            float(less.statistic),
-            values,
-            **common,
-        )
-    from scipy.stats import bootstrap
-
-    def excess(
-        canary_sample: np.ndarray, production_sample: np.ndarray, axis: int = -1
-    ) -> np.ndarray:
-        return np.median(canary_sample, axis=axis) - np.median(production_sample, axis=axis) * (
-            1 + gate.margin
-        )
-
-    # A two-sided (1 - 2 alpha) interval is two one-sided tests at alpha each.
-    result = bootstrap(
-        (np.asarray(c, dtype=float), np.asarray(p, dtype=float)),
-        excess,
-        n_resamples=BOOTSTRAP_RESAMPLES,
-        confidence_level=1 - 2 * gate.alpha,
-        method="percentile",
-        rng=np.random.default_rng(BOOTSTRAP_SEED),
-    )
-    low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
-    outcome: Outcome = "pass" if high < 0 else "fail" if low > 0 else "inconclusive"
-    reason = {
-        "pass": "canary median below production median * (1 + margin)",
-        "fail": "canary median above production median * (1 + margin)",
-        "inconclusive": "interval of the median excess contains 0",
-    }[outcome]
-    values["median_excess"] = float(excess(np.asarray(c), np.asarray(p)))
-    return GateEvidence(
-        gate=name, outcome=outcome, reason=reason, values=values, interval=(low, high), **common
-    )
-
-
-def _verdict(
-    name: str,
-    p_ni: float,
-    p_inf: float,
-    level: float,
-    statistic: float,
-    values: dict[str, float | None],
-    **common: object,
-) -> GateEvidence:
-    if p_ni < level:
+    if passing.outcome == "pass":
         outcome: Outcome = "pass"
-        reason = f"non-inferior within margin (p={p_ni:.3g} < {level:g})"
-    elif p_inf < level:
+        reason = f"{label} within (1 + margin) of production's (level {pass_alpha:.3g})"
+    elif failing.outcome == "fail":
         outcome = "fail"
-        reason = f"inferior beyond margin (p={p_inf:.3g} < {level:g})"
+        reason = f"{label} above (1 + margin) of production's (level {fail_alpha:.3g})"
     else:
         outcome = "inconclusive"
-        reason = f"not enough evidence (p={p_ni:.3g}, inferiority p={p_inf:.3g})"
+        reason = f"the {label} bounds overlap the margin"
+    low, high = passing.candidate_bounds
     return GateEvidence(
         gate=name,
         outcome=outcome,
         reason=reason,
         values=values,
-        statistic=statistic,
-        p_value=p_ni,
-        p_value_inferior=p_inf,
-        **common,  # type: ignore[arg-type]
+        interval=(low, high) if low is not None and high is not None else None,
+        **common,
     )
+
+
+# --- the canary's sequential looks ---------------------------------------------------------------
+
+
+class GateLook(BaseModel):
+    """One gate at one look: where its information stood and what it decided."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    fraction: float  # information fraction (latency: the look's, shared with the rate gates)
+    statistic: float | None = None  # z (rates)
+    outcome: Literal["pass", "fail", "continue"]
+
+
+class CanaryLook(BaseModel):
+    """A look of the promotion's sequential design (kept on the promotion: later looks'
+    boundaries depend on the earlier looks' information fractions)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    step: str
+    gates: dict[str, GateLook]  # by metric
+
+
+class LookResult(BaseModel):
+    """What a canary check found: wait, or a look and its verdict."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    outcome: LookOutcome  # wait: the step's samples not reached yet (not a look)
+    result: GateResult  # the evidence (outcome pass | fail | inconclusive)
+    look: CanaryLook | None = None
+    totals: dict[str, ArmStats] = {}  # cumulative counts by role, latencies of this window
+    # Every gate's metrics read and the design's full samples reached: only then may
+    # `on_exhausted: promote` act.
+    complete: bool = False
+
+
+def judge_canary_look(
+    settings: CanarySettings,
+    live: LiveMetrics | None,
+    canary_deployment: str,
+    production_deployment: str,
+    *,
+    step_index: int,
+    looks: Sequence[CanaryLook] = (),
+    carried: dict[str, ArmStats] | None = None,
+    out_of_time: bool = False,
+) -> LookResult:
+    """A check of canary step `step_index` under the promotion's group-sequential design.
+
+    Each rate gate's cumulative counts (earlier steps' `carried` plus this step's window) give
+    its information fraction; the step's look is taken once every rate gate reaches the
+    step's planned fraction and each arm has `min_samples_per_arm` requests in the window, or
+    when time is out (`out_of_time`, an unplanned look). A gate passes at z >= its spending
+    boundary (alpha), fails at z <= minus the boundary at its Holm-adjusted level; a gate that
+    passed at an earlier look stays passed. Latency gates share the look's fraction.
+    Outcomes: wait (no look), pass (every gate passed), fail (any failed), continue (the step's
+    samples reached, undecided, a later step follows), exhausted (undecided at the last step,
+    or out of time).
+    """
+    from promotion.canary_design import boundary, canary_plan
+
+    plan = canary_plan(settings)
+    observed = _arms(settings, live, canary_deployment, production_deployment)
+    if isinstance(observed, GateEvidence):
+        return LookResult(
+            outcome="exhausted" if out_of_time else "wait", result=GateResult.combine([observed])
+        )
+    window, samples = observed
+    carried = carried or {}
+    stats = {role: _add(carried.get(role), arm) for role, arm in window.items()}
+    decided = {
+        metric: gate_look.outcome
+        for look in looks
+        for metric, gate_look in look.gates.items()
+        if gate_look.outcome == "pass"
+    }
+    history = {
+        gate.metric: [
+            look.gates[gate.metric].fraction for look in looks if gate.metric in look.gates
+        ]
+        for gate in settings.gates
+    }
+    # Where each rate gate's information stands, and whether its step target is reached.
+    fractions: dict[str, float] = {}
+    required: dict[str, dict[str, int]] = {}
+    for gate in settings.gates:
+        if gate.metric in plan:
+            gate_plan = plan[gate.metric]
+            _, n_c = _rate_counts(gate, stats["canary"])
+            _, n_p = _rate_counts(gate, stats["production"])
+            earlier = max(history[gate.metric], default=0.0)
+            fractions[gate.metric] = max(gate_plan.design.fraction(n_c, n_p), earlier)
+            target = gate_plan.targets[min(step_index, len(gate_plan.targets) - 1)]
+            required[gate.metric] = {"canary": target.candidate, "production": target.production}
+    planned = (step_index + 1) / max(len(settings.steps), 1)
+    open_rates = [m for m in fractions if m not in decided]
+    reached = samples.outcome == "pass" and all(fractions[m] >= planned - 1e-9 for m in open_rates)
+    look_fraction = min((fractions[m] for m in open_rates), default=planned)
+    latency_minimum = settings.min_samples_per_arm
+    for gate in settings.gates:
+        if gate.metric not in plan and gate.metric not in decided:
+            fractions[gate.metric] = max(look_fraction, max(history[gate.metric], default=0.0))
+            reached = reached and all(
+                len(stats[role].latency_ms) >= latency_minimum for role in stats
+            )
+    if not reached and not out_of_time:
+        evidence = [samples] + [
+            _waiting(gate, stats, fractions, required, decided, planned) for gate in settings.gates
+        ]
+        return LookResult(outcome="wait", result=GateResult.combine(evidence), totals=stats)
+
+    look_number = len(looks) + 1
+
+    def bound(metric: str, level: float) -> float:
+        return boundary((*history[metric], fractions[metric]), level, settings.spending)
+
+    def judge(gate: CanaryGate, fail_level: float) -> GateEvidence:
+        design = _design_evidence(plan.get(gate.metric))
+        extra = {
+            "look": look_number,
+            "information_fraction": fractions[gate.metric],
+            "required": required.get(gate.metric, {}),
+            "design": design,
+        }
+        pass_bound, fail_bound = bound(gate.metric, gate.alpha), -bound(gate.metric, fail_level)
+        if gate.metric in RATE_METRICS:
+            test = _score(gate, stats, latency_minimum)
+            if isinstance(test, GateEvidence):
+                return test.model_copy(update=extra)
+            z, common = test
+            return _rate_verdict(gate, z, pass_bound, fail_bound, common, **extra)
+        from scipy.stats import norm
+
+        return _latency(
+            gate,
+            stats,
+            latency_minimum,
+            float(norm.sf(pass_bound)),
+            float(norm.sf(-fail_bound)),
+        ).model_copy(update=extra | {"pass_boundary": pass_bound, "fail_boundary": fail_bound})
+
+    open_gates = [gate for gate in settings.gates if gate.metric not in decided]
+    judged = {gate.metric: judge(gate, gate.alpha) for gate in open_gates}
+    failing = _holm_fail(
+        open_gates,
+        lambda gate, level: (
+            judged[gate.metric].outcome == "fail"
+            and (level == gate.alpha or judge(gate, level).outcome == "fail")
+        ),
+    )
+    evidence = [samples]
+    gate_looks: dict[str, GateLook] = {}
+    for gate in settings.gates:
+        if gate.metric in decided:
+            evidence.append(
+                GateEvidence(
+                    gate=f"canary:{gate.metric}",
+                    outcome="pass",
+                    reason="passed at an earlier look",
+                    margin=gate.margin,
+                    alpha=gate.alpha,
+                )
+            )
+            continue
+        item = judged[gate.metric]
+        if item.outcome == "fail" and gate.metric not in failing:
+            item = item.model_copy(
+                update={
+                    "outcome": "inconclusive",
+                    "reason": f"{item.reason}, but not at the Holm-adjusted level",
+                }
+            )
+        elif item.outcome == "fail":
+            item = item.model_copy(
+                update={"fail_boundary": -bound(gate.metric, failing[gate.metric])}
+            )
+        evidence.append(item)
+        gate_looks[gate.metric] = GateLook(
+            fraction=fractions[gate.metric],
+            statistic=item.statistic,
+            outcome="continue" if item.outcome == "inconclusive" else item.outcome,
+        )
+    result = GateResult.combine(evidence)
+    complete = samples.outcome == "pass" and all(
+        fractions.get(gate.metric, 0.0) >= 1 - 1e-9 and _has_data(gate, stats, latency_minimum)
+        for gate in settings.gates
+        if gate.metric not in decided
+    )
+    if result.outcome == "fail":
+        outcome: LookOutcome = "fail"
+    elif result.outcome == "pass":
+        outcome = "pass"
+    elif reached and step_index + 1 < len(settings.steps):
+        outcome = "continue"
+    else:
+        outcome = "exhausted"
+    return LookResult(
+        outcome=outcome,
+        result=result,
+        look=CanaryLook(step=f"canary-{step_index + 1}", gates=gate_looks),
+        totals=stats,
+        complete=complete,
+    )
+
+
+def _has_data(gate: CanaryGate, stats: dict[str, ArmStats], minimum: int) -> bool:
+    if gate.metric in RATE_METRICS:
+        return all(_rate_counts(gate, arm)[1] > 0 for arm in stats.values())
+    return all(len(arm.latency_ms) >= minimum for arm in stats.values())
+
+
+def _add(before: ArmStats | None, window: ArmStats) -> ArmStats:
+    if before is None:
+        return window
+    return window.model_copy(
+        update={
+            "requests": before.requests + window.requests,
+            "errors": before.errors + window.errors,
+            "labeled": before.labeled + window.labeled,
+            "correct": before.correct + window.correct,
+        }
+    )
+
+
+def _waiting(
+    gate: CanaryGate,
+    stats: dict[str, ArmStats],
+    fractions: dict[str, float],
+    required: dict[str, dict[str, int]],
+    decided: dict[str, str],
+    planned: float,
+) -> GateEvidence:
+    name = f"canary:{gate.metric}"
+    if gate.metric in decided:
+        return GateEvidence(gate=name, outcome="pass", reason="passed at an earlier look")
+    if gate.metric in RATE_METRICS:
+        _, n_c = _rate_counts(gate, stats["canary"])
+        _, n_p = _rate_counts(gate, stats["production"])
+        need = required.get(gate.metric, {})
+        unit = "labeled requests" if gate.higher_is_better else "requests"
+        reason = (
+            f"waiting for samples: {n_c} of {need.get('canary')} canary and {n_p} of "
+            f"{need.get('production')} production {unit} (information "
+            f"{fractions[gate.metric]:.2f} of the step's {planned:.2f})"
+        )
+        samples = {"canary": n_c, "production": n_p}
+    else:
+        samples = {role: len(arm.latency_ms) for role, arm in stats.items()}
+        reason = "waiting for the rate gates' samples (or latency samples)"
+    return GateEvidence(
+        gate=name,
+        outcome="inconclusive",
+        reason=reason,
+        samples=samples,
+        margin=gate.margin,
+        alpha=gate.alpha,
+        information_fraction=fractions.get(gate.metric),
+        required=required.get(gate.metric, {}),
+    )
+
+
+def _design_evidence(plan: object) -> dict[str, float | str | list[float]] | None:
+    if plan is None:
+        return None
+    from promotion.canary_design import GatePlan
+
+    assert isinstance(plan, GatePlan)
+    design = plan.design
+    return {
+        "spending": design.spending,
+        "power": design.power,
+        "planning_rate": design.baseline_rate,
+        "planned_ratio": round(design.ratio, 4),
+        "planned_fractions": list(design.planned_fractions),
+        "boundaries": [round(b, 4) for b in design.boundaries],
+        "max_information": round(design.max_information, 1),
+        "fixed_information": round(design.fixed_information, 1),
+        "required_canary": float(plan.targets[-1].candidate),
+        "required_production": float(plan.targets[-1].production),
+    }

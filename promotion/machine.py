@@ -51,7 +51,13 @@ from promotion.commands import (
     StartPromotion,
 )
 from promotion.drift import expected_endpoint
-from promotion.gates import GateResult, evaluate_canary, evaluate_staging
+from promotion.gates import (
+    GateResult,
+    LookResult,
+    evaluate_canary,
+    evaluate_staging,
+    judge_canary_look,
+)
 from promotion.state import (
     DEPLOYED,
     HISTORY_LIMIT,
@@ -76,6 +82,8 @@ APPROVAL = "approval"
 DEPLOY = "deploy"
 BAKE = "bake"
 SYSTEM = "system"
+# Who pauses a promotion whose gates stay undecided (policy canary.on_exhausted).
+ON_EXHAUSTED = "policy:on_exhausted"
 
 STAGE_TAG = "retrain.stage"
 PROMOTION_TAG = "retrain.promotion_id"
@@ -630,6 +638,7 @@ def _enter_canary_step(t: _Transition, index: int, cause: str, by: str = SYSTEM)
         step_index=index,
         traffic_weight=weight,
         step_started_at=t.now,
+        step_deadline=t.now + t.policy.canary.max_step_duration,
         check_attempt=1,
         inconclusive=0,
     )
@@ -658,6 +667,7 @@ def _go_to_production(t: _Transition, cause: str, by: str = SYSTEM) -> None:
     t.update(
         traffic_weight=100,
         step_started_at=t.now,
+        step_deadline=None,
         check_attempt=1,
         inconclusive=0,
         baseline_window=window,
@@ -677,6 +687,9 @@ def _on_gate_check(t: _Transition, command: GateCheck) -> Decision[PromotionStat
         return t.ignore(command, reason or "no active promotion")
     if promotion.status == Status.STAGING_GATE:
         _judge_staging(t, command.offline)
+        return t.done()
+    if promotion.status == Status.CANARY:
+        _judge_canary_step(t, command)
         return t.done()
     result = evaluate_canary(
         t.policy.canary, command.live, promotion.candidate_deployment, _production_arm(promotion)
@@ -709,12 +722,121 @@ def _on_gate_check(t: _Transition, command: GateCheck) -> Decision[PromotionStat
             # The first model's own setting: it names this case, and wins over on_exhausted.
             exhausted = "rollback"
             why += ": policy first_model.bake_without_traffic=rollback"
-        t.record("gate.exhausted", step=promotion.step, on_exhausted=exhausted)
+        complete = _metrics_complete(result)
+        if exhausted == "promote" and not complete:
+            # Missing or too few metrics never promote, whatever the policy says.
+            exhausted = "pause"
+            why += ": on_exhausted=promote needs every metric read and enough samples"
+        t.record("gate.exhausted", step=promotion.step, on_exhausted=exhausted, complete=complete)
         if exhausted == "rollback":
             _rollback(t, f"{why}: {result.reasons}", SYSTEM)
-        else:
+        elif exhausted == "promote":
             _step_passed(t, f"{why}: policy on_exhausted=promote")
+        else:
+            _pause_exhausted(t, f"{why}: {result.reasons}")
     return t.done()
+
+
+def _metrics_complete(result: GateResult) -> bool:
+    """Every gate tested on data read (a gate without its metric or samples has no values)."""
+    return all(
+        item.outcome == "pass" or (item.gate != "samples" and bool(item.values))
+        for item in result.evidence
+    )
+
+
+def _judge_canary_step(t: _Transition, command: GateCheck) -> None:
+    """A canary step's check under the promotion's sequential design (promotion.gates
+    `judge_canary_look`): wait for the step's samples (checked every canary.bake, at most
+    canary.max_step_duration), then look: pass or continue -> next step (or production),
+    fail -> rollback, undecided at the end -> canary.on_exhausted."""
+    promotion = t.promotion
+    canary = t.policy.canary
+    assert promotion.baseline is not None
+    deadline = promotion.step_deadline or promotion.step_started_at + canary.max_step_duration
+    look = judge_canary_look(
+        canary,
+        command.live,
+        promotion.candidate_deployment,
+        promotion.baseline.deployment,
+        step_index=promotion.step_index,
+        looks=promotion.looks,
+        carried=promotion.canary_totals,
+        out_of_time=t.now >= deadline,
+    )
+    waiting = look.outcome == "wait"
+    # A wait keeps one record per step, not one per check.
+    _record_gate(t, look.result, replace_last=waiting and promotion.inconclusive > 0)
+    if waiting:
+        count = promotion.inconclusive + 1
+        t.update(inconclusive=count, check_attempt=promotion.check_attempt + 1)
+        due = min(t.now + canary.bake, deadline)
+        t.record(
+            "gate.waiting",
+            step=promotion.step,
+            checks=count,
+            deadline=deadline.isoformat(),
+            next_check_at=due.isoformat(),
+        )
+        _schedule_check(t, promotion.step, due)
+        return
+    if look.look is not None:  # None: out of time with no metrics to look at
+        t.update(looks=(*promotion.looks, look.look))
+        t.record(
+            "gate.look",
+            step=promotion.step,
+            look=len(promotion.looks) + 1,
+            outcome=look.outcome,
+            complete=look.complete,
+            gates={m: item.model_dump(mode="json") for m, item in look.look.gates.items()},
+        )
+    if look.outcome == "fail":
+        _rollback(t, f"{promotion.step} gate failed: {look.result.reasons}", SYSTEM)
+        return
+    if look.outcome in ("pass", "continue"):
+        _carry_totals(t, look)
+        cause = (
+            "gate passed"
+            if look.outcome == "pass"
+            else "samples of the step reached, undecided: the next step looks again"
+        )
+        _step_passed(t, cause)
+        return
+    mode = canary.on_exhausted
+    why = (
+        f"{promotion.step} undecided with the design's full samples"
+        if look.complete
+        else f"{promotion.step} undecided when its time ran out ({look.result.reasons})"
+    )
+    if mode == "promote" and not look.complete:
+        # Missing or too few metrics never promote, whatever the policy says.
+        mode = "pause"
+        why += "; on_exhausted=promote needs every metric read and the full samples"
+    t.record("gate.exhausted", step=promotion.step, on_exhausted=mode, complete=look.complete)
+    if mode == "rollback":
+        _rollback(t, f"{why}: policy on_exhausted=rollback", SYSTEM)
+    elif mode == "promote":
+        _carry_totals(t, look)
+        _step_passed(t, f"{why}: policy on_exhausted=promote")
+    else:
+        _pause_exhausted(t, why)
+
+
+def _carry_totals(t: _Transition, look: LookResult) -> None:
+    """The step's cumulative counts, for the next step's looks (latencies are per window)."""
+    t.update(
+        canary_totals={
+            role: arm.model_copy(update={"latency_ms": []}) for role, arm in look.totals.items()
+        }
+    )
+
+
+def _pause_exhausted(t: _Transition, why: str) -> None:
+    """Undecided: a person decides (resume waits another max_step_duration; promote-now or
+    rollback end it). The pending check stays: resume reschedules it."""
+    t.update(paused=True, paused_by=ON_EXHAUSTED, pause_reason=why)
+    t.record("promotion.paused", requested_by=ON_EXHAUSTED, reason=why)
+    t.event("promotion.paused", reason=why, paused_by=ON_EXHAUSTED)
 
 
 def is_first_model_bake(promotion: Promotion) -> bool:
@@ -983,6 +1105,9 @@ def _on_resume(t: _Transition, command: ResumePromotion) -> Decision[PromotionSt
         reason = "not paused"
     if reason is not None:
         return t.ignore(command, reason)
+    if t.promotion.paused_by == ON_EXHAUSTED:
+        # Undecided gates: the person resuming gives the step time again.
+        t.update(step_deadline=t.now + t.policy.canary.max_step_duration, inconclusive=0)
     t.update(paused=False, paused_by=None, pause_reason="")
     t.record("promotion.resumed", requested_by=command.requested_by, reason=command.reason)
     promotion = t.promotion

@@ -10,7 +10,8 @@ from enum import StrEnum
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from promotion.gates import GateEvidence, Outcome
+from domain.metrics import ArmStats
+from promotion.gates import CanaryLook, GateEvidence, Outcome
 
 HISTORY_LIMIT = 20
 QUEUE_LIMIT = 10
@@ -129,6 +130,12 @@ class Promotion(_Record):
     traffic_wait: TrafficWait | None = None
     gates: tuple[GateRecord, ...] = ()
     steps: tuple[StepRecord, ...] = ()
+    # The canary's sequential design: the looks taken so far (their information fractions set
+    # the next looks' boundaries), the counts of the steps already ended (by role: "canary",
+    # "production"; no latencies), and when the current step stops waiting for samples.
+    looks: tuple[CanaryLook, ...] = ()
+    canary_totals: dict[str, ArmStats] = {}
+    step_deadline: AwareDatetime | None = None
     started_at: AwareDatetime
     updated_at: AwareDatetime
 

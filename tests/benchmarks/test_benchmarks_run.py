@@ -70,3 +70,9 @@ def test_data_ledger_benchmark() -> None:
 def test_canary_gate_benchmark() -> None:
     out = run("bench_canary_gate.main(runs=100, latency_runs=10)")
     assert "accuracy gate" in out
+
+
+def test_canary_stats_benchmark() -> None:
+    out = run("bench_canary_stats.main(runs=5, volumes=(3000,))")
+    assert "| 3,000 | identical to production |" in out
+    assert "| 3,000 | same median, p95 doubled |" in out

@@ -101,7 +101,9 @@ def flow_policy(model: str, *, approval: bool = True, **overrides: str) -> str:
             if approval
             else "{required: false}"
         ),
-        "canary": "{steps: [10, 50], bake: 1s, min_samples_per_arm: 50, max_extensions: 2, "
+        # A step waits for its samples at most 3 s (three checks), then rolls back.
+        "canary": "{steps: [10, 50], bake: 1s, max_step_duration: 3s, min_samples_per_arm: 50, "
+        "max_extensions: 2, on_exhausted: rollback, "
         "gates: [{kind: canary, metric: error_rate, test: two_proportion, margin: 0.02, "
         "alpha: 0.05}]}",
         "production_bake": "1s",

@@ -446,10 +446,10 @@ def test_mlflow_unreachable_during_the_canary_holds_the_split_then_rolls_back(
     assert gate_actions == [
         "gate.passed",  # staging (offline metrics from the fake)
         "gate.inconclusive",
-        "gate.extended",
+        "gate.waiting",
         "gate.inconclusive",
-        "gate.extended",
-        "gate.inconclusive",
+        "gate.waiting",
+        "gate.inconclusive",  # max_step_duration: out of time, nothing to look at
         "gate.exhausted",
     ]
     state = final_state(process, MODEL)

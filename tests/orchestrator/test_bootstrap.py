@@ -288,3 +288,26 @@ def test_a_policy_whose_data_container_is_not_watched_is_refused_at_start(tmp_pa
         load_policies(tmp_path, watched_container="training-data")
     assert refused.value.path.endswith("fraud.yml") and refused.value.field == "data.container"
     assert "DATA_CONTAINER='training-data'" in refused.value.reason
+
+
+def test_a_latency_gate_with_no_latency_source_in_azure_is_refused_at_start() -> None:
+    """In Azure the data collector records no latency: a latency_ms canary gate could never
+    pass, so the runtime refuses the policy when it loads it, naming the gate."""
+    from domain.policy import PolicyError, parse_policy
+
+    text = policy_yaml("churn", canary="{gates: [{metric: accuracy}, {metric: latency_ms}]}")
+    policies = {"churn": parse_policy(text)}
+    azure = fake_settings(
+        AZUREML_WORKSPACE="ws", AZUREML_SUBSCRIPTION_ID="s", AZUREML_RESOURCE_GROUP="rg"
+    )
+    with pytest.raises(PolicyError) as refused:
+        _ = bootstrap(azure, policies=policies).policies
+    assert refused.value.field == "canary.gates.1" and "latency_ms" in refused.value.reason
+    with_source = fake_settings(
+        AZUREML_WORKSPACE="ws",
+        AZUREML_SUBSCRIPTION_ID="s",
+        AZUREML_RESOURCE_GROUP="rg",
+        CANARY_LATENCY_WORKSPACE_ID="11111111-2222-3333-4444-555555555555",
+    )
+    assert bootstrap(with_source, policies=policies).policies == policies
+    assert bootstrap(fake_settings(), policies=policies).policies == policies  # local: it has

@@ -44,8 +44,8 @@ def canary_policy(model: str = "churn", **overrides: str) -> str:
         "staging": "{gates: [{kind: threshold, metric: auc, value: 0.7}], retry_delay: 1m, "
         "max_attempts: 2}",
         "approval": f"{{required: true, approvers: [{LEAD}], timeout: 1h, on_timeout: reject}}",
-        "canary": "{steps: [10, 50], bake: 5m, min_samples_per_arm: 50, max_extensions: 1, "
-        "on_exhausted: rollback}",
+        "canary": "{steps: [10, 50], bake: 5m, max_step_duration: 10m, min_samples_per_arm: 50, "
+        "max_extensions: 1, on_exhausted: rollback}",
         "production_bake": "10m",
     } | overrides
     return policy_yaml(model, **sections)
@@ -278,7 +278,7 @@ def test_a_promotion_passes_staging_approval_deployment_and_canary_steps_to_comp
 def test_a_canary_that_stays_inconclusive_rolls_back_traffic_first_then_removes_it():
     w = fake_runtime(canary_policy(approval="{required: false}"))
     w.seed_champion("churn", "1")
-    # Too few requests reach the candidate: inconclusive, extended once, then exhausted.
+    # Too few requests reach the candidate: the step waits, then its time runs out.
     w.metrics.arm_stats["churn-v2"] = ArmStats(deployment="churn-v2", requests=10)
     w.handle(start_promotion("churn", "2"))
     delivered = w.run(until=lambda: w.aggregate("churn").promotion.active is None)
@@ -295,9 +295,10 @@ def test_a_canary_that_stays_inconclusive_rolls_back_traffic_first_then_removes_
     assert statuses(w)[-3:] == ["canary", "rolling_back", "rolled_back"]
     actions = w.audit.actions("churn")
     assert actions.count("gate.inconclusive") == 2 and "gate.exhausted" in actions
+    assert "gate.waiting" in actions
     assert w.registry.stages("churn", "2") == ["staging", "rolled_back"]
     [event] = w.events.of_type("promotion.rolled_back")
-    assert event["serving_version"] == "1" and "canary-1 inconclusive" in event["reason"]
+    assert event["serving_version"] == "1" and "canary-1 undecided" in event["reason"]
 
 
 def test_a_deployment_that_fails_fails_the_promotion_and_traffic_stays_on_production():
@@ -351,7 +352,7 @@ def test_an_approval_that_never_comes_times_out_as_the_policy_says():
 
 def test_metrics_are_observed_never_taken_from_the_message():
     """A GateCheck carrying glowing live metrics is judged on what the reader says (here: it
-    cannot be read, so the gate is inconclusive and the step is extended)."""
+    cannot be read, so the gate is inconclusive and the step waits)."""
     w = fake_runtime(canary_policy(approval="{required: false}"))
     w.seed_champion("churn", "1")
     w.handle(start_promotion("churn", "2"))
@@ -380,7 +381,7 @@ def test_metrics_are_observed_never_taken_from_the_message():
         1,
     )
     assert after.gates[-1].outcome == "inconclusive"
-    assert w.audit.actions("churn")[-2:] == ["gate.inconclusive", "gate.extended"]
+    assert w.audit.actions("churn")[-2:] == ["gate.inconclusive", "gate.waiting"]
     assert w.endpoint.traffic_maps == [{"churn-v1": 90, "churn-v2": 10}]
 
 

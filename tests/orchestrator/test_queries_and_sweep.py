@@ -363,3 +363,21 @@ def test_the_status_is_bounded_whatever_the_history():
     assert job["data_count"] == 40 and 0 < len(job["data_sample"]) <= DATA_SAMPLE
     assert retrain["pending"]["count"] == 20 and len(retrain["pending"]["sample"]) <= DATA_SAMPLE
     assert "blob:" not in json.dumps(retrain)
+
+
+def test_model_status_shows_the_samples_a_canary_step_waits_for():
+    canary = "{steps: [10, 50], bake: 5m, gates: [{metric: accuracy, margin: 0.05}]}"
+    w = fake_runtime(policy_yaml("churn", canary=canary))
+    w.seed_champion("churn", "1")
+    assert w.runtime.queries.model_status("churn")["canary_samples"] is None
+    w.handle(start_promotion("churn", "2"))
+    w.run(until=lambda: w.aggregate("churn").promotion.active.status == "canary")  # type: ignore[union-attr]
+    shown = w.runtime.queries.model_status("churn")["canary_samples"]
+    [gate] = shown["gates"]
+    assert shown["step"] == "canary-1" and shown["look"] == 1
+    assert gate["metric"] == "accuracy" and gate["unit"] == "labeled requests"
+    first, last = gate["required_by_step"]
+    assert gate["required_this_step"] == first
+    assert 0 < first["canary"] < last["canary"] and first["production"] > first["canary"]
+    assert f"{first['canary']:,} canary" in shown["summary"]
+    assert shown["deadline"] is not None and "paused" in shown["when_time_runs_out"]

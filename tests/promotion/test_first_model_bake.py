@@ -148,7 +148,24 @@ def test_a_bake_with_a_baseline_still_uses_extensions_whatever_first_model_says(
         h.send(served(h, requests=5))
         assert h.active.inconclusive > 0 and h.active.traffic_wait is None
     h.send(served(h, requests=5))
-    assert h.status == S.ROLLED_BACK  # canary.on_exhausted: rollback, to v1
+    # canary.on_exhausted (default pause): a person decides, the candidate keeps serving.
+    assert h.status == S.PRODUCTION_BAKE and h.active.paused
+    assert h.active.paused_by == "policy:on_exhausted"
+
+
+def test_a_bake_with_a_baseline_rolls_back_when_on_exhausted_says_so() -> None:
+    h = Harness(
+        make_policy(
+            canary={"steps": [], "on_exhausted": "rollback", "max_extensions": 1},
+            first_model={"bake_without_traffic": "hold"},
+        ),
+        with_champion(),
+    )
+    h.start()
+    h.send(DeploymentReady(promotion_id=h.active.id, deployment=h.active.candidate_deployment))
+    h.send(served(h, requests=5))
+    h.send(served(h, requests=5))
+    assert h.status == S.ROLLED_BACK  # to v1
 
 
 # --- pass ---------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from domain.metrics import ArmStats, LiveMetrics, OfflineMetrics
 from domain.policy import CanarySettings, ChampionGate, ThresholdGate
 from promotion.gates import GateEvidence, GateResult, evaluate_canary, evaluate_staging
+from promotion.sequential import farrington_manning
 
 from .support import T0
 
@@ -104,38 +105,73 @@ def gate_evidence(result: GateResult, name: str) -> GateEvidence:
 
 
 @pytest.mark.parametrize(
-    ("canary_errors", "production_errors", "n", "z", "outcome"),
+    ("canary_errors", "production_errors", "n", "outcome"),
     [
-        # Equal 10% error rates, n=1000: se = sqrt(2 * .09 / 1000) = 0.0134164,
-        # z = 0.02 / se = 1.4907, p = 0.0680 > 0.05: not shown yet.
-        (100, 100, 1000, 1.4907, "inconclusive"),
-        # n=4000: se = 0.0067082, z = 2.9814, p = 0.00143 < 0.05: non-inferior.
-        (400, 400, 4000, 2.9814, "pass"),
-        # 20% vs 10%, n=1000: se = sqrt(.16/1000 + .09/1000) = 0.0158114,
-        # z = (-0.10 + 0.02) / se = -5.0596: inferior beyond the margin.
-        (200, 100, 1000, -5.0596, "fail"),
+        # Equal 10% error rates, n=1000 each: the score z is 1.4857 (p 0.069 > 0.05).
+        (100, 100, 1000, "inconclusive"),
+        # n=4000 each: z = 2.9715, p = 0.0015: non-inferior.
+        (400, 400, 4000, "pass"),
+        # 20% vs 10%, n=1000: z = -5.043: inferior beyond the margin.
+        (200, 100, 1000, "fail"),
     ],
 )
-def test_two_proportion_error_rate(canary_errors, production_errors, n, z, outcome) -> None:
+def test_error_rate_uses_the_farrington_manning_score_test(
+    canary_errors, production_errors, n, outcome
+) -> None:
     live = metrics(errors("c", canary_errors, n), errors("p", production_errors, n))
     result = evaluate_canary(canary_settings(ERROR_RATE), live, "c", "p")
     evidence = gate_evidence(result, "canary:error_rate")
+    reference = farrington_manning(
+        canary_errors, n, production_errors, n, 0.02, higher_is_better=False
+    )
     assert evidence.outcome == outcome == result.outcome
-    assert evidence.statistic == pytest.approx(z, abs=1e-4)
-    assert evidence.p_value == pytest.approx(normal_sf(z), rel=1e-3)
-    assert evidence.p_value_inferior == pytest.approx(1 - normal_sf(z), rel=1e-3)
+    assert evidence.test == "farrington_manning"
+    assert evidence.statistic == pytest.approx(reference.statistic, rel=1e-12)
+    assert evidence.p_value == pytest.approx(reference.p_value, rel=1e-12)
+    assert evidence.pass_boundary == pytest.approx(1.6448536, abs=1e-6)  # one look at 0.05
     assert evidence.margin == 0.02 and evidence.alpha == 0.05
     assert evidence.samples == {"canary": n, "production": n}
 
 
-def test_two_proportion_accuracy_is_higher_is_better() -> None:
+def test_the_score_test_is_calibrated_where_the_wald_test_was_not() -> None:
+    """1:9 arms (a 10 % canary), accuracy exactly at the margin (0.88 vs 0.90): the chance the
+    gate passes, summed exactly over the binomial outcomes, stays at or below alpha (the
+    unpooled Wald test the gate used before passed 0.065 of them)."""
+    from scipy.stats import binom
+
+    settings_ = canary_settings(ACCURACY, minimum=1)
+    n_c, n_p = 300, 2700
+    passed = 0.0
+    production_counts = range(2330, 2530)  # +-4.4 sd around 2430: the rest is < 1e-5
+    for x_p in production_counts:
+        weight_p = binom.pmf(x_p, n_p, 0.90)
+        for x_c in range(220, 300):
+            z = farrington_manning(x_c, n_c, x_p, n_p, 0.02).statistic
+            if z >= 1.6448536269514722:
+                passed += weight_p * binom.pmf(x_c, n_c, 0.88)
+        if x_p == 2430:  # the gate agrees with the reference on a row of outcomes
+            for x_c in (255, 265, 275):
+                result = evaluate_canary(settings_, live_for(x_c, n_c, x_p, n_p), "c", "p")
+                expected = farrington_manning(x_c, n_c, x_p, n_p, 0.02).statistic >= 1.6448536
+                assert (gate_evidence(result, "canary:accuracy").outcome == "pass") == expected
+    assert 0.040 < passed <= 0.05
+
+
+def live_for(x_c: int, n_c: int, x_p: int, n_p: int) -> LiveMetrics:
+    return metrics(
+        ArmStats(deployment="c", requests=n_c, labeled=n_c, correct=x_c),
+        ArmStats(deployment="p", requests=n_p, labeled=n_p, correct=x_p),
+    )
+
+
+def test_accuracy_is_higher_is_better() -> None:
     def acc(name: str, correct: int) -> ArmStats:
         return ArmStats(deployment=name, requests=5000, labeled=2000, correct=correct)
 
     settings_ = canary_settings(ACCURACY)
-    # 90% vs 90%: se = sqrt(2 * .09 / 2000) = 0.0094868, z = 2.1082, p = 0.0175: pass.
+    # 90% vs 90%, 2000 labeled each: z = 2.1011 >= 1.645: pass.
     result = evaluate_canary(settings_, metrics(acc("c", 1800), acc("p", 1800)), "c", "p")
-    assert gate_evidence(result, "canary:accuracy").statistic == pytest.approx(2.1082, abs=1e-4)
+    assert gate_evidence(result, "canary:accuracy").statistic == pytest.approx(2.1011, abs=1e-4)
     assert result.outcome == "pass"
     # 80% vs 90%: clearly worse.
     assert (
@@ -150,6 +186,26 @@ def test_accuracy_needs_enough_labeled_requests() -> None:
     result = evaluate_canary(canary_settings(ACCURACY), metrics(few_labels, production), "c", "p")
     assert result.outcome == "inconclusive"
     assert gate_evidence(result, "canary:accuracy").outcome == "inconclusive"
+
+
+def test_holm_on_the_fail_side_across_gates() -> None:
+    """Two gates, each just inferior at 0.05 but not at 0.025: neither fails (Holm's first
+    level is alpha / 2); one clearly inferior fails, and then the other faces 0.05."""
+    # z = -1.777 for both (inferior at 0.05, not at 0.025): 14.6 % vs 10 % errors, 85.4 %
+    # vs 90 % accuracy, n = 1000 each.
+    borderline = farrington_manning(146, 1000, 100, 1000, 0.02, higher_is_better=False)
+    assert -1.96 < borderline.statistic < -1.645
+    settings_ = canary_settings(ERROR_RATE, ACCURACY)
+    canary = ArmStats(deployment="c", requests=1000, errors=146, labeled=1000, correct=854)
+    production = ArmStats(deployment="p", requests=1000, errors=100, labeled=1000, correct=900)
+    result = evaluate_canary(settings_, metrics(canary, production), "c", "p")
+    assert result.outcome == "inconclusive"
+    assert "Holm" in gate_evidence(result, "canary:error_rate").reason
+    # Accuracy clearly worse: it fails at 0.025, and the error rate then fails at 0.05.
+    worse = canary.model_copy(update={"correct": 700})
+    result = evaluate_canary(settings_, metrics(worse, production), "c", "p")
+    assert gate_evidence(result, "canary:accuracy").outcome == "fail"
+    assert gate_evidence(result, "canary:error_rate").outcome == "fail"
 
 
 def test_zero_error_rates_do_not_divide_by_zero() -> None:
@@ -198,40 +254,49 @@ def test_no_baseline_passes_on_samples_alone() -> None:
 # --- canary: latency ---------------------------------------------------------------------------
 
 
-def latencies(name: str, scale: float, n: int = 300, seed: int = 7) -> ArmStats:
+def latencies(
+    name: str, scale: float, n: int = 3000, seed: int = 7, sigma: float = 0.4
+) -> ArmStats:
     rnd = random.Random(seed)
-    sample = [scale * rnd.lognormvariate(3.0, 0.4) for _ in range(n)]
+    sample = [scale * rnd.lognormvariate(3.0, sigma) for _ in range(n)]
     return ArmStats(deployment=name, requests=n, latency_ms=sample)
 
 
-@pytest.mark.parametrize("test", ["mann_whitney", "bootstrap"])
 @pytest.mark.parametrize(
-    ("canary_scale", "outcome"),
-    [(1.0, "pass"), (1.6, "fail")],  # same distribution (10% allowed) / 60% slower
+    ("canary", "outcome"),
+    [
+        ({"scale": 1.0}, "pass"),  # the same distribution (10 % allowed)
+        ({"scale": 1.6}, "fail"),  # 60 % slower everywhere
+        # The same median, a p95 2.3 x production's: the median-based tests passed it.
+        ({"scale": 1.0, "sigma": 0.4 + math.log(2.3) / 1.6448536}, "fail"),
+    ],
 )
-def test_latency(test, canary_scale, outcome) -> None:
-    gate = {"metric": "latency_ms", "test": test, "margin": 0.1, "alpha": 0.05}
-    live = metrics(latencies("c", canary_scale, seed=1), latencies("p", 1.0, seed=2))
+def test_latency_judges_the_p95(canary, outcome) -> None:
+    gate = {"metric": "latency_ms", "margin": 0.1, "alpha": 0.05}
+    live = metrics(latencies("c", seed=1, **canary), latencies("p", 1.0, seed=2))
     result = evaluate_canary(canary_settings(gate), live, "c", "p")
     evidence = gate_evidence(result, "canary:latency_ms")
     assert evidence.outcome == outcome, evidence.reason
-    assert evidence.test == test
-    if test == "mann_whitney":
-        assert evidence.p_value is not None and evidence.p_value_inferior is not None
-    else:
-        assert evidence.interval is not None
+    assert evidence.test == "quantile:p95"
+    assert evidence.values["canary_p95"] is not None and evidence.interval is not None
+
+
+def test_legacy_latency_test_names_mean_the_quantile_test() -> None:
+    for legacy in ("mann_whitney", "bootstrap", None):
+        gate = {"metric": "latency_ms", "margin": 0.1} | ({"test": legacy} if legacy else {})
+        assert canary_settings(gate).gates[0].test == "quantile"
 
 
 def test_latency_with_few_samples_is_inconclusive() -> None:
-    gate = {"metric": "latency_ms", "test": "mann_whitney", "margin": 0.1}
+    gate = {"metric": "latency_ms", "margin": 0.1}
     canary = latencies("c", 1.0, n=300).model_copy(update={"latency_ms": [10.0] * 20})
     live = metrics(canary, latencies("p", 1.0))
     result = evaluate_canary(canary_settings(gate), live, "c", "p")
     assert gate_evidence(result, "canary:latency_ms").outcome == "inconclusive"
 
 
-def test_bootstrap_is_deterministic() -> None:
-    gate = {"metric": "latency_ms", "test": "bootstrap", "margin": 0.05}
+def test_latency_is_deterministic() -> None:
+    gate = {"metric": "latency_ms", "margin": 0.05}
     live = metrics(latencies("c", 1.05, seed=3), latencies("p", 1.0, seed=4))
     first = evaluate_canary(canary_settings(gate), live, "c", "p")
     assert evaluate_canary(canary_settings(gate), live, "c", "p") == first

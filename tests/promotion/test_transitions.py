@@ -280,6 +280,16 @@ ROLLBACK_BAKE = [
 ]  # ... and the known-good is tagged production
 BACK_TO_V1 = (restore(v1=100, v2=0), delete("2"))  # all traffic on v1 first, then delete v2
 
+
+def canary_policy(**changes: object) -> dict:
+    return {**make_policy().canary.model_dump(), **changes}
+
+
+def paused_by_policy(h: Harness) -> None:
+    assert h.active.paused and h.active.paused_by == "policy:on_exhausted"
+    assert h.active.step == "canary-1" and h.active.traffic_weight == 10
+
+
 CASES = [
     # starting and the staging gate
     Case(
@@ -619,29 +629,39 @@ CASES = [
         ROLLBACK_LIVE,
         moves=BACK_TO_V1,
     ),
-    Case("canary inconclusive -> extended", canary, lambda h: h.check("few"), S.CANARY, [SEND]),
-    Case("canary metrics missing -> extended", canary, lambda h: h.check("none"), S.CANARY, [SEND]),
+    Case("canary samples short -> waits", canary, lambda h: h.check("few"), S.CANARY, [SEND]),
+    Case("canary metrics missing -> waits", canary, lambda h: h.check("none"), S.CANARY, [SEND]),
     Case(
-        "canary exhausted, rollback -> rolled_back",
-        lambda: canary(canary={**make_policy().canary.model_dump(), "max_extensions": 0}),
+        "canary out of time, rollback -> rolled_back",
+        lambda: canary(canary=canary_policy(max_step_duration="30m", on_exhausted="rollback")),
         lambda h: h.check("few"),
         S.ROLLED_BACK,
         ROLLBACK_LIVE,
         moves=BACK_TO_V1,
     ),
     Case(
-        "canary exhausted, promote -> next step",
-        lambda: canary(
-            canary={
-                **make_policy().canary.model_dump(),
-                "max_extensions": 0,
-                "on_exhausted": "promote",
-            }
-        ),
+        "canary out of time -> paused for a person (default on_exhausted)",
+        lambda: canary(canary=canary_policy(max_step_duration="30m")),
         lambda h: h.check("few"),
         S.CANARY,
-        [TRAFFIC, SEND],
-        moves=(traffic(v1=50, v2=50),),
+        [PUB],
+        then=lambda h, d, before: paused_by_policy(h),
+    ),
+    Case(
+        "canary out of time, promote, too few samples -> paused, never promoted",
+        lambda: canary(canary=canary_policy(max_step_duration="30m", on_exhausted="promote")),
+        lambda h: h.check("few"),
+        S.CANARY,
+        [PUB],
+        then=lambda h, d, before: paused_by_policy(h),
+    ),
+    Case(
+        "canary out of time, promote, metrics missing -> paused, never promoted",
+        lambda: canary(canary=canary_policy(max_step_duration="30m", on_exhausted="promote")),
+        lambda h: h.check("none"),
+        S.CANARY,
+        [PUB],
+        then=lambda h, d, before: paused_by_policy(h),
     ),
     Case("canary stale check -> ignored", canary, stale_check, S.CANARY, ignored=True),
     Case(
