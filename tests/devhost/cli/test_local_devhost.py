@@ -25,7 +25,8 @@ from devhost.host.state_file import (
 )
 
 AZURITE = (
-    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+    "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;Account"
+    "Key=a2V5;"
     "BlobEndpoint=http://127.0.0.1:41001/devstoreaccount1;"
     "QueueEndpoint=http://127.0.0.1:41002/devstoreaccount1;"
     "TableEndpoint=http://127.0.0.1:41003/devstoreaccount1;"

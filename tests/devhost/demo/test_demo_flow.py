@@ -55,14 +55,14 @@ def test_the_canary_walked_every_step_with_passing_gates(demo):
         if record["to_state"] == "canary" and "traffic" in record["detail"]
     ]
     assert weights == [10, 25, 50]
-    passed = [record for record in audit if record["action"] == "gate.passed"]
-    assert {record["detail"]["step"] for record in passed} >= {
-        "staging",
-        "canary-1",
-        "canary-2",
-        "canary-3",
-        "bake",
-    }
+    # Every canary step was looked at (one look per step of the sequential design: an early
+    # look may be undecided and go on to the next step); none failed; the gates passed by the
+    # end, and so did staging and the production bake.
+    looked = {record["detail"]["step"] for record in audit if record["action"] == "gate.look"}
+    assert looked >= {"canary-1", "canary-2", "canary-3"}
+    assert not [record for record in audit if record["action"] == "gate.failed"]
+    passed = {record["detail"]["step"] for record in audit if record["action"] == "gate.passed"}
+    assert passed >= {"staging", "bake"} and passed & {"canary-1", "canary-2", "canary-3"}
     approvals = [record for record in audit if record["to_state"] == "deploying"]
     assert approvals and approvals[0]["actor"] == "demo-lead@example.com"
     assert audit[-1]["to_state"] == "completed"
