@@ -54,6 +54,11 @@ FLEX_FORBIDDEN = ("FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION")
 AVM_TAG = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+")
 NAMESPACE_MODULES = ("avm/res/service-bus/namespace", "avm/res/event-hub/namespace")
 NAMESPACE_TYPES = ("Microsoft.ServiceBus/namespaces", "Microsoft.EventHub/namespaces")
+# The parameters and outputs of each pinned Azure Verified Module version, read from the
+# modules' own sources by tools/avm_snapshot.py (docs/deploy.md says how to refresh it).
+AVM_SNAPSHOT = Path(__file__).with_name("avm_modules.json")
+# `<symbol>.outputs.<name>`, `<symbol>[i].outputs.<name>`, `<symbol>.outputs.?<name>`.
+OUTPUT_READ = re.compile(r"\b(\w+)(?:\[[^\]]*\])?\.outputs\.\??(\w+)")
 
 
 # --- reading the templates ------------------------------------------------------------------
@@ -199,6 +204,152 @@ def output_reference_problems(infra: Path) -> list[str]:
             target = local.get(symbol)
             if target and target.is_file() and name not in parse(target).get("outputs", {}):
                 problems.append(f"{file.name}: {target.name} has no output {name}")
+    return problems
+
+
+@functools.cache
+def avm_snapshot(path: Path = AVM_SNAPSHOT) -> dict[str, Any]:
+    """{"<module path>:<version>": {"parameters": {name: shape}, "outputs": [name, ...]}}."""
+    return json.loads(path.read_text())["modules"]
+
+
+def avm_calls(infra: Path) -> Iterator[tuple[Path, str, str, dict[str, Any]]]:
+    """(file, symbol, "<module path>:<version>", params) of every registry module call."""
+    for file in bicep_files(infra):
+        for symbol, declaration in modules(parse(file)):
+            if declaration["type"] == "bicep_registry_alias":
+                detail = declaration["detail"]
+                key = f"{detail.get('path')}:{detail.get('tag')}"
+                yield file, symbol, key, module_params(declaration)
+
+
+def avm_param_problems(infra: Path, snapshot: dict[str, Any] | None = None) -> list[str]:
+    """Each Azure Verified Module call passes only parameters that version declares and every
+    one it requires (no default, not nullable); inside typed object and array parameters only
+    the properties their types declare and every required one; literals of the declared type
+    and among the allowed values. Checked against the vendored snapshot of the modules' own
+    sources (avm_modules.json): `bicep build` refuses these, except a property its type does
+    not declare, which it only warns about (BCP037) and Azure then ignores: a silent bug."""
+    snapshot = avm_snapshot() if snapshot is None else snapshot
+    problems = []
+    calls = 0
+    for file, symbol, key, params in avm_calls(infra):
+        where = f"{file.name}: module {symbol} ({key})"
+        if key not in snapshot:
+            problems.append(f"{where}: not in {AVM_SNAPSHOT.name}; run tools/avm_snapshot.py")
+            continue
+        calls += 1
+        scope = _Scope(parse(file))
+        declared = snapshot[key]["parameters"]
+        problems += _shape_problems(where, params, {"properties": declared}, scope, "parameter")
+    if not calls:
+        problems.append("no Azure Verified Module call found: nothing was checked")
+    return problems
+
+
+def avm_output_problems(infra: Path, snapshot: dict[str, Any] | None = None) -> list[str]:
+    """Each `<module>.outputs.<name>` of an Azure Verified Module names an output that version
+    declares."""
+    snapshot = avm_snapshot() if snapshot is None else snapshot
+    problems = []
+    for file in bicep_files(infra):
+        pinned = {symbol: key for f, symbol, key, _ in avm_calls(infra) if f == file}
+        for symbol, name in sorted(set(OUTPUT_READ.findall(file.read_text()))):
+            key = pinned.get(symbol)
+            if key in snapshot and name not in snapshot[key]["outputs"]:
+                problems.append(f"{file.name}: module {symbol} ({key}) has no output {name}")
+    return problems
+
+
+def _is_expression(node: dict[str, Any]) -> bool:
+    return set(node) in ({"function"}, {"operator"})
+
+
+def _literal_type(value: bool | int | str) -> str:
+    return {bool: "bool", int: "int"}.get(type(value), "string")
+
+
+class _Scope:
+    """The names a Bicep file declares: pycep gives `x` and `'x'` alike as the string x, so a
+    string is a literal only if no parameter, variable, symbol or loop item has its name."""
+
+    def __init__(self, template: dict[str, Any]) -> None:
+        self.variables: dict[str, Any] = {
+            name: variable["value"] for name, variable in template.get("variables", {}).items()
+        }
+        self.names = set(self.variables)
+        for section in ("parameters", "resources", "modules", "outputs"):
+            self.names |= set(template.get(section, {}))
+        for node in _objects(template):
+            if isinstance(node.get("loop_type"), dict):
+                detail = node["loop_type"].get("detail") or {}
+                self.names |= {
+                    str(detail[key]) for key in ("item_name", "index_name") if key in detail
+                }
+
+    def value(self, node: Any) -> Any:
+        """A variable's value for its name; anything else as it is."""
+        if isinstance(node, str) and isinstance(self.variables.get(node), dict | list):
+            return self.variables[node]
+        return node
+
+    def is_literal(self, node: Any) -> bool:
+        if isinstance(node, bool | int):
+            return True
+        return isinstance(node, str) and "${" not in node and node not in self.names
+
+
+def _shape_problems(
+    where: str,
+    value: Any,
+    shape: dict[str, Any],
+    scope: _Scope,
+    kind: str = "property",
+) -> list[str]:
+    """What a value breaks of a parameter's shape: literals against `type` and `allowed`,
+    object literals (also through a variable, a `union(...)` or a `[for ...]`) against
+    `properties`, array literals against `items`. Anything else (a parameter, a function's
+    result) is not known here and passes."""
+    value = scope.value(value)
+    if "type" in shape and scope.is_literal(value):
+        if _literal_type(value) != shape["type"]:
+            return [f"{where}: {json.dumps(value)} is not of type {shape['type']}"]
+        if "allowed" in shape and value not in shape["allowed"]:
+            return [f"{where}: {json.dumps(value)} is not one of {json.dumps(shape['allowed'])}"]
+    if isinstance(value, dict) and "loop_type" in value:
+        return _shape_problems(f"{where}[for]", value["config"], shape.get("items", {}), scope)
+    if isinstance(value, list) and "items" in shape:
+        problems = []
+        for index, item in enumerate(value):
+            problems += _shape_problems(f"{where}[{index}]", item, shape["items"], scope)
+        return problems
+    if not isinstance(value, dict) or "properties" not in shape:
+        return []
+    parts = [value]
+    if _is_expression(value):
+        function = value.get("function", {})
+        if function.get("type") != "union":
+            return []
+        parts = list((function.get("parameters") or {}).values())
+    declared = shape["properties"]
+    given: set[str] = set()
+    complete = True  # every part of a union is known: a missing required one is an error
+    problems = []
+    for part in parts:
+        part = scope.value(part)
+        if not isinstance(part, dict) or _is_expression(part):
+            complete = False
+            continue
+        for raw_name, child in part.items():
+            name = raw_name.strip("'")
+            given.add(name)
+            if name not in declared:
+                problems.append(f"{where}: declares no {kind} {name}")
+            else:
+                problems += _shape_problems(f"{where}.{name}", child, declared[name], scope)
+    if complete:
+        required = {name for name, child in declared.items() if child.get("required")}
+        problems += [f"{where}: needs {name}" for name in sorted(required - given)]
     return problems
 
 

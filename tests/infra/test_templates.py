@@ -101,6 +101,93 @@ def test_every_output_a_module_reads_is_declared(broken) -> None:
     ]
 
 
+def test_every_verified_module_call_fits_its_pinned_version() -> None:
+    assert templates.avm_param_problems(INFRA) == []
+    assert templates.avm_output_problems(INFRA) == []
+
+
+SERVICE_BUS = "messaging.bicep: module serviceBus (avm/res/service-bus/namespace:0.16.1)"
+EVENT_HUBS = "messaging.bicep: module eventHubs (avm/res/event-hub/namespace:0.15.0)"
+ML_WORKSPACE = "ml.bicep: module workspace (avm/res/machine-learning-services/workspace:0.13.2)"
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "expected"),
+    [
+        (
+            "messaging.bicep",
+            "    skuObject: {",
+            "    skuObjekt: {",
+            f"{SERVICE_BUS}: declares no parameter skuObjekt",
+        ),
+        ("ml.bicep", "    sku: 'Basic'\n", "", f"{ML_WORKSPACE}: needs sku"),
+        (
+            "messaging.bicep",
+            "  maxDeliveryCount: maxDeliveries\n",
+            "  maxDeliveryCnt: maxDeliveries\n",
+            f"{SERVICE_BUS}.queues[0]: declares no property maxDeliveryCnt",
+        ),
+        (
+            "messaging.bicep",
+            "{ name: 'notifications' }",
+            "{ consumerGroup: 'notifications' }",
+            f"{EVENT_HUBS}.eventhubs[1].consumergroups[0]: needs name",
+        ),
+        (
+            "ml.bicep",
+            "systemDatastoresAuthMode: 'Identity'",
+            "systemDatastoresAuthMode: 'ManagedIdentity'",
+            f'{ML_WORKSPACE}.systemDatastoresAuthMode: "ManagedIdentity" is not one of',
+        ),
+        (
+            "messaging.bicep",
+            "    skuCapacity: 1\n",
+            "    skuCapacity: '1'\n",
+            f'{EVENT_HUBS}.skuCapacity: "1" is not of type int',
+        ),
+        (
+            "ml.bicep",
+            "storage/storage-account:0.31.0",
+            "storage/storage-account:0.30.0",
+            "(avm/res/storage/storage-account:0.30.0): not in avm_modules.json",
+        ),
+    ],
+    ids=[
+        "unknown-param",
+        "missing-required",
+        "unknown-property",
+        "missing-required-property",
+        "not-allowed",
+        "wrong-type",
+        "version-not-in-snapshot",
+    ],
+)
+def test_a_verified_module_given_the_wrong_parameters_is_caught(
+    broken, file, old, new, expected
+) -> None:
+    problems = templates.avm_param_problems(broken(file, old, new))
+    assert [problem for problem in problems if expected in problem], problems
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ("systemTopic.outputs.resourceId", "systemTopic.outputs.topicId", "topicId"),
+        (
+            "systemTopic.outputs.?systemAssignedMIPrincipalId",
+            "systemTopic.outputs.?principalId",
+            "principalId",
+        ),
+    ],
+    ids=["unknown-output", "unknown-optional-output"],
+)
+def test_a_verified_module_output_it_lacks_is_caught(broken, old, new, expected) -> None:
+    assert templates.avm_output_problems(broken("storage.bicep", old, new)) == [
+        f"storage.bicep: module systemTopic (avm/res/event-grid/system-topic:0.6.4) "
+        f"has no output {expected}"
+    ]
+
+
 def test_no_shared_keys_and_no_local_auth() -> None:
     assert templates.local_auth_problems(INFRA) == []
 
