@@ -62,7 +62,9 @@ class _UrlKeys:
         except jwt.PyJWKClientConnectionError as exc:
             raise IdentityUnavailable(f"the issuer's keys cannot be read: {exc}") from exc
         except (jwt.PyJWKClientError, jwt.PyJWKSetError) as exc:
-            raise Unauthenticated(f"unknown key: the issuer publishes no key {kid!r}") from exc
+            raise Unauthenticated(
+                f"unknown key: the issuer publishes no key {_shown(kid)}"
+            ) from exc
 
 
 class _FileKeys:
@@ -79,7 +81,7 @@ class _FileKeys:
                 self._keys = self._read()
             found = self._keys.get(kid)
         if found is None:
-            raise Unauthenticated(f"unknown key: the issuer publishes no key {kid!r}")
+            raise Unauthenticated(f"unknown key: the issuer publishes no key {_shown(kid)}")
         return found
 
     def _read(self) -> dict[str, PyJWK]:
@@ -146,9 +148,11 @@ class JwtVerifier:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
-            raise Unauthenticated(f"malformed token: {exc}") from exc
+            raise Unauthenticated(f"malformed token: {_plain(str(exc))}") from exc
         if header.get("alg") not in ALGORITHMS:
-            raise Unauthenticated(f"bad signature: algorithm {header.get('alg')!r} is not RS256")
+            raise Unauthenticated(
+                f"bad signature: algorithm {_shown(header.get('alg'))} is not RS256"
+            )
         kid = header.get("kid")
         if not isinstance(kid, str) or not kid:
             raise Unauthenticated("unknown key: the token names no key (kid)")
@@ -167,7 +171,7 @@ class JwtVerifier:
             raise Unauthenticated("expired token") from exc
         except jwt.InvalidAudienceError as exc:
             raise Unauthenticated(
-                f"wrong audience: the token is for {_claim(token, 'aud')!r}, "
+                f"wrong audience: the token is for {_shown(_claim(token, 'aud'))}, "
                 f"not {' or '.join(self.audiences)}"
             ) from exc
         except jwt.InvalidIssuerError as exc:
@@ -175,24 +179,41 @@ class JwtVerifier:
             tenant = _claim(token, "tid")
             if tenant != self.tenant_id:
                 raise Unauthenticated(
-                    f"wrong tenant: the token is from tenant {tenant!r}, not {self.tenant_id}"
+                    f"wrong tenant: the token is from tenant {_shown(tenant)}, not {self.tenant_id}"
                 ) from exc
             raise Unauthenticated(
-                f"wrong issuer: {_claim(token, 'iss')!r} is not {' or '.join(self.issuers)}"
+                f"wrong issuer: {_shown(_claim(token, 'iss'))} is not {' or '.join(self.issuers)}"
             ) from exc
         except jwt.InvalidSignatureError as exc:
             raise Unauthenticated("bad signature: the token was not signed by the issuer") from exc
         except jwt.MissingRequiredClaimError as exc:
             raise Unauthenticated(f"incomplete token: no {exc.claim} claim") from exc
         except jwt.ImmatureSignatureError as exc:
-            raise Unauthenticated(f"token not valid yet: {exc}") from exc
+            raise Unauthenticated(f"token not valid yet: {_plain(str(exc))}") from exc
         except jwt.InvalidTokenError as exc:
-            raise Unauthenticated(f"invalid token: {exc}") from exc
+            raise Unauthenticated(f"invalid token: {_plain(str(exc))}") from exc
         if claims["tid"] != self.tenant_id:
+            tenant = _shown(claims["tid"])
             raise Unauthenticated(
-                f"wrong tenant: the token is from tenant {claims['tid']!r}, not {self.tenant_id}"
+                f"wrong tenant: the token is from tenant {tenant}, not {self.tenant_id}"
             )
         return _principal(claims)
+
+
+CLAIM_SHOWN = 100  # characters of a sender's claim quoted in a refusal
+
+
+def _plain(text: str, limit: int = 2 * CLAIM_SHOWN) -> str:
+    """The sender's text as a refusal may quote it: printable characters only, and short
+    (a refusal's reason goes into the audit and the log)."""
+    text = "".join(c if c.isprintable() else "?" for c in text)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _shown(value: Any) -> str:
+    """A claim (or header field) of the token, quoted in a refusal: see `_plain`."""
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return repr(_plain(text, CLAIM_SHOWN))
 
 
 def _claim(token: str, name: str) -> Any:

@@ -7,10 +7,11 @@ App Service authentication in Azure when it is on). docs/dashboard.md.
   last known-good, the active promotion), the active (or else the last) promotion's audit trail,
   its traffic over time and gate evidence, recent runs, the newest dead letters, and how a
   person signs in.
-- POST /api/dashboard/sign-in: locally only (no ENTRA_TENANT_ID), a token from the local issuer
-  for the name given, as the CLI's `--as` mints one: the stand-in for Entra ID's sign-in page.
-  In Azure the page takes the person's access token from App Service authentication
-  (`/.auth/me`) instead, and this route answers 404.
+- POST /api/dashboard/sign-in: under devhost only (DEVHOST_LOCAL_SIGN_IN, never in Azure nor
+  with ENTRA_TENANT_ID), a token from the local issuer for the name given, as the CLI's `--as`
+  mints one: the stand-in for Entra ID's sign-in page. In Azure the page takes the person's
+  access token from App Service authentication (`/.auth/me`) instead; elsewhere this route
+  answers 404.
 
 The page acts through the person-command routes of triggers/http_api.py with that token, which
 the app verifies as it verifies every person's command (orchestrator/people.py).
@@ -31,7 +32,7 @@ from urllib.parse import urlencode
 
 import azure.functions as func
 
-from triggers.http_api import json_response, problem
+from triggers.http_api import json_response, problem, unsupported_media_type
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,14 @@ ASSETS = {
     "uPlot.iife.min.js": ("vendor/uPlot.iife.min.js", "text/javascript"),
     "uPlot.min.css": ("vendor/uPlot.min.css", "text/css"),
 }
-AUDIT_SHOWN = 500  # a promotion's audit records the page gets (a promotion's life is short)
+AUDIT_SHOWN = 500  # a promotion's newest audit records the page gets (its life is short)
 DEAD_LETTERS_SHOWN = 10  # each one read per poll: a few suffice to see that something failed
 SIGN_IN_LIFETIME = timedelta(hours=1)
 # The page is ours and loads nothing from elsewhere: say so to the browser.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
-        "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'"
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
@@ -118,12 +119,11 @@ def dashboard_sign_in(req: func.HttpRequest) -> func.HttpResponse:
     from triggers.payloads import BadPayload, SignInBody, parse_json_body
 
     settings = get_runtime().settings
-    if settings.entra_tenant_id:
-        return problem(
-            404,
-            "No local sign-in",
-            "the app verifies Entra ID tokens: sign in with App Service authentication",
-        )
+    refused = local_sign_in_refused(settings)
+    if refused is not None:
+        return problem(404, "No local sign-in", refused)
+    if (unsupported := unsupported_media_type(req)) is not None:
+        return unsupported
     try:
         body = parse_json_body(req.get_body(), SignInBody)
     except BadPayload as exc:
@@ -156,11 +156,28 @@ def dashboard_sign_in(req: func.HttpRequest) -> func.HttpResponse:
 # ------------------------------------------------------------------ the state document
 
 
+def local_sign_in_refused(settings: Any) -> str | None:
+    """Why POST /api/dashboard/sign-in mints nothing here, or None where it may: only under
+    devhost (DEVHOST_LOCAL_SIGN_IN, which devhost sets), never in Azure (WEBSITE_INSTANCE_ID)
+    nor where the app verifies Entra ID's tokens."""
+    if settings.website_instance_id or settings.entra_tenant_id:
+        return "the app verifies Entra ID tokens: sign in with App Service authentication"
+    if not settings.devhost_local_sign_in:
+        return (
+            "the local sign-in exists under devhost only (DEVHOST_LOCAL_SIGN_IN): elsewhere, "
+            "send a token the app verifies (e.g. the CLI's `--as`)"
+        )
+    return None
+
+
 def sign_in_mode(settings: Any) -> dict[str, Any]:
-    """How the page gets a person's token: the local issuer, or App Service authentication."""
+    """How the page gets a person's token: the local issuer (devhost), App Service
+    authentication (Entra ID), or none here (the page can only read)."""
     if settings.entra_tenant_id:
         return {"mode": "app-service", "audience": settings.api_audiences[0]}
-    return {"mode": "local", "audience": settings.api_audiences[0]}
+    if local_sign_in_refused(settings) is None:
+        return {"mode": "local", "audience": settings.api_audiences[0]}
+    return {"mode": "none", "audience": settings.api_audiences[0]}
 
 
 def model_view(queries: Any, model: str) -> dict[str, Any]:
@@ -172,8 +189,9 @@ def model_view(queries: Any, model: str) -> dict[str, Any]:
         shown_id = status["recent_promotions"][-1]["promotion_id"]
     promotion: dict[str, Any] | None = None
     if shown_id is not None:
-        page = queries.audit(model, shown_id, limit=AUDIT_SHOWN)
-        records = [record.model_dump(mode="json") for record in page.records]
+        # The newest records: a long trail is cut at its start, never at what happened last.
+        tail, complete = queries.audit_tail(model, shown_id, AUDIT_SHOWN)
+        records = [record.model_dump(mode="json") for record in tail]
         history = next(
             (h for h in status.get("recent_promotions") or [] if h["promotion_id"] == shown_id),
             None,
@@ -183,7 +201,7 @@ def model_view(queries: Any, model: str) -> dict[str, Any]:
             "active": active,
             "outcome": history,
             "audit": records,
-            "audit_complete": page.continuation is None,
+            "audit_complete": complete,
             "traffic": traffic_timeline(records, active),
             "evidence": gate_evidence(records),
         }

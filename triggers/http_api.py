@@ -6,7 +6,11 @@ synchronously; long work is started, never awaited.
 A person's commands (approval, pause, resume, promote-now; rollback too when it carries one)
 take the person's bearer token (`Authorization: Bearer`), verified as on a queue
 (orchestrator/people.py): none is a 401, a refused one a 403, audited; the dashboard
-(triggers/dashboard.py) sends them.
+(triggers/dashboard.py) sends them. A rollback needs a verified caller too: a person's token or
+the App Service principal; the function key alone (which names nobody) only with the app
+setting HTTP_KEY_ROLLBACK=true, for automation, else 401. POST /api/retrain takes the key
+alone: it only starts training, and the model it makes is still promoted through the gates.
+These POSTs (retrain aside) take `Content-Type: application/json` only: 415 otherwise.
 
 Reads are bounded: GET /api/models/{model} is a summary (counts and samples, never the data
 keys); runs and audit are pages (`?limit=` 1..1000, default 100, oldest first), the next
@@ -35,17 +39,39 @@ JSON = "application/json"
 PROBLEM = "application/problem+json"
 
 
+# A JSON answer is never to be read as anything else (e.g. HTML a browser would render).
+NOSNIFF = {"X-Content-Type-Options": "nosniff"}
+
+
 def json_response(
     document: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> func.HttpResponse:
     return func.HttpResponse(
-        json.dumps(document, default=str), status_code=status, mimetype=JSON, headers=headers
+        json.dumps(document, default=str),
+        status_code=status,
+        mimetype=JSON,
+        headers=NOSNIFF | (headers or {}),
     )
 
 
 def problem(status: int, title: str, detail: str) -> func.HttpResponse:
     document = {"type": "about:blank", "title": title, "status": status, "detail": detail}
-    return func.HttpResponse(json.dumps(document), status_code=status, mimetype=PROBLEM)
+    return func.HttpResponse(
+        json.dumps(document), status_code=status, mimetype=PROBLEM, headers=dict(NOSNIFF)
+    )
+
+
+def unsupported_media_type(req: func.HttpRequest) -> func.HttpResponse | None:
+    """415 unless the body is declared JSON: a state-changing POST a browser could send from
+    another site without asking first (a form, text/plain) is never taken for a command."""
+    media_type = (req.headers.get("content-type") or "").partition(";")[0].strip().lower()
+    if media_type == JSON:
+        return None
+    return problem(
+        415,
+        "Unsupported media type",
+        f"Content-Type: send {JSON}, not {media_type[:100] or 'none'!r}",
+    )
 
 
 def _slug(text: str) -> str:
@@ -279,16 +305,27 @@ def rollback(req: func.HttpRequest) -> func.HttpResponse:
     from triggers.payloads import BadPayload, RollbackBody, parse_json_body
 
     promotion_id = req.route_params.get("promotion_id", "")
+    runtime = get_runtime()
+    token = bearer_token(req)
+    caller = requester(req, runtime.settings.app_service_auth)
+    if token is None and caller == FUNCTION_KEY and not runtime.settings.http_key_rollback:
+        # The key alone names nobody (the dashboard hands it to every viewer): a rollback
+        # needs a person, unless automation was allowed it (HTTP_KEY_ROLLBACK=true).
+        return _token_required(
+            "a rollback needs a verified person: send `Authorization: Bearer <access token>` "
+            "(or sign in through App Service authentication); the function key alone is "
+            "accepted only with the app setting HTTP_KEY_ROLLBACK=true"
+        )
+    if (unsupported := unsupported_media_type(req)) is not None:
+        return unsupported
     try:
         body = parse_json_body(req.get_body(), RollbackBody)
     except BadPayload as exc:
         return problem(400, "Invalid request body", exc.reason)
-    runtime = get_runtime()
     found = runtime.queries.find_promotion(promotion_id)
     if found is None:
         return problem(404, "Unknown promotion", f"promotion_id: {promotion_id!r} not found")
     model, _ = found
-    token = bearer_token(req)
     if token is not None:
         # A person's token (the dashboard): verified and audited as that person, exactly as
         # a rollback sent on the queue (orchestrator/people.py).
@@ -296,7 +333,6 @@ def rollback(req: func.HttpRequest) -> func.HttpResponse:
             promotion_id=promotion_id, reason=body.reason, requested_by=TOKEN_DECIDES
         )
         return _person_command(runtime, model, promotion_id, command, token, "rollback")
-    caller = requester(req, runtime.settings.app_service_auth)
     command = RollbackRequested(
         promotion_id=promotion_id, reason=body.reason, requested_by=caller.name
     )
@@ -347,13 +383,14 @@ def bearer_token(req: func.HttpRequest) -> str | None:
     return token if scheme.lower() == "bearer" and token else None
 
 
-def _token_required() -> func.HttpResponse:
-    response = problem(
-        401,
-        "A person's token is required",
-        "Authorization: send `Bearer <access token>` for the API (Entra ID in Azure; locally "
-        "the local issuer's, e.g. from the dashboard's sign-in)",
-    )
+TOKEN_REQUIRED = (
+    "Authorization: send `Bearer <access token>` for the API (Entra ID in Azure; locally "
+    "the local issuer's, e.g. from the dashboard's sign-in)"
+)
+
+
+def _token_required(detail: str = TOKEN_REQUIRED) -> func.HttpResponse:
+    response = problem(401, "A person's token is required", detail)
     response.headers["WWW-Authenticate"] = 'Bearer realm="retrain-orchestrator"'
     return response
 
@@ -362,6 +399,7 @@ def _person_command(
     runtime: Any, model: str, promotion_id: str, command: Any, token: str, kind: str
 ) -> func.HttpResponse:
     from orchestrator.messages import Envelope, InvalidMessage
+    from orchestrator.people import Refused
     from orchestrator.ports import IdentityUnavailable
 
     envelope = Envelope.new(
@@ -375,10 +413,12 @@ def _person_command(
         outcome = runtime.handlers.handle(envelope, raise_effect_failures=False)
     except IdentityUnavailable as exc:
         return problem(503, "Identity provider unavailable", str(exc))
-    except InvalidMessage as exc:
-        # The command is built here from a parsed body and a known promotion: what the
-        # handler can still refuse is the sender (audited as message.rejected).
+    except Refused as exc:
+        # The sender: no valid token, or someone not allowed (audited as message.rejected).
         return problem(403, "Refused", exc.reason)
+    except InvalidMessage as exc:
+        # The command itself, as the handler reads it against the policy.
+        return problem(400, "Invalid request", exc.reason)
     if outcome.status == "ignored":
         return problem(409, f"{type(command).__name__} not applied", outcome.reason or "")
     return json_response(
@@ -403,6 +443,8 @@ def _promotion_route(req: func.HttpRequest, schema: type[Any], build: Any, kind:
     token = bearer_token(req)
     if token is None:
         return _token_required()
+    if (unsupported := unsupported_media_type(req)) is not None:
+        return unsupported
     try:
         body = parse_json_body(req.get_body(), schema)
     except BadPayload as exc:

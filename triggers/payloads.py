@@ -116,10 +116,15 @@ class PauseResumeBody(_Strict):
     reason: str = Field(default="", max_length=500)
 
 
+SIGN_IN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._%+'-]*(@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*)?$"
+
+
 class SignInBody(_Strict):
     """POST /api/dashboard/sign-in (local issuer only): who to mint a token for."""
 
-    name: str = Field(min_length=1, max_length=200, pattern=r"^\S(.*\S)?$")
+    # A UPN (or a bare account name): ASCII letters, digits and . _ % + ' - around one @; no
+    # spaces, control or bidi characters, nor markup, since the name is shown to other people.
+    name: str = Field(min_length=1, max_length=200, pattern=SIGN_IN_NAME_PATTERN)
 
 
 PROMOTION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$"

@@ -9,9 +9,15 @@ from datetime import datetime
 from html import escape as html_escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 if TYPE_CHECKING:
     from devhost.demo.story import PhaseResult
+
+
+def _text(value: Any) -> str:
+    """A value as HTML text: escaped, None as nothing."""
+    return "" if value is None else html_escape(str(value))
 
 
 def timeline(promotion: dict[str, Any]) -> dict[str, list[Any]]:
@@ -51,17 +57,27 @@ def timeline(promotion: dict[str, Any]) -> dict[str, list[Any]]:
     }
 
 
-def dashboard_section(dashboard_url: str | None) -> str:
+def without_key(url: str) -> str:
+    """The URL without its `code` (the function key): a report is a file anyone may be sent."""
+    parts = urlsplit(url)
+    query = [(name, value) for name, value in parse_qsl(parts.query) if name != "code"]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def dashboard_section(dashboard_url: str | None, key_file: Path | None = None) -> str:
     """A link to the app's live dashboard (docs/dashboard.md): live while the demo ran, and
-    after it with `--keep-open`."""
+    after it with `--keep-open`. Never with the function key: where it is, is said instead."""
     if not dashboard_url:
         return ""
-    link = html_escape(dashboard_url)
+    link = html_escape(without_key(dashboard_url))
+    where = html_escape(str(key_file)) if key_file else "the devhost's function key file"
     return (
         "<h2>Dashboard</h2>"
         f"<p><a href='{link}'>{link}</a>: the app's live view of every promotion above "
         "(traffic over time, gate evidence, approvals, the audit trail), served while the demo "
-        "ran; run <code>python -m devhost.demo --keep-open</code> to keep it up afterwards.</p>"
+        "ran; run <code>python -m devhost.demo --keep-open</code> to keep it up afterwards. "
+        f"It needs the function key (in <code>{where}</code>): open it as "
+        "<code>…/dashboard?code=&lt;key&gt;</code>.</p>"
     )
 
 
@@ -73,6 +89,7 @@ def write_report(
     mlflow_url: str | None,
     *,
     dashboard_url: str | None = None,
+    key_file: Path | None = None,
 ) -> tuple[Path, Path]:
     import matplotlib
 
@@ -117,20 +134,23 @@ def write_report(
     figure.savefig(png, dpi=110)
     plt.close(figure)
 
+    # Every field is escaped: actors, reasons and causes come from people and messages.
     rows = "".join(
-        f"<tr><td>{phase.name}</td><td>v{phase.version}</td><td>{phase.outcome}</td>"
-        f"<td>{phase.promotion_id}</td><td>{phase.seconds:.0f} s</td></tr>"
+        f"<tr><td>{_text(phase.name)}</td><td>v{_text(phase.version)}</td>"
+        f"<td>{_text(phase.outcome)}</td><td>{_text(phase.promotion_id)}</td>"
+        f"<td>{phase.seconds:.0f} s</td></tr>"
         for phase in phases
     )
     audits = ""
     for promotion_id, promotion in promotions.items():
         lines = "".join(
-            f"<tr><td>{r['time'][11:19]}</td><td>{r['action']}</td><td>{r.get('from_state') or ''}"
-            f" → {r.get('to_state') or ''}</td><td>{r.get('actor') or ''}</td>"
-            f"<td>{(r.get('detail') or {}).get('cause', '')}</td></tr>"
+            f"<tr><td>{_text(str(r['time'])[11:19])}</td><td>{_text(r['action'])}</td>"
+            f"<td>{_text(r.get('from_state'))} → {_text(r.get('to_state'))}</td>"
+            f"<td>{_text(r.get('actor'))}</td>"
+            f"<td>{_text((r.get('detail') or {}).get('cause'))}</td></tr>"
             for r in promotion["audit"]
         )
-        audits += f"<h3>{promotion_id}</h3><table>{lines}</table>"
+        audits += f"<h3>{_text(promotion_id)}</h3><table>{lines}</table>"
     production = final.get("production") or {}
     database = output_dir / "local" / "mlflow.db"
     ui_command = f"python -m mlflow ui --backend-store-uri sqlite:///{database}"
@@ -140,14 +160,15 @@ def write_report(
         "<style>body{font-family:sans-serif;max-width:960px;margin:2em auto}td{padding:2px 8px}"
         "table{border-collapse:collapse}tr:nth-child(even){background:#f3f3f3}</style>"
         "<h1>retrain-orchestrator demo</h1>"
-        f"<p>Production: v{production.get('version')} ({production.get('deployment')})</p>"
+        f"<p>Production: v{_text(production.get('version'))} "
+        f"({_text(production.get('deployment'))})</p>"
         "<img src='timeline.png' style='max-width:100%'>"
         f"<h2>Promotions</h2><table><tr><th>phase</th><th>version</th><th>outcome</th>"
         f"<th>promotion</th><th>took</th></tr>{rows}</table>"
         f"<h2>Audit trails</h2>{audits}"
-        + dashboard_section(dashboard_url)
+        + dashboard_section(dashboard_url, key_file)
         + "<h2>Where to look in MLflow</h2><ul>"
-        f"<li>UI: {mlflow_url or ui_command}</li>"
+        f"<li>UI: {_text(mlflow_url or ui_command)}</li>"
         "<li>Experiment <b>breast-cancer-retrain</b>: one run per pipeline step; the "
         "evaluate_register run has auc/accuracy and champion_auc/champion_accuracy on the "
         "same holdout.</li>"

@@ -330,7 +330,13 @@ def run_demo(options: DemoOptions) -> DemoResult:
         traffic_stats = traffic.snapshot()
         mlflow_url = host.mlflow_url
         png, html = write_report(
-            options.output_dir, phases, promotions, final, mlflow_url, dashboard_url=dashboard_url
+            options.output_dir,
+            phases,
+            promotions,
+            final,
+            mlflow_url,
+            dashboard_url=dashboard_url,  # written without its key (the report says where it is)
+            key_file=local / "function-key",
         )
         if options.keep_open:
             traffic.stop()

@@ -282,6 +282,9 @@ class DevHost:
         os.environ[key] = value
 
     def _apply_settings(self) -> None:
+        # The dashboard's local sign-in (any name gets a token) is devhost's alone: the app
+        # answers it only with this set (triggers/dashboard.py). A setting may still turn it off.
+        self._set_environment("DEVHOST_LOCAL_SIGN_IN", "1")
         for key, value in self._settings.items():
             self._set_environment(key, str(value))
 

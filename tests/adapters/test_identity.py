@@ -333,3 +333,24 @@ def test_a_dead_letter_never_keeps_a_bearer_token():
     assert json.loads(redact_token(body))["auth"] == REDACTED
     for untouched in ('{"type": "GateCheck"}', "not json", '["auth"]', '{"auth": null}'):
         assert redact_token(untouched) == untouched
+
+
+def test_a_refusal_quotes_the_sender_s_text_short_and_printable(tmp_path: Path):
+    """A refusal's reason goes into the audit and the log: a forger's kid, audience or issuer
+    is quoted at most ~100 printable characters long."""
+    issuer = LocalIssuer(tmp_path)
+    verifier = issuer.verifier()
+    issuer.mint("bob")  # the issuer's key exists
+    hostile = "\u202e\x1b[2J\n<script>" + "x" * 50_000
+    cases = {
+        "unknown key": SigningKey().sign(entra_claims(), kid=hostile),
+        "wrong audience": issuer.mint("bob", audience=hostile),
+        "wrong issuer": issuer.mint("bob", claims={"iss": hostile}),
+        "wrong tenant": issuer.mint("bob", claims={"tid": hostile}),
+    }
+    for expected, token in cases.items():
+        with pytest.raises(Unauthenticated, match=expected) as refused:
+            verifier.verify(token)
+        reason = refused.value.reason
+        assert len(reason) < 300 and reason.isprintable(), (expected, reason[:400])
+        assert "\u202e" not in reason and "\x1b" not in reason

@@ -99,6 +99,8 @@ def test_a_person_follows_and_steers_promotions_from_the_dashboard(
     expect(models).to_contain_text(w.model)
     expect(models.get_by_test_id("production")).to_have_text("none")
     expect(page.get_by_test_id("freshness")).to_contain_text("updated")
+    # The key is read, then taken out of the address bar (and the history); polling goes on.
+    assert "code=" not in page.url and page.url.endswith("/dashboard")
     shot(page, "01-loaded")
 
     # --- a first model: trained, then awaiting approval

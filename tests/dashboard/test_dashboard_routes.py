@@ -6,6 +6,7 @@ person's (and which does not exist when the app verifies Entra ID's tokens)."""
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import azure.functions as func
@@ -57,6 +58,8 @@ def test_the_page_hands_its_key_to_its_assets_escaped_and_forbids_anything_forei
     assert "{{query}}" not in text and 'k"e<y' not in text
     policy = response.headers["Content-Security-Policy"]
     assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert "base-uri 'none'" in policy and "form-action 'self'" in policy
+    assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
     assert "{{query}}" not in get(dashboard.dashboard_page).get_body().decode()
 
 
@@ -89,6 +92,7 @@ def canary_runtime(make_runtime):
         {"churn": canary_policy()},
         endpoints=lambda policy: endpoint,
         metrics=FixedMetrics(),
+        DEVHOST_LOCAL_SIGN_IN="1",  # as devhost sets it
     )
     set_runtime(runtime)
     yield runtime
@@ -109,7 +113,9 @@ def test_the_state_shows_the_promotion_its_audit_traffic_and_the_newest_dead_let
     runtime.handlers.handle(runtime.signer.sign(start))
     runtime.dead_letters.record("service-bus", "not a command: bad json", b"{")
 
-    document = state_of()
+    response = get(dashboard.dashboard_state)
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    document = json.loads(response.get_body())
     assert document["sign_in"] == {"mode": "local", "audience": "api://retrain-orchestrator-local"}
     [view] = document["models"]
     assert view["model"] == "churn"
@@ -162,7 +168,10 @@ def test_traffic_over_time_follows_the_states_and_closes_at_the_current_weight()
     assert [point["weight"] for point in live] == [0, 10, 10]
 
 
-@pytest.mark.parametrize("name", ["", " lead", 7, None])
+@pytest.mark.parametrize(
+    "name",
+    ["", " lead", 7, None, "lead\n", "le\u202ead@contoso.com", "<b>lead</b>", "lead @x.com"],
+)
 def test_a_sign_in_needs_a_name(canary_runtime, name):
     response = post(dashboard.dashboard_sign_in, {"name": name})
     assert response.status_code == 400
@@ -186,3 +195,68 @@ def test_no_local_sign_in_where_the_app_verifies_entra_id_tokens(make_runtime):
         }
     finally:
         set_runtime(None)
+
+
+def test_the_local_sign_in_is_devhost_s_alone_and_never_in_azure(make_runtime):
+    """Without DEVHOST_LOCAL_SIGN_IN (which devhost sets), nobody may mint a token by naming
+    someone: 404, no issuer key made, and the page offers no sign-in; in Azure (an instance
+    id) not even with it."""
+    runtime = make_runtime({"churn": canary_policy()})
+    set_runtime(runtime)
+    try:
+        response = post(dashboard.dashboard_sign_in, {"name": LEAD})
+        assert response.status_code == 404
+        assert "DEVHOST_LOCAL_SIGN_IN" in json.loads(response.get_body())["detail"]
+        assert not (runtime.settings.local_issuer_dir / "private-key.pem").exists()
+        assert state_of()["sign_in"]["mode"] == "none"
+    finally:
+        set_runtime(None)
+    settings = runtime.settings.model_copy(update={"devhost_local_sign_in": True})
+    assert dashboard.local_sign_in_refused(settings) is None
+    in_azure = settings.model_copy(update={"website_instance_id": "0123abcd"})
+    assert "Entra ID" in str(dashboard.local_sign_in_refused(in_azure))
+    assert dashboard.sign_in_mode(in_azure)["mode"] != "local"
+
+
+def test_devhost_exports_the_local_sign_in_to_the_app_it_hosts(monkeypatch):
+    from devhost.host.dev_host import DevHost
+
+    monkeypatch.delenv("DEVHOST_LOCAL_SIGN_IN", raising=False)
+    host = DevHost("function_app", {"RETRAIN_LOG_LEVEL": "INFO"}, azurite=False)
+    host._apply_settings()
+    try:
+        assert os.environ["DEVHOST_LOCAL_SIGN_IN"] == "1"
+    finally:
+        host._restore_environment()
+    assert "DEVHOST_LOCAL_SIGN_IN" not in os.environ
+
+
+def test_a_sign_in_not_declared_json_is_a_415(canary_runtime):
+    request = func.HttpRequest(
+        "POST",
+        "http://localhost/api/dashboard/sign-in",
+        headers={"content-type": "text/plain"},
+        params={},
+        route_params={},
+        body=json.dumps({"name": LEAD}).encode(),
+    )
+    assert user(dashboard.dashboard_sign_in)(request).status_code == 415
+
+
+def test_the_state_shows_a_long_trail_s_newest_records_and_says_it_is_cut(
+    canary_runtime, monkeypatch
+):
+    runtime = canary_runtime
+    start = Envelope.new("StartPromotion", "churn", {"candidate_version": "1"})
+    runtime.handlers.handle(runtime.signer.sign(start))
+    promotion_id = runtime.queries.model_status("churn")["active_promotion"]["id"]
+    trail = runtime.queries.audit_trail("churn", promotion_id)
+    assert len(trail) > 3
+    monkeypatch.setattr(dashboard, "AUDIT_SHOWN", 3)
+
+    promotion = state_of()["models"][0]["promotion"]
+    shown = [(r["aggregate_version"], r["seq"]) for r in promotion["audit"]]
+    assert shown == [(r.aggregate_version, r.seq) for r in trail[-3:]]
+    assert promotion["audit_complete"] is False
+    monkeypatch.setattr(dashboard, "AUDIT_SHOWN", len(trail))
+    assert state_of()["models"][0]["promotion"]["audit_complete"] is True

@@ -2,7 +2,8 @@
 
 Real `func.HttpRequest` objects into the real functions, on a runtime wired as in production
 (Azurite state). Never a 500 or an exception: 400 problem+json naming the field or the body,
-404 for an unknown model or promotion, 202 for a valid request; a rejected request writes
+404 for an unknown model or promotion, 202 for a valid request, 415 for a rollback whose body
+is not declared JSON (the rollback is sent with an operator's token); a rejected request writes
 nothing (no aggregate is created, no aggregate version moves).
 """
 
@@ -34,7 +35,7 @@ from tests.faults.support import (
     installed,
     user_function,
 )
-from tests.harness import policy_yaml
+from tests.harness import issuer_of, policy_yaml
 from triggers import http_api
 
 pytestmark = pytest.mark.azurite
@@ -317,6 +318,8 @@ def test_rollback_answers_every_body_with_400_404_or_409_or_202(
     tally[case.kind + ("" if known else " (unknown promotion)")] += 1
     before = versions(runtime)
     promotion_before = runtime.queries.find_promotion(promotion_id)
+    # From a person allowed to roll back (a rollback needs a verified caller).
+    token = issuer_of(runtime).mint("ops@contoso.com", roles=["Promotion.Operate"])
     with installed(runtime):
         response = call(
             rollback,
@@ -325,15 +328,17 @@ def test_rollback_answers_every_body_with_400_404_or_409_or_202(
                 f"/api/promotions/{route}/rollback",
                 case.body,
                 route_params={"promotion_id": route},
-                headers=request_headers,
+                headers=request_headers | {"authorization": f"Bearer {token}"},
             ),
         )
     expected = case.statuses if known or case.statuses == {400} else frozenset({404})
+    if request_headers.get("content-type") != "application/json":
+        expected = frozenset({415})  # a body not declared JSON is not read at all
     assert response.status_code in expected, (case, response.get_body()[:500])
     if response.status_code == 202:
         assert json.loads(response.get_body())["promotion_id"] == promotion_id
         return
-    check_problem(response, case)
+    check_problem(response, case if response.status_code != 415 else Case("415", b"", expected))
     if response.status_code in (400, 404):
         assert versions(runtime) == before, "a rejected request wrote state"
     # 409: the promotion was already rolled back; the audit notes the refusal, nothing moves.

@@ -2,10 +2,12 @@
 token), on in-memory fakes: the caller is who the bearer token says, verified exactly as a
 command sent on the queue (orchestrator/people.py), and the audit names that person. No token:
 401; a refused token: 403, audited, nothing moves; a bad body: 400 naming the field; a command
-the promotion cannot take now: 409."""
+the promotion cannot take now: 409; a body not declared JSON: 415. A rollback with the function
+key alone: 401, unless HTTP_KEY_ROLLBACK lets automation do it."""
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,6 +16,7 @@ import azure.functions as func
 import pytest
 
 from orchestrator.bootstrap import set_runtime
+from orchestrator.messages import InvalidMessage
 from tests.fakes import FakeWorld, fake_runtime, start_promotion
 from tests.harness import issuer_of
 from tests.orchestrator.test_handlers import LEAD, canary_policy
@@ -241,3 +244,103 @@ def test_a_rollback_with_a_token_is_verified_and_audited_as_the_person(world):
     [record] = [r for r in w.audit.read("churn") if r.to_state == "rolled_back"]
     assert record.actor == OPERATOR
     assert record.detail["identity"]["authorized_by"] == "role:Promotion.Operate"
+
+
+def test_a_rollback_with_the_function_key_alone_is_refused_unless_automation_may(world):
+    """The key names nobody (the dashboard hands it to every viewer): 401, nothing moves;
+    with HTTP_KEY_ROLLBACK=true (an automation's opt-in) it is applied as `function-key`."""
+    w = world
+    promotion_id = to_canary(w)
+    refused = post(http_api.rollback, promotion_id, {"reason": "error rate"})
+    assert refused.status_code == 401
+    assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+    assert "HTTP_KEY_ROLLBACK" in detail(refused)
+    assert active(w).status == "canary"
+
+    w.runtime.settings = w.runtime.settings.model_copy(update={"http_key_rollback": True})
+    response = post(http_api.rollback, promotion_id, {"reason": "error rate"})
+    assert response.status_code == 202
+    assert active(w) is None
+    [record] = [r for r in w.audit.read("churn") if r.to_state == "rolled_back"]
+    assert record.actor == "function-key"
+
+
+def test_a_rollback_by_the_app_service_principal_needs_no_token(world):
+    w = world
+    promotion_id = to_canary(w)
+    w.runtime.settings = w.runtime.settings.model_copy(update={"website_auth_enabled": "True"})
+    principal = {
+        "auth_typ": "aad",
+        "claims": [
+            {"typ": "preferred_username", "val": OPERATOR},
+            {"typ": "http://schemas.microsoft.com/identity/claims/objectidentifier", "val": "o-1"},
+        ],
+    }
+    encoded = base64.b64encode(json.dumps(principal).encode()).decode()
+    request = func.HttpRequest(
+        "POST",
+        f"http://localhost/api/promotions/{promotion_id}/rollback",
+        headers={"content-type": "application/json", "x-ms-client-principal": encoded},
+        params={},
+        route_params={"promotion_id": promotion_id},
+        body=json.dumps({"reason": "error rate"}).encode(),
+    )
+    assert user(http_api.rollback)(request).status_code == 202
+    [record] = [r for r in w.audit.read("churn") if r.to_state == "rolled_back"]
+    assert record.actor == OPERATOR
+
+
+def test_a_refused_sender_is_a_403_and_a_command_refused_for_itself_a_400(world, monkeypatch):
+    w = world
+    promotion_id = active(w).id
+    sender = post(http_api.approval, promotion_id, approval_body(w), token_for(w, "x@contoso.com"))
+    assert (sender.status_code, json.loads(sender.get_body())["title"]) == (403, "Refused")
+
+    def refuse_the_command(envelope: Any, **options: Any) -> Any:
+        raise InvalidMessage("comment: not what this policy takes")
+
+    monkeypatch.setattr(w.runtime.handlers, "handle", refuse_the_command)
+    response = post(http_api.approval, promotion_id, approval_body(w), token_for(w, LEAD))
+    assert response.status_code == 400
+    assert detail(response) == "comment: not what this policy takes"
+
+
+def test_a_refusal_quotes_a_token_s_claims_short_and_printable(world):
+    """The claims of a refused token are the sender's text: the answer, the audit and the log
+    get at most ~100 printable characters of each."""
+    w = world
+    promotion_id = active(w).id
+    audience = "api://x\u202e\x1b[31m<script>" + "A" * 20_000
+    token = token_for(w, LEAD, audience=audience)
+    response = post(http_api.approval, promotion_id, approval_body(w), token)
+    assert response.status_code == 403
+    reason = detail(response)
+    assert "wrong audience" in reason and len(reason) < 400
+    assert reason.isprintable() and "\u202e" not in reason and "\x1b" not in reason
+    [rejected] = [r for r in w.audit.read("churn") if r.action == "message.rejected"]
+    assert rejected.detail["reason"] == reason
+
+
+@pytest.mark.parametrize("content_type", [None, "text/plain", "application/x-www-form-urlencoded"])
+def test_a_command_not_declared_json_is_a_415_and_moves_nothing(world, content_type):
+    w = world
+    promotion_id = active(w).id
+    headers = {"authorization": f"Bearer {token_for(w, LEAD)}"}
+    if content_type:
+        headers["content-type"] = content_type
+    for route, body in (
+        (http_api.approval, approval_body(w)),
+        (http_api.rollback, {"reason": "r"}),
+    ):
+        request = func.HttpRequest(
+            "POST",
+            "http://localhost/api/x",
+            headers=headers,
+            params={},
+            route_params={"promotion_id": promotion_id},
+            body=json.dumps(body).encode(),
+        )
+        response = user(route)(request)
+        assert response.status_code == 415
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert active(w).status == "awaiting_approval"

@@ -19,7 +19,13 @@ from domain.metrics import OfflineMetrics
 from orchestrator.bootstrap import set_runtime
 from orchestrator.messages import Envelope
 from orchestrator.ports import DeploymentStatus, EndpointError
-from tests.harness import RecordingTrainingBackend, ShiftedClock, policy_yaml, signed
+from tests.harness import (
+    RecordingTrainingBackend,
+    ShiftedClock,
+    issuer_of,
+    policy_yaml,
+    signed,
+)
 from triggers import data, health, http_api, maintenance, messages
 
 GRID_SUBJECT = "/blobServices/default/containers/training-data/blobs/churn/grid.csv"
@@ -440,6 +446,12 @@ def test_promotion_status_and_rollback_over_http(app_runtime):
     assert "deploying" in [record["to_state"] for record in document["audit"]]
 
     rollback = user(http_api.rollback)
+    # The function key alone names nobody: refused, unless automation was allowed it.
+    assert (
+        rollback(request("POST", "x", {"reason": "r"}, promotion_id=promotion_id)).status_code
+        == 401
+    )
+    runtime.settings = runtime.settings.model_copy(update={"http_key_rollback": True})
     assert (
         rollback(request("POST", "x", {"reason": ""}, promotion_id=promotion_id)).status_code == 400
     )
@@ -467,8 +479,16 @@ def test_a_rollback_over_http_while_the_endpoint_is_down_is_saved_and_retried(ap
     promotion_id = runtime.queries.model_status("churn")["active_promotion"]["id"]
     endpoint.down = True
 
+    token = issuer_of(runtime).mint("ops@contoso.com", roles=["Promotion.Operate"])
     response = user(http_api.rollback)(
-        request("POST", "x", {"reason": "bad smell"}, promotion_id=promotion_id)
+        func.HttpRequest(
+            "POST",
+            f"http://localhost/api/promotions/{promotion_id}/rollback",
+            headers={"content-type": "application/json", "authorization": f"Bearer {token}"},
+            params={},
+            route_params={"promotion_id": promotion_id},
+            body=json.dumps({"reason": "bad smell"}).encode(),
+        )
     )
     assert response.status_code == 202
     body = json.loads(response.get_body())

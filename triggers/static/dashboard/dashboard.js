@@ -8,6 +8,13 @@
   const TOKEN_KEY = "retrain-dashboard.token";
   const params = new URLSearchParams(location.search);
   const functionKey = params.get("code");
+  // The key stays in this script only (sent as x-functions-key): out of the address bar, the
+  // history and whatever is copied from them.
+  if (functionKey) {
+    params.delete("code");
+    const rest = params.toString();
+    history.replaceState(history.state, "", location.pathname + (rest ? `?${rest}` : "") + location.hash);
+  }
   const apiBase = location.pathname.replace(/\/dashboard\/?$/, "");
   let lastRendered = "";
   let lastState = null;
@@ -434,6 +441,14 @@
       charts,
       promotion.evidence.length ? evidenceTable(promotion.evidence) : el("p", { className: "hint" }, "no gate has decided yet"),
       el("h3", {}, "Audit trail (newest first)"),
+      promotion.audit_complete
+        ? null
+        : el(
+            "p",
+            { className: "hint", "data-testid": "audit-truncated" },
+            `truncated: the newest ${promotion.audit.length} records; the whole trail is at ` +
+              `GET /api/models/${view.model}/audit?promotion=${promotion.id}`,
+          ),
       auditTable(promotion.audit),
     );
   }
@@ -487,7 +502,7 @@
       const state = await response.json();
       lastState = state;
       // Redraw only what changed (the traffic series' last point is "now" while active).
-      const fingerprint = JSON.stringify([state.models.map((m) => [m.status, m.promotion && m.promotion.audit.length]), state.dead_letters]);
+      const fingerprint = JSON.stringify([state.models.map((m) => [m.status, m.promotion && [m.promotion.audit.length, m.promotion.audit[m.promotion.audit.length - 1]]]), state.dead_letters]);
       if (fingerprint !== lastRendered && !document.getElementById("action-dialog").open) {
         render(state);
         lastRendered = fingerprint;
