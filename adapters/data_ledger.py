@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from azure.core import MatchConditions
@@ -159,7 +159,13 @@ class BlobDataLedger:
         for item in listed:
             rows = None if rows is None or item.rows is None else rows + item.rows
         oldest = sorted(listed, key=_age)[:DATA_SAMPLE]
-        return PendingData(items=len(listed), rows=rows, sample=self._uris(oldest))
+        newest = max((item.landed_ms for item in listed), default=None)
+        return PendingData(
+            items=len(listed),
+            rows=rows,
+            sample=self._uris(oldest),
+            newest_landed_at=None if not newest else datetime.fromtimestamp(newest / 1000, UTC),
+        )
 
     def seal(self, model: str, run_id: str, limit: int) -> list[str]:
         existing = self.manifest(model, run_id)

@@ -47,10 +47,14 @@ created = data_blob_created._function.get_user_function()  # the function the wo
 WINDOW = timedelta(minutes=10)  # the shipped debounce (domain/policy.py RetrainSettings)
 
 
+QUIET = 2.0  # seconds: the window closes once no data has landed this long (shipped: 1m)
+
+
 def policy(model: str) -> str:
     return (
         f"model: {model}\nendpoint: {model}-ep\n"
         f"data: {{container: training-data, prefix: {model}/}}\n"
+        f"retrain: {{quiet: {QUIET:g}s}}\n"
     )
 
 
@@ -249,7 +253,8 @@ def main(
             f"spans: {per_request:.2f}; per event in the emulator's requests: "
             f"{last / first / per_request:.2f}"
         )
-        # The window closes: one job on every blob.
+        # The window closes once the storm is over (its quiet period): one job on every blob.
+        time.sleep(QUIET)
         close = Envelope.new(
             "RetrainWindowClosed",
             "storm",

@@ -99,6 +99,11 @@ class DataSource(_Section):
 
 class RetrainSettings(_Section):
     debounce: Duration = timedelta(minutes=10)  # how long a window collects data before one job
+    # A window closes only once no data has landed for `quiet` (at most the debounce: a storm
+    # that outlasts the debounce still makes one job), at the latest `max_window` after it
+    # opened.
+    quiet: Duration = timedelta(minutes=1)
+    max_window: Duration = timedelta(hours=1)
     min_new_files: int = Field(default=1, ge=0)
     min_new_rows: int = Field(default=0, ge=0)  # only counted where events report rows
     cooldown: Duration = timedelta(minutes=30)  # after the last job ended

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 JobState = Literal["queued", "running", "completed", "failed", "canceled"]
 FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "canceled"})
@@ -33,6 +33,7 @@ class PendingData(_Command):
     items: int = Field(default=0, ge=0)
     rows: int | None = Field(default=0, ge=0)  # None: some item does not report its rows
     sample: list[str] = Field(default_factory=list, max_length=DATA_SAMPLE)  # oldest first
+    newest_landed_at: AwareDatetime | None = None  # when the last pending item landed
 
 
 class DataItem(_Command):

@@ -203,6 +203,25 @@ def _window_closed(
         )
     pending = _observed(command.pending, "pending")
     detail = _pending_detail(pending) | {"window_id": window.id}
+    quiet_until = _still_landing(window, pending, policy, now)
+    if quiet_until is not None:
+        moved = window.model_copy(update={"closes_at": quiet_until, "seq": window.seq + 1})
+        return Decision(
+            state=tracker.model_copy(update={"window": moved}),
+            effects=[_close_message(policy, moved)],
+            audit=[
+                AuditEntry(
+                    action="retrain.window_extended",
+                    detail=detail
+                    | {
+                        "newest_landed_at": pending.newest_landed_at.isoformat()
+                        if pending.newest_landed_at
+                        else None,
+                        "closes_at": quiet_until.isoformat(),
+                    },
+                )
+            ],
+        )
     if not window.skip_minimum and not _meets_minimum(pending, policy):
         state = tracker.model_copy(update={"window": None, "pending_left": pending.items})
         return Decision(
@@ -258,6 +277,22 @@ def _window_closed(
         )
     reason = f"{window.reason}: window {window.id}, {pending.items} new item(s)"
     return _submit(tracker, policy, now, run_id_for(policy.model, window.id), reason, pending)
+
+
+def _still_landing(
+    window: Window, pending: PendingData, policy: ModelPolicy, now: datetime
+) -> datetime | None:
+    """When the window should close instead, if data is still landing: the newest item landed
+    less than `quiet` ago, and the window is not yet `max_window` old. None: close now."""
+    newest = pending.newest_landed_at
+    settings = policy.retrain
+    quiet = min(settings.quiet, settings.debounce)  # never longer than the window itself
+    if newest is None or now - newest >= quiet:
+        return None
+    latest = window.opened_at + max(settings.max_window, settings.debounce)
+    if now >= latest:
+        return None
+    return min(newest + quiet, latest)
 
 
 def _retrain_requested(

@@ -345,8 +345,12 @@ class InMemoryDataLedger:
         rows: int | None = 0
         for item in items:
             rows = None if rows is None or item.rows is None else rows + item.rows
+        landed = [entry[1] for entry in self._pending[model].values()]
         return PendingData(
-            items=len(items), rows=rows, sample=[item.uri for item in items[:DATA_SAMPLE]]
+            items=len(items),
+            rows=rows,
+            sample=[item.uri for item in items[:DATA_SAMPLE]],
+            newest_landed_at=max(landed, default=None),
         )
 
     def seal(self, model: str, run_id: str, limit: int) -> list[str]:

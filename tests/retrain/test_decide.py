@@ -201,6 +201,38 @@ def test_ten_thousand_events_in_one_window_yield_one_job() -> None:
     assert run.pending.items == 0 and run.tracker.window is None
 
 
+def test_a_storm_that_outlasts_the_debounce_still_makes_one_job() -> None:
+    """The window closes once no data has landed for `quiet` (1 minute by default)."""
+    run = Run(policy())  # debounce 10m
+    for n in range(600):  # one blob a second, still landing when the window's time is up
+        run(landed(item(n)), T0 + timedelta(seconds=n))
+    decision = run.close_due()  # at T0 + 10m: the last blob landed 1 s ago
+    assert [a.action for a in decision.audit] == ["retrain.window_extended"]
+    assert run.tracker.window.closes_at == T0 + timedelta(seconds=599 + 60)
+    for n in range(600, 700):
+        run(landed(item(n)), T0 + timedelta(seconds=n))
+    run.close_due()  # still landing: extended again
+    assert run.submits() == [] and run.tracker.window.seq == 2
+    run.close_due()  # a quiet minute: one job on every blob
+    [submit] = run.submits()
+    assert submit.data_count == len(run.uris(submit)) == 700
+
+
+def test_a_window_closes_at_max_window_however_long_data_keeps_landing() -> None:
+    run = Run(policy(max_window="15m"))
+    for n in range(600):
+        run(landed(item(n)), T0 + timedelta(seconds=n))
+    run.close_due()
+    for n in range(600, 900):
+        run(landed(item(n)), T0 + timedelta(seconds=n))
+    run.close_due()  # at T0 + 659 s
+    assert run.tracker.window.closes_at == T0 + timedelta(minutes=15)  # capped
+    decision = run.close_due()
+    [submit] = run.submits()
+    assert submit.data_count == 900
+    assert [a.action for a in decision.audit] != ["retrain.window_extended"]
+
+
 def test_events_an_open_window_carries_change_nothing_in_the_tracker() -> None:
     run = Run(policy())
     run(landed(item(1)), T0)
