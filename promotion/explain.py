@@ -156,7 +156,7 @@ def canary_samples(promotion: Promotion, policy: ModelPolicy) -> CanarySamples |
         return None
     from promotion.canary_design import canary_plan
 
-    canary = policy.canary
+    canary = policy.canary.model_copy(update={"steps": list(promotion.canary_steps)})
     plan = canary_plan(canary)
     passed = {
         metric

@@ -573,6 +573,10 @@ def judge_canary_look(
 
     look_number = len(looks) + 1
 
+    def informed(metric: str) -> bool:
+        """New information since its last look (none: no labeled samples yet, out of time)."""
+        return fractions[metric] > max(history[metric], default=0.0) + 1e-12
+
     def bound(metric: str, level: float) -> float:
         return boundary((*history[metric], fractions[metric]), level, settings.spending)
 
@@ -584,6 +588,14 @@ def judge_canary_look(
             "required": required.get(gate.metric, {}),
             "design": design,
         }
+        if not informed(gate.metric):  # nothing to spend alpha on: never a verdict
+            return GateEvidence(
+                gate=f"canary:{gate.metric}",
+                outcome="inconclusive",
+                reason="no new samples since the last look: nothing to judge",
+                margin=gate.margin,
+                alpha=gate.alpha,
+            ).model_copy(update=extra)
         pass_bound, fail_bound = bound(gate.metric, gate.alpha), -bound(gate.metric, fail_level)
         if gate.metric in RATE_METRICS:
             test = _score(gate, stats, latency_minimum)
@@ -637,6 +649,8 @@ def judge_canary_look(
                 update={"fail_boundary": -bound(gate.metric, failing[gate.metric])}
             )
         evidence.append(item)
+        if not informed(gate.metric):
+            continue  # no look taken for it: its history gains no point
         gate_looks[gate.metric] = GateLook(
             fraction=fractions[gate.metric],
             statistic=item.statistic,

@@ -751,7 +751,9 @@ def _judge_canary_step(t: _Transition, command: GateCheck) -> None:
     canary.max_step_duration), then look: pass or continue -> next step (or production),
     fail -> rollback, undecided at the end -> canary.on_exhausted."""
     promotion = t.promotion
-    canary = t.policy.canary
+    # The steps this promotion started with: a policy edited meanwhile must not re-plan the
+    # looks of a ramp that walks its own copy of the steps.
+    canary = t.policy.canary.model_copy(update={"steps": list(promotion.canary_steps)})
     assert promotion.baseline is not None
     deadline = promotion.step_deadline or promotion.step_started_at + canary.max_step_duration
     look = judge_canary_look(

@@ -184,3 +184,37 @@ def test_status_shows_the_samples_the_step_waits_for() -> None:
     assert gate.required_by_step[-1] == {"canary": c2, "production": p2}
     assert f"{c1:,} canary" in shown.summary and "paused" in shown.when_time_runs_out
     assert shown.deadline == h.active.step_started_at + timedelta(hours=3)
+
+
+@pytest.mark.parametrize("missing", ["labels", "requests"])
+def test_a_step_out_of_time_with_no_samples_at_all_pauses_and_never_crashes(
+    missing: str,
+) -> None:
+    """No feedback (or no traffic) on the candidate by the step's deadline: its gates have no
+    information to spend alpha on, so they stay undecided and on_exhausted applies."""
+    h = in_canary(max_step_duration="30m")
+    command = check(h, (0, 0), at(450, 0.9))
+    if missing == "requests":
+        arms = dict(command.live.arms)  # type: ignore[union-attr]
+        arms[dep("2")] = ArmStats(deployment=dep("2"), requests=0, labeled=0, correct=0)
+        command = command.model_copy(
+            update={"live": command.live.model_copy(update={"arms": arms})}  # type: ignore[union-attr]
+        )
+    h.now = h.active.step_started_at + timedelta(minutes=31)  # past the deadline
+    h.send(command)
+    assert h.status == S.CANARY and h.active.paused
+    assert h.active.paused_by == "policy:on_exhausted"
+    assert all("accuracy" not in look.gates for look in h.active.looks)  # no look taken
+
+
+def test_a_policy_edited_during_a_promotion_does_not_change_its_ramp() -> None:
+    """The promotion walks the steps it started with: a step added to the policy meanwhile
+    neither re-plans its looks nor lets an undecided last step reach production."""
+    h = in_canary(on_exhausted="pause")
+    (c1, p1), (c2, p2) = targets(h)
+    h.send(check(h, at(c1, 0.88), at(p1, 0.9)))  # at the margin: undecided, next step
+    assert h.active.step == "canary-2"
+    h.policy = policy(on_exhausted="pause", steps=[10, 50, 75])  # edited meanwhile
+    h.send(check(h, at(c2 - c1, 0.88), at(p2 - p1, 0.9)))
+    assert h.status == S.CANARY and h.active.paused  # exhausted at its own last step
+    assert h.active.paused_by == "policy:on_exhausted"
