@@ -29,6 +29,8 @@ param entraTenantId string
 param entraApiAudience string
 param canaryRecordsUri string
 param canaryFeedbackUri string
+@description('CANARY_LATENCY_WORKSPACE_ID: the Log Analytics workspace (customer id) holding the endpoints\' traffic log.')
+param canaryLatencyWorkspaceId string
 
 var functionAppName = 'func-${resourceToken}'
 var storageSuffix = environment().suffixes.storage
@@ -86,6 +88,7 @@ var appSettings = {
   MESSAGE_SIGNING_KEY: '@Microsoft.KeyVault(VaultName=${keyVaultName};SecretName=message-signing-key)'
   CANARY_RECORDS_URI: canaryRecordsUri
   CANARY_FEEDBACK_URI: canaryFeedbackUri
+  CANARY_LATENCY_WORKSPACE_ID: canaryLatencyWorkspaceId
   RETRAIN_LOG_LEVEL: 'INFO'
 }
 

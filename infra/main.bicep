@@ -134,6 +134,7 @@ module ml 'ml.bicep' = {
     computeVmSize: computeVmSize
     computeMaxNodes: computeMaxNodes
     models: models
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
   }
 }
 
@@ -168,6 +169,7 @@ module app 'app.bicep' = {
     entraApiAudience: entraApiAudience
     canaryRecordsUri: canaryRecordsUri
     canaryFeedbackUri: canaryFeedbackUri
+    canaryLatencyWorkspaceId: monitoring.outputs.logAnalyticsCustomerId
   }
 }
 
@@ -189,6 +191,7 @@ module rbac 'rbac.bicep' = {
     appInsightsName: monitoring.outputs.applicationInsightsName
     systemTopicPrincipalId: storage.outputs.systemTopicPrincipalId
     dataEventsHub: messaging.outputs.dataEventsHub
+    logAnalyticsName: monitoring.outputs.logAnalyticsName
   }
 }
 

@@ -11,6 +11,8 @@ param computeIdentityId string
 param computeVmSize string
 param computeMaxNodes int
 param models array
+@description('The Log Analytics workspace (resource id) that receives each endpoint\'s traffic log: the canary\'s latency samples (adapters/traffic_log_latency.py).')
+param logAnalyticsWorkspaceId string
 
 var workspaceName = 'mlw-${resourceToken}'
 var computeName = 'cpu-cluster'
@@ -130,6 +132,24 @@ resource endpoints 'Microsoft.MachineLearningServices/workspaces/onlineEndpoints
     dependsOn: [
       workspace
     ]
+  }
+]
+
+// The traffic log (one record per request, with its duration and deployment) goes to Log
+// Analytics: the latency gate reads each arm's p95 there (CANARY_LATENCY_WORKSPACE_ID).
+resource endpointTrafficLogs 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = [
+  for (model, i) in models: {
+    name: 'traffic-log'
+    scope: endpoints[i]
+    properties: {
+      workspaceId: logAnalyticsWorkspaceId
+      logs: [
+        {
+          category: 'AmlOnlineEndpointTrafficLog'
+          enabled: true
+        }
+      ]
+    }
   }
 ]
 

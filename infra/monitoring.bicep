@@ -28,6 +28,9 @@ module applicationInsights 'br/public:avm/res/insights/component:0.6.0' = {
 }
 
 output logAnalyticsWorkspaceId string = logAnalytics.outputs.resourceId
+// The workspace's customer id (a GUID): what CANARY_LATENCY_WORKSPACE_ID names for queries.
+output logAnalyticsCustomerId string = logAnalytics.outputs.logAnalyticsWorkspaceId
+output logAnalyticsName string = logAnalytics.outputs.name
 output applicationInsightsId string = applicationInsights.outputs.resourceId
 output applicationInsightsName string = applicationInsights.outputs.name
 output applicationInsightsConnectionString string = applicationInsights.outputs.connectionString

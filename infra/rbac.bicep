@@ -17,6 +17,7 @@ param keyVaultName string
 param appInsightsName string
 param systemTopicPrincipalId string
 param dataEventsHub string
+param logAnalyticsName string
 
 // Built-in role definition ids (the same in every tenant).
 var roles = {
@@ -31,6 +32,7 @@ var roles = {
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
   keyVaultSecretsOfficer: 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
+  logAnalyticsReader: '73c42c96-874c-492b-b04d-ab87d138a893'
 }
 
 // The app, and the deploying principal when there is one: both get the data-plane roles.
@@ -233,6 +235,21 @@ resource appMetricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01
     principalId: appPrincipalId
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
+  }
+}
+
+// CANARY_LATENCY_WORKSPACE_ID: the latency gate queries the endpoints' traffic log.
+resource logAnalytics 'Microsoft.OperationalInsights/workspaces@2023-09-01' existing = {
+  name: logAnalyticsName
+}
+
+resource appLogAnalyticsReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(logAnalytics.id, appPrincipalId, roles.logAnalyticsReader)
+  scope: logAnalytics
+  properties: {
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.logAnalyticsReader)
   }
 }
 

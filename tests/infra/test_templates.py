@@ -372,3 +372,34 @@ def test_the_signing_key_the_hook_creates_is_the_one_the_app_reads() -> None:
     [secret] = re.findall(r'^secret_name="([^"]+)"$', hook, flags=re.MULTILINE)
     assert settings["MESSAGE_SIGNING_KEY"].endswith(f";SecretName={secret})")
     assert settings["MESSAGE_SIGNING_KEY"].startswith("@Microsoft.KeyVault(VaultName=")
+
+
+def latency_source_problems(infra: Path) -> list[str]:
+    """The shipped policy's latency gate needs, in Azure: CANARY_LATENCY_WORKSPACE_ID set on
+    the app, each endpoint's traffic log sent to Log Analytics, and the app allowed to read it
+    (else the policy is refused at start, naming the gate)."""
+    problems = []
+    _, settings = templates.function_app_settings(infra)
+    if "CANARY_LATENCY_WORKSPACE_ID" not in settings:
+        problems.append("the app does not set CANARY_LATENCY_WORKSPACE_ID")
+    ml = (infra / "ml.bicep").read_text()
+    if "'AmlOnlineEndpointTrafficLog'" not in ml or "scope: endpoints[i]" not in ml:
+        problems.append("no endpoint sends AmlOnlineEndpointTrafficLog to Log Analytics")
+    rbac = (infra / "rbac.bicep").read_text()
+    if "roles.logAnalyticsReader" not in rbac or "scope: logAnalytics" not in rbac:
+        problems.append("the app cannot read the traffic log (Log Analytics Reader)")
+    return problems
+
+
+def test_the_latency_gate_has_its_source_in_azure(broken) -> None:
+    assert latency_source_problems(INFRA) == []
+    infra = broken("app.bicep", "  CANARY_LATENCY_WORKSPACE_ID: canaryLatencyWorkspaceId\n", "")
+    assert latency_source_problems(infra) == ["the app does not set CANARY_LATENCY_WORKSPACE_ID"]
+    infra = broken("ml.bicep", "'AmlOnlineEndpointTrafficLog'", "'AmlOnlineEndpointEventLog'")
+    assert latency_source_problems(infra) == [
+        "no endpoint sends AmlOnlineEndpointTrafficLog to Log Analytics"
+    ]
+    infra = broken("rbac.bicep", "scope: logAnalytics\n", "scope: appInsights\n")
+    assert latency_source_problems(infra) == [
+        "the app cannot read the traffic log (Log Analytics Reader)"
+    ]
