@@ -62,6 +62,8 @@ def _column_name(name: str) -> str:
         raise ValueError(f"column name {name!r} has leading or trailing spaces")
     if name == ALL_FEATURES:
         raise ValueError(f"{ALL_FEATURES!r} is not a column name")
+    if name.startswith("-"):  # a step's command line would read it as an option
+        raise ValueError(f"column name {name!r} starts with '-'")
     bad = sorted({c for c in name if c in _COLUMN_FORBIDDEN or not c.isprintable()})
     if bad:
         raise ValueError(f"column name {name!r} contains {''.join(bad)!r}")

@@ -836,7 +836,7 @@ def _carry_totals(t: _Transition, look: LookResult) -> None:
 def _pause_exhausted(t: _Transition, why: str) -> None:
     """Undecided: a person decides (resume waits another max_step_duration; promote-now or
     rollback end it). The pending check stays: resume reschedules it."""
-    t.update(paused=True, paused_by=ON_EXHAUSTED, pause_reason=why)
+    t.update(paused=True, paused_by=ON_EXHAUSTED, pause_reason=why, paused_at=t.now)
     t.record("promotion.paused", requested_by=ON_EXHAUSTED, reason=why)
     t.event("promotion.paused", reason=why, paused_by=ON_EXHAUSTED)
 
@@ -1096,7 +1096,9 @@ def _on_pause(t: _Transition, command: PausePromotion) -> Decision[PromotionStat
         reason = "already paused"
     if reason is not None:
         return t.ignore(command, reason)
-    t.update(paused=True, paused_by=command.requested_by, pause_reason=command.reason)
+    t.update(
+        paused=True, paused_by=command.requested_by, pause_reason=command.reason, paused_at=t.now
+    )
     t.record("promotion.paused", requested_by=command.requested_by, reason=command.reason)
     return t.done()
 
@@ -1107,10 +1109,15 @@ def _on_resume(t: _Transition, command: ResumePromotion) -> Decision[PromotionSt
         reason = "not paused"
     if reason is not None:
         return t.ignore(command, reason)
-    if t.promotion.paused_by == ON_EXHAUSTED:
+    promotion = t.promotion
+    if promotion.paused_by == ON_EXHAUSTED:
         # Undecided gates: the person resuming gives the step time again.
         t.update(step_deadline=t.now + t.policy.canary.max_step_duration, inconclusive=0)
-    t.update(paused=False, paused_by=None, pause_reason="")
+    elif promotion.step_deadline is not None and promotion.paused_at is not None:
+        # Paused by a person or for drift: the step's clock stopped meanwhile.
+        lost = max(t.now - promotion.paused_at, timedelta(0))
+        t.update(step_deadline=promotion.step_deadline + lost)
+    t.update(paused=False, paused_by=None, pause_reason="", paused_at=None)
     t.record("promotion.resumed", requested_by=command.requested_by, reason=command.reason)
     promotion = t.promotion
     expected = expected_endpoint(t.state)
@@ -1187,7 +1194,7 @@ def _on_drift(t: _Transition, command: EndpointDrift) -> Decision[PromotionState
         t.record("endpoint.repair", redeploy=list(broken), traffic=expected.traffic)
     elif active is not None and not active.paused:
         reason = f"endpoint drift: {drift.summary}"
-        t.update(paused=True, paused_by=RECONCILE, pause_reason=reason)
+        t.update(paused=True, paused_by=RECONCILE, pause_reason=reason, paused_at=t.now)
         t.record("promotion.paused", requested_by=RECONCILE, reason=reason)
     return t.done()
 

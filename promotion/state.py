@@ -121,6 +121,7 @@ class Promotion(_Record):
     paused: bool = False
     paused_by: str | None = None
     pause_reason: str = ""
+    paused_at: AwareDatetime | None = None  # a resume gives the step back the time it lost
     # The known-good model when this promotion started: the production arm and rollback target.
     baseline: ServingModel | None = None
     # The production arm's window for the production bake (the last canary step's window).

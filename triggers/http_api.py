@@ -91,6 +91,11 @@ _USER_NAME = (
 class Caller(NamedTuple):
     name: str  # who the command is from (its requested_by)
     verified_by: str  # how the app knows: "http:app-service:<oid>" or "http:function-key"
+    roles: frozenset[str] = frozenset()  # the principal's app roles (App Service only)
+
+
+# Where App Service puts a principal's app roles in X-MS-CLIENT-PRINCIPAL.
+_ROLE_CLAIMS = frozenset({"roles", "http://schemas.microsoft.com/ws/2008/06/identity/claims/role"})
 
 
 FUNCTION_KEY = Caller("function-key", "http:function-key")
@@ -109,9 +114,12 @@ def requester(req: func.HttpRequest, app_service_auth: bool) -> Caller:
     try:
         document = json.loads(base64.b64decode(encoded + "=" * (-len(encoded) % 4)))
         claims: dict[str, str] = {}
+        roles: set[str] = set()
         for claim in document.get("claims") or []:
             if isinstance(claim.get("typ"), str) and isinstance(claim.get("val"), str):
                 claims.setdefault(claim["typ"], claim["val"])
+                if claim["typ"] in _ROLE_CLAIMS:
+                    roles.add(claim["val"])
         name_type = document.get("name_typ")
     except (ValueError, TypeError, AttributeError):
         log.warning("unreadable %s header: the caller is the function key holder", PRINCIPAL_HEADER)
@@ -121,7 +129,7 @@ def requester(req: func.HttpRequest, app_service_auth: bool) -> Caller:
     name = next((claims[typ] for typ in name_types if claims.get(typ)), None) or object_id
     if not name:
         return FUNCTION_KEY
-    return Caller(name[:200], f"http:app-service:{object_id or name}"[:300])
+    return Caller(name[:200], f"http:app-service:{object_id or name}"[:300], frozenset(roles))
 
 
 @bp.route(route="retrain", methods=["POST"])
@@ -301,6 +309,7 @@ def promotion_status(req: func.HttpRequest) -> func.HttpResponse:
 def rollback(req: func.HttpRequest) -> func.HttpResponse:
     from orchestrator.bootstrap import get_runtime
     from orchestrator.messages import Envelope
+    from orchestrator.people import OPERATE
     from promotion.commands import RollbackRequested
     from triggers.payloads import BadPayload, RollbackBody, parse_json_body
 
@@ -315,6 +324,14 @@ def rollback(req: func.HttpRequest) -> func.HttpResponse:
             "a rollback needs a verified person: send `Authorization: Bearer <access token>` "
             "(or sign in through App Service authentication); the function key alone is "
             "accepted only with the app setting HTTP_KEY_ROLLBACK=true"
+        )
+    if token is None and caller != FUNCTION_KEY and OPERATE not in caller.roles:
+        # An App Service principal is who it says; whether it may roll back is its app role,
+        # as for a token (orchestrator/people.py).
+        return problem(
+            403,
+            "Refused",
+            f"{caller.name} does not hold the app role {OPERATE!r} a rollback needs",
         )
     if (unsupported := unsupported_media_type(req)) is not None:
         return unsupported

@@ -104,6 +104,7 @@ def test_the_data_section_names_the_label_and_the_features() -> None:
         (BASE.replace("churn-data}", "churn-data, label_column: ' y'}"), "data.label_column"),
         (BASE.replace("churn-data}", 'churn-data, label_column: "it\'s"}'), "data.label_column"),
         (BASE.replace("churn-data}", "churn-data, label_column: '*'}"), "data.label_column"),
+        (BASE.replace("churn-data}", "churn-data, label_column: '-score'}"), "data.label_column"),
         (BASE.replace("churn-data}", "churn-data, feature_columns: []}"), "data.feature_columns"),
         (BASE.replace("churn-data}", "churn-data, feature_columns: x}"), "data.feature_columns"),
         (

@@ -218,3 +218,16 @@ def test_a_policy_edited_during_a_promotion_does_not_change_its_ramp() -> None:
     h.send(check(h, at(c2 - c1, 0.88), at(p2 - p1, 0.9)))
     assert h.status == S.CANARY and h.active.paused  # exhausted at its own last step
     assert h.active.paused_by == "policy:on_exhausted"
+
+
+def test_a_pause_by_a_person_gives_the_step_back_the_time_it_lost() -> None:
+    from promotion.commands import PausePromotion
+
+    h = in_canary(max_step_duration="3h")
+    deadline = h.active.step_deadline
+    assert deadline is not None
+    h.send(PausePromotion(promotion_id=h.active.id, requested_by="ops", reason="look first"))
+    h.now += timedelta(hours=5)  # longer than the step's whole time
+    h.send(ResumePromotion(promotion_id=h.active.id, requested_by="ops"))
+    assert not h.active.paused
+    assert h.active.step_deadline == deadline + timedelta(hours=5, minutes=1)

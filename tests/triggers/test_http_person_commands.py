@@ -265,27 +265,38 @@ def test_a_rollback_with_the_function_key_alone_is_refused_unless_automation_may
     assert record.actor == "function-key"
 
 
-def test_a_rollback_by_the_app_service_principal_needs_no_token(world):
+def test_a_rollback_by_the_app_service_principal_needs_no_token_but_its_role(world):
     w = world
     promotion_id = to_canary(w)
     w.runtime.settings = w.runtime.settings.model_copy(update={"website_auth_enabled": "True"})
-    principal = {
-        "auth_typ": "aad",
-        "claims": [
-            {"typ": "preferred_username", "val": OPERATOR},
-            {"typ": "http://schemas.microsoft.com/identity/claims/objectidentifier", "val": "o-1"},
-        ],
-    }
-    encoded = base64.b64encode(json.dumps(principal).encode()).decode()
-    request = func.HttpRequest(
-        "POST",
-        f"http://localhost/api/promotions/{promotion_id}/rollback",
-        headers={"content-type": "application/json", "x-ms-client-principal": encoded},
-        params={},
-        route_params={"promotion_id": promotion_id},
-        body=json.dumps({"reason": "error rate"}).encode(),
-    )
-    assert user(http_api.rollback)(request).status_code == 202
+
+    def request(*roles: str) -> func.HttpRequest:
+        principal = {
+            "auth_typ": "aad",
+            "claims": [
+                {"typ": "preferred_username", "val": OPERATOR},
+                {
+                    "typ": "http://schemas.microsoft.com/identity/claims/objectidentifier",
+                    "val": "o-1",
+                },
+                *({"typ": "roles", "val": role} for role in roles),
+            ],
+        }
+        encoded = base64.b64encode(json.dumps(principal).encode()).decode()
+        return func.HttpRequest(
+            "POST",
+            f"http://localhost/api/promotions/{promotion_id}/rollback",
+            headers={"content-type": "application/json", "x-ms-client-principal": encoded},
+            params={},
+            route_params={"promotion_id": promotion_id},
+            body=json.dumps({"reason": "error rate"}).encode(),
+        )
+
+    # Signed in, but without the operator's app role: refused, nothing moves.
+    refused = user(http_api.rollback)(request("Promotion.Approve"))
+    assert refused.status_code == 403 and "Promotion.Operate" in detail(refused)
+    assert active(w).status == "canary"
+    assert user(http_api.rollback)(request("Promotion.Operate")).status_code == 202
     [record] = [r for r in w.audit.read("churn") if r.to_state == "rolled_back"]
     assert record.actor == OPERATOR
 

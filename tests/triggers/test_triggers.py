@@ -589,7 +589,7 @@ def with_headers(headers: dict[str, str]) -> func.HttpRequest:
 
 def test_the_http_caller_is_app_service_s_principal_only_when_its_authentication_is_on():
     signed_in = with_headers({"x-ms-client-principal": principal_header(ANA)} | FORGED)
-    assert http_api.requester(signed_in, app_service_auth=True) == (
+    assert http_api.requester(signed_in, app_service_auth=True)[:2] == (
         "ana@contoso.com",
         "http:app-service:0c7a-ana",
     )
@@ -603,6 +603,7 @@ def test_the_http_caller_is_app_service_s_principal_only_when_its_authentication
     assert http_api.requester(app, app_service_auth=True) == (
         "0c7a-app",
         "http:app-service:0c7a-app",
+        frozenset(),  # and no app role
     )
     for garbage in ("not base64!", base64.b64encode(b"[1, 2]").decode(), principal_header({})):
         unreadable = with_headers({"x-ms-client-principal": garbage})
