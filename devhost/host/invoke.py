@@ -8,6 +8,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -21,6 +22,17 @@ from devhost.host.discovery import CONTEXT, RETURN, FunctionSpec
 log = logging.getLogger("devhost")
 
 T = TypeVar("T")
+
+
+def _run_coroutine(coroutine: Any) -> Any:
+    """An async function's result, from a thread that may already run an event loop (then on
+    a thread of its own: asyncio.run() cannot nest)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 class OutValue(func.Out[T], Generic[T]):
@@ -196,7 +208,7 @@ class Invoker:
             arguments, outs = self._arguments(trigger_value, retry_count)
             value = self.spec.user_function(**arguments)
             if asyncio.iscoroutine(value):
-                value = asyncio.run(value)
+                value = _run_coroutine(value)
             result = self._finish(value, outs, binding_data or {})
         except BaseException as exc:
             self._log(started, exc)

@@ -34,8 +34,10 @@ def chromium_executable() -> str | None:
     return next((path for name in CHROMIUM_NAMES if (path := shutil.which(name))), None)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
+    # Per module, not per session: Playwright's sync API keeps an event loop running in the
+    # thread until it stops, and a later test in the same worker may need asyncio.run().
     """A headless Chromium (Playwright's own browser download cannot work here)."""
     executable = chromium_executable()
     if executable is None:

@@ -149,7 +149,8 @@ def test_a_person_follows_and_steers_promotions_from_the_dashboard(
     # The plots are drawn: traffic over time and each gate's evidence.
     expect(card.get_by_test_id("evidence")).to_contain_text("canary:accuracy")
     expect(card.locator(".chart canvas").first).to_be_visible()
-    assert card.locator(".chart").count() >= 3  # traffic, and at least two canary gates
+    # Traffic, and at least two canary gates (drawn as their evidence arrives).
+    expect(card.locator(".chart").nth(2)).to_be_attached(timeout=STEP)
     evidence_row = card.locator('[data-testid=evidence] tr[data-gate="canary:accuracy"]')
     expect(evidence_row).to_contain_text(re.compile(r"canary: \d+, production: \d+"))  # per arm
     mid_canary = shot(page, "03-mid-canary")

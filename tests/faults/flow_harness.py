@@ -86,7 +86,9 @@ FIGURES_FILE = ROOT / "build" / "reliability-figures.json"
 
 # Audit actions that say "this changed nothing" (stale or refused commands): they depend on
 # how often and when messages arrive, not on what the flow decided.
-NOOP_ACTIONS = frozenset({"command.ignored", "approval.refused"})
+# Records that say when, not what: a window's close waits for its quiet period when data
+# arrived late (reordered, early delivery), which moves the close but not the outcome.
+NOOP_ACTIONS = frozenset({"command.ignored", "approval.refused", "retrain.window_extended"})
 
 
 def flow_policy(model: str, *, approval: bool = True, **overrides: str) -> str:
