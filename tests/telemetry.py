@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
@@ -22,10 +23,9 @@ def install() -> None:
     _reader()
 
 
-def counter(name: str, **attributes: str) -> int:
-    """The cumulative value of counter `name` over the data points with these attributes."""
+def _points(name: str, attributes: dict[str, str]) -> Iterator[Any]:
+    """The data points of metric `name` whose attributes include these."""
     data = _reader().get_metrics_data()
-    total = 0
     for resource in data.resource_metrics if data else ():
         for scope in resource.scope_metrics:
             for metric in scope.metrics:
@@ -33,8 +33,12 @@ def counter(name: str, **attributes: str) -> int:
                     continue
                 for point in metric.data.data_points:
                     if all(point.attributes.get(k) == v for k, v in attributes.items()):
-                        total += int(point.value)
-    return total
+                        yield point
+
+
+def counter(name: str, **attributes: str) -> int:
+    """The cumulative value of counter `name` over the data points with these attributes."""
+    return sum(int(point.value) for point in _points(name, attributes))
 
 
 @cache
@@ -67,14 +71,4 @@ def finished_spans(**attributes: Any) -> list[Any]:
 
 def histogram_count(name: str, **attributes: str) -> int:
     """How many observations histogram `name` has over the data points with these attributes."""
-    data = _reader().get_metrics_data()
-    total = 0
-    for resource in data.resource_metrics if data else ():
-        for scope in resource.scope_metrics:
-            for metric in scope.metrics:
-                if metric.name != name:
-                    continue
-                for point in metric.data.data_points:
-                    if all(point.attributes.get(k) == v for k, v in attributes.items()):
-                        total += int(point.count)
-    return total
+    return sum(int(point.count) for point in _points(name, attributes))
