@@ -97,8 +97,11 @@ def dashboard_world(azurite: Azurite, tmp_path: Path) -> Iterator[DashboardWorld
     policy_dir.mkdir()
     demo_policy = (DemoOptions().policy_dir / f"{MODEL}.yml").read_text()
     assert "container: training-data" in demo_policy and APPROVER in demo_policy
+    assert "\n  bake: 6s\n" in demo_policy
     (policy_dir / f"{MODEL}.yml").write_text(
         demo_policy.replace("container: training-data", f"container: {data_container}")
+        # A canary step long enough for a person to act on it before it moves on.
+        .replace("\n  bake: 6s\n", "\n  bake: 30s\n")
     )
     options = DemoOptions(output_dir=tmp_path, policy_dir=policy_dir, mlflow_ui=False)
     local = tmp_path / "local"

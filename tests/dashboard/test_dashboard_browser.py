@@ -145,6 +145,9 @@ def test_a_person_follows_and_steers_promotions_from_the_dashboard(
     act(page, card, "resume", "logs are fine")
     expect(audit_actor(card, "promotion.resumed")).to_have_text(APPROVER)
     expect(weight).to_contain_text("25%", timeout=STEP)
+    # Held at 25% while the plots are read, so the rollback below meets a canary.
+    act(page, card, "pause", "read the plots before deciding")
+    expect(models).to_contain_text("paused")
 
     # The plots are drawn: traffic over time and each gate's evidence.
     expect(card.get_by_test_id("evidence")).to_contain_text("canary:accuracy")
@@ -157,7 +160,7 @@ def test_a_person_follows_and_steers_promotions_from_the_dashboard(
     if os.environ.get("DASHBOARD_README_SCREENSHOT"):
         shutil.copyfile(mid_canary, REPO / "docs" / "images" / "dashboard.png")
 
-    # --- a rollback from the page puts all traffic back on v1
+    # --- a rollback from the page (of a paused canary) puts all traffic back on v1
     act(page, card, "rollback", "error budget burning")
     expect(page.get_by_test_id("action-result")).to_contain_text("Roll back: applied")
     expect(status).to_contain_text("rolled_back", timeout=STEP)
