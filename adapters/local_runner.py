@@ -34,6 +34,7 @@ from urllib.parse import unquote, urlparse
 import yaml
 
 from adapters.blob_fetch import Fetch, FetchError, fetch
+from adapters.processes import process_alive
 from orchestrator.ports import JobStatus, TrainingBackendError, TrainingRequest
 from orchestrator.settings import APP_ROOT
 from pipelines.contract import (
@@ -117,7 +118,7 @@ class LocalTrainingBackend:
             raise TrainingBackendError(f"local training job {job_id!r} not found") from exc
         state = data.get("state", "failed")
         error = data.get("error")
-        if state in ("queued", "running") and not _alive(data.get("pid")):
+        if state in ("queued", "running") and not process_alive(data.get("pid")):
             state, error = "failed", "the local runner process exited before the job ended"
         return JobStatus(
             job_id=job_id,
@@ -134,7 +135,7 @@ class LocalTrainingBackend:
             return  # unknown: nothing to stop
         (run_dir / CANCEL_FILE).touch()
         data = json.loads((run_dir / STATUS_FILE).read_text(encoding="utf-8"))
-        if data.get("state") in ("queued", "running") and not _alive(data.get("pid")):
+        if data.get("state") in ("queued", "running") and not process_alive(data.get("pid")):
             # No runner is left to see the marker: end it here.
             self._write_status(run_dir, state="canceled", error="canceled")
 
@@ -507,20 +508,6 @@ def _tail(path: Path) -> str:
     lines = text.strip().splitlines()[-STDERR_TAIL_LINES:]
     tail = "\n".join(lines)[-STDERR_TAIL_CHARS:]
     return f": {tail}" if tail else ""
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int):
-        return False
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _now() -> str:

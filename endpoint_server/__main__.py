@@ -22,18 +22,9 @@ import time
 from pathlib import Path
 
 from adapters.local_endpoint import KEY_FILE
+from adapters.processes import process_alive
 from endpoint_server.app import MIN_KEY_LENGTH
 from endpoint_server.server import HOST, KEY_ENVIRONMENT, new_key, serve_forever
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def default_key_file() -> Path:
@@ -98,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
         def watch_parent() -> None:
             while not stop.is_set():
-                if not _alive(args.parent_pid):
+                if not process_alive(args.parent_pid):
                     stop.set()
                 time.sleep(1.0)
 

@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from adapters.processes import process_alive
+
 STATE_FILE_NAME = "devhost.json"
 RUNNING = "running"
 STOPPED = "stopped"
@@ -108,16 +110,6 @@ def read_state(path: Path) -> DevhostState | None:
         return None
 
 
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2):
@@ -130,7 +122,7 @@ def _answers(url: str) -> bool:
 
 def is_alive(state: DevhostState | None) -> bool:
     """The state is marked running and its process lives (serving, starting or stopping)."""
-    return state is not None and state.status == RUNNING and _process_alive(state.pid)
+    return state is not None and state.status == RUNNING and process_alive(state.pid)
 
 
 def is_running(state: DevhostState | None) -> bool:

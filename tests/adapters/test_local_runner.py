@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -315,12 +314,6 @@ def test_a_relative_mlflow_store_is_the_one_this_process_sees(
     assert LocalTrainingBackend("w", "mlruns").tracking_uri == str(tmp_path / "mlruns")
     for absolute in ("sqlite:////data/mlflow.db", "http://127.0.0.1:5000", "azureml://x/mlflow"):
         assert LocalTrainingBackend("w", absolute).tracking_uri == absolute
-
-
-def test_pid_liveness_uses_this_process() -> None:
-    from adapters.local_runner import _alive
-
-    assert _alive(os.getpid()) and not _alive(None)
 
 
 def hanging_pipeline(folder: Path) -> Path:
