@@ -66,8 +66,9 @@ devhost: install
 	@test -f local.settings.json || cp local.settings.sample.json local.settings.json
 	$(PY) -m devhost --settings local.settings.json
 
+# `make demo STORY=decay`: the second story (shadow first, then retrain on decay).
 demo: install
-	$(PY) -m devhost.demo
+	$(PY) -m devhost.demo $(if $(STORY),--story $(STORY))
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .ruff_cache .hypothesis .local

@@ -96,7 +96,10 @@ def parse_model_id(model: object) -> tuple[str, str] | None:
 
 
 class AzureMLEndpoint:
-    """`OnlineEndpoint` on one Azure ML managed online endpoint (which must already exist)."""
+    """`OnlineEndpoint` on one Azure ML online endpoint (which must already exist): managed,
+    or, with `kubernetes_compute`, a Kubernetes online endpoint on that attached AKS or Arc
+    compute, whose deployments take `instance_type` from the instance types the compute
+    defines (its default one is `defaultinstancetype`)."""
 
     def __init__(
         self,
@@ -106,6 +109,7 @@ class AzureMLEndpoint:
         instance_count: int = 1,
         *,
         data_collection_sampling_rate: float = 1.0,
+        kubernetes_compute: str | None = None,
     ) -> None:
         self._client_or_factory = ml_client
         self._client: MLClient | None = None
@@ -113,6 +117,7 @@ class AzureMLEndpoint:
         self.instance_type = instance_type
         self.instance_count = instance_count
         self.sampling_rate = data_collection_sampling_rate
+        self.kubernetes_compute = kubernetes_compute
 
     @property
     def client(self) -> MLClient:
@@ -151,6 +156,7 @@ class AzureMLEndpoint:
         from azure.ai.ml.entities import (
             DataCollector,
             DeploymentCollection,
+            KubernetesOnlineDeployment,
             ManagedOnlineDeployment,
         )
 
@@ -167,7 +173,14 @@ class AzureMLEndpoint:
                 return deployment
             if state == "deleting":
                 raise EndpointError(f"deployment {deployment} is being deleted; deploy it later")
-        spec = ManagedOnlineDeployment(
+        if self.kubernetes_compute is not None:
+            self._check_kubernetes_endpoint()
+        kind = (
+            ManagedOnlineDeployment
+            if self.kubernetes_compute is None
+            else KubernetesOnlineDeployment
+        )
+        spec = kind(
             name=deployment,
             endpoint_name=self.endpoint_name,
             model=f"azureml:{model_name}:{model_version}",
@@ -184,6 +197,28 @@ class AzureMLEndpoint:
         # Starts the PUT and returns a poller; it is not awaited.
         self.client.online_deployments.begin_create_or_update(spec)
         return deployment
+
+    def _check_kubernetes_endpoint(self) -> None:
+        """A Kubernetes deployment goes only to a Kubernetes endpoint on the policy's compute:
+        Azure ML would refuse it on a managed endpoint, and one on another cluster is a
+        different target than the policy names. A refusal, not retried: a person creates or
+        fixes the endpoint (docs/endpoint.md, Kubernetes targets)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            endpoint = self.client.online_endpoints.get(self.endpoint_name)
+        except ResourceNotFoundError as exc:
+            raise EndpointError(
+                f"Kubernetes endpoint {self.endpoint_name} does not exist: create it on the "
+                f"attached compute {self.kubernetes_compute} (docs/endpoint.md)"
+            ) from exc
+        compute = _compute_name(getattr(endpoint, "compute", None))
+        if compute is None or compute.lower() != str(self.kubernetes_compute).lower():
+            where = f"on compute {compute}" if compute else "a managed endpoint"
+            raise EndpointError(
+                f"endpoint {self.endpoint_name} is {where}, not a Kubernetes endpoint on "
+                f"{self.kubernetes_compute} as the policy's endpoint_target says"
+            )
 
     def deployment_state(self, deployment: str) -> DeploymentStatus:
         check_deployment_name(deployment)
@@ -302,6 +337,14 @@ class AzureMLEndpoint:
             raise DeploymentBusy(f"endpoint {self.endpoint_name} is {state}: its traffic is moving")
         return live_only(endpoint.traffic or {})
 
+    def mirror(self) -> dict[str, int]:
+        """The endpoint's `mirror_traffic`, zero weights omitted (busy: as `traffic`)."""
+        endpoint = self.client.online_endpoints.get(self.endpoint_name)
+        state = str(getattr(endpoint.provisioning_state, "value", endpoint.provisioning_state))
+        if state.lower() in _ENDPOINT_BUSY:
+            raise DeploymentBusy(f"endpoint {self.endpoint_name} is {state}: its mirror is moving")
+        return live_only(endpoint.mirror_traffic or {})
+
     def set_traffic(self, traffic: dict[str, int]) -> None:
         validate_traffic(traffic)
         endpoint = self.client.online_endpoints.get(self.endpoint_name)
@@ -340,6 +383,13 @@ def _endpoint_error(exc: Exception, doing: str) -> EndpointError:
         return EndpointError(f"{doing}: Azure ML unreachable: {exc}", transient=True)
     # The SDK's own checks (MlException, ValidationException): a refusal.
     return EndpointError(f"{doing}: {exc}")
+
+
+def _compute_name(compute: object) -> str | None:
+    """An endpoint's compute as Azure ML returns it (an ARM id, `azureml:name` or the name)."""
+    if not compute:
+        return None
+    return str(compute).rstrip("/").rsplit("/", 1)[-1].removeprefix("azureml:")
 
 
 def _known_deployments(endpoint: Any) -> set[str]:

@@ -12,11 +12,20 @@ seen and the data waiting for its next job, beside (not inside) its aggregate.
   finds no pending item and counts nothing). Its metadata carries when it landed, its rows
   and its URI, so one listing answers "what is pending" without reading a blob.
 - Manifests: `manifests/{model}/{run id}.json`, the items a job takes, created once (the first
-  writer wins; a redelivered submit reads the same list); release deletes the items' pending
-  blobs in batches.
+  writer wins; a redelivered submit reads the same list). Kept: a redelivered submit must
+  find the same list, and a forced retrain with nothing new trains on the last run's.
+- Release, in bounded chunks: `releasing/{model}/{run id}`, an empty marker whose metadata
+  counts the manifest's items whose pending blobs are deleted (a prefix of its list). Each
+  `release` call deletes at most `limit` more (batches of 256) and saves the count; the last
+  one marks the manifest `released` and then deletes the marker. While the marker exists,
+  `pending`, `seal` and a redelivered `claim` skip every item its manifest names, so a
+  release cut short by a crash, or still going when the next window closes, never lets an
+  item be trained twice. Readers read the markers before they list the pending blobs: a
+  marker is deleted only after all its items' blobs are.
 
 Per new item: one shard read, one pending create, one shard write; a window's close: one
-listing, one manifest write, one batch delete per 256 items.
+listing of markers, one listing of pending blobs, one manifest write; each release call:
+one manifest read, one batch delete per 256 items, one marker write.
 
 Tables were measured on Azurite and rejected: inserts slow down as the table grows (4 ms at
 10k rows, 10 ms at 50k), where a shard's size stays bounded.
@@ -29,6 +38,7 @@ import hashlib
 import json
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -42,7 +52,7 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
 )
-from azure.storage.blob import ContainerClient
+from azure.storage.blob import BlobClient, ContainerClient
 
 from orchestrator.ports import ConcurrencyConflict
 from retrain.commands import DATA_SAMPLE, DataItem, PendingData
@@ -51,6 +61,7 @@ log = logging.getLogger(__name__)
 
 SHARDS = 4096  # key-index blobs per model: ~250 keys each at a million keys
 _BATCH = 256  # blobs per batch delete (the service's limit)
+_DELETED = frozenset({202, 404})  # a batch delete's per-blob answers that mean "gone"
 _URI_METADATA_LIMIT = 2000  # longer (or non-ASCII) URIs are read from the pending blob's body
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -104,6 +115,10 @@ class BlobDataLedger:
     def _manifest_name(model: str, run_id: str) -> str:
         return f"manifests/{model}/{run_id}.json"
 
+    @staticmethod
+    def _releasing_prefix(model: str) -> str:
+        return f"releasing/{model}/"
+
     # ------------------------------------------------------------------ the port
 
     def claim(
@@ -124,6 +139,7 @@ class BlobDataLedger:
         seen_at = int(now.timestamp())
         horizon = seen_at - int(keep_for.total_seconds())
         landed_ms = int(now.timestamp() * 1000)
+        taken = _Lazy(lambda: self._taken(model))  # read only if a redelivery needs it
 
         def claim_shard(entry: tuple[int, list[str]]) -> set[str]:
             shard, hashes = entry
@@ -141,7 +157,11 @@ class BlobDataLedger:
                         keys[hashed] = [who, seen_at]
                         counted.add(hashed)
                         changed = True
-                    elif known[0] == who and self._is_pending(model, hashed):
+                    elif (
+                        known[0] == who
+                        and self._is_pending(model, hashed)
+                        and self._pending_name(model, hashed) not in taken.get()
+                    ):
                         counted.add(hashed)  # a redelivery: its item is still pending
                 return changed
 
@@ -154,7 +174,7 @@ class BlobDataLedger:
         return [item for hashed, item in unique.items() if hashed in counted]
 
     def pending(self, model: str) -> PendingData:
-        listed = self._list_pending(model)
+        listed = self._untaken(model)
         rows: int | None = 0
         for item in listed:
             rows = None if rows is None or item.rows is None else rows + item.rows
@@ -171,7 +191,7 @@ class BlobDataLedger:
         existing = self.manifest(model, run_id)
         if existing is not None:
             return existing
-        taken = sorted(self._list_pending(model), key=_age)[:limit]
+        taken = sorted(self._untaken(model), key=_age)[:limit]
         uris = self._uris(taken)
         body = {
             "run_id": run_id,
@@ -194,15 +214,94 @@ class BlobDataLedger:
         # A URI twice (a blob, then named by a person) is trained on once.
         return list(dict.fromkeys(item["uri"] for item in document["items"]))
 
-    def release(self, model: str, run_id: str) -> int:
-        document = self._read_manifest(model, run_id)
-        if document is None:
+    def release(self, model: str, run_id: str, limit: int) -> int:
+        if limit < 1:
+            raise ValueError(f"release limit must be at least 1, not {limit}")
+        found = self._read_manifest_blob(model, run_id)
+        if found is None:
+            return 0
+        document, released = found
+        marker = self._container.get_blob_client(self._releasing_name(model, run_id))
+        if released:  # a crash after the last chunk left the marker
+            with contextlib.suppress(ResourceNotFoundError):
+                marker.delete_blob()
             return 0
         names = [item["pending"] for item in document["items"]]
+        done = self._release_started(marker)
+        chunk = names[done : done + limit]
         # Their keys stay claimed: a redelivery finds no pending item and counts nothing.
-        for start in range(0, len(names), _BATCH):
-            self._container.delete_blobs(*names[start : start + _BATCH], raise_on_any_failure=False)
-        return len(names)
+        for start in range(0, len(chunk), _BATCH):
+            self._delete(chunk[start : start + _BATCH])
+        done += len(chunk)
+        if done < len(names):
+            # Never more than what is deleted: a concurrent release may have saved a higher
+            # count; saving a lower one only repeats deletes.
+            with contextlib.suppress(ResourceNotFoundError):  # it finished meanwhile
+                marker.set_blob_metadata({"done": str(done)})
+            return len(names) - done
+        # Released first, then the marker: a manifest whose marker is gone is all released.
+        self._container.get_blob_client(self._manifest_name(model, run_id)).set_blob_metadata(
+            {"released": "true"}
+        )
+        with contextlib.suppress(ResourceNotFoundError):
+            marker.delete_blob()
+        return 0
+
+    def releasing(self, model: str) -> list[str]:
+        prefix = self._releasing_prefix(model)
+        return sorted(
+            blob.name[len(prefix) :] for blob in self._container.list_blobs(name_starts_with=prefix)
+        )
+
+    # ------------------------------------------------------------------ release
+
+    def _releasing_name(self, model: str, run_id: str) -> str:
+        return f"{self._releasing_prefix(model)}{run_id}"
+
+    def _release_started(self, marker: BlobClient) -> int:
+        """How many of the manifest's items are released: the marker's count, the marker
+        created (hiding them all) when this is the first chunk."""
+        for _ in range(self._max_attempts):
+            try:
+                marker.upload_blob(b"", overwrite=False, metadata={"done": "0"})
+                return 0
+            except ResourceExistsError:
+                pass
+            try:
+                done = (marker.get_blob_properties().metadata or {}).get("done", "0")
+                return int(done) if done.isdigit() else 0
+            except ResourceNotFoundError:
+                continue  # it finished between the two calls: start again, harmlessly
+        raise ConcurrencyConflict(f"{marker.blob_name}: release marker kept changing")
+
+    def _delete(self, names: Sequence[str]) -> None:
+        """Delete pending blobs in one batch; an answer other than deleted or already gone is
+        raised, so no item is counted released while its blob is still pending."""
+        answers = self._container.delete_blobs(*names, raise_on_any_failure=False)
+        failed = [
+            (name, answer.status_code)
+            for name, answer in zip(names, answers, strict=True)
+            if answer.status_code not in _DELETED
+        ]
+        if failed:
+            raise RuntimeError(
+                f"release: {len(failed)} pending item(s) not deleted, first {failed[0]}"
+            )
+
+    def _taken(self, model: str) -> set[str]:
+        """The pending blobs named by a manifest not yet fully released (its marker exists)."""
+        taken: set[str] = set()
+        for run_id in self.releasing(model):
+            found = self._read_manifest_blob(model, run_id)
+            if found is not None:
+                taken.update(item["pending"] for item in found[0]["items"])
+        return taken
+
+    def _untaken(self, model: str) -> list[_Pending]:
+        # The markers first: one deleted after this read had all its items deleted before it,
+        # so the listing below cannot show them.
+        taken = self._taken(model)
+        return [item for item in self._list_pending(model) if item.name not in taken]
 
     # ------------------------------------------------------------------ shards
 
@@ -256,10 +355,11 @@ class BlobDataLedger:
                 metadata=metadata,
             )
 
+    def _pending_name(self, model: str, hashed: str) -> str:
+        return f"{self._pending_prefix(model)}{hashed}"
+
     def _is_pending(self, model: str, hashed: str) -> bool:
-        return bool(
-            self._container.get_blob_client(f"{self._pending_prefix(model)}{hashed}").exists()
-        )
+        return bool(self._container.get_blob_client(self._pending_name(model, hashed)).exists())
 
     def _list_pending(self, model: str) -> list[_Pending]:
         listed = []
@@ -290,12 +390,19 @@ class BlobDataLedger:
         return self._map(uri_of, items)
 
     def _read_manifest(self, model: str, run_id: str) -> dict[str, Any] | None:
+        found = self._read_manifest_blob(model, run_id)
+        return None if found is None else found[0]
+
+    def _read_manifest_blob(self, model: str, run_id: str) -> tuple[dict[str, Any], bool] | None:
+        """The manifest and whether it is fully released; None when there is none."""
         try:
-            data = self._container.download_blob(self._manifest_name(model, run_id)).readall()
+            downloader = self._container.download_blob(self._manifest_name(model, run_id))
+            data = downloader.readall()
         except ResourceNotFoundError:
             return None
         document: dict[str, Any] = json.loads(data)
-        return document
+        released = (downloader.properties.metadata or {}).get("released") == "true"
+        return document, released
 
     # ------------------------------------------------------------------ helpers
 
@@ -305,6 +412,21 @@ class BlobDataLedger:
             return [work(item) for item in todo]
         with ThreadPoolExecutor(max_workers=min(self._workers, len(todo))) as pool:
             return list(pool.map(work, todo))
+
+
+class _Lazy:
+    """A value computed once, on first use, by whichever thread needs it first."""
+
+    def __init__(self, compute: Callable[[], set[str]]) -> None:
+        self._compute = compute
+        self._value: set[str] | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> set[str]:
+        with self._lock:
+            if self._value is None:
+                self._value = self._compute()
+            return self._value
 
 
 def _prune(keys: dict[str, list[Any]], horizon: int) -> bool:

@@ -26,6 +26,7 @@ import shlex
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,7 @@ class LocalTrainingBackend:
         python: str = sys.executable,
         step_timeout: float = 3600.0,
         env: dict[str, str] | None = None,
+        on_ended: Callable[[TrainingRequest, str], None] | None = None,
     ) -> None:
         self.work_dir = Path(work_dir).resolve()
         # The steps run in their component's folder: a relative store would be another one.
@@ -83,6 +85,9 @@ class LocalTrainingBackend:
         self.python = python
         self.step_timeout = step_timeout
         self.env = dict(env or {})
+        # Told (request, final state) once a job this process ran has ended: Azure ML's run
+        # event, locally (adapters/local_run_events.py). It must not raise.
+        self.on_ended = on_ended
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
 
@@ -156,6 +161,15 @@ class LocalTrainingBackend:
         return path if path.is_absolute() else self.app_root / path
 
     def _run(self, request: TrainingRequest, plan: _Plan, run_dir: Path) -> None:
+        try:
+            self._execute(request, plan, run_dir)
+        finally:
+            if self.on_ended is not None:
+                state = self.status(request.run_id).state
+                if state in ("completed", "failed", "canceled"):
+                    self.on_ended(request, state)
+
+    def _execute(self, request: TrainingRequest, plan: _Plan, run_dir: Path) -> None:
         try:
             self._write_status(run_dir, state="running", step="fetch")
             values = self._pipeline_inputs(request, plan, run_dir)

@@ -8,18 +8,19 @@ at cold start.
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapters.azure_credential import azure_credential
-from domain.metrics import LiveMetrics, OfflineMetrics
+from domain.metrics import ArmStats, LiveMetrics, OfflineMetrics, ShadowMetrics
 from orchestrator.ports import ArmWindow, LatencyReader
 
 if TYPE_CHECKING:
     from adapters.mlflow_registry import MlflowRegistry
     from orchestrator.settings import Settings
+    from pipelines.canary.evaluate_canary import PredictionRecord
 
 
 class MlflowMetrics:
@@ -103,6 +104,27 @@ class MlflowMetrics:
             merged = self._with_latencies(model, merged, arms)
         return merged
 
+    def shadow(
+        self, model: str, candidate: str, production: str, start: datetime, end: datetime
+    ) -> ShadowMetrics:
+        """A shadow's window from the same request records as the canary (locally the
+        endpoint's request log, where mirrored copies are flagged; in Azure the data
+        collector's, joined on the caller's x-request-id), with latencies from the latency
+        reader in Azure. Not logged to MLflow: the gate's evidence keeps the counts."""
+        # Agreement compares the two deployments' answers: no labels, no feedback table.
+        records, _ = self._records(model, start, end, labels=False)
+        metrics = shadow_metrics(records, candidate, production, start, end)
+        if self._latency is not None and self._settings.uses_azureml:
+            from pipelines.canary.evaluate_canary import DEFAULT_LATENCY_SAMPLE
+
+            endpoint = self._endpoint_of(model)
+            arms = {}
+            for role, name in (("candidate", candidate), ("production", production)):
+                sample = self._latency.latencies(endpoint, name, start, end, DEFAULT_LATENCY_SAMPLE)
+                arms[role] = getattr(metrics, role).model_copy(update={"latency_ms": sample})
+            metrics = metrics.model_copy(update=arms)
+        return metrics
+
     def _with_latencies(self, model: str, live: LiveMetrics, arms: list[ArmWindow]) -> LiveMetrics:
         """Each arm's latencies over its own window, from the latency reader."""
         from pipelines.canary.evaluate_canary import DEFAULT_LATENCY_SAMPLE
@@ -121,9 +143,10 @@ class MlflowMetrics:
         return live.model_copy(update={"arms": updated})
 
     def _records(
-        self, model: str, start: datetime, end: datetime
+        self, model: str, start: datetime, end: datetime, *, labels: bool = True
     ) -> tuple[list[Any], dict[str, Any]]:
-        """The model's endpoint's request records in the window, and the feedback labels."""
+        """The model's endpoint's request records in the window, and the feedback labels
+        (none read without `labels`)."""
         from pipelines.canary import evaluate_canary
 
         settings = self._settings
@@ -138,13 +161,13 @@ class MlflowMetrics:
             folder = endpoint_data_dir(settings.local_endpoint_dir, endpoint_name)
             return (
                 evaluate_canary.read_local_records(folder, start, end),
-                evaluate_canary.read_local_feedback(folder),
+                evaluate_canary.read_local_feedback(folder) if labels else {},
             )
         # Azure: the data collector's JSONL and the feedback tables, fetched from blob storage.
-        if not settings.canary_records_uri or not settings.canary_feedback_uri:
-            raise RuntimeError(
-                "CANARY_RECORDS_URI and CANARY_FEEDBACK_URI must be set to judge a canary in Azure"
-            )
+        if not settings.canary_records_uri:
+            raise RuntimeError("CANARY_RECORDS_URI must be set to read live requests in Azure")
+        if labels and not settings.canary_feedback_uri:
+            raise RuntimeError("CANARY_FEEDBACK_URI must be set to judge a canary in Azure")
         from adapters.blob_fetch import BlobFetcher
 
         fetch = BlobFetcher(credential=azure_credential())
@@ -153,8 +176,75 @@ class MlflowMetrics:
             # Only the hour folders around the window: the collector keeps every hour.
             window = evaluate_canary.collector_files_in(start, end)
             fetch(settings.canary_records_uri, records_dir, include=window)
+            records = evaluate_canary.read_data_collector(records_dir, start, end)
+            if not labels:
+                return records, {}
+            assert settings.canary_feedback_uri is not None
             fetch(settings.canary_feedback_uri, feedback_dir)
-            return (
-                evaluate_canary.read_data_collector(records_dir, start, end),
-                evaluate_canary.read_feedback_table(feedback_dir),
-            )
+            return records, evaluate_canary.read_feedback_table(feedback_dir)
+
+def shadow_metrics(
+    records: Iterable[PredictionRecord],
+    candidate: str,
+    production: str,
+    start: datetime,
+    end: datetime,
+) -> ShadowMetrics:
+    """A shadow window from request records (start <= time < end).
+
+    Production: its own live requests (never a mirrored copy). Candidate: its mirrored
+    copies; a record not flagged mirrored counts too, since in the shadow the candidate takes
+    no live traffic and Azure's collector does not flag mirroring. Errors are statuses >= 500
+    (4xx are the caller's). A pair is one request id both answered with a 2xx; it agrees when
+    every predicted row is the same class (`evaluate_canary`'s comparison of a prediction with
+    a label). Latencies: successful requests', in time order, evenly thinned.
+    """
+    from pipelines.canary.evaluate_canary import DEFAULT_LATENCY_SAMPLE, _predicted_class, _same
+
+    def rows(outputs: object) -> list[object]:
+        return outputs if isinstance(outputs, list) else [outputs]
+
+    def agree(ours: object, theirs: object) -> bool:
+        mine, other = rows(ours), rows(theirs)
+        return len(mine) == len(other) and all(
+            _same(a, _predicted_class(b)) for a, b in zip(mine, other, strict=True)
+        )
+
+    arms: dict[str, list[PredictionRecord]] = {"candidate": [], "production": []}
+    for record in records:
+        if not start <= record.time < end:
+            continue
+        if record.deployment == candidate:
+            arms["candidate"].append(record)
+        elif record.deployment == production and not record.mirrored:
+            arms["production"].append(record)
+
+    def stats(name: str, found: list[PredictionRecord]) -> ArmStats:
+        ok = [r for r in found if r.status < 400]
+        latencies = [
+            r.latency_ms for r in sorted(ok, key=lambda r: r.time) if r.latency_ms is not None
+        ]
+        step = max(1, -(-len(latencies) // DEFAULT_LATENCY_SAMPLE))
+        return ArmStats(
+            deployment=name,
+            requests=len(found),
+            errors=sum(1 for r in found if r.status >= 500),
+            latency_ms=latencies[::step],
+        )
+
+    answered = {r.request_id: r for r in arms["production"] if 200 <= r.status < 300}
+    pairs = agreed = 0
+    for record in arms["candidate"]:
+        other = answered.pop(record.request_id, None)  # each request pairs once
+        if other is None or not 200 <= record.status < 300:
+            continue
+        pairs += 1
+        agreed += agree(record.outputs, other.outputs)
+    return ShadowMetrics(
+        window_start=start,
+        window_end=end,
+        production=stats(production, arms["production"]),
+        candidate=stats(candidate, arms["candidate"]),
+        pairs=pairs,
+        agreed=agreed,
+    )

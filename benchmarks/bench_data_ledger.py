@@ -8,18 +8,26 @@ does not grow with the keys a model has seen, and a storm of blobs makes one job
 2. A storm: `storm` blobs landing at once under one model, delivered by `workers` threads (as
    Event Grid delivers to several instances), the shipped 10-minute debounce: the wall time
    (well inside the window?), the per-event latency of the last thousand against the first
-   thousand, the aggregate's writes, then the window's close and the one job it submits.
+   thousand, the aggregate's writes, then the window's close and the one job it submits, and
+   the timer's sweeps that release the rest of its data.
+3. `python -m benchmarks.bench_data_ledger close [items]`: the window close alone, on `items`
+   pending items (default 3,000), as the code was before the release went into chunks
+   (adapters/data_ledger.py at BEFORE, which released everything inside the close) and as it
+   is: the longest single handling (the close's message, or one release chunk) of each.
 
 Figures are ratios and sizes within one run (Azurite's own speed varies with the machine).
 """
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,17 +38,20 @@ from typing import Any
 
 import azure.functions as func
 from azure.core.pipeline.transport import RequestsTransport
-from azure.storage.blob import BlobServiceClient
+from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from adapters.azurite import start_azurite
+from adapters.blob_state import ensure_container
 from adapters.data_ledger import BlobDataLedger, claimant_hash, key_hash, shard_of
 from devhost.host.pollers import blob_created_event
 from orchestrator.bootstrap import Runtime, set_runtime
 from orchestrator.messages import Envelope
-from orchestrator.ports import JobStatus, TrainingRequest
+from orchestrator.ports import DataLedger, JobStatus, TrainingRequest
 from orchestrator.settings import load_settings
+from retrain.commands import DataItem
 from retrain.decide import window_message_id
 from triggers.data import data_blob_created
+from triggers.envelopes import data_landed_envelope
 
 ACCOUNT = "https://acct.blob.core.windows.net"
 created = data_blob_created._function.get_user_function()  # the function the worker calls
@@ -96,7 +107,12 @@ def prefill(ledger: BlobDataLedger, model: str, keys: int, workers: int) -> floa
 
 
 @contextmanager
-def app(folder: str, connection_string: str, models: list[str]) -> Iterator[Runtime]:
+def app(
+    folder: str,
+    connection_string: str,
+    models: list[str],
+    ledger: Callable[[ContainerClient], DataLedger] | None = None,
+) -> Iterator[Runtime]:
     policies = Path(folder, "policies")
     policies.mkdir()
     for model in models:
@@ -108,7 +124,12 @@ def app(folder: str, connection_string: str, models: list[str]) -> Iterator[Runt
         STATE_CONTAINER=f"state{uuid.uuid4().hex[:8]}",
         DataStorage__blobServiceUri=ACCOUNT,
     )
-    runtime = Runtime(settings, overrides={"training": Submissions()})
+    overrides: dict[str, Any] = {"training": Submissions()}
+    if ledger is not None:  # on the state container, where the app keeps its own
+        service = BlobServiceClient.from_connection_string(connection_string)
+        container = service.get_container_client(settings.state_container)
+        overrides["ledger"] = ledger(ensure_container(container))
+    runtime = Runtime(settings, overrides=overrides)
     set_runtime(runtime)
     try:
         yield runtime
@@ -271,6 +292,141 @@ def main(
             f"window close: {len(jobs)} job(s) on {len(uris):,} distinct blobs "
             f"in {closing:.1f} s; pending after: {ledger.pending('storm').items}"
         )
+        chunks, sweeps = release_by_sweeps(runtime, "storm")
+        report(
+            f"then {len(sweeps)} sweep(s) released the rest: {len(chunks)} chunk(s) of "
+            f"{runtime.outbox.release_chunk}, the longest {max(chunks, default=0):.1f} s, "
+            f"the longest sweep {max(sweeps, default=0):.1f} s"
+        )
+
+
+# --------------------------------------------------------------------------- the close alone
+
+# The data ledger as it was before the release went into chunks (the whole release inside the
+# close's dispatch): the commit the "before" figure is measured on.
+BEFORE = "e4c11718596a4a8cc69953f27d42adde227873e3"
+
+
+class WholeRelease:
+    """The ledger of BEFORE behind today's port: `release` ignores the limit and deletes every
+    item at once, inside the close, as it used to."""
+
+    def __init__(self, old: Any) -> None:
+        self._old = old
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._old, name)
+
+    def release(self, model: str, run_id: str, limit: int) -> int:
+        self._old.release(model, run_id)
+        return 0
+
+    def releasing(self, model: str) -> list[str]:
+        return []
+
+
+def ledger_before(container: ContainerClient) -> DataLedger:
+    source = subprocess.run(
+        ["git", "show", f"{BEFORE}:adapters/data_ledger.py"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    ).stdout
+    spec = importlib.util.spec_from_loader("data_ledger_before", loader=None)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    exec(compile(source, "data_ledger_before.py", "exec"), module.__dict__)
+    return WholeRelease(module.BlobDataLedger(container))  # type: ignore[return-value]
+
+
+class TimedReleases:
+    """Wraps a ledger's `release` to time each call (one chunk, or the whole release)."""
+
+    def __init__(self, ledger: DataLedger) -> None:
+        self.ledger = ledger
+        self.calls: list[float] = []
+        self._release = ledger.release
+
+        def timed(model: str, run_id: str, limit: int) -> int:
+            started = time.perf_counter()
+            try:
+                return self._release(model, run_id, limit)
+            finally:
+                self.calls.append(time.perf_counter() - started)
+
+        ledger.release = timed  # type: ignore[method-assign]
+
+
+def release_by_sweeps(runtime: Runtime, model: str) -> tuple[list[float], list[float]]:
+    """Run the timer's sweep until the model's data is released: each chunk's and each
+    sweep's time (the chunk the close released is not counted)."""
+    timer = TimedReleases(runtime.ports.ledger)
+    sweeps = []
+    while runtime.ports.ledger.releasing(model):
+        started = time.perf_counter()
+        runtime.maintenance.sweep()
+        sweeps.append(time.perf_counter() - started)
+    return timer.calls, sweeps
+
+
+def fill(runtime: Runtime, model: str, items: int) -> None:
+    """`items` pending items through the handlers, 1,000 a message (the per-event cap)."""
+    for start in range(0, items, 1000):
+        batch = [
+            DataItem(
+                uri=f"{ACCOUNT}/training-data/{model}/part-{n:07d}.csv",
+                key=f"blob:{model}/part-{n:07d}.csv@0x1",
+            )
+            for n in range(start, min(start + 1000, items))
+        ]
+        runtime.handlers.handle(data_landed_envelope(model, batch, "eventhub"))
+
+
+def timed_close(runtime: Runtime, model: str) -> tuple[float, float, int]:
+    """Close the model's open window: the seconds its message took, the longest release call
+    within it, and how many items the job took."""
+    window = runtime.ports.store.load(model)[0].retrain.window
+    assert window is not None, "no window open"
+    time.sleep(QUIET)
+    close = Envelope.new(
+        "RetrainWindowClosed",
+        model,
+        {"window_id": window.id, "seq": window.seq},
+        message_id=window_message_id(model, window.id, window.seq),
+    )
+    timer = TimedReleases(runtime.ports.ledger)
+    started = time.perf_counter()
+    runtime.handlers.handle(runtime.signer.sign(close))
+    closing = time.perf_counter() - started
+    submitted: Submissions = runtime.ports.training  # type: ignore[assignment]
+    [job] = [r for r in submitted.requests if r.model == model]
+    return closing, max(timer.calls, default=0.0), len(job.data_uris)
+
+
+def close_main(items: int = 3_000) -> None:
+    for label, ledger in (("before", ledger_before), ("after", None)):
+        with (
+            start_azurite() as azurite,
+            tempfile.TemporaryDirectory() as folder,
+            app(folder, azurite.connection_string, ["close"], ledger) as runtime,
+        ):
+            fill(runtime, "close", items)
+            closing, released, taken = timed_close(runtime, "close")
+            line = (
+                f"{label}: the close on {taken:,} items took {closing:.1f} s "
+                f"(its release {released:.1f} s)"
+            )
+            if label == "after":
+                chunks, sweeps = release_by_sweeps(runtime, "close")
+                line += (
+                    f"; then {len(sweeps)} sweep(s), {len(chunks)} release chunk(s) of "
+                    f"{runtime.outbox.release_chunk}, the longest {max(chunks, default=0):.1f} "
+                    f"s, the longest sweep {max(sweeps, default=0):.1f} s; pending after: "
+                    f"{runtime.ports.ledger.pending('close').items}"
+                )
+            report(line)
 
 
 def report(line: str) -> None:
@@ -278,4 +434,7 @@ def report(line: str) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["close"]:
+        close_main(*(int(arg) for arg in sys.argv[2:3]))
+    else:
+        main()

@@ -93,6 +93,24 @@ class SetTraffic(_Effect):
         return traffic
 
 
+class SetMirror(_Effect):
+    """Set the endpoint's mirror (shadow) map to this absolute map (deployment -> percent of
+    the live requests copied to it, whose answers nobody gets); ``{}`` turns mirroring off."""
+
+    kind: Literal["set_mirror"] = "set_mirror"
+    mirror: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("mirror")
+    @classmethod
+    def _percentages(cls, mirror: dict[str, int]) -> dict[str, int]:
+        if (
+            any(weight < 0 or weight > 50 for weight in mirror.values())
+            or sum(mirror.values()) > 50
+        ):
+            raise ValueError("mirror weights must be 0..50 and sum to at most 50")
+        return mirror
+
+
 class DeleteDeployment(_Effect):
     kind: Literal["delete_deployment"] = "delete_deployment"
     deployment: str
@@ -132,6 +150,7 @@ Effect = Annotated[
     | CancelTrainingJob
     | DeployModel
     | SetTraffic
+    | SetMirror
     | DeleteDeployment
     | TagModelVersion
     | RequestApproval

@@ -37,3 +37,19 @@ class LiveMetrics(BaseModel):
     window_start: AwareDatetime
     window_end: AwareDatetime
     arms: dict[str, ArmStats] = Field(default_factory=dict)  # by deployment name
+
+
+class ShadowMetrics(BaseModel):
+    """A shadow's window: production's live requests, the candidate's mirrored copies, and
+    the pairs (the same request answered by both) whose predictions agree."""
+
+    window_start: AwareDatetime
+    window_end: AwareDatetime
+    production: ArmStats  # the live requests production answered in the window
+    candidate: ArmStats  # the mirrored copies the candidate answered (nobody saw them)
+    pairs: int = Field(default=0, ge=0)  # requests both answered successfully
+    agreed: int = Field(default=0, ge=0)  # of those, the same predictions
+
+    @property
+    def agreement(self) -> float | None:
+        return self.agreed / self.pairs if self.pairs else None

@@ -126,6 +126,36 @@ class RetrainSettings(_Section):
     dedup_retention: Duration = timedelta(days=30)
 
 
+class MonitorSettings(_Section):
+    """Retrain on decay (docs/retraining.md): every `every`, the champion's labeled live
+    feedback over the last `window` is tested against its own offline `metric`. A one-sided
+    exact binomial test per check, at `alpha` split between the checks (Bonferroni): live
+    accuracy below offline - `accuracy_drop`, or an error rate above `max_error_rate`. A check
+    with fewer than `min_samples` never triggers. At most one retrain per `cooldown`."""
+
+    window: Duration = timedelta(hours=1)
+    min_samples: int = Field(default=500, ge=1)
+    metric: str = Field(default="accuracy", min_length=1)  # the champion's offline metric
+    accuracy_drop: Finite | None = Field(default=0.03, ge=0, lt=1)  # None: not checked
+    max_error_rate: Finite | None = Field(default=0.01, gt=0, lt=1)  # None: not checked
+    alpha: float = Field(default=0.01, gt=0, lt=0.5)
+    cooldown: Duration = timedelta(hours=6)
+    every: Duration = timedelta(minutes=10)
+
+    @field_validator("window", "every")
+    @classmethod
+    def _monitor_positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return value
+
+    @model_validator(mode="after")
+    def _something_checked(self) -> MonitorSettings:
+        if self.accuracy_drop is None and self.max_error_rate is None:
+            raise ValueError("set accuracy_drop or max_error_rate (or remove monitor:)")
+        return self
+
+
 class PipelineSettings(_Section):
     file: str = "pipelines/azureml/pipeline.yml"  # relative to the repository / app root
     experiment: str | None = None  # defaults to "<model>-retrain"
@@ -302,6 +332,70 @@ class CanarySettings(_Section):
         return gates
 
 
+class ShadowGates(_Section):
+    """What a shadow must show before its first live step (docs/promotion.md, shadow). Each
+    test is one look at `alpha`: the shadow passes when all three pass (an intersection-union
+    test: a bad candidate passes with probability at most `alpha`); it fails when any shows
+    the candidate worse (a good one fails with probability at most the sum of the alphas)."""
+
+    # Error rate (Farrington-Manning, absolute): at most `error_rate_margin` above production's.
+    error_rate_margin: Finite = Field(default=0.01, gt=0, lt=1)
+    # Tail latency (order-statistic bounds of the quantile): at most (1 + margin) production's.
+    latency_quantile: float = Field(default=0.95, ge=0.5, lt=1)
+    latency_margin: Finite = Field(default=0.2, gt=0)
+    # Agreement with production on the same mirrored request (exact binomial): at least this.
+    min_agreement: float = Field(default=0.95, gt=0, lt=1)
+    alpha: float = Field(default=0.05, gt=0, lt=0.5)
+    # Mirrored pairs (and requests per arm) the look waits for.
+    min_samples: int = Field(default=200, ge=1)
+
+
+class ShadowSettings(_Section):
+    """An optional first stage: once the candidate's deployment is ready, it gets a mirrored
+    copy of `percent` of the live traffic and answers nobody; after `duration` its gates
+    decide whether the first live step starts. Too few samples wait (checked every
+    `check_every`) at most `max_wait` past the duration, then canary.on_exhausted."""
+
+    percent: int = Field(default=10, ge=1, le=50)  # Azure ML mirrors at most 50%
+    duration: Duration = timedelta(minutes=30)
+    gates: ShadowGates = ShadowGates()
+    check_every: Duration = timedelta(minutes=10)
+    max_wait: Duration = timedelta(hours=24)
+
+    @field_validator("duration", "check_every")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than zero")
+        return value
+
+
+class ManagedTarget(_Section):
+    """The endpoint is an Azure ML managed online endpoint (the default); its deployments'
+    VM size is the app's AZUREML_INSTANCE_TYPE."""
+
+    kind: Literal["managed"] = "managed"
+
+
+class KubernetesTarget(_Section):
+    """The endpoint is an Azure ML Kubernetes online endpoint on an attached AKS or Arc
+    compute (docs/endpoint.md): deployments run on `compute` with one of the instance types
+    its cluster defines."""
+
+    kind: Literal["kubernetes"]
+    # The attached compute's name in the workspace (Azure ML: 2-16 letters, digits, '-').
+    compute: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9-]{1,15}$")
+    # An instance type defined on that cluster (a Kubernetes custom resource); the extension
+    # creates `defaultinstancetype`.
+    instance_type: str = Field(
+        default="defaultinstancetype", min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]*$"
+    )
+    instance_count: int = Field(default=1, ge=1, le=100)
+
+
+EndpointTarget = Annotated[ManagedTarget | KubernetesTarget, Field(discriminator="kind")]
+
+
 class FirstModelSettings(_Section):
     """A first model (nothing in production yet): no champion to compare with, no known-good
     model to roll back to, so its production bake judges only its own traffic."""
@@ -315,16 +409,27 @@ class FirstModelSettings(_Section):
 
 
 class ModelPolicy(_Section):
-    model: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    # At most 48 characters: the name is part of the ids of its runs, promotions and messages
+    # (128 characters at most), with room for the parts that follow it.
+    model: str = Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     endpoint: str = Field(min_length=3, max_length=32, pattern=r"^[A-Za-z][A-Za-z0-9-]*$")
+    # Where the endpoint runs in Azure: managed (default) or on an attached Kubernetes compute.
+    endpoint_target: EndpointTarget = ManagedTarget()
     data: DataSource
     retrain: RetrainSettings = RetrainSettings()
+    monitor: MonitorSettings | None = None  # None: no retrain on decay
     pipeline: PipelineSettings = PipelineSettings()
     staging: StagingSettings = StagingSettings()
     approval: ApprovalSettings = ApprovalSettings()
     canary: CanarySettings = CanarySettings()
     production_bake: Duration = timedelta(hours=1)
+    # Percent of traffic left on the previous (known-good) deployment during the production
+    # bake, so the bake compares candidate and holdback in the same window (0: no holdback,
+    # the bake compares with the last canary window; a first model has none).
+    production_holdback: int = Field(default=5, ge=0, le=50, validate_default=True)
     first_model: FirstModelSettings = FirstModelSettings()
+    # None: no shadow stage (the first live step follows the deployment).
+    shadow: ShadowSettings | None = None
     on_newer_candidate: Literal["queue", "supersede"] = "queue"
     # When the endpoint serves something else than the state says (changed by hand, a
     # deployment deleted outside the app): put it back, or pause the promotion for a person.
@@ -332,6 +437,17 @@ class ModelPolicy(_Section):
     on_drift: Literal["repair", "pause"] | None = None
     # The longest a promotion may sit in one state before the timer reports it as stuck.
     max_time_in_state: Duration = timedelta(hours=48)
+
+    @field_validator("production_holdback")
+    @classmethod
+    def _holdback_looks_every_bake(cls, holdback: int, info: ValidationInfo) -> int:
+        # The bake with a holdback looks every canary.bake: zero would look again at once.
+        canary = info.data.get("canary")
+        if holdback and canary is not None and canary.bake <= timedelta(0):
+            raise ValueError(
+                "a holdback needs canary.bake longer than zero (its bake looks every canary.bake)"
+            )
+        return holdback
 
 
 class PolicyError(ValueError):

@@ -22,6 +22,7 @@ from orchestrator.aggregate import ModelAggregate
 from orchestrator.clock import Clock, utc_now
 from orchestrator.handlers import MessageHandlers
 from orchestrator.maintenance import Maintenance
+from orchestrator.monitor import Monitor
 from orchestrator.outbox import Outbox
 from orchestrator.policy_files import load_policies, policy_for
 from orchestrator.ports import (
@@ -167,6 +168,11 @@ class Runtime:
             self.ports, self.outbox, Reconciler(self.ports, self.outbox, self.handlers)
         )
 
+    @cached_property
+    def monitor(self) -> Monitor:
+        """The production monitor's pass (retrain on decay), run by the timer."""
+        return Monitor(self.ports, self.handlers)
+
     def _given(self, port: str, build: Callable[[], Any]) -> Any:
         return self.overrides[port] if port in self.overrides else build()
 
@@ -246,22 +252,45 @@ class Runtime:
 
         fetcher = BlobFetcher(blob_service_client=self.blob_service)
         return LocalTrainingBackend(
-            settings.local_dir / "runs", settings.tracking_uri, fetch=fetcher
+            settings.local_dir / "runs",
+            settings.tracking_uri,
+            fetch=fetcher,
+            on_ended=self._local_run_events(),
         )
+
+    def _local_run_events(self) -> Any:
+        """Azure ML's run events, locally: to the queue devhost reads for the data-events hub
+        (none when a real hub is configured: Azure ML's own events go there)."""
+        from adapters.local_run_events import LocalRunEvents, local_hub_queue
+
+        queue = local_hub_queue(self.settings.data_events_hub)
+        if self.settings.uses_event_hubs or queue is None:
+            return None
+        return LocalRunEvents(lambda: self.queue(queue))
 
     def endpoint_for(self, policy: ModelPolicy) -> OnlineEndpoint:
         settings = self.settings
         if settings.uses_azureml:
             from adapters.azureml_endpoint import AzureMLEndpoint, make_ml_client
 
-            return AzureMLEndpoint(
-                lambda: make_ml_client(
+            def client() -> Any:
+                return make_ml_client(
                     str(settings.azureml_subscription_id),
                     str(settings.azureml_resource_group),
                     str(settings.azureml_workspace),
-                ),
-                policy.endpoint,
-                instance_type=settings.azureml_instance_type,
+                )
+
+            target = policy.endpoint_target
+            if target.kind == "kubernetes":  # an attached AKS/Arc compute (docs/endpoint.md)
+                return AzureMLEndpoint(
+                    client,
+                    policy.endpoint,
+                    instance_type=target.instance_type,
+                    instance_count=target.instance_count,
+                    kubernetes_compute=target.compute,
+                )
+            return AzureMLEndpoint(
+                client, policy.endpoint, instance_type=settings.azureml_instance_type
             )
         if not settings.local_endpoint_url:
             raise RuntimeError(

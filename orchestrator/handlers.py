@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from domain.decision import AuditEntry, Decision
 from domain.effects import SendMessage, SubmitTrainingJob
-from domain.metrics import LiveMetrics, OfflineMetrics
+from domain.metrics import LiveMetrics, OfflineMetrics, ShadowMetrics
 from domain.policy import ModelPolicy
 from orchestrator import telemetry
 from orchestrator.aggregate import ModelAggregate, OutboxItem
@@ -35,6 +35,7 @@ from promotion import commands as promotion_commands
 from promotion import machine as promotion_machine
 from retrain import commands as retrain_commands
 from retrain import decide as retrain_rules
+from retrain import job_events
 from retrain.commands import (
     JOB_CHECK,
     OBSERVED_FIELDS,
@@ -57,6 +58,7 @@ PAYLOADS: dict[str, type[BaseModel]] = {
     **retrain_commands.COMMANDS,
     **promotion_commands.COMMANDS,
     DEPLOYMENT_CHECK: DeploymentCheck,
+    job_events.JOB_EVENT: job_events.TrainingJobEvent,
 }
 MESSAGE_TYPES = frozenset(PAYLOADS)
 
@@ -245,7 +247,11 @@ class MessageHandlers:
     ) -> Outcome:
         aggregate = loaded[0] if loaded else self.ports.store.load(envelope.model)[0]
         # Metrics are observed here, never taken from a message: a sender cannot pass a gate.
-        forged = {name: None for name in ("offline", "live") if name in type(command).model_fields}
+        forged = {
+            name: None
+            for name in ("offline", "live", "shadow")
+            if name in type(command).model_fields
+        }
         command = command.model_copy(update=forged)
         request = promotion_machine.observation_needed(
             aggregate.promotion,
@@ -287,6 +293,39 @@ class MessageHandlers:
             registered_version=version,
             attempt=check.attempt,
         )
+        return self._retrain(envelope, policy, observed, fresh)
+
+    def _training_job_event(
+        self,
+        envelope: Envelope,
+        policy: ModelPolicy,
+        event: job_events.TrainingJobEvent,
+        loaded: Loaded,
+    ) -> Outcome:
+        """A run status event from outside (no MAC): the job is read from the backend NOW
+        and a final answer decided as a poll's; anything else is skipped with its reason
+        (no write: the scheduled poll stays the fallback)."""
+        aggregate = loaded[0]
+        skipped = job_events.skip_reason(aggregate.retrain, event)
+        if skipped is not None:
+            return Outcome("ignored", envelope.model, aggregate.version, skipped)
+        fresh: Loaded | None = loaded
+        if aggregate.outbox:  # as a check: the submit may still wait in the outbox
+            self.outbox.dispatch(envelope.model, aggregate)
+            fresh = None
+        try:
+            status = self.ports.training.status(event.run_id)
+            state, error, version = status.state, status.error, status.registered_version
+        except TrainingBackendError as exc:
+            if exc.transient:
+                raise
+            # A refusal is left to the poll, which fails the run with it: an event from
+            # outside never ends a run on its own.
+            reason = f"the backend refused the check ({exc}): polling continues"
+            return Outcome("ignored", envelope.model, aggregate.version, reason[:500])
+        observed = job_events.observed_status(aggregate.retrain, event, state, error, version)
+        if isinstance(observed, str):
+            return Outcome("ignored", envelope.model, aggregate.version, observed)
         return self._retrain(envelope, policy, observed, fresh)
 
     def _deployment_check(
@@ -347,6 +386,16 @@ class MessageHandlers:
                 return command.model_copy(update={"offline": offline})
             active = aggregate.promotion.active
             assert active is not None
+            if request.kind == "shadow":
+                candidate, production = request.arms
+                shadow: ShadowMetrics = self.ports.metrics.shadow(
+                    model,
+                    candidate.deployment,
+                    production.deployment,
+                    candidate.window_start,
+                    candidate.window_end,
+                )
+                return command.model_copy(update={"shadow": shadow})
             # The canary step's index; the production bake comes after the last step.
             step = active.step_index if active.step_index >= 0 else len(active.canary_steps)
             if active.status == "production_bake":
@@ -367,9 +416,13 @@ class MessageHandlers:
         command: BaseModel,
         policy: ModelPolicy,
         loaded: Loaded | None,
+        *,
+        remember: bool = True,
     ) -> Outcome:
         """Decide `command` with the pure rules of `section` on that section's state, and save
-        the result (state, outbox, audit) in one conditional write."""
+        the result (state, outbox, audit) in one conditional write. `remember=False`: the id is
+        not kept among the handled messages (a timer's own decision, which its state makes
+        idempotent, would otherwise crowd out the ids of real messages)."""
         now = self.ports.clock()
         decide = _RULES[section]
         applied = _Applied()
@@ -407,7 +460,11 @@ class MessageHandlers:
                     section: decision.state,
                     "outbox": [*aggregate.outbox, *items],
                     "pending_audit": [*aggregate.pending_audit, *records],
-                    "seen_messages": aggregate.remember(envelope.message_id),
+                    "seen_messages": (
+                        aggregate.remember(envelope.message_id)
+                        if remember
+                        else aggregate.seen_messages
+                    ),
                 }
             )
             trace = (changed.change_trace or traceparent) if changed.in_change() else None
@@ -454,6 +511,15 @@ class MessageHandlers:
                 decision.ignored,
             )
         return outcome
+
+    def decide_internal(
+        self, envelope: Envelope, command: BaseModel, policy: ModelPolicy, loaded: Loaded | None
+    ) -> Outcome:
+        """A retrain command the app decides for itself on a timer pass, never a message (the
+        production monitor, orchestrator/monitor.py): decided, saved and dispatched as a
+        handled message is, but its id is not remembered: the monitor's record and cooldown
+        in the state make it idempotent. The caller has made any observation the rules need."""
+        return self._apply(envelope, "retrain", command, policy, loaded, remember=False)
 
     def _duplicate(self, envelope: Envelope, aggregate: ModelAggregate) -> Outcome:
         log.info(
@@ -504,6 +570,7 @@ _RULES: dict[Section, Callable[..., Decision[Any]]] = {
 _HANDLERS: dict[str, Handler] = {
     DEPLOYMENT_CHECK: MessageHandlers._deployment_check,
     JOB_CHECK: MessageHandlers._training_job_check,
+    job_events.JOB_EVENT: MessageHandlers._training_job_event,
     **{
         message_type: MessageHandlers._retrain
         for message_type in retrain_commands.COMMANDS

@@ -2,12 +2,14 @@
 training jobs past their `max_job_duration` (so a lost check chain cannot keep a model from
 training for ever), send again a gate check or approval timeout overdue by more than
 `OVERDUE_CHECK_SECONDS` (so a crash in the middle of one costs a sweep, not a lease), report
-promotions that have not moved for `max_time_in_state`, then reconcile every endpoint with
-the state (orchestrator/reconcile.py)."""
+promotions that have not moved for `max_time_in_state`, go on releasing the data of runs
+submitted since (bounded per sweep: `release_chunks_per_sweep` and `release_seconds_per_sweep`),
+then reconcile every endpoint with the state (orchestrator/reconcile.py)."""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from orchestrator.handlers import sweep_stranded_data
@@ -19,12 +21,20 @@ from retrain.decide import overdue_check
 
 log = logging.getLogger(__name__)
 
+# What one sweep spends on releasing submitted runs' data: chunks of `Outbox.release_chunk`
+# items per model (in Azure one batch request each: 10,240 items), and no new chunk past
+# this many seconds, whatever the storage's speed (the function times out at 5 minutes).
+RELEASE_CHUNKS_PER_SWEEP = 40
+RELEASE_SECONDS_PER_SWEEP = 60.0
+
 
 class Maintenance:
     def __init__(self, ports: Ports, outbox: Outbox, reconciler: Reconciler | None = None) -> None:
         self.ports = ports
         self.outbox = outbox
         self.reconciler = reconciler
+        self.release_chunks_per_sweep = RELEASE_CHUNKS_PER_SWEEP
+        self.release_seconds_per_sweep = RELEASE_SECONDS_PER_SWEEP
 
     def sweep(self) -> dict[str, Any]:
         """One pass over every model. One model whose effects keep failing (its outbox is
@@ -36,7 +46,8 @@ class Maintenance:
         failed: list[dict[str, str]] = []
         overdue_jobs: list[str] = []
         resent: list[str] = []
-        for model in self.ports.store.list_keys():
+        models = list(self.ports.store.list_keys())
+        for model in models:
             try:
                 redispatched += self.outbox.dispatch(model)
             except Exception as exc:
@@ -97,12 +108,15 @@ class Maintenance:
                     active.status,
                     active.updated_at.isoformat(),
                 )
+        # After every model's other duties, so a long release never delays a check.
+        releasing = self._continue_releases(models, failed)
         report: dict[str, Any] = {
             "redispatched": redispatched,
             "stuck": stuck,
             "failed": failed,
             "overdue_jobs": overdue_jobs,
             "resent_checks": resent,
+            "releasing": releasing,
             "drift": [],
         }
         if self.reconciler is not None:
@@ -113,3 +127,31 @@ class Maintenance:
                 for f in reconciled.failed
             ]
         return report
+
+    def _continue_releases(
+        self, models: list[str], failed: list[dict[str, str]]
+    ) -> list[dict[str, Any]]:
+        """Go on releasing the data of submitted runs (a submit's dispatch releases only its
+        first chunk): at most `release_chunks_per_sweep` chunks per model, none started past
+        `release_seconds_per_sweep`. Returns the runs still releasing, with how many items
+        are left; a failure is reported and the next sweep goes on from the last chunk."""
+        ledger, chunk = self.ports.ledger, self.outbox.release_chunk
+        deadline = time.monotonic() + self.release_seconds_per_sweep
+        unfinished: list[dict[str, Any]] = []
+        for model in models:
+            try:
+                runs = ledger.releasing(model)
+                chunks = 0
+                for run_id in runs:
+                    left = None
+                    while left != 0:
+                        if chunks >= self.release_chunks_per_sweep or time.monotonic() > deadline:
+                            break
+                        left = ledger.release(model, run_id, chunk)
+                        chunks += 1
+                    if left != 0:
+                        unfinished.append({"model": model, "run_id": run_id, "left": left})
+            except Exception as exc:
+                log.exception("sweep: releasing the data of %s failed", model)
+                failed.append({"model": model, "error": f"release: {type(exc).__name__}: {exc}"})
+        return unfinished

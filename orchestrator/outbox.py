@@ -27,6 +27,7 @@ from domain.effects import (
     PublishEvent,
     RequestApproval,
     SendMessage,
+    SetMirror,
     SetTraffic,
     SubmitTrainingJob,
     TagModelVersion,
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 _LANES: dict[str, str] = {
     "deploy_model": "endpoint",
     "set_traffic": "endpoint",
+    "set_mirror": "endpoint",
     "delete_deployment": "endpoint",
     "submit_training_job": "training",
     "cancel_training_job": "training",
@@ -102,10 +104,10 @@ def _by_lane(outbox: list[OutboxItem]) -> dict[str, list[OutboxItem]]:
 def _superseded(item: OutboxItem, lane: list[OutboxItem]) -> bool:
     """A traffic map with a newer one after it in its lane: maps are absolute, only the newest
     one means anything (running the old one could put traffic back on a rolled-back model)."""
-    if not isinstance(item.effect, SetTraffic):
+    if not isinstance(item.effect, (SetTraffic, SetMirror)):
         return False
     later = lane[lane.index(item) + 1 :]
-    return any(isinstance(other.effect, SetTraffic) for other in later)
+    return any(type(other.effect) is type(item.effect) for other in later)
 
 
 def _settle_audit(model: str, run: _Run) -> list[AuditRecord]:
@@ -158,10 +160,16 @@ def deployment_check_id(promotion_id: str, deployment: str, attempt: int) -> str
     return f"{promotion_id}:{deployment}:deploy-check:{attempt}"
 
 
+# Pending items one release call deletes (one batch request in Azure): what a submit's
+# dispatch, or one step of the timer's sweep, spends on releasing a run's data.
+RELEASE_CHUNK = 256
+
+
 class Outbox:
     def __init__(self, ports: Ports) -> None:
         self.ports = ports
         self._endpoints: dict[str, OnlineEndpoint] = {}
+        self.release_chunk = RELEASE_CHUNK
 
     def dispatch(self, model: str, aggregate: ModelAggregate | None = None) -> int:
         """Run the effects and audit entries left in the model's outbox; return how many
@@ -441,6 +449,8 @@ class Outbox:
                 # rollback's {known good: 100, candidate: 0}, then DeleteDeployment(candidate)).
                 live = {name: weight for name, weight in effect.traffic.items() if weight}
                 self.endpoint(policy).set_traffic(live)
+            case SetMirror():
+                self.endpoint(policy).set_mirror(dict(effect.mirror))
             case DeleteDeployment():
                 self.endpoint(policy).delete(effect.deployment)
             case TagModelVersion():
@@ -486,8 +496,11 @@ class Outbox:
             # pending (nothing lost), so the next window takes it again.
             self._submit_failed(aggregate, effect, str(exc))
             return
-        if own:  # the run has its data: it stops being pending (idempotent)
-            ledger.release(model, effect.run_id)
+        if own:
+            # The run has its data: it stops being pending (idempotent). One bounded chunk
+            # here, so no dispatch runs for minutes; the timer's sweep releases the rest
+            # (Maintenance), and until then the ledger hides the manifest's items.
+            ledger.release(model, effect.run_id, self.release_chunk)
 
     def _submit_failed(
         self, aggregate: ModelAggregate, effect: SubmitTrainingJob, error: str

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_check
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from domain.data_location import DataAccount
-from domain.metrics import LiveMetrics, OfflineMetrics
+from domain.metrics import LiveMetrics, OfflineMetrics, ShadowMetrics
 from domain.policy import ColumnName, ModelPolicy
 from orchestrator.clock import Clock, utc_now
 from orchestrator.messages import Envelope
@@ -164,6 +164,13 @@ class MetricsReader(Protocol):
     def live(
         self, model: str, promotion_id: str, step: int, arms: Sequence[ArmWindow]
     ) -> LiveMetrics: ...
+
+    def shadow(
+        self, model: str, candidate: str, production: str, start: datetime, end: datetime
+    ) -> ShadowMetrics:
+        """A shadow stage's window: production's live requests, the candidate's mirrored
+        copies, and how many mirrored pairs (the same request id) predicted the same."""
+        ...
 
 
 class ArmWindow(BaseModel):
@@ -336,6 +343,10 @@ class OnlineEndpoint(Protocol):
         applying an update (the split it reads back then may still be the old one)."""
         ...
 
+    def mirror(self) -> dict[str, int]:
+        """The mirror (shadow) map, zero weights omitted (read back by the reconcile pass)."""
+        ...
+
     def deployments(self) -> list[DeploymentStatus]:
         """Every deployment the endpoint has now, with its model and state (read back by the
         timer's reconcile pass, which compares it with what the state says)."""
@@ -387,9 +398,16 @@ class DataLedger(Protocol):
         """The data URIs of an existing manifest; None when there is none."""
         ...
 
-    def release(self, model: str, run_id: str) -> int:
+    def release(self, model: str, run_id: str, limit: int) -> int:
         """The job of `run_id` has its data: its manifest's items stop being pending (their
-        keys stay claimed: a late redelivery is a duplicate). Returns how many items."""
+        keys stay claimed: a late redelivery is a duplicate). From the first call until the
+        last, `pending`, `seal` and `claim` skip every item the manifest names; each call
+        removes at most `limit` more of them. Returns how many are left (0: released)."""
+        ...
+
+    def releasing(self, model: str) -> list[str]:
+        """The runs whose release has started and not finished (the timer's sweep goes on
+        with them)."""
         ...
 
 

@@ -17,9 +17,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+from domain.policy import ModelPolicy
 from orchestrator.policy_files import policy_for
 from orchestrator.ports import MAX_AUDIT_PAGE, AuditPage, AuditRecord, Ports
 from promotion.explain import canary_samples, first_model_bake
+from promotion.state import Promotion, PromotionStatus
 
 RECENT_RUNS = 5  # the last runs the status shows (the rest: `runs`)
 QUEUED_SHOWN = 10  # queued candidates the status lists (all are counted)
@@ -33,6 +35,7 @@ _RETRAIN_FIELDS = {
     "follow_up_pending",
     "follow_up_reason",
     "follow_up_manual",
+    "monitor",  # the production monitor's last verdict and cooldown stamp (reason capped)
 }
 
 
@@ -78,6 +81,8 @@ class Queries:
             # A canary step: the labeled samples per arm its look waits for (computed from the
             # policy's margin, alpha and power), the deadline and what happens then.
             "canary_samples": samples.model_dump(mode="json") if samples else None,
+            # A shadow stage: what is mirrored to the candidate and when it is judged.
+            "shadow": _shadow_view(promotion.active, policy),
             "queued_candidates": [
                 q.model_dump(mode="json") for q in promotion.queued[:QUEUED_SHOWN]
             ],
@@ -182,3 +187,15 @@ class Queries:
                 run = {key: value for key, value in recent.items() if key not in run} | run
             runs.append(run)
         return runs, page.continuation
+
+
+def _shadow_view(active: Promotion | None, policy: ModelPolicy) -> dict[str, Any] | None:
+    if active is None or active.status != PromotionStatus.SHADOW or policy.shadow is None:
+        return None
+    return {
+        "deployment": active.candidate_deployment,
+        "mirror_percent": active.shadow_percent,
+        "judged_from": (active.step_started_at + policy.shadow.duration).isoformat(),
+        "deadline": active.step_deadline.isoformat() if active.step_deadline else None,
+        "min_samples": policy.shadow.gates.min_samples,
+    }

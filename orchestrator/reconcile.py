@@ -61,13 +61,19 @@ class Reconciler:
             # delete does not hold the pass: it may wait for traffic the pass puts back.
             report.skipped[model] = "endpoint effects on their way"
             return
-        endpoint = self.outbox.endpoint(self.ports.policies[model])
+        policy = self.ports.policies[model]
+        endpoint = self.outbox.endpoint(policy)
         deployments = [
             ObservedDeployment(name=d.deployment, state=d.state, version=d.model_version)
             for d in endpoint.deployments()
         ]
         try:
             traffic = endpoint.traffic()
+            # The mirror of a model with a shadow stage too: the shadow's must be there, and
+            # none may outlive it (a mirrored deployment cannot be deleted). A model without
+            # one never mirrors: its endpoint's mirror is not the app's to judge.
+            shadowed = policy.shadow is not None or bool(expected.mirror)
+            mirror = endpoint.mirror() if shadowed else None
         except DeploymentBusy:
             report.skipped[model] = "the endpoint is applying an update"
             return
@@ -75,7 +81,7 @@ class Reconciler:
         if converging(expected, deployments):
             report.skipped[model] = "a deployment is being created or removed"
             return
-        drift = find_drift(expected, traffic, deployments)
+        drift = find_drift(expected, traffic, deployments, mirror)
         if drift is None:
             if aggregate.promotion.drift is not None:
                 self._handle(aggregate, "EndpointInSync", EndpointInSync(), "in-sync")

@@ -132,3 +132,13 @@ def boundary(fractions: tuple[float, ...], alpha: float, spending: Spending) -> 
     """The z boundary of the latest look, given every look's information fraction (cached:
     the benchmark's promotions share their looks)."""
     return spending_boundaries(fractions, alpha, spending)[-1]
+
+
+@lru_cache(maxsize=65_536)
+def bake_boundary(
+    fractions: tuple[float, ...], information: tuple[float, ...], alpha: float, spending: Spending
+) -> float:
+    """The z boundary of the production bake's latest look: alpha spent by the bake's calendar
+    fractions, the looks correlated by their observed information (docs/canary-statistics.md,
+    the production bake)."""
+    return spending_boundaries(fractions, alpha, spending, information)[-1]

@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from domain.metrics import LiveMetrics, OfflineMetrics
+from domain.metrics import LiveMetrics, OfflineMetrics, ShadowMetrics
 from promotion.state import Drift
 
 
@@ -38,6 +38,7 @@ class GateCheck(_Command):
     check_id: str
     live: LiveMetrics | None = None
     offline: OfflineMetrics | None = None
+    shadow: ShadowMetrics | None = None
 
 
 class ApprovalDecision(_Command):

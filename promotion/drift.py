@@ -29,6 +29,7 @@ class ExpectedEndpoint(BaseModel):
 
     traffic: dict[str, int]  # the live split, zero weights left out
     deployments: dict[str, str]  # deployment -> model version, each must exist and be healthy
+    mirror: dict[str, int] = {}  # the mirror (shadow) map; none outside a shadow stage
 
 
 class ObservedDeployment(BaseModel):
@@ -54,25 +55,37 @@ def expected_endpoint(state: PromotionState) -> ExpectedEndpoint | None:
     candidate = {active.candidate_deployment: active.candidate_version}
     baseline = active.baseline
     kept = {baseline.deployment: baseline.version} if baseline is not None else {}
+    if active.status == PromotionStatus.SHADOW and baseline is not None:
+        # Production serves everything; the candidate gets its mirrored copy.
+        return ExpectedEndpoint(
+            traffic={baseline.deployment: 100},
+            deployments=kept | candidate,
+            mirror={active.candidate_deployment: active.shadow_percent},
+        )
     if active.status == PromotionStatus.CANARY and baseline is not None:
         weight = active.traffic_weight
         traffic = {baseline.deployment: 100 - weight, active.candidate_deployment: weight}
         return ExpectedEndpoint(
             traffic={name: w for name, w in traffic.items() if w}, deployments=kept | candidate
         )
-    # Promoting or baking: all traffic on the candidate, the baseline kept as the way back.
-    return ExpectedEndpoint(
-        traffic={active.candidate_deployment: 100}, deployments=kept | candidate
-    )
+    # Baking: the candidate, and the baseline kept as the way back, serving the holdback's
+    # share (none: all traffic on the candidate).
+    holdback = active.holdback if baseline is not None else 0
+    traffic = {active.candidate_deployment: 100 - holdback}
+    if holdback and baseline is not None:
+        traffic[baseline.deployment] = holdback
+    return ExpectedEndpoint(traffic=traffic, deployments=kept | candidate)
 
 
 def find_drift(
     expected: ExpectedEndpoint,
     actual_traffic: dict[str, int],
     deployments: Iterable[ObservedDeployment],
+    actual_mirror: dict[str, int] | None = None,
 ) -> Drift | None:
     """The drift, or None when the endpoint serves what the state says. A deployment the
-    state needs that is still being created or updated is not drift yet (a repair converging)."""
+    state needs that is still being created or updated is not drift yet (a repair converging).
+    `actual_mirror`: the endpoint's mirror map as read (None: not read, not compared)."""
     found = {deployment.name: deployment for deployment in deployments}
     live = {name: weight for name, weight in actual_traffic.items() if weight}
     missing = tuple(sorted(name for name in expected.deployments if name not in found))
@@ -83,13 +96,20 @@ def find_drift(
             if name in found and found[name].state == "failed"
         )
     )
-    if live == expected.traffic and not missing and not unhealthy:
+    mirror = (
+        {name: weight for name, weight in actual_mirror.items() if weight}
+        if actual_mirror is not None
+        else dict(expected.mirror)
+    )
+    if live == expected.traffic and mirror == expected.mirror and not missing and not unhealthy:
         return None
     return Drift(
         expected_traffic=expected.traffic,
         actual_traffic=live,
         missing=missing,
         unhealthy=unhealthy,
+        expected_mirror=dict(expected.mirror),
+        actual_mirror=mirror,
     )
 
 

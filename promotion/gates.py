@@ -447,7 +447,7 @@ def _latency(
         reason = f"{label} above (1 + margin) of production's (level {fail_alpha:.3g})"
     else:
         outcome = "inconclusive"
-        reason = f"the {label} bounds overlap the margin"
+        reason = f"the {label} bounds overlap the margin (level {pass_alpha:.3g})"
     low, high = passing.candidate_bounds
     return GateEvidence(
         gate=name,
@@ -467,8 +467,10 @@ class GateLook(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    fraction: float  # information fraction (latency: the look's, shared with the rate gates)
+    fraction: float  # information fraction (latency: the look's, shared with the rate gates;
+    # the production bake: the share of the bake's time elapsed, its alpha-spending clock)
     statistic: float | None = None  # z (rates)
+    information: float | None = None  # the bake: effective samples at the look
     outcome: Literal["pass", "fail", "continue"]
 
 
@@ -520,6 +522,7 @@ def judge_canary_look(
     or out of time).
     """
     from promotion.canary_design import boundary, canary_plan
+    from promotion.sequential import alpha_increment
 
     plan = canary_plan(settings)
     observed = _arms(settings, live, canary_deployment, production_deployment)
@@ -603,14 +606,16 @@ def judge_canary_look(
                 return test.model_copy(update=extra)
             z, common = test
             return _rate_verdict(gate, z, pass_bound, fail_bound, common, **extra)
-        from scipy.stats import norm
-
+        # Latency windows are fresh per step (and thinned), so its looks are not the
+        # correlated z the boundaries assume: each look tests at its own alpha increment,
+        # which sums to at most alpha over the looks whatever their correlation.
+        looked = (*history[gate.metric], fractions[gate.metric])
         return _latency(
             gate,
             stats,
             latency_minimum,
-            float(norm.sf(pass_bound)),
-            float(norm.sf(-fail_bound)),
+            alpha_increment(looked, gate.alpha, settings.spending),
+            alpha_increment(looked, fail_level, settings.spending),
         ).model_copy(update=extra | {"pass_boundary": pass_bound, "fail_boundary": fail_bound})
 
     open_gates = [gate for gate in settings.gates if gate.metric not in decided]
@@ -676,6 +681,247 @@ def judge_canary_look(
         look=CanaryLook(step=f"canary-{step_index + 1}", gates=gate_looks),
         totals=stats,
         complete=complete,
+    )
+
+
+# --- the production bake with a concurrent holdback ----------------------------------------------
+
+BAKE_STEP = "bake"
+
+
+def judge_bake_look(
+    settings: CanarySettings,
+    live: LiveMetrics | None,
+    candidate_deployment: str,
+    holdback_deployment: str,
+    *,
+    fraction: float,
+    ended: bool,
+    looks: Sequence[CanaryLook] = (),
+    holdback: int = 0,
+    planned_looks: int = 1,
+) -> LookResult:
+    """A check of the production bake with a concurrent holdback: a test for harm only.
+
+    Each gate asks "is the candidate worse than the holdback by more than its margin?" on the
+    bake's window so far (both arms the same window): the fail side of the canary's test. A
+    5 % holdback is too small to show non-inferiority, so the bake does not try: it rolls back
+    on evidence of harm and otherwise passes on time. Rates: Farrington-Manning z at the margin,
+    failing at z <= -c; c spends the gate's alpha by the bake's clock (`fraction`: its elapsed
+    share, O'Brien-Fleming or Pocock as the canary), the looks correlated by their observed
+    information (Lan & DeMets 1989); Holm across the gates. Latency: the quantile test at each
+    look's alpha increment (valid whatever the looks' correlation). An arm with fewer than
+    `min_samples_per_arm` samples of a gate is not tested (never a failure).
+
+    Outcomes: fail (harm shown), continue (the bake runs on), pass (the bake has ended without
+    harm shown, with the candidate's own `min_samples_per_arm` samples of every gate's metric
+    and both arms' metrics read), wait (ended without them: never a pass; the machine extends,
+    then on_exhausted).
+    """
+    from promotion.canary_design import bake_boundary
+    from promotion.sequential import alpha_increment, effective_samples, farrington_manning
+
+    fraction = min(max(fraction, 1e-9), 1.0)
+    minimum = settings.min_samples_per_arm
+    design: dict[str, float | str | list[float]] = {
+        "rule": "harm",
+        "spending": settings.spending,
+        "clock": "bake time",
+        "holdback": float(holdback),
+        "planned_looks": float(planned_looks),
+    }
+    observed = _arms(settings, live, candidate_deployment, holdback_deployment)
+    if isinstance(observed, GateEvidence):  # a metric not read: nothing to judge, no look
+        return LookResult(
+            outcome="wait" if ended else "continue",
+            result=GateResult.combine([observed.model_copy(update={"design": design})]),
+        )
+    stats, _ = observed
+    requests = {"canary": stats["canary"].requests, "production": stats["production"].requests}
+    # The candidate's own samples of every gate (labeled requests for accuracy, latencies for
+    # latency): a metric missing on the candidate never passes the bake.
+    own = {
+        "requests": requests["canary"],
+        **{
+            gate.metric: _rate_counts(gate, stats["canary"])[1]
+            if gate.metric in RATE_METRICS
+            else len(stats["canary"].latency_ms)
+            for gate in settings.gates
+        },
+    }
+    short = [name for name, count in own.items() if count < minimum]
+    enough = not short
+    samples = GateEvidence(
+        gate="samples",
+        outcome="pass" if enough else "inconclusive",
+        reason=(
+            f"candidate >= {minimum} samples of each metric (holdback "
+            f"{requests['production']} requests)"
+            if enough
+            else f"candidate below {minimum} samples: {', '.join(short)}"
+        ),
+        samples=requests,
+        threshold=float(minimum),
+        design=design,
+    )
+    history = {
+        gate.metric: [
+            look.gates[gate.metric]
+            for look in looks
+            if look.step == BAKE_STEP and gate.metric in look.gates
+        ]
+        for gate in settings.gates
+    }
+    number = len([look for look in looks if look.step == BAKE_STEP]) + 1
+    information: dict[str, float] = {}
+    statistic: dict[str, float] = {}
+    evidence: dict[str, GateEvidence] = {}
+    testable: list[CanaryGate] = []
+    for gate in settings.gates:
+        name = f"canary:{gate.metric}"
+        common: dict = {
+            "margin": gate.margin,
+            "alpha": gate.alpha,
+            "look": number,
+            "information_fraction": fraction,
+            "design": design,
+        }
+        if gate.metric in RATE_METRICS:
+            x_c, n_c = _rate_counts(gate, stats["canary"])
+            x_p, n_p = _rate_counts(gate, stats["production"])
+            sizes = {"canary": n_c, "production": n_p}
+        else:
+            sizes = {role: len(arm.latency_ms) for role, arm in stats.items()}
+            n_c, n_p = sizes["canary"], sizes["production"]
+        common["samples"] = sizes
+        if min(n_c, n_p) < max(minimum, 1):
+            evidence[gate.metric] = GateEvidence(
+                gate=name,
+                outcome="inconclusive",
+                reason=f"harm not testable: fewer than {minimum} samples in an arm",
+                test="harm",
+                **common,
+            )
+            continue
+        earlier = max((item.information or 0.0 for item in history[gate.metric]), default=0.0)
+        information[gate.metric] = effective_samples(n_c, n_p)
+        if gate.metric in RATE_METRICS:
+            if information[gate.metric] <= earlier * (1 + 1e-12):
+                evidence[gate.metric] = GateEvidence(
+                    gate=name,
+                    outcome="inconclusive",
+                    reason="no new samples since the last look: nothing to judge",
+                    test="harm",
+                    **common,
+                )
+                continue
+            test = farrington_manning(x_c, n_c, x_p, n_p, gate.margin, gate.higher_is_better)
+            statistic[gate.metric] = test.statistic
+            common |= {
+                "test": "farrington_manning:harm",
+                "statistic": test.statistic,
+                "p_value_inferior": test.p_value_inferior,
+                "values": {
+                    "canary": test.candidate_rate,
+                    "production": test.baseline_rate,
+                    "difference": test.candidate_rate - test.baseline_rate,
+                },
+            }
+        else:
+            common["test"] = f"quantile:p{gate.quantile * 100:g}:harm"
+        evidence[gate.metric] = GateEvidence(gate=name, outcome="inconclusive", reason="", **common)
+        testable.append(gate)
+
+    def spend(metric: str) -> tuple[float, ...]:
+        return (*(item.fraction for item in history[metric]), fraction)
+
+    def rate_bound(gate: CanaryGate, level: float) -> float:
+        known = [item.information or 0.0 for item in history[gate.metric]]
+        return bake_boundary(
+            spend(gate.metric), (*known, information[gate.metric]), level, settings.spending
+        )
+
+    latency_checks: dict[tuple[str, float], GateEvidence] = {}
+
+    def latency_at(gate: CanaryGate, level: float) -> GateEvidence:
+        key = (gate.metric, level)
+        if key not in latency_checks:
+            increment = alpha_increment(spend(gate.metric), level, settings.spending)
+            latency_checks[key] = _latency(gate, stats, minimum, increment, increment)
+        return latency_checks[key]
+
+    def harmful(gate: CanaryGate, level: float) -> bool:
+        if gate.metric in RATE_METRICS:
+            from scipy.stats import norm
+
+            z = statistic[gate.metric]
+            # Cheap first: a boundary is never below z_(1-level) (its look's crossing is a
+            # part of the alpha spent by then), so a z above -z_(1-level) cannot fail.
+            return z <= -float(norm.isf(level)) and z <= -rate_bound(gate, level)
+        return latency_at(gate, level).outcome == "fail"
+
+    failing = _holm_fail(testable, harmful)
+    gate_looks: dict[str, GateLook] = {}
+    for gate in testable:
+        item = evidence[gate.metric]
+        level = failing.get(gate.metric, gate.alpha / max(len(testable), 1))
+        if gate.metric in RATE_METRICS:
+            z = statistic[gate.metric]
+            bound = rate_bound(gate, level) if gate.metric in failing else None
+            update: dict = {"fail_boundary": -bound if bound is not None else None}
+            shown = f"z={z:.3f}"
+        else:
+            latency = latency_at(gate, level)
+            update = {"values": latency.values, "interval": latency.interval}
+            ratio = latency.values.get("ratio")
+            shown = f"p{gate.quantile * 100:g} ratio {ratio:.3f}" if ratio is not None else "-"
+        if gate.metric in failing:
+            outcome: Outcome = "fail"
+            reason = f"harm: worse than the holdback beyond the margin ({shown}, level {level:.3g})"
+        elif ended:
+            outcome, reason = "pass", f"no harm beyond the margin shown over the bake ({shown})"
+        else:
+            outcome, reason = "inconclusive", f"no harm shown so far ({shown})"
+        evidence[gate.metric] = item.model_copy(
+            update=update | {"outcome": outcome, "reason": reason}
+        )
+        gate_looks[gate.metric] = GateLook(
+            fraction=fraction,
+            information=information[gate.metric],
+            statistic=statistic.get(gate.metric),
+            outcome="fail" if outcome == "fail" else "continue",
+        )
+    items = [samples, *(evidence[gate.metric] for gate in settings.gates)]
+    look = CanaryLook(step=BAKE_STEP, gates=gate_looks) if gate_looks else None
+    if failing:
+        return LookResult(
+            outcome="fail",
+            result=GateResult(outcome="fail", evidence=tuple(items)),
+            look=look,
+            totals=stats,
+        )
+    if not ended:
+        return LookResult(
+            outcome="continue",
+            result=GateResult(outcome="inconclusive", evidence=tuple(items)),
+            look=look,
+            totals=stats,
+        )
+    if enough:
+        # Passing on time: a gate the holdback was too small to test does not hold it back
+        # (its evidence says so); the candidate's own samples must be there.
+        return LookResult(
+            outcome="pass",
+            result=GateResult(outcome="pass", evidence=tuple(items)),
+            look=look,
+            totals=stats,
+            complete=True,
+        )
+    return LookResult(
+        outcome="wait",
+        result=GateResult(outcome="inconclusive", evidence=tuple(items)),
+        look=look,
+        totals=stats,
     )
 
 

@@ -30,6 +30,7 @@ from domain.effects import (
     PublishEvent,
     RequestApproval,
     SendMessage,
+    SetMirror,
     SetTraffic,
     TagModelVersion,
 )
@@ -56,8 +57,10 @@ from promotion.gates import (
     LookResult,
     evaluate_canary,
     evaluate_staging,
+    judge_bake_look,
     judge_canary_look,
 )
+from promotion.shadow import SHADOW_STEP, judge_shadow
 from promotion.state import (
     DEPLOYED,
     HISTORY_LIMIT,
@@ -84,6 +87,9 @@ BAKE = "bake"
 SYSTEM = "system"
 # Who pauses a promotion whose gates stay undecided (policy canary.on_exhausted).
 ON_EXHAUSTED = "policy:on_exhausted"
+
+# The statuses judged by scheduled gate checks.
+CHECKED = frozenset({Status.STAGING_GATE, Status.SHADOW, Status.CANARY, Status.PRODUCTION_BAKE})
 
 STAGE_TAG = "retrain.stage"
 PROMOTION_TAG = "retrain.promotion_id"
@@ -123,12 +129,14 @@ class ObservationRequest(BaseModel):
     (None: no champion, leave `OfflineMetrics.champion` None) into `command.offline`.
     kind "live": read per-deployment live metrics, each arm over its own window, into
     `command.live` (LiveMetrics.arms keyed by deployment; its window = the union).
+    kind "shadow": read the shadow's window (`arms`: the candidate's, then production's, over
+    the same window) into `command.shadow` (ShadowMetrics: mirrored pairs and their agreement).
     If reading fails, leave the field None: the gate is inconclusive.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    kind: Literal["offline", "live"]
+    kind: Literal["offline", "live", "shadow"]
     candidate_version: str | None = None
     champion_version: str | None = None
     arms: tuple[DeploymentWindow, ...] = ()
@@ -162,6 +170,14 @@ def observation_needed(
             champion_version=promotion.baseline.version if promotion.baseline else None,
         )
     start, end = promotion.step_started_at, max(now, promotion.step_started_at)
+    if promotion.status == Status.SHADOW and promotion.baseline is not None:
+        return ObservationRequest(
+            kind="shadow",
+            arms=tuple(
+                DeploymentWindow(deployment=name, window_start=start, window_end=end)
+                for name in (promotion.candidate_deployment, promotion.baseline.deployment)
+            ),
+        )
     arms = [
         DeploymentWindow(
             deployment=promotion.candidate_deployment, window_start=start, window_end=end
@@ -190,7 +206,7 @@ def overdue_message(state: PromotionState, now: datetime, grace: timedelta) -> S
     if active.status == Status.AWAITING_APPROVAL:
         message_type = "ApprovalTimedOut"
         payload = ApprovalTimedOut(promotion_id=active.id, step=APPROVAL, timeout_id=check_id)
-    elif active.status in (Status.STAGING_GATE, Status.CANARY, Status.PRODUCTION_BAKE):
+    elif active.status in CHECKED:
         message_type = "GateCheck"
         payload = GateCheck(promotion_id=active.id, step=active.step, check_id=check_id)
     else:
@@ -322,7 +338,7 @@ def _matching(t: _Transition, promotion_id: str | None) -> str | None:
 def _stale_check(promotion: Promotion | None, check: GateCheck) -> str | None:
     if promotion is None or promotion.id != check.promotion_id:
         return "not the active promotion"
-    if promotion.status not in (Status.STAGING_GATE, Status.CANARY, Status.PRODUCTION_BAKE):
+    if promotion.status not in CHECKED:
         return f"no gate check expected in {promotion.status}"
     if check.step != promotion.step or check.check_id != promotion.pending_check_id:
         return f"stale check {check.check_id} (expected {promotion.pending_check_id})"
@@ -614,6 +630,16 @@ def _on_deployment_ready(t: _Transition, command: DeploymentReady) -> Decision[P
 
 
 def _start_rollout(t: _Transition, cause: str) -> None:
+    if t.policy.shadow is not None:
+        if t.promotion.baseline is not None:
+            _enter_shadow(t, cause)
+            return
+        # Nothing serves live traffic to mirror, nor answers to agree with.
+        t.record("shadow.skipped", reason="no production model: no live traffic to mirror")
+    _start_live(t, cause)
+
+
+def _start_live(t: _Transition, cause: str) -> None:
     if t.promotion.baseline is None or not t.promotion.canary_steps:
         why = (
             "no production model: no canary" if t.promotion.baseline is None else "no canary steps"
@@ -646,17 +672,111 @@ def _enter_canary_step(t: _Transition, index: int, cause: str, by: str = SYSTEM)
     _schedule_check(t, step, t.now + t.policy.canary.bake)
 
 
+# --- shadow: the candidate answers a mirrored copy of live traffic, nobody sees it ----------------
+
+
+def _had_shadow(promotion: Promotion) -> bool:
+    return any(step.status == Status.SHADOW for step in promotion.steps)
+
+
+def _enter_shadow(t: _Transition, cause: str) -> None:
+    shadow = t.policy.shadow
+    assert shadow is not None
+    promotion = t.promotion
+    t.emit(SetMirror(mirror={promotion.candidate_deployment: shadow.percent}))
+    t.update(
+        shadow_percent=shadow.percent,
+        step_started_at=t.now,
+        step_deadline=t.now + shadow.duration + shadow.max_wait,
+        check_attempt=1,
+        inconclusive=0,
+    )
+    t.move(Status.SHADOW, SHADOW_STEP, cause, mirror=shadow.percent)
+    _schedule_check(t, SHADOW_STEP, t.now + shadow.duration)
+
+
+def _judge_shadow(t: _Transition, command: GateCheck) -> None:
+    """A shadow check (promotion/shadow.py): too few samples wait (every shadow.check_every,
+    until the stage's deadline); pass -> mirror off, the first live step; fail -> rollback
+    (mirror off, candidate removed, production untouched); undecided or out of time ->
+    canary.on_exhausted (promote only on a complete, undecided look)."""
+    shadow = t.policy.shadow
+    promotion = t.promotion
+    if shadow is None:
+        # The policy dropped its shadow meanwhile: this promotion's shadow ends here.
+        t.record("shadow.ended", step=promotion.step, reason="policy has no shadow any more")
+        _leave_shadow(t, "policy has no shadow stage any more")
+        return
+    deadline = promotion.step_deadline or (
+        promotion.step_started_at + shadow.duration + shadow.max_wait
+    )
+    look = judge_shadow(shadow.gates, command.shadow)
+    waiting = look.outcome == "wait"
+    _record_gate(t, look.result, replace_last=waiting and promotion.inconclusive > 0)
+    if waiting and t.now < deadline:
+        count = promotion.inconclusive + 1
+        due = min(t.now + shadow.check_every, deadline)
+        t.update(inconclusive=count, check_attempt=promotion.check_attempt + 1)
+        t.record(
+            "gate.waiting",
+            step=promotion.step,
+            checks=count,
+            deadline=deadline.isoformat(),
+            next_check_at=due.isoformat(),
+        )
+        _schedule_check(t, promotion.step, due)
+        return
+    if look.outcome == "fail":
+        _rollback(t, f"shadow gate failed: {look.result.reasons}", SYSTEM)
+        return
+    if look.outcome == "pass":
+        _leave_shadow(t, "shadow gate passed")
+        return
+    complete = look.outcome == "undecided"
+    mode = t.policy.canary.on_exhausted
+    why = (
+        "shadow undecided with its samples"
+        if complete
+        else f"shadow short of samples when its time ran out ({look.result.reasons})"
+    )
+    if mode == "promote" and not complete:
+        # Missing or too few metrics never promote, whatever the policy says.
+        mode = "pause"
+        why += "; on_exhausted=promote needs every metric read and the samples"
+    t.record("gate.exhausted", step=promotion.step, on_exhausted=mode, complete=complete)
+    if mode == "rollback":
+        _rollback(t, f"{why}: policy on_exhausted=rollback", SYSTEM)
+    elif mode == "promote":
+        _leave_shadow(t, f"{why}: policy on_exhausted=promote")
+    else:
+        _pause_exhausted(t, why)
+
+
+def _leave_shadow(t: _Transition, cause: str) -> None:
+    """Mirror off, then the first live step (its traffic map follows in the same lane)."""
+    t.emit(SetMirror(mirror={}))
+    t.update(shadow_percent=0, pending_check_id=None, check_due_at=None, step_deadline=None)
+    _start_live(t, f"shadow: {cause}")
+
+
 def _go_to_production(t: _Transition, cause: str, by: str = SYSTEM) -> None:
     promotion = t.promotion
     baseline = promotion.baseline
     t.move(Status.PROMOTING, promotion.step, cause, by)
-    traffic = {promotion.candidate_deployment: 100}
+    # A first model has nothing to hold back.
+    holdback = t.policy.production_holdback if baseline is not None else 0
+    traffic = {promotion.candidate_deployment: 100 - holdback}
     if baseline is not None:
-        # Keep the old deployment (at 0) through the bake: it is the rollback target.
-        traffic[baseline.deployment] = 0
+        # Keep the old deployment through the bake: it is the rollback target, and with a
+        # holdback it serves its share, the bake's concurrent comparison.
+        traffic[baseline.deployment] = holdback
     t.emit(SetTraffic(traffic=traffic))
-    # The canary arm's last window becomes the baseline the bake is compared with.
-    window = (promotion.step_started_at, t.now) if promotion.status == Status.CANARY else None
+    # Without a holdback the canary arm's last window is the baseline the bake compares with.
+    window = (
+        (promotion.step_started_at, t.now)
+        if promotion.status == Status.CANARY and not holdback
+        else None
+    )
     t.set_state(
         champion=ServingModel(
             version=promotion.candidate_version,
@@ -664,18 +784,31 @@ def _go_to_production(t: _Transition, cause: str, by: str = SYSTEM) -> None:
             since=t.now,
         )
     )
+    bake_end = t.now + t.policy.production_bake
     t.update(
-        traffic_weight=100,
+        traffic_weight=100 - holdback,
+        holdback=holdback,
+        bake_duration=t.policy.production_bake,
         step_started_at=t.now,
-        step_deadline=None,
+        # With a holdback: when the bake ends (its looks' clock; a pause stops it).
+        step_deadline=bake_end if holdback else None,
         check_attempt=1,
         inconclusive=0,
         baseline_window=window,
     )
     t.tag(promotion.candidate_version, "production")
     t.event("promotion.promoted", traffic=traffic)
-    t.move(Status.PRODUCTION_BAKE, BAKE, "100% on the candidate", by)
-    _schedule_check(t, BAKE, t.now + t.policy.production_bake)
+    held = f"; {holdback}% held back on v{baseline.version}" if baseline and holdback else ""
+    t.move(
+        Status.PRODUCTION_BAKE,
+        BAKE,
+        f"{100 - holdback}% on the candidate{held}",
+        by,
+        traffic=100 - holdback,
+    )
+    # With a holdback the bake looks every canary.bake (a test for harm), else once at its end.
+    due = min(t.now + t.policy.canary.bake, bake_end) if holdback else bake_end
+    _schedule_check(t, BAKE, due)
 
 
 def _on_gate_check(t: _Transition, command: GateCheck) -> Decision[PromotionState]:
@@ -691,6 +824,12 @@ def _on_gate_check(t: _Transition, command: GateCheck) -> Decision[PromotionStat
     if promotion.status == Status.CANARY:
         _judge_canary_step(t, command)
         return t.done()
+    if promotion.status == Status.SHADOW:
+        _judge_shadow(t, command)
+        return t.done()
+    if promotion.holdback and promotion.baseline is not None:
+        _judge_holdback_bake(t, command)
+        return t.done()
     result = evaluate_canary(
         t.policy.canary, command.live, promotion.candidate_deployment, _production_arm(promotion)
     )
@@ -705,7 +844,17 @@ def _on_gate_check(t: _Transition, command: GateCheck) -> Decision[PromotionStat
         _rollback(t, f"{promotion.step} gate failed: {result.reasons}", SYSTEM)
     elif result.outcome == "pass":
         _step_passed(t, "gate passed")
-    elif t.promotion.inconclusive < t.policy.canary.max_extensions:
+    else:
+        _bake_undecided(t, result, waiting)
+    return t.done()
+
+
+def _bake_undecided(t: _Transition, result: GateResult, waiting: bool = False) -> None:
+    """The bake could not pass yet (too few samples, a metric not read): extend it by
+    canary.bake, up to canary.max_extensions, then canary.on_exhausted (`promote` only with
+    every metric read)."""
+    promotion = t.promotion
+    if t.promotion.inconclusive < t.policy.canary.max_extensions:
         count = t.promotion.inconclusive + 1
         t.update(inconclusive=count, check_attempt=t.promotion.check_attempt + 1)
         t.record(
@@ -734,7 +883,62 @@ def _on_gate_check(t: _Transition, command: GateCheck) -> Decision[PromotionStat
             _step_passed(t, f"{why}: policy on_exhausted=promote")
         else:
             _pause_exhausted(t, f"{why}: {result.reasons}")
-    return t.done()
+
+
+def _judge_holdback_bake(t: _Transition, command: GateCheck) -> None:
+    """A production bake check with a concurrent holdback (promotion.gates `judge_bake_look`):
+    harm shown -> rollback; the bake still running -> the next look after canary.bake (at
+    most its end); ended without harm and with the candidate's samples -> completed; ended
+    without them -> extensions, then on_exhausted."""
+    promotion = t.promotion
+    assert promotion.baseline is not None and promotion.step_deadline is not None
+    # The bake's own length, fixed when it started (the policy's for a state saved before).
+    duration = promotion.bake_duration or t.policy.production_bake
+    # The look's place on the bake's clock is when it was scheduled, not when it arrived: a
+    # check delivered early or late judges as the same look (redelivery changes nothing).
+    at = promotion.check_due_at or t.now
+    left = promotion.step_deadline - at
+    fraction = 1.0 if duration <= timedelta(0) else 1 - left / duration
+    # Never before the last look: the alpha spent so far cannot be taken back.
+    earlier = [
+        item.fraction
+        for look in promotion.looks
+        if look.step == BAKE
+        for item in look.gates.values()
+    ]
+    fraction = max([fraction, *earlier])
+    bake_every = t.policy.canary.bake
+    look = judge_bake_look(
+        t.policy.canary,
+        command.live,
+        promotion.candidate_deployment,
+        promotion.baseline.deployment,
+        fraction=fraction,
+        ended=at >= promotion.step_deadline,
+        looks=promotion.looks,
+        holdback=promotion.holdback,
+        planned_looks=max(1, -(-duration // bake_every)) if bake_every else 1,
+    )
+    _record_gate(t, look.result)
+    if look.look is not None:
+        t.update(looks=(*promotion.looks, look.look))
+        t.record(
+            "gate.look",
+            step=promotion.step,
+            look=sum(1 for item in t.promotion.looks if item.step == BAKE),
+            outcome=look.outcome,
+            complete=look.complete,
+            gates={m: item.model_dump(mode="json") for m, item in look.look.gates.items()},
+        )
+    if look.outcome == "fail":
+        _rollback(t, f"{promotion.step} gate failed: {look.result.reasons}", SYSTEM)
+    elif look.outcome == "pass":
+        _step_passed(t, "no harm shown against the holdback")
+    elif look.outcome == "continue":
+        t.update(check_attempt=promotion.check_attempt + 1)
+        _schedule_check(t, BAKE, min(t.now + bake_every, promotion.step_deadline))
+    else:
+        _bake_undecided(t, look.result)
 
 
 def _metrics_complete(result: GateResult) -> bool:
@@ -905,7 +1109,11 @@ def _production_arm(promotion: Promotion) -> str | None:
     baseline = promotion.baseline
     if baseline is None:
         return None
-    if promotion.status == Status.PRODUCTION_BAKE and promotion.baseline_window is None:
+    if (
+        promotion.status == Status.PRODUCTION_BAKE
+        and promotion.baseline_window is None
+        and not promotion.holdback
+    ):
         return None
     return baseline.deployment
 
@@ -1025,6 +1233,10 @@ def _rollback(
         {"version": known_good.version, "deployment": known_good.deployment} if known_good else None
     )
     t.move(Status.ROLLING_BACK, promotion.step, reason, by, rollback_target=target)
+    if deployed and _had_shadow(promotion):
+        # A mirrored deployment cannot be deleted: the mirror goes first (production's
+        # traffic is untouched by it).
+        t.emit(SetMirror(mirror={}))
     if deployed:
         if known_good is not None:
             traffic = {known_good.deployment: 100}
@@ -1110,7 +1322,10 @@ def _on_resume(t: _Transition, command: ResumePromotion) -> Decision[PromotionSt
     if reason is not None:
         return t.ignore(command, reason)
     promotion = t.promotion
-    if promotion.paused_by == ON_EXHAUSTED:
+    if promotion.paused_by == ON_EXHAUSTED and promotion.status == Status.PRODUCTION_BAKE:
+        # The bake has ended (its end stays): the extensions start again.
+        t.update(inconclusive=0)
+    elif promotion.paused_by == ON_EXHAUSTED:
         # Undecided gates: the person resuming gives the step time again.
         t.update(step_deadline=t.now + t.policy.canary.max_step_duration, inconclusive=0)
     elif promotion.step_deadline is not None and promotion.paused_at is not None:
@@ -1125,10 +1340,12 @@ def _on_resume(t: _Transition, command: ResumePromotion) -> Decision[PromotionSt
         # Paused for drift: the person resuming wants what the state says, put back. The drift
         # is cleared, so the same drift found again pauses again.
         t.emit(SetTraffic(traffic=dict(expected.traffic)))
+        if expected.mirror or _had_shadow(promotion):
+            t.emit(SetMirror(mirror=dict(expected.mirror)))
         t.set_state(drift=None, drift_repairs=0)
     # A new check id: whatever was scheduled before the pause is stale from here on.
     due = max(t.now, promotion.check_due_at or t.now)
-    if promotion.status in (Status.STAGING_GATE, Status.CANARY, Status.PRODUCTION_BAKE):
+    if promotion.status in CHECKED:
         t.update(check_attempt=promotion.check_attempt + 1)
         _schedule_check(t, promotion.step, due)
     elif promotion.status == Status.AWAITING_APPROVAL:
@@ -1150,7 +1367,11 @@ def _on_drift(t: _Transition, command: EndpointDrift) -> Decision[PromotionState
     """Audit and publish the drift, then repair it or pause the promotion (`on_drift`). The
     same drift found again is not reported again; a repair is sent again while it lasts."""
     expected = expected_endpoint(t.state)
-    if expected is None or expected.traffic != command.expected_traffic:
+    if (
+        expected is None
+        or expected.traffic != command.expected_traffic
+        or expected.mirror != command.expected_mirror
+    ):
         return Decision(state=t.original, ignored="the state has moved on since the read")
     active = t.state.active
     mode = t.policy.on_drift or ("pause" if active is not None else "repair")
@@ -1191,6 +1412,8 @@ def _on_drift(t: _Transition, command: EndpointDrift) -> Decision[PromotionState
             t.emit(DeployModel(model_version=expected.deployments[name], deployment=name))
         if not broken:
             t.emit(SetTraffic(traffic=dict(expected.traffic)))
+            if drift.actual_mirror != drift.expected_mirror:
+                t.emit(SetMirror(mirror=dict(expected.mirror)))
         t.record("endpoint.repair", redeploy=list(broken), traffic=expected.traffic)
     elif active is not None and not active.paused:
         reason = f"endpoint drift: {drift.summary}"

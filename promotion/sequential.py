@@ -221,7 +221,10 @@ def spent_alpha(fraction: float, alpha: float, spending: Spending) -> float:
 
 
 def spending_boundaries(
-    fractions: Sequence[float], alpha: float, spending: Spending
+    fractions: Sequence[float],
+    alpha: float,
+    spending: Spending,
+    information: Sequence[float] | None = None,
 ) -> tuple[float, ...]:
     """Upper z boundaries, one per look, spending `alpha` over the information fractions.
 
@@ -229,15 +232,27 @@ def spending_boundaries(
     Z_k the cumulative z at look k (corr(Z_j, Z_k) = sqrt(t_j / t_k)). A look that spends
     nothing (no new information, or past t = 1) gets an infinite boundary. Fractions may be
     unplanned: boundary k depends on looks 1..k only.
+
+    `information` (one per look, any scale): the looks' observed information when alpha is
+    spent by another clock (the production bake spends by calendar time, Lan & DeMets 1989):
+    the correlation then follows the information, corr = sqrt(I_j / I_k), and a look without
+    new information spends nothing.
     """
     _check_fractions(fractions)
+    times: Sequence[float] = fractions
+    if information is not None:
+        _check_fractions(information)
+        if len(information) != len(fractions):
+            raise ValueError("one information per look")
+        # Only the ratios matter; scaled so the latest look is at 1 (the grid's resolution).
+        times = [value / information[-1] for value in information]
     from scipy.optimize import brentq
 
     walk = _BrownianWalk(drift=0.0)
     bounds: list[float] = []
     spent_before = 0.0
-    for index, t in enumerate(fractions):
-        spent = spent_alpha(t, alpha, spending)
+    for index, (fraction, t) in enumerate(zip(fractions, times, strict=True)):
+        spent = spent_alpha(fraction, alpha, spending)
         increment = spent - spent_before
         if increment <= 1e-15 or t <= walk.time:
             bounds.append(math.inf)
@@ -252,6 +267,20 @@ def spending_boundaries(
             walk.stay_below(t, bound)
         spent_before = spent
     return tuple(bounds)
+
+
+def alpha_increment(fractions: Sequence[float], alpha: float, spending: Spending) -> float:
+    """The alpha the latest look spends: alpha(t_k) - alpha(t_{k-1}).
+
+    As a one-look level it is valid whatever the looks' correlation (the increments sum to at
+    most `alpha`: Bonferroni over the looks), so it serves tests without a z whose
+    correlation the boundaries could use: the quantile test on fresh or thinned windows.
+    """
+    _check_fractions(fractions)
+    previous = max(fractions[:-1], default=0.0)
+    return max(
+        spent_alpha(fractions[-1], alpha, spending) - spent_alpha(previous, alpha, spending), 0.0
+    )
 
 
 def crossing_probabilities(

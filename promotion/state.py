@@ -6,6 +6,7 @@ nothing in production. Only `promotion.machine.decide` produces new states.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from enum import StrEnum
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -22,6 +23,7 @@ class PromotionStatus(StrEnum):
     STAGING_GATE = "staging_gate"
     AWAITING_APPROVAL = "awaiting_approval"
     DEPLOYING = "deploying"
+    SHADOW = "shadow"  # the candidate answers a mirrored copy of live traffic, nobody sees it
     CANARY = "canary"
     PROMOTING = "promoting"  # transient: traffic is being put 100% on the candidate
     PRODUCTION_BAKE = "production_bake"
@@ -44,6 +46,7 @@ TERMINAL = frozenset(
 DEPLOYED = frozenset(
     {
         PromotionStatus.DEPLOYING,
+        PromotionStatus.SHADOW,
         PromotionStatus.CANARY,
         PromotionStatus.PROMOTING,
         PromotionStatus.PRODUCTION_BAKE,
@@ -111,6 +114,7 @@ class Promotion(_Record):
     canary_steps: tuple[int, ...]  # snapshot of policy canary.steps at start
     step_index: int = -1  # index into canary_steps while in canary
     traffic_weight: int = 0  # percent on the candidate
+    shadow_percent: int = 0  # percent of live traffic mirrored to the candidate (in shadow)
     step_started_at: AwareDatetime  # start of the current step's live window
     check_attempt: int = 0  # sequence number of the pending check id
     inconclusive: int = 0  # inconclusive results in the current step (retries / extensions)
@@ -126,6 +130,13 @@ class Promotion(_Record):
     baseline: ServingModel | None = None
     # The production arm's window for the production bake (the last canary step's window).
     baseline_window: tuple[AwareDatetime, AwareDatetime] | None = None
+    # Percent left on the baseline through the production bake (policy production_holdback,
+    # fixed when the bake starts): the bake compares candidate and holdback concurrently.
+    holdback: int = 0
+    # The production bake's length (policy production_bake, fixed when the bake starts): its
+    # looks' clock, which a policy edited meanwhile must not move. None: a state saved before
+    # it was kept (the policy's length then).
+    bake_duration: timedelta | None = None
     approval: ApprovalRecord | None = None
     # A first model's bake waiting for live traffic (None: not waiting).
     traffic_wait: TrafficWait | None = None
@@ -165,12 +176,17 @@ class Drift(BaseModel):
     actual_traffic: dict[str, int]
     missing: tuple[str, ...] = ()  # deployments the state needs that do not exist
     unhealthy: tuple[str, ...] = ()  # deployments the state needs that have failed
+    # The mirror (shadow) map: compared only where the endpoint's mirror was read.
+    expected_mirror: dict[str, int] = {}
+    actual_mirror: dict[str, int] = {}
 
     @property
     def summary(self) -> str:
         parts = []
         if self.actual_traffic != self.expected_traffic:
             parts.append(f"traffic {self.actual_traffic} instead of {self.expected_traffic}")
+        if self.actual_mirror != self.expected_mirror:
+            parts.append(f"mirror {self.actual_mirror} instead of {self.expected_mirror}")
         if self.missing:
             parts.append(f"missing {', '.join(self.missing)}")
         if self.unhealthy:

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from retrain.monitor import MonitorDecision
+
 JobState = Literal["queued", "running", "completed", "failed", "canceled"]
 FINAL_STATES: frozenset[str] = frozenset({"completed", "failed", "canceled"})
 
@@ -92,8 +94,22 @@ class PendingDataFound(_Command):
     pending: PendingData
 
 
+class MonitorEvaluated(_Command):
+    """The production monitor's decision on the champion (retrain/monitor.py), or an outside
+    monitor's alert mapped to one. Not a message type: the timer's monitor pass decides it
+    directly. `pending` is observed when the decision triggers a retrain."""
+
+    decision: MonitorDecision
+    pending: PendingData | None = None
+
+
 RetrainCommand = (
-    DataLanded | RetrainRequested | RetrainWindowClosed | TrainingJobStatus | PendingDataFound
+    DataLanded
+    | RetrainRequested
+    | RetrainWindowClosed
+    | TrainingJobStatus
+    | PendingDataFound
+    | MonitorEvaluated
 )
 
 # The observation fields of each command: the service layer clears what a sender put there

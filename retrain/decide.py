@@ -50,6 +50,7 @@ from retrain.commands import (
     START_PROMOTION,
     WINDOW_CLOSED,
     DataLanded,
+    MonitorEvaluated,
     PendingData,
     PendingDataFound,
     RetrainCommand,
@@ -58,7 +59,8 @@ from retrain.commands import (
     TrainingJobCheck,
     TrainingJobStatus,
 )
-from retrain.state import MAX_RUNS, CurrentJob, RetrainTracker, RunRecord, Window
+from retrain.monitor import cooldown_until
+from retrain.state import MAX_RUNS, CurrentJob, MonitorRecord, RetrainTracker, RunRecord, Window
 
 _T = TypeVar("_T")
 
@@ -112,6 +114,8 @@ def decide(
         return _job_status(tracker, command, policy, now)
     if isinstance(command, PendingDataFound):
         return _pending_found(tracker, command, policy, now)
+    if isinstance(command, MonitorEvaluated):
+        return _monitor_evaluated(tracker, command, policy, now)
     raise TypeError(f"the retrain policy does not handle {type(command).__name__}")
 
 
@@ -137,6 +141,8 @@ def observation_needed(tracker: RetrainTracker, command: RetrainCommand) -> bool
         job = tracker.current_job
         # A follow-up is decided when the job ends (or is found overdue at a poll).
         return job is not None and job.run_id == command.run_id and tracker.follow_up_pending
+    if isinstance(command, MonitorEvaluated):
+        return command.decision.trigger
     return False
 
 
@@ -296,7 +302,12 @@ def _still_landing(
 
 
 def _retrain_requested(
-    tracker: RetrainTracker, command: RetrainRequested, policy: ModelPolicy, now: datetime
+    tracker: RetrainTracker,
+    command: RetrainRequested,
+    policy: ModelPolicy,
+    now: datetime,
+    *,
+    origin: str = "manual",  # how the run's reason starts: "manual", or "decay"
 ) -> Decision[RetrainTracker]:
     if command.run_id is not None and _known_run(tracker, command.run_id):
         return Decision.ignore(tracker, f"duplicate: run {command.run_id} was already requested")
@@ -335,7 +346,7 @@ def _retrain_requested(
             update={
                 "follow_up_pending": True,
                 "follow_up_force": state.follow_up_force or command.force,
-                "follow_up_reason": f"manual ({command.requested_by}): {command.reason}",
+                "follow_up_reason": f"{origin} ({command.requested_by}): {command.reason}",
                 "follow_up_manual": True,
             }
         )
@@ -361,9 +372,92 @@ def _retrain_requested(
         seq = state.window_seq + 1
         state = state.model_copy(update={"window_seq": seq})
         run_id = run_id_for(policy.model, f"manual-{window_id_for(seq, now)}")
-    reason = f"manual ({command.requested_by}): {command.reason}"
+    reason = f"{origin} ({command.requested_by}): {command.reason}"
     decision = _submit(state, policy, now, run_id, reason, pending, fallback=fallback)
     return Decision(state=decision.state, effects=decision.effects, audit=audit + decision.audit)
+
+
+MONITOR_REASON_LIMIT = 500  # characters of a monitor decision's reason kept in the state
+
+
+def _monitor_evaluated(
+    tracker: RetrainTracker, command: MonitorEvaluated, policy: ModelPolicy, now: datetime
+) -> Decision[RetrainTracker]:
+    """The monitor's decision, saved with its cooldown stamp in the same write as the retrain
+    it starts (a forced RetrainRequested: the pending data, else the last run's data). A
+    champion's second decay retrain needs new data: the same data would give the same model.
+    Checked again here, on the state the write starts from: an overlapping pass finds the
+    evaluation done (`every`) or the cooldown running, and changes nothing."""
+    settings = policy.monitor
+    decision = command.decision
+    if settings is None:
+        return Decision.ignore(tracker, "the policy has no monitor")
+    record = tracker.monitor
+    from_signal = decision.source != "monitor"
+    if record is not None and not from_signal and now - record.evaluated_at < settings.every:
+        return Decision.ignore(
+            tracker, f"evaluated at {record.evaluated_at.isoformat()}: not due yet"
+        )
+    triggered_at = record.triggered_at if record is not None else None
+    until = cooldown_until(triggered_at, settings)
+    verdict, reason = decision.verdict, decision.reason
+    trigger = decision.trigger
+    if trigger and until is not None and now < until:
+        trigger, verdict = False, "cooling_down"
+        reason = f"{reason} (decay retrain within the cooldown, until {until.isoformat()})"
+    if trigger and tracker.current_job is not None:
+        trigger, verdict = False, "busy"
+        reason = f"{reason} (training job {tracker.current_job.run_id} is running)"
+    if (
+        trigger
+        and record is not None
+        and record.triggered_run is not None
+        and record.triggered_champion == decision.champion_version
+        and _observed(command.pending, "pending").items == 0
+    ):
+        trigger, verdict = False, "awaiting_data"
+        reason = (
+            f"{reason} (decay retrain {record.triggered_run} already ran for this champion and "
+            "no data has landed since: the next one waits for new data)"
+        )
+    run_id = f"{_slug(policy.model)}-decay-{now:%Y%m%dT%H%M%S}".lower() if trigger else None
+    updated = MonitorRecord(
+        evaluated_at=now,
+        verdict=verdict,
+        reason=reason[:MONITOR_REASON_LIMIT],
+        champion_version=decision.champion_version,
+        triggered_at=now if trigger else triggered_at,
+        triggered_run=run_id if trigger else (record.triggered_run if record else None),
+        triggered_champion=(
+            decision.champion_version
+            if trigger
+            else (record.triggered_champion if record else None)
+        ),
+    )
+    state = tracker.model_copy(update={"monitor": updated})
+    detail = decision.evidence() | {"verdict": verdict, "reason": reason, "by": decision.source}
+    audit: list[AuditEntry] = []
+    if not trigger:
+        if from_signal:  # an outside alert that starts nothing is always on record
+            audit.append(AuditEntry(action="monitor.signal_ignored", detail=detail))
+        elif record is None or record.verdict != verdict:  # the audit keeps the changes only
+            audit.append(AuditEntry(action="monitor.evaluated", detail=detail))
+        return Decision(state=state, audit=audit)
+    audit.append(AuditEntry(action="monitor.decay_detected", detail=detail | {"run_id": run_id}))
+    request = RetrainRequested(
+        run_id=run_id,
+        reason=reason,
+        force=True,
+        requested_by=decision.source,
+        pending=_observed(command.pending, "pending"),
+    )
+    started = _retrain_requested(state, request, policy, now, origin="decay")
+    return Decision(
+        state=started.state,
+        effects=started.effects,
+        audit=audit + started.audit,
+        ignored=started.ignored,
+    )
 
 
 def _job_status(

@@ -59,6 +59,23 @@ class RunRecord(BaseModel):
     data_sample: list[str] = Field(default_factory=list, max_length=DATA_SAMPLE)
 
 
+class MonitorRecord(BaseModel):
+    """The production monitor's last evaluation and its cooldown stamp (retrain/monitor.py):
+    saved before the retrain it starts goes out, so an overlapping or repeated pass sees it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    evaluated_at: AwareDatetime
+    verdict: str
+    reason: str = ""
+    champion_version: str | None = None
+    triggered_at: AwareDatetime | None = None  # the last decay retrain started (the cooldown)
+    triggered_run: str | None = None
+    # The champion the last decay retrain was started for: retraining it again on the same
+    # data would give back the same model, so its next one waits for new data.
+    triggered_champion: str | None = None
+
+
 class RetrainTracker(BaseModel):
     """Per-model retrain state. JSON round-trippable; `RetrainTracker()` is a fresh model."""
 
@@ -75,6 +92,7 @@ class RetrainTracker(BaseModel):
     # closing, and the timer's sweep opens a window for it.
     pending_left: int = 0
     runs: list[RunRecord] = Field(default_factory=list)  # newest last, <= MAX_RUNS
+    monitor: MonitorRecord | None = None  # None: never evaluated for decay
 
     def is_current_job(self, run_id: str) -> bool:
         """Whether a TrainingJobCheck for `run_id` is worth polling."""

@@ -43,7 +43,7 @@ from adapters.traffic_rules import (
     mirror_after_traffic,
     validate_traffic,
 )
-from domain.metrics import ArmStats, LiveMetrics, OfflineMetrics
+from domain.metrics import ArmStats, LiveMetrics, OfflineMetrics, ShadowMetrics
 from domain.naming import deployment_name
 from domain.policy import ModelPolicy, parse_policy
 from orchestrator.aggregate import ModelAggregate
@@ -292,14 +292,17 @@ class InMemoryStateStore:
 class InMemoryDataLedger:
     """The DataLedger port with adapters/data_ledger.py's semantics (claims by message, a
     redelivery counting only what is still pending, retention by seen time, first-writer
-    manifests), kept in dicts. `keys`
-    and `seed_keys` let a test fill it with a million keys quickly."""
+    manifests, release in chunks that hides a manifest's items from its first chunk), kept in
+    dicts. `keys` and `seed_keys` let a test fill it with a million keys quickly; `stored`
+    counts the pending entries not yet deleted (hidden or not)."""
 
     def __init__(self) -> None:
         # model -> key -> (claimant, seen at)
         self.keys: dict[str, dict[str, tuple[str, datetime]]] = defaultdict(dict)
         self._pending: dict[str, dict[str, tuple[DataItem, datetime, int]]] = defaultdict(dict)
         self.manifests: dict[tuple[str, str], list[DataItem]] = {}
+        self.released: set[tuple[str, str]] = set()
+        self._releasing: dict[tuple[str, str], int] = {}  # run -> items released so far
         self._order = itertools.count()
         self.faults = Faults()
         self.claims = 0
@@ -330,14 +333,30 @@ class InMemoryDataLedger:
             if known is None:
                 keys[item.key] = (claimant, now)
                 self._pending[model].setdefault(item.key, (item, now, next(self._order)))
-            elif known[0] != claimant or item.key not in self._pending[model]:
+            elif (
+                known[0] != claimant
+                or item.key not in self._pending[model]
+                or item.key in self._taken(model)
+            ):
                 continue  # another message's key, or an item a job has taken
             counted.append(item)
         return counted
 
+    def _taken(self, model: str) -> set[str]:
+        return {
+            item.key for run_id in self.releasing(model) for item in self.manifests[model, run_id]
+        }
+
+    def _untaken(self, model: str) -> list[tuple[DataItem, datetime, int]]:
+        taken = self._taken(model)
+        return [entry for key, entry in self._pending[model].items() if key not in taken]
+
     def _oldest(self, model: str) -> list[DataItem]:
-        entries = sorted(self._pending[model].values(), key=lambda entry: (entry[1], entry[2]))
+        entries = sorted(self._untaken(model), key=lambda entry: (entry[1], entry[2]))
         return [item for item, _, _ in entries]
+
+    def stored(self, model: str) -> int:
+        return len(self._pending[model])
 
     def pending(self, model: str) -> PendingData:
         self.faults.check("pending")
@@ -345,7 +364,7 @@ class InMemoryDataLedger:
         rows: int | None = 0
         for item in items:
             rows = None if rows is None or item.rows is None else rows + item.rows
-        landed = [entry[1] for entry in self._pending[model].values()]
+        landed = [entry[1] for entry in self._untaken(model)]
         return PendingData(
             items=len(items),
             rows=rows,
@@ -362,12 +381,28 @@ class InMemoryDataLedger:
         sealed = self.manifests.get((model, run_id))
         return None if sealed is None else list(dict.fromkeys(item.uri for item in sealed))
 
-    def release(self, model: str, run_id: str) -> int:
+    def release(self, model: str, run_id: str, limit: int) -> int:
+        if limit < 1:
+            raise ValueError(f"release limit must be at least 1, not {limit}")
         self.faults.check("release")
-        sealed = self.manifests.get((model, run_id), [])
-        for item in sealed:
+        run = (model, run_id)
+        sealed = self.manifests.get(run)
+        if sealed is None or run in self.released:
+            self._releasing.pop(run, None)
+            return 0
+        done = self._releasing.setdefault(run, 0)  # from here on its items are hidden
+        for item in sealed[done : done + limit]:
             self._pending[model].pop(item.key, None)
-        return len(sealed)
+        done = min(len(sealed), done + limit)
+        if done < len(sealed):
+            self._releasing[run] = done
+            return len(sealed) - done
+        self.released.add(run)
+        del self._releasing[run]
+        return 0
+
+    def releasing(self, model: str) -> list[str]:
+        return sorted(run_id for name, run_id in self._releasing if name == model)
 
 
 class InMemoryAuditLog:
@@ -595,7 +630,7 @@ class FakeEndpoint:
         self.creating_reads = creating_reads
         self.deployed: dict[str, FakeDeployment] = {}
         self.live: dict[str, int] = {}
-        self.mirror: dict[str, int] = {}
+        self.mirror_map: dict[str, int] = {}
         self.failing_versions: set[str] = set()
         self.busy_deletes = 0
         self.faults = Faults()
@@ -634,7 +669,7 @@ class FakeEndpoint:
     def set_traffic(self, traffic: dict[str, int]) -> None:
         self.faults.check("set_traffic")
         self.traffic_maps.append(dict(traffic))
-        mirror = mirror_after_traffic(traffic, self.mirror)
+        mirror = mirror_after_traffic(traffic, self.mirror_map)
         try:
             validate_traffic(traffic, mirror, existing=set(self.deployed))
             for name, weight in traffic.items():
@@ -647,7 +682,7 @@ class FakeEndpoint:
             self.violations.append(f"set_traffic {traffic}: {exc.reason}")
             raise
         self.live = live_only(traffic)
-        self.mirror = mirror
+        self.mirror_map = mirror
 
     def set_mirror(self, mirror: dict[str, int]) -> None:
         self.faults.check("set_mirror")
@@ -656,7 +691,7 @@ class FakeEndpoint:
         except InvalidTraffic as exc:
             self.violations.append(f"set_mirror {mirror}: {exc.reason}")
             raise
-        self.mirror = live_only(mirror)
+        self.mirror_map = live_only(mirror)
 
     def delete(self, deployment: str) -> None:
         self.faults.check("delete")
@@ -668,7 +703,7 @@ class FakeEndpoint:
         if deployment not in self.deployed:
             return
         others_live = any(weight for name, weight in self.live.items() if name != deployment)
-        if (self.live.get(deployment) and others_live) or self.mirror.get(deployment):
+        if (self.live.get(deployment) and others_live) or self.mirror_map.get(deployment):
             self.violations.append(f"delete {deployment} while live={self.live}")
             raise EndpointError(
                 f"deployment {deployment} takes traffic ({self.live}); move the traffic first",
@@ -676,11 +711,15 @@ class FakeEndpoint:
             )
         del self.deployed[deployment]
         self.live.pop(deployment, None)
-        self.mirror.pop(deployment, None)
+        self.mirror_map.pop(deployment, None)
 
     def traffic(self) -> dict[str, int]:
         self.faults.check("traffic")
         return dict(self.live)
+
+    def mirror(self) -> dict[str, int]:
+        self.faults.check("mirror")
+        return dict(self.mirror_map)
 
     def deployments(self) -> list[DeploymentStatus]:
         """Every deployment; a read moves a creating one along, as `deployment_state` does."""
@@ -722,6 +761,12 @@ class FakeMetrics:
         self.live_error: Exception | None = None
         self.offline_reads: list[tuple[str, str, str | None]] = []
         self.live_reads: list[tuple[str, str, int, list[ArmWindow]]] = []
+        # Shadow: what `shadow` returns (None: built from `requests`/`errors`, every mirrored
+        # pair agreeing, latencies `shadow_latency_ms` each); `shadow_error` makes it fail.
+        self.shadow_metrics: ShadowMetrics | None = None
+        self.shadow_latency_ms = 20.0
+        self.shadow_error: Exception | None = None
+        self.shadow_reads: list[tuple[str, str, str, datetime, datetime]] = []
 
     def offline(
         self, model: str, candidate_version: str, champion_version: str | None
@@ -748,6 +793,31 @@ class FakeMetrics:
             window_start=min(arm.window_start for arm in arms),
             window_end=max(arm.window_end for arm in arms),
             arms=stats,
+        )
+
+    def shadow(
+        self, model: str, candidate: str, production: str, start: datetime, end: datetime
+    ) -> ShadowMetrics:
+        self.shadow_reads.append((model, candidate, production, start, end))
+        if self.shadow_error is not None:
+            raise self.shadow_error
+        if self.shadow_metrics is not None:
+            return self.shadow_metrics
+        latencies = [self.shadow_latency_ms] * self.requests
+
+        def arm(name: str) -> ArmStats:
+            return ArmStats(
+                deployment=name, requests=self.requests, errors=self.errors, latency_ms=latencies
+            )
+
+        pairs = self.requests - self.errors
+        return ShadowMetrics(
+            window_start=start,
+            window_end=end,
+            production=arm(production),
+            candidate=arm(candidate),
+            pairs=pairs,
+            agreed=pairs,
         )
 
 

@@ -59,8 +59,9 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 # Where the candidate's share of traffic stands once a promotion has entered a state (canary
-# steps carry their weight in the audit record's detail).
+# steps, and a production bake with a holdback, carry their weight in the record's detail).
 _FULL_TRAFFIC = {"promoting", "production_bake", "completed"}
+_WEIGHT_IN_DETAIL = {"canary", "production_bake"}
 
 
 @cache
@@ -220,10 +221,12 @@ def traffic_timeline(
         if not to_state:
             continue
         detail = record.get("detail") or {}
-        if to_state == "canary":
-            # A new step names its weight; a gate's record within the step keeps it.
-            traffic = detail.get("traffic")
-            weight = traffic if isinstance(traffic, int) else weight
+        traffic = detail.get("traffic")
+        staying = bool(points) and points[-1]["state"] == to_state
+        if to_state in _WEIGHT_IN_DETAIL and isinstance(traffic, int):
+            weight = traffic  # a new step (or bake) names its weight
+        elif to_state == "canary" or (to_state in _WEIGHT_IN_DETAIL and staying):
+            pass  # a gate's record within the step or the bake keeps its weight
         elif to_state in _FULL_TRAFFIC:
             weight = 100
         else:  # before the canary, and after a rollback, a rejection or a failure

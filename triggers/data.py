@@ -117,11 +117,16 @@ def data_events(events: list[func.EventHubEvent]) -> None:
     from orchestrator.bootstrap import get_runtime
     from retrain.decide import items_over_cap
     from triggers.event_batches import describe, settle
+    from triggers.ml_events import handle_run_events_in
     from triggers.payloads import BadPayload, parse_event
 
     runtime = get_runtime()
     by_model: dict[str, list[tuple[int, DataItem]]] = {}
     for index, event in enumerate(events):
+        # Azure ML run events share the hub (the workspace's system topic): a hint to check a
+        # training job now (triggers/ml_events.py); a malformed one is dead-lettered there.
+        if not handle_run_events_in(runtime, event.get_body(), _properties(event), "eventhub"):
+            continue
         try:
             pairs = parse_event(event.get_body(), runtime.policies, runtime.settings.data_account)
         except Exception as exc:  # a parser bug too: a raise here would hold the whole batch

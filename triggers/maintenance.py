@@ -1,4 +1,5 @@
-"""Timer: re-dispatch outbox effects a crash left behind; report promotions not moving."""
+"""Timer: re-dispatch outbox effects a crash left behind; report promotions not moving; then
+the production monitor's pass (retrain on decay, orchestrator/monitor.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ bp = func.Blueprint()
 def outbox_sweeper(timer: func.TimerRequest) -> None:
     from orchestrator.bootstrap import get_runtime
 
-    report = get_runtime().maintenance.sweep()
+    runtime = get_runtime()
+    report = runtime.maintenance.sweep()
     log.info(
         "outbox sweep: %d effect(s) re-dispatched, %d promotion(s) stuck%s",
         report["redispatched"],
@@ -34,3 +36,14 @@ def outbox_sweeper(timer: func.TimerRequest) -> None:
         log.error(
             "outbox sweep: %s could not be dispatched: %s", failure["model"], failure["error"]
         )
+    # After the sweep: a decay retrain's submit goes out through the outbox just swept.
+    monitored = runtime.monitor.run()
+    for started in monitored.triggered:
+        log.warning(
+            "monitor: %s decayed (%s): retrain %s started",
+            started["model"],
+            started["reason"],
+            started["run_id"],
+        )
+    for failure in monitored.failed:
+        log.error("monitor: %s could not be evaluated: %s", failure["model"], failure["error"])

@@ -33,6 +33,7 @@ from domain.data_location import (
 )
 from domain.policy import ModelPolicy
 from retrain.commands import DataItem
+from retrain.job_events import TrainingJobEvent
 
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 log = logging.getLogger(__name__)
@@ -333,6 +334,8 @@ def parse_event(
     for entry in documents:
         if not isinstance(entry, dict):
             raise BadPayload("event body must be a JSON object or an array of objects")
+        if is_run_event(entry):
+            continue  # no data: a training run's status, taken by `run_events_in`
         if "eventType" in entry:
             found = blob_created(parse_grid_event(entry), policies, data_account)
             if isinstance(found, NotData):
@@ -360,3 +363,91 @@ def group_by_model(pairs: Iterable[tuple[str, DataItem]]) -> dict[str, list[Data
     for model, item in pairs:
         grouped.setdefault(model, []).append(item)
     return grouped
+
+
+# --------------------------------------------------------------------------- Azure ML run events
+
+RUN_STATUS_CHANGED = "Microsoft.MachineLearningServices.RunStatusChanged"
+RUN_COMPLETED = "Microsoft.MachineLearningServices.RunCompleted"
+RUN_EVENT_TYPES = frozenset({RUN_STATUS_CHANGED, RUN_COMPLETED})
+_RUN_ID = r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$"
+
+
+class RunEventData(BaseModel):
+    """`data` of an Azure ML run event (Event Grid schema). Fields Azure ML may add later are
+    ignored; those read are typed strictly."""
+
+    experimentId: str | None = None
+    experimentName: str = Field(min_length=1, max_length=256)
+    runId: str = Field(min_length=1, max_length=256, pattern=_RUN_ID)
+    runType: str | None = None
+    runStatus: str | None = Field(default=None, min_length=1, max_length=64)
+    runTags: dict[str, Any] | None = None
+    runProperties: dict[str, Any] | None = None
+
+
+class RunEvent(BaseModel):
+    """`Microsoft.MachineLearningServices.RunStatusChanged` or `.RunCompleted`."""
+
+    id: str = Field(min_length=1, max_length=200)
+    eventType: Literal[
+        "Microsoft.MachineLearningServices.RunStatusChanged",
+        "Microsoft.MachineLearningServices.RunCompleted",
+    ]
+    subject: str = Field(max_length=1000)  # experiments/{experimentId}/runs/{runId}
+    data: RunEventData
+
+
+def is_run_event(entry: object) -> bool:
+    """Whether a JSON document says it is an Azure ML run event (then parsed strictly)."""
+    if not isinstance(entry, dict):
+        return False
+    event_type = entry.get("eventType")  # may be any JSON: a list is not hashable
+    return isinstance(event_type, str) and event_type in RUN_EVENT_TYPES
+
+
+def parse_run_event(entry: Mapping[str, Any]) -> RunEvent:
+    """An Azure ML run event, strictly; BadPayload naming the field otherwise."""
+    try:
+        event = RunEvent.model_validate(entry, strict=True)
+    except ValidationError as exc:
+        raise BadPayload(f"Azure ML run event: {describe(exc)}") from exc
+    if event.eventType == RUN_STATUS_CHANGED and event.data.runStatus is None:
+        raise BadPayload("Azure ML run event: data.runStatus: required for RunStatusChanged")
+    if not event.subject.endswith(f"/runs/{event.data.runId}"):
+        raise BadPayload(
+            f"Azure ML run event: subject {event.subject[:200]!r} is not run {event.data.runId!r}"
+        )
+    return event
+
+
+def experiment_of(policy: ModelPolicy) -> str:
+    """The Azure ML experiment a model's training runs are submitted under (the outbox's)."""
+    return policy.pipeline.experiment or f"{policy.model}-retrain"
+
+
+def run_event_commands(
+    event: RunEvent, policies: Mapping[str, ModelPolicy]
+) -> list[tuple[str, TrainingJobEvent]]:
+    """(model, TrainingJobEvent) for each model training under the event's experiment; [] for
+    an experiment no model uses (the workspace runs other things: logged, not dead-lettered)."""
+    kind = "RunCompleted" if event.eventType == RUN_COMPLETED else "RunStatusChanged"
+    command = TrainingJobEvent(
+        run_id=event.data.runId,
+        run_status=event.data.runStatus or "Completed",  # RunCompleted: completed by definition
+        event_id=event.id,
+        event_type=kind,
+    )
+    experiment = event.data.experimentName
+    return [(p.model, command) for p in policies.values() if experiment_of(p) == experiment]
+
+
+def run_events_in(body: bytes | str) -> list[RunEvent]:
+    """The Azure ML run events in one Event Hubs event's body ([] when it holds none). Raises
+    BadPayload for a malformed one (the whole event is then dead-lettered)."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # see parse_json_body
+        raise BadPayload(f"event body is not JSON: {_short(exc)}") from exc
+    documents = document if isinstance(document, list) else [document]
+    return [parse_run_event(entry) for entry in documents if is_run_event(entry)]

@@ -58,7 +58,10 @@ class TrafficGenerator:
 
     Each request carries an entity key, so one patient sees one model during a step. They go
     to `endpoint` (the model's policy names it) on the local endpoint server at `server_url`,
-    as Azure ML scores at the endpoint's own URI."""
+    as Azure ML scores at the endpoint's own URI.
+
+    `flip_share` (0 to 1, changed while it runs) is concept drift: that share of the feedback
+    says the opposite of the dataset's label, as if the world had changed under the model."""
 
     def __init__(
         self, server_url: str, endpoint: str, dataset: Dataset, threads: int, key: str
@@ -71,6 +74,7 @@ class TrafficGenerator:
         self.sent = 0
         self.failed = 0
         self.served: Counter[str] = Counter()
+        self.flip_share = 0.0
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._workers: list[threading.Thread] = []
@@ -117,7 +121,10 @@ class TrafficGenerator:
                     self._stop.wait(0.2)  # nothing serves yet, or a deployment is changing
                     continue
                 request_id = response.headers.get("x-request-id", "")
-                feedback.append({"request_id": request_id, "label": self.dataset.labels[row]})
+                label = self.dataset.labels[row]
+                if self.flip_share and chooser.random() < self.flip_share:
+                    label = 1 - label
+                feedback.append({"request_id": request_id, "label": label})
                 with self._lock:
                     self.sent += 1
                     self.served[response.headers.get("azureml-model-deployment", "?")] += 1

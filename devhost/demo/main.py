@@ -1,22 +1,31 @@
 """`make demo`: the whole loop on one machine, no Azure subscription.
 
-The entry point of `python -m devhost.demo [--output demo-output] [--no-mlflow-ui]
-[--approve-in-dashboard] [--keep-open]`; the demo itself is devhost/demo/story.py. It prints
-the app's live dashboard at start (docs/dashboard.md).
+The entry point of `python -m devhost.demo [--story default|decay] [--output demo-output]
+[--no-mlflow-ui] [--approve-in-dashboard] [--keep-open]`; the default story is
+devhost/demo/story.py, the second (shadow first, then a decay that retrains on its own)
+devhost/demo/decay_story.py. It prints the app's live dashboard at start (docs/dashboard.md).
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
-from devhost.demo.story import REPO, DemoOptions, run_demo
+from devhost.demo.decay_story import run_decay_demo
+from devhost.demo.story import REPO, DemoOptions, DemoResult, run_demo
+
+STORIES: dict[str, Callable[[DemoOptions], DemoResult]] = {
+    "default": run_demo,  # canary, a better model, a corrupted one rolled back
+    "decay": run_decay_demo,  # shadow first, then a decay that retrains on its own
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m devhost.demo", description=__doc__.split("\n")[0]
     )
+    parser.add_argument("--story", choices=sorted(STORIES), default="default")
     parser.add_argument("--output", type=Path, default=REPO / "demo-output")
     parser.add_argument("--no-mlflow-ui", action="store_true")
     parser.add_argument(
@@ -38,13 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     if arguments.approve_in_dashboard:
         options.phase_timeout = 1800.0  # a person reads the evidence before answering
-    result = run_demo(options)
+    result = STORIES[arguments.story](options)
     console = options.console
     console.print()
     for phase in result.phases:
         console.print(
             f"[bold]{phase.name}[/bold]: v{phase.version} {phase.outcome} ({phase.seconds:.0f} s)"
         )
+    for milestone in result.milestones:
+        console.print(f"{milestone.seconds:6.1f} s  {milestone.what}: {milestone.detail}")
     production = result.final_status.get("production") or {}
     console.print(
         f"Production now: v{production.get('version')}; endpoint traffic {result.endpoint_traffic}"

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 if TYPE_CHECKING:
-    from devhost.demo.story import PhaseResult
+    from devhost.demo.story import Milestone, PhaseResult
 
 
 def _text(value: Any) -> str:
@@ -90,6 +90,7 @@ def write_report(
     *,
     dashboard_url: str | None = None,
     key_file: Path | None = None,
+    milestones: list[Milestone] | None = None,
 ) -> tuple[Path, Path]:
     import matplotlib
 
@@ -152,6 +153,10 @@ def write_report(
         )
         audits += f"<h3>{_text(promotion_id)}</h3><table>{lines}</table>"
     production = final.get("production") or {}
+    milestone_rows = "".join(
+        f"<tr><td>{m.seconds:.0f} s</td><td>{_text(m.what)}</td><td>{_text(m.detail)}</td></tr>"
+        for m in milestones or []
+    )
     database = output_dir / "local" / "mlflow.db"
     ui_command = f"python -m mlflow ui --backend-store-uri sqlite:///{database}"
     html = output_dir / "report.html"
@@ -162,7 +167,8 @@ def write_report(
         "<h1>retrain-orchestrator demo</h1>"
         f"<p>Production: v{_text(production.get('version'))} "
         f"({_text(production.get('deployment'))})</p>"
-        "<img src='timeline.png' style='max-width:100%'>"
+        + (f"<h2>Milestones</h2><table>{milestone_rows}</table>" if milestone_rows else "")
+        + "<img src='timeline.png' style='max-width:100%'>"
         f"<h2>Promotions</h2><table><tr><th>phase</th><th>version</th><th>outcome</th>"
         f"<th>promotion</th><th>took</th></tr>{rows}</table>"
         f"<h2>Audit trails</h2>{audits}"
@@ -179,7 +185,11 @@ def write_report(
     )
     (output_dir / "summary.json").write_text(
         json.dumps(
-            {"phases": [phase.__dict__ for phase in phases], "final": final},
+            {
+                "phases": [phase.__dict__ for phase in phases],
+                "milestones": [milestone.__dict__ for milestone in milestones or []],
+                "final": final,
+            },
             indent=2,
             default=str,
         )

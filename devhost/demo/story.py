@@ -1,19 +1,26 @@
 """The demo's story: three chapters of data landing, each followed until its promotion has
-finished (approving when asked), shown live; `run_demo` runs it all and returns the result."""
+finished (approving when asked), shown live; `run_demo` runs it all and returns the result.
+`DemoSession` is what every story shares (devhost/demo/decay_story.py is the second): the
+app, endpoint and traffic started, chapters followed, the report written."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from devhost.demo.inputs import TrafficGenerator, load_dataset, write_batch
+from devhost.demo.inputs import Dataset, TrafficGenerator, load_dataset, write_batch
 from devhost.demo.report import write_report
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "breast-cancer"
@@ -32,6 +39,8 @@ class DemoOptions:
     approve_in_dashboard: bool = False
     # After the story: the app (and its dashboard) stays up until Ctrl-C.
     keep_open: bool = False
+    # How much faster than real time the app's timers fire (devhost's timer clock only).
+    timer_speed: float = 1.0
 
 
 @dataclass
@@ -41,6 +50,16 @@ class PhaseResult:
     outcome: str | None
     promotion_id: str | None
     seconds: float
+
+
+@dataclass
+class Milestone:
+    """One thing the story waited for, when it happened (seconds since the demo began, read
+    from the audit's times), and its evidence in a line."""
+
+    seconds: float
+    what: str
+    detail: str = ""
 
 
 @dataclass
@@ -55,6 +74,10 @@ class DemoResult:
     mlflow_url: str | None
     seconds: float
     dashboard_url: str | None = None
+    milestones: list[Milestone] = field(default_factory=list)
+    # The model's own audit (records of no promotion: the monitor's, the retrains'), when the
+    # story reads it.
+    model_audit: list[dict[str, Any]] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- the story
@@ -75,6 +98,7 @@ class Story:
         self.phase = "starting"
         self.log: list[str] = []
         self.started = time.monotonic()
+        self.started_at = datetime.now(UTC)  # the milestones' zero, as the log's
         self.approved: set[str] = set()
 
     def status(self) -> dict[str, Any]:
@@ -114,8 +138,9 @@ class Story:
         )
         self.say(f"{APPROVER} approved v{active['candidate_version']} ({active['id']})")
 
-    def wait_for_outcome(self, version_after: int, live: Live | None) -> PhaseResult:
-        """Until a promotion of a version newer than `version_after` has finished."""
+    def wait_until(self, found: Callable[[dict[str, Any]], T | None], live: Live | None) -> T:
+        """Until `found(status)` returns something, approving when asked and showing each
+        change; raises TimeoutError after the phase's timeout."""
         started = time.monotonic()
         last_line = ""
         while time.monotonic() - started < self.options.phase_timeout:
@@ -127,11 +152,23 @@ class Story:
                 last_line = line
             if live is not None:
                 live.update(self.render(status))
+            result = found(status)
+            if result is not None:
+                return result
+            time.sleep(0.5)
+        raise TimeoutError(
+            f"phase {self.phase!r}: nothing finished in {self.options.phase_timeout} s"
+        )
+
+    def wait_for_outcome(self, version_after: int, live: Live | None) -> PhaseResult:
+        """Until a promotion of a version newer than `version_after` has finished."""
+        started = time.monotonic()
+
+        def finished(status: dict[str, Any]) -> PhaseResult | None:
+            if status["active_promotion"] is not None:
+                return None
             for entry in status["recent_promotions"]:
-                if (
-                    int(entry["candidate_version"]) > version_after
-                    and status["active_promotion"] is None
-                ):
+                if int(entry["candidate_version"]) > version_after:
                     return PhaseResult(
                         self.phase,
                         entry["candidate_version"],
@@ -139,10 +176,9 @@ class Story:
                         entry["promotion_id"],
                         time.monotonic() - started,
                     )
-            time.sleep(0.5)
-        raise TimeoutError(
-            f"phase {self.phase!r}: nothing finished in {self.options.phase_timeout} s"
-        )
+            return None
+
+        return self.wait_until(finished, live)
 
     def render(self, status: dict[str, Any]) -> Table:
         table = Table(title=f"retrain-orchestrator demo — {self.phase}", expand=True)
@@ -229,90 +265,139 @@ def demo_endpoint(options: DemoOptions) -> str:
     return policy_for(load_policies(options.policy_dir), MODEL).endpoint
 
 
-def run_demo(options: DemoOptions) -> DemoResult:
-    import shutil
+def timer_clock(speed: float) -> Callable[[], datetime]:
+    """Devhost's clock for timer schedules, `speed` times faster than real time from now: the
+    app's 5-minute timer fires every 300/speed s. Only when timers fire changes; the app's
+    own clock (what it records and compares) stays real."""
+    began_at, began = datetime.now(UTC), time.monotonic()
+    if speed == 1:
+        return lambda: datetime.now(UTC)
+    return lambda: began_at + timedelta(seconds=(time.monotonic() - began) * speed)
 
-    from devhost.host.dev_host import DevHost
-    from endpoint_server import start_local_endpoint
-    from endpoint_server.server import new_key
-    from orchestrator.bootstrap import get_runtime, set_runtime
 
-    began = time.monotonic()
-    console = options.console
-    shutil.rmtree(options.output_dir, ignore_errors=True)
-    local = options.output_dir / "local"
-    (local / "endpoint").mkdir(parents=True)
-    tracking_uri = f"sqlite:///{(local / 'mlflow.db').resolve()}"
-    dataset = load_dataset()
-    batches = options.output_dir / "data"
-    first = [
-        write_batch(dataset, batches, "batch-a-1", 0, 120),
-        write_batch(dataset, batches, "batch-a-2", 120, 240),
-    ]
-    second = [write_batch(dataset, batches, "batch-b", 240, 420)]
-    corrupted = [write_batch(dataset, batches, "batch-c-flipped", 400, 569, flip=True)]
+class DemoSession:
+    """One demo run's machinery: a fresh output folder, the local endpoint, Azurite and the
+    Functions app under devhost, the labeled traffic and the live view. Each story (this
+    module's `run_demo`, devhost/demo/decay_story.py) lands its data, waits for what it tells,
+    and ends with `finish`, which writes the report."""
 
-    console.print("[bold]Starting the local endpoint, Azurite and the Functions app…[/bold]")
-    # One key, given to the endpoint server (its environment), the app and the traffic.
-    endpoint_key = new_key()
-    endpoint = start_local_endpoint(
-        local / "endpoint",
-        tracking_uri,
-        subprocess_mode=True,
-        max_lifetime=1800,
-        key=endpoint_key,
-    )
-    settings = demo_settings(options, endpoint.url, endpoint_key)
-    host = DevHost(
-        "function_app",
-        settings,
-        port=0,
-        mlflow_ui=options.mlflow_ui,
-        retry_delay_scale=0,
-        max_deliveries=5,
-        poll_interval=0.3,
-        state_dir=local,
-    )
-    endpoint_name = demo_endpoint(options)
-    traffic = TrafficGenerator(
-        endpoint.url, endpoint_name, dataset, options.traffic_threads, endpoint_key
-    )
-    phases: list[PhaseResult] = []
-    try:
+    def __init__(self, options: DemoOptions) -> None:
+        import shutil
+
+        from endpoint_server import start_local_endpoint
+        from endpoint_server.server import new_key
+
+        self.options = options
+        self.began = time.monotonic()
+        shutil.rmtree(options.output_dir, ignore_errors=True)
+        self.local = options.output_dir / "local"
+        (self.local / "endpoint").mkdir(parents=True)
+        self.dataset: Dataset = load_dataset()
+        options.console.print(
+            "[bold]Starting the local endpoint, Azurite and the Functions app…[/bold]"
+        )
+        self.endpoint_name = demo_endpoint(options)  # a bad policy fails before anything starts
+        tracking_uri = f"sqlite:///{(self.local / 'mlflow.db').resolve()}"
+        # One key, given to the endpoint server (its environment), the app and the traffic.
+        self.endpoint_key = new_key()
+        self.endpoint = start_local_endpoint(
+            self.local / "endpoint",
+            tracking_uri,
+            subprocess_mode=True,
+            max_lifetime=1800,
+            key=self.endpoint_key,
+        )
+        self.traffic = TrafficGenerator(
+            self.endpoint.url,
+            self.endpoint_name,
+            self.dataset,
+            options.traffic_threads,
+            self.endpoint_key,
+        )
+        self.host: Any = None
+        self.runtime: Any = None
+        self.story: Story | None = None
+        self.dashboard_url: str | None = None
+
+    def batch(self, name: str, start: int, stop: int, flip: bool = False) -> Path:
+        """A CSV of the dataset's rows [start, stop) to land (docs: inputs.write_batch)."""
+        return write_batch(self.dataset, self.options.output_dir / "data", name, start, stop, flip)
+
+    def start(self) -> Story:
+        from devhost.host.dev_host import DevHost
+        from orchestrator.bootstrap import get_runtime, set_runtime
+
+        options, console = self.options, self.options.console
+        settings = demo_settings(options, self.endpoint.url, self.endpoint_key)
+        self.host = DevHost(
+            "function_app",
+            settings,
+            port=0,
+            mlflow_ui=options.mlflow_ui,
+            retry_delay_scale=0,
+            max_deliveries=5,
+            poll_interval=0.3,
+            state_dir=self.local,
+            clock=timer_clock(options.timer_speed),
+        )
         set_runtime(None)  # the app's runtime is built from the settings devhost exported
-        host.start()
-        runtime = get_runtime()
-        console.print(f"Functions app: {host.http_url} (key in {local / 'function-key'})")
-        dashboard_url = f"{host.http_url}/dashboard?code={host.function_key}"
+        self.host.start()
+        self.runtime = get_runtime()
+        console.print(f"Functions app: {self.host.http_url} (key in {self.local / 'function-key'})")
+        self.dashboard_url = f"{self.host.http_url}/dashboard?code={self.host.function_key}"
         # soft_wrap: the URL stays one line to copy, whatever the console's width.
         console.print(
-            f"[bold]Dashboard (live while the demo runs):[/bold] {dashboard_url}", soft_wrap=True
+            f"[bold]Dashboard (live while the demo runs):[/bold] {self.dashboard_url}",
+            soft_wrap=True,
         )
-        if host.mlflow_url:
-            console.print(f"MLflow UI: {host.mlflow_url}")
-        traffic.start()
-        story = Story(options, runtime, traffic, dashboard_url)
+        if self.host.mlflow_url:
+            console.print(f"MLflow UI: {self.host.mlflow_url}")
+        if options.timer_speed != 1:
+            console.print(f"The app's timers run {options.timer_speed:g}x faster than real time.")
+        self.traffic.start()
+        self.story = Story(options, self.runtime, self.traffic, self.dashboard_url)
+        return self.story
+
+    @contextmanager
+    def live(self) -> Iterator[Live | None]:
+        """The live view while the story runs (a terminal only; else each line is printed)."""
+        console = self.options.console
         live = Live(console=console, refresh_per_second=4) if console.is_terminal else None
         if live is not None:
             live.start()
         try:
-            chapters: list[tuple[str, list[Path]]] = [
-                ("first model", first),
-                ("new data: a better model", second),
-                ("corrupted data: flipped labels", corrupted),
-            ]
-            newest = 0
-            for name, files in chapters:
-                story.phase = name
-                story.say(f"== {name}")
-                story.send_data(files)
-                result = story.wait_for_outcome(newest, live)
-                phases.append(result)
-                newest = int(result.version or newest)
-                story.say(f"v{result.version}: {result.outcome}")
+            yield live
         finally:
             if live is not None:
                 live.stop()
+
+    def chapters(
+        self, chapters: list[tuple[str, list[Path]]], live: Live | None
+    ) -> list[PhaseResult]:
+        """Each chapter's data landed, then followed until its promotion has finished."""
+        assert self.story is not None
+        phases: list[PhaseResult] = []
+        newest = 0
+        for name, files in chapters:
+            self.story.phase = name
+            self.story.say(f"== {name}")
+            self.story.send_data(files)
+            result = self.story.wait_for_outcome(newest, live)
+            phases.append(result)
+            newest = int(result.version or newest)
+            self.story.say(f"v{result.version}: {result.outcome}")
+        return phases
+
+    def finish(
+        self,
+        phases: list[PhaseResult],
+        milestones: list[Milestone] | None = None,
+        model_audit: list[dict[str, Any]] | None = None,
+    ) -> DemoResult:
+        """Read back what happened, write the report; with keep_open, wait for Ctrl-C."""
+        from adapters.local_endpoint import LocalEndpoint
+
+        runtime, options = self.runtime, self.options
         final = runtime.queries.model_status(MODEL)
         promotions = {}
         for phase in phases:
@@ -323,46 +408,82 @@ def run_demo(options: DemoOptions) -> DemoResult:
                     "promotion": found[1] if found else None,
                     "audit": [record.model_dump(mode="json") for record in audit],
                 }
-        from adapters.local_endpoint import LocalEndpoint
-
-        with LocalEndpoint(endpoint.url, endpoint_name, key=endpoint_key) as client:
+        with LocalEndpoint(self.endpoint.url, self.endpoint_name, key=self.endpoint_key) as client:
             endpoint_traffic = client.traffic()
-        traffic_stats = traffic.snapshot()
-        mlflow_url = host.mlflow_url
+        traffic_stats = self.traffic.snapshot()
         png, html = write_report(
             options.output_dir,
             phases,
             promotions,
             final,
-            mlflow_url,
-            dashboard_url=dashboard_url,  # written without its key (the report says where it is)
-            key_file=local / "function-key",
+            self.host.mlflow_url,
+            dashboard_url=self.dashboard_url,  # written without its key (the report says where)
+            key_file=self.local / "function-key",
+            milestones=milestones,
         )
         if options.keep_open:
-            traffic.stop()
-            console.print(f"Report: {html}")
-            console.print(
-                f"The dashboard stays live at {dashboard_url}: Ctrl-C to stop.", soft_wrap=True
+            self.traffic.stop()
+            options.console.print(f"Report: {html}")
+            options.console.print(
+                f"The dashboard stays live at {self.dashboard_url}: Ctrl-C to stop.",
+                soft_wrap=True,
             )
             try:
                 while True:
                     time.sleep(3600)
             except KeyboardInterrupt:
                 pass
-    finally:
-        traffic.stop()
-        host.stop()
-        endpoint.stop()
+        return DemoResult(
+            phases=phases,
+            final_status=final,
+            promotions=promotions,
+            traffic=traffic_stats,
+            endpoint_traffic=endpoint_traffic,
+            report_html=html,
+            timeline_png=png,
+            mlflow_url=self.host.mlflow_url,
+            seconds=time.monotonic() - self.began,
+            dashboard_url=self.dashboard_url,
+            milestones=milestones or [],
+            model_audit=model_audit or [],
+        )
+
+    def stop(self) -> None:
+        from orchestrator.bootstrap import set_runtime
+
+        self.traffic.stop()
+        if self.host is not None:
+            self.host.stop()
+        self.endpoint.stop()
         set_runtime(None)
-    return DemoResult(
-        phases=phases,
-        final_status=final,
-        promotions=promotions,
-        traffic=traffic_stats,
-        endpoint_traffic=endpoint_traffic,
-        report_html=html,
-        timeline_png=png,
-        mlflow_url=mlflow_url,
-        seconds=time.monotonic() - began,
-        dashboard_url=dashboard_url,
-    )
+
+
+@contextmanager
+def demo_session(options: DemoOptions) -> Iterator[DemoSession]:
+    """A started DemoSession, stopped on the way out whatever happened."""
+    session = DemoSession(options)
+    try:
+        session.start()
+        yield session
+    finally:
+        session.stop()
+
+
+def run_demo(options: DemoOptions) -> DemoResult:
+    """The default story: a first model, a better one through the canary, a corrupted one
+    caught by its canary gate."""
+    with demo_session(options) as session:
+        chapters: list[tuple[str, list[Path]]] = [
+            (
+                "first model",
+                [session.batch("batch-a-1", 0, 120), session.batch("batch-a-2", 120, 240)],
+            ),
+            ("new data: a better model", [session.batch("batch-b", 240, 420)]),
+            (
+                "corrupted data: flipped labels",
+                [session.batch("batch-c-flipped", 400, 569, flip=True)],
+            ),
+        ]
+        with session.live() as live:
+            phases = session.chapters(chapters, live)
+        return session.finish(phases)

@@ -106,3 +106,73 @@ until az rest --method put --url "$url" --body "@$body_file" --output none; do
   sleep "$pause"
 done
 echo "postdeploy: BlobCreated on $DATA_CONTAINER/ -> $route (subscription $subscription_name)"
+
+# Azure ML run events (docs/retraining.md, "Job completion by event"): the workspace's system
+# topic sends each run that ends (RunStatusChanged to Completed, Failed or Canceled) to the
+# data-events hub, where `data_events` checks that training job at once; polling stays the
+# fallback, so an event lost here costs only time. ML_RUN_EVENTS=off skips it.
+if [ "${ML_RUN_EVENTS:-on}" = "off" ]; then
+  echo "postdeploy: ML_RUN_EVENTS=off: training jobs are polled only"
+  exit 0
+fi
+: "${AZUREML_WORKSPACE:?an output of infra/main.bicep}"
+: "${AZURE_LOCATION:?an output of infra/main.bicep}"
+: "${DATA_EVENTS_HUB_ID:?an output of infra/main.bicep}"
+group_id="/subscriptions/${AZURE_SUBSCRIPTION_ID}/resourceGroups/${AZURE_RESOURCE_GROUP}"
+workspace_id="${group_id}/providers/Microsoft.MachineLearningServices/workspaces/${AZUREML_WORKSPACE}"
+ml_topic_id="${group_id}/providers/Microsoft.EventGrid/systemTopics/${AZUREML_WORKSPACE}-events"
+# The topic gets an identity of its own: the hub takes no keys (local auth is off), so Event
+# Grid delivers as that identity, which needs Event Hubs Data Sender on the hub.
+cat >"$body_file" <<JSON
+{
+  "location": "$AZURE_LOCATION",
+  "identity": {"type": "SystemAssigned"},
+  "properties": {
+    "source": "$workspace_id",
+    "topicType": "Microsoft.MachineLearningServices.Workspaces"
+  }
+}
+JSON
+# Everything below is best effort: polling ends every job anyway, so a failure here warns and
+# leaves the deployment standing.
+ml_events_warning() {
+  echo "postdeploy: WARNING: $1; training jobs are polled only (docs/retraining.md)" >&2
+  exit 0
+}
+topic_principal=$(az rest --method put \
+  --url "https://management.azure.com${ml_topic_id}?api-version=${api_version}" \
+  --body "@$body_file" --query identity.principalId --output tsv) ||
+  ml_events_warning "could not create the system topic ${ml_topic_id##*/} (a workspace has one system topic: add the subscription to an existing one by hand)"
+az role assignment create --assignee-object-id "$topic_principal" \
+  --assignee-principal-type ServicePrincipal --role "Azure Event Hubs Data Sender" \
+  --scope "$DATA_EVENTS_HUB_ID" --output none ||
+  ml_events_warning "could not let the system topic send to the data-events hub"
+cat >"$body_file" <<JSON
+{
+  "properties": {
+    "deliveryWithResourceIdentity": {
+      "identity": {"type": "SystemAssigned"},
+      "destination": {"endpointType": "EventHub", "properties": {"resourceId": "$DATA_EVENTS_HUB_ID"}}
+    },
+    "filter": {
+      "includedEventTypes": ["Microsoft.MachineLearningServices.RunStatusChanged"],
+      "advancedFilters": [
+        {"operatorType": "StringIn", "key": "data.runStatus", "values": ["Completed", "Failed", "Canceled"]}
+      ]
+    },
+    "eventDeliverySchema": "EventGridSchema",
+    "retryPolicy": {"maxDeliveryAttempts": 10, "eventTimeToLiveInMinutes": 60}
+  }
+}
+JSON
+# The new role assignment may still be propagating when the subscription is written.
+url="https://management.azure.com${ml_topic_id}/eventSubscriptions/ml-run-events?api-version=${api_version}"
+attempt=1
+until az rest --method put --url "$url" --body "@$body_file" --output none; do
+  if [ "$attempt" -ge "$attempts" ]; then
+    ml_events_warning "could not write the Event Grid subscription ml-run-events"
+  fi
+  attempt=$((attempt + 1))
+  sleep "$pause"
+done
+echo "postdeploy: Azure ML run events of $AZUREML_WORKSPACE -> the data-events hub (subscription ml-run-events)"

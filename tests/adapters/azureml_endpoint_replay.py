@@ -26,16 +26,26 @@ WS_ID = (
 
 Handler = Callable[[Recorded, re.Match[str]], Canned]
 
+# What a Kubernetes instance type grants a deployment's container, as Azure ML reports it.
+K8S_RESOURCES = {
+    "containerResourceRequests": {"cpu": "100m", "memory": "2Gi"},
+    "containerResourceLimits": {"cpu": "1", "memory": "2Gi"},
+}
+
 
 def endpoint_body(
-    name: str, traffic: dict[str, int] | None = None, mirror: dict[str, int] | None = None
+    name: str,
+    traffic: dict[str, int] | None = None,
+    mirror: dict[str, int] | None = None,
+    compute: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    """A managed endpoint; with `compute`, a Kubernetes endpoint on that attached compute."""
+    body: dict[str, Any] = {
         "id": f"{WS_ID}/onlineEndpoints/{name}",
         "name": name,
         "type": "Microsoft.MachineLearningServices/workspaces/onlineEndpoints",
         "location": LOCATION,
-        "kind": "Managed",
+        "kind": "Managed" if compute is None else "Kubernetes",
         "identity": {"type": "SystemAssigned"},
         "tags": {},
         "properties": {
@@ -46,6 +56,9 @@ def endpoint_body(
             "mirrorTraffic": dict(mirror or {}),
         },
     }
+    if compute is not None:
+        body["properties"]["compute"] = f"{WS_ID}/computes/{compute}"
+    return body
 
 
 def deployment_body(
@@ -156,9 +169,13 @@ class FakeAzureML(RecordingTransport):
     # -- helpers for tests -------------------------------------------------------------------
 
     def add_endpoint(
-        self, name: str, traffic: dict[str, int] | None = None, mirror: dict[str, int] | None = None
+        self,
+        name: str,
+        traffic: dict[str, int] | None = None,
+        mirror: dict[str, int] | None = None,
+        compute: str | None = None,
     ) -> None:
-        self.endpoints[name] = endpoint_body(name, traffic, mirror)
+        self.endpoints[name] = endpoint_body(name, traffic, mirror, compute)
 
     def add_deployment(
         self, endpoint: str, name: str, model: str, version: str, state: str = "Succeeded"
@@ -176,6 +193,10 @@ class FakeAzureML(RecordingTransport):
         answer.update(id=f"{WS_ID}/onlineEndpoints/{m['ep']}/deployments/{m['dep']}", name=m["dep"])
         answer["properties"]["provisioningState"] = "Creating"
         answer["properties"].setdefault("scaleSettings", {"scaleType": "Default"})
+        if answer["properties"].get("endpointComputeType") == "Kubernetes":
+            # Azure ML answers with the resources of the compute's instance type (the SDK's
+            # get() of a Kubernetes deployment reads them unconditionally).
+            answer["properties"].setdefault("containerResourceRequirements", K8S_RESOURCES)
         self.deployments[(m["ep"], m["dep"])] = answer
         op = f"https://management.azure.com{WS_ID}/operations/dep-{m['dep']}?api-version=2023-04-01-preview"
         return Canned(201, answer, {"Azure-AsyncOperation": op, "Retry-After": "3600"})

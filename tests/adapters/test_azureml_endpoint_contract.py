@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 
 from adapters.azureml_endpoint import DEFAULT_RETRY, AzureMLEndpoint, make_ml_client
+from domain.policy import parse_policy
+from orchestrator.bootstrap import bootstrap
 from orchestrator.ports import (
     DeploymentBusy,
     EndpointError,
@@ -19,7 +21,7 @@ from orchestrator.ports import (
 from promotion.state import PromotionState, ServingModel
 from tests.adapters.azureml_endpoint_replay import RG, SUB, WS, WS_ID, FakeAzureML
 from tests.azure_recording import Canned, FakeCredential
-from tests.fakes import fake_runtime, policy_yaml
+from tests.fakes import fake_runtime, fake_settings, policy_yaml
 
 EP = "churn-ep"
 EP_PATH = f"{WS_ID}/onlineEndpoints/{EP}"
@@ -354,3 +356,120 @@ def test_an_endpoint_applying_an_update_is_not_compared_by_the_reconcile_pass(
         endpoint.traffic()
     assert w.runtime.maintenance.sweep()["drift"] == []
     assert azure.sent("PUT") == [] and w.audit.actions("churn") == []
+
+
+# -------------------------------------------------------------------------- Kubernetes targets
+
+K8S = "churn-k8s"
+K8S_PATH = f"{WS_ID}/onlineEndpoints/{K8S}"
+
+
+@pytest.fixture
+def kubernetes(azure: FakeAzureML) -> AzureMLEndpoint:
+    """The adapter as bootstrap builds it for `endpoint_target: {kind: kubernetes, ...}`."""
+    azure.add_endpoint(K8S, traffic={"churn-v2": 100}, compute="aks-prod")
+    azure.add_deployment(K8S, "churn-v2", "churn", "2")
+    client = make_ml_client(SUB, RG, WS, FakeCredential(), transport=azure)
+    return AzureMLEndpoint(lambda: client, K8S, "gpu-small", 3, kubernetes_compute="aks-prod")
+
+
+def test_deploy_puts_a_kubernetes_deployment_with_the_compute_s_instance_type(
+    azure: FakeAzureML, kubernetes: AzureMLEndpoint
+) -> None:
+    assert kubernetes.deploy("churn", "3", "churn-v3") == "churn-v3"
+
+    # the endpoint is read first: a Kubernetes endpoint on the policy's compute
+    assert [(r.method, r.path) for r in azure.requests[:2]] == [
+        ("GET", f"{K8S_PATH}/deployments/churn-v3"),
+        ("GET", K8S_PATH),
+    ]
+    [put] = azure.sent("PUT", f"{K8S_PATH}/deployments/churn-v3")
+    props = put.body["properties"]
+    assert props["endpointComputeType"] == "Kubernetes"
+    assert props["instanceType"] == "gpu-small"  # an instance type the attached compute defines
+    assert props["model"] == f"{WS_ID}/models/churn/versions/3"
+    assert put.body["sku"]["capacity"] == 3
+    assert set(props["dataCollector"]["collections"]) == {"model_inputs", "model_outputs"}
+    # exactly these: no managed-only field (egress, private network) rides along
+    assert set(props) == {
+        "model",
+        "properties",
+        "environmentVariables",
+        "appInsightsEnabled",
+        "instanceType",
+        "dataCollector",
+        "endpointComputeType",
+    }
+    assert kubernetes.deployment_state("churn-v3").state == "creating"
+
+
+def test_traffic_on_a_kubernetes_endpoint_keeps_its_compute(
+    azure: FakeAzureML, kubernetes: AzureMLEndpoint
+) -> None:
+    azure.add_deployment(K8S, "churn-v3", "churn", "3")
+    kubernetes.set_traffic({"churn-v2": 80, "churn-v3": 20})
+    [put] = azure.sent("PUT", K8S_PATH)
+    assert put.path == K8S_PATH
+    # read back as a KubernetesOnlineEndpoint: PUT again with its compute, never as managed
+    assert put.body["properties"]["compute"] == f"{WS_ID}/computes/aks-prod"
+    assert put.body["properties"]["traffic"] == {"churn-v2": 80, "churn-v3": 20}
+
+
+@pytest.mark.parametrize(
+    ("compute", "reason"),
+    [
+        (None, "is a managed endpoint, not a Kubernetes endpoint on aks-prod"),
+        ("aks-test", "is on compute aks-test, not a Kubernetes endpoint on aks-prod"),
+    ],
+)
+def test_a_kubernetes_deployment_is_never_put_on_another_target(
+    azure: FakeAzureML, kubernetes: AzureMLEndpoint, compute: str | None, reason: str
+) -> None:
+    azure.add_endpoint(K8S, traffic={"churn-v2": 100}, compute=compute)
+    with pytest.raises(EndpointError, match=reason) as refused:
+        kubernetes.deploy("churn", "3", "churn-v3")
+    assert refused.value.transient is False  # a person fixes the target; not retried
+    assert azure.sent("PUT") == []
+
+
+def test_a_missing_kubernetes_endpoint_is_a_clear_refusal(
+    azure: FakeAzureML, kubernetes: AzureMLEndpoint
+) -> None:
+    del azure.endpoints[K8S]
+    with pytest.raises(EndpointError, match="does not exist: create it on the attached compute"):
+        kubernetes.deploy("churn", "3", "churn-v3")
+    assert azure.sent("PUT") == []
+
+
+def test_a_managed_endpoint_is_not_read_before_its_deploy(
+    azure: FakeAzureML, endpoint: AzureMLEndpoint
+) -> None:
+    endpoint.deploy("churn", "3", "churn-v3")
+    # one endpoint GET: the SDK's own "endpoint exists" check (a Kubernetes target adds one)
+    assert len([r for r in azure.sent("GET") if r.path == EP_PATH]) == 1
+    [put] = azure.sent("PUT", f"{EP_PATH}/deployments/churn-v3")
+    assert put.body["properties"]["endpointComputeType"] == "Managed"
+
+
+def test_bootstrap_builds_each_model_s_endpoint_on_its_policy_s_target() -> None:
+    settings = fake_settings(
+        AZUREML_SUBSCRIPTION_ID=SUB,
+        AZUREML_RESOURCE_GROUP=RG,
+        AZUREML_WORKSPACE=WS,
+        AZUREML_INSTANCE_TYPE="Standard_F4s_v2",
+    )
+    target = "endpoint_target: {kind: kubernetes, compute: aks-prod, instance_type: gpu-small}"
+    policies = {
+        "churn": policy_yaml("churn"),
+        "fraud": policy_yaml("fraud") + target + "\n",
+    }
+    runtime = bootstrap(settings, policies={m: parse_policy(t) for m, t in policies.items()})
+    managed = runtime.endpoint_for(runtime.policies["churn"])
+    on_aks = runtime.endpoint_for(runtime.policies["fraud"])
+    assert isinstance(managed, AzureMLEndpoint) and isinstance(on_aks, AzureMLEndpoint)
+    assert (managed.kubernetes_compute, managed.instance_type) == (None, "Standard_F4s_v2")
+    assert (on_aks.endpoint_name, on_aks.kubernetes_compute, on_aks.instance_type) == (
+        "fraud-ep",
+        "aks-prod",
+        "gpu-small",
+    )

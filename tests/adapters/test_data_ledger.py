@@ -1,5 +1,7 @@
 """The data ledger on real Azurite: claims by message, retention, concurrent events on one
-model, manifests sealed once, release, and the same answers as the in-memory fake."""
+model, manifests sealed once, release in chunks (its items hidden from the first chunk, a
+crash or a refused delete in the middle, concurrent releases), and the same answers as the
+in-memory fake."""
 
 from __future__ import annotations
 
@@ -69,8 +71,8 @@ def test_a_manifest_is_sealed_once_and_release_makes_its_keys_taken(ledger: Blob
     assert ledger.seal("churn", "churn-r1", 10) == sealed
     assert ledger.manifest("churn", "churn-r1") == sealed
     assert ledger.manifest("churn", "churn-nope") is None
-    assert ledger.release("churn", "churn-r1") == 4
-    assert ledger.release("churn", "churn-r1") == 4  # idempotent
+    assert ledger.release("churn", "churn-r1", 256) == 0
+    assert ledger.release("churn", "churn-r1", 256) == 0  # idempotent
     assert ledger.pending("churn").items == 3
     # A taken key is a duplicate even for the message that first claimed it.
     assert ledger.claim("churn", [item(0)], "m0", T0, KEEP) == []
@@ -129,5 +131,123 @@ def test_the_blob_ledger_and_the_fake_answer_alike(ledger: BlobDataLedger):
         ), index
         if index == 3:
             assert ledger.seal("m", "r1", 2) == fake.seal("m", "r1", 2)
-            assert ledger.release("m", "r1") == fake.release("m", "r1")
+            # One item of two: the other stays hidden in both until the next chunk.
+            assert ledger.release("m", "r1", 1) == fake.release("m", "r1", 1) == 1
+            assert ledger.releasing("m") == fake.releasing("m") == ["r1"]
+            assert ledger.pending("m") == fake.pending("m")
+        if index == 4:
+            assert ledger.release("m", "r1", 1) == fake.release("m", "r1", 1) == 0
+            assert ledger.releasing("m") == fake.releasing("m") == []
     assert ledger.pending("m") == fake.pending("m")
+    assert ledger.seal("m", "r2", 10) == fake.seal("m", "r2", 10)
+
+
+# --------------------------------------------------------------------------- release in chunks
+
+
+def pending_blobs(container, model: str = "churn") -> int:
+    return sum(1 for _ in container.list_blobs(name_starts_with=f"pending/{model}/"))
+
+
+def land(ledger: BlobDataLedger, names: range, model: str = "churn") -> None:
+    for n in names:
+        ledger.claim(model, [item(n)], f"m{n}", T0 + timedelta(seconds=n), KEEP)
+
+
+def test_a_release_in_chunks_hides_its_items_from_the_first_chunk_to_the_last(
+    ledger: BlobDataLedger, container
+):
+    land(ledger, range(10))
+    assert len(ledger.seal("churn", "r1", 10)) == 10
+    assert ledger.releasing("churn") == []  # sealed, not submitted: still pending
+    assert ledger.pending("churn").items == 10
+    assert ledger.release("churn", "r1", 3) == 7
+    assert pending_blobs(container) == 7 and ledger.releasing("churn") == ["r1"]
+    # The rest of r1 is not pending any more, though its blobs are still there.
+    land(ledger, range(10, 13))
+    pending = ledger.pending("churn")
+    assert (pending.items, pending.sample) == (3, [item(n).uri for n in range(10, 13)])
+    # A redelivery of the message that claimed one of r1's items counts nothing.
+    assert ledger.claim("churn", [item(7)], "m7", T0, KEEP) == []
+    assert ledger.claim("churn", [item(11)], "m11", T0, KEEP) == [item(11)]
+    # A second window closing while r1 is still releasing takes only what is new.
+    assert ledger.seal("churn", "r2", 100) == [item(n).uri for n in range(10, 13)]
+    assert [ledger.release("churn", "r1", 3) for _ in range(3)] == [4, 1, 0]
+    assert ledger.releasing("churn") == []
+    assert ledger.release("churn", "r1", 3) == 0  # idempotent, and deletes nothing more
+    assert ledger.manifest("churn", "r1") == [item(n).uri for n in range(10)]  # kept
+    assert pending_blobs(container) == 3  # r2's, still pending until it is released
+    assert ledger.pending("churn").items == 3
+    assert ledger.release("churn", "nope", 3) == 0
+
+
+def test_a_release_cut_short_goes_on_from_what_was_deleted_and_hides_the_rest(
+    ledger: BlobDataLedger, container, monkeypatch
+):
+    land(ledger, range(600))
+    ledger.seal("churn", "r1", 600)
+    delete_blobs = container.delete_blobs
+    batches = []
+
+    def crash_on_the_second_batch(*names, **kwargs):
+        batches.append(len(names))
+        if len(batches) == 2:
+            raise ConnectionError("the process died here")
+        return delete_blobs(*names, **kwargs)
+
+    monkeypatch.setattr(container, "delete_blobs", crash_on_the_second_batch)
+    with pytest.raises(ConnectionError):
+        ledger.release("churn", "r1", 600)
+    assert pending_blobs(container) == 600 - 256
+    assert ledger.pending("churn").items == 0 and ledger.releasing("churn") == ["r1"]
+    land(ledger, range(600, 602))
+    assert ledger.seal("churn", "r2", 1000) == [item(600).uri, item(601).uri]
+    monkeypatch.setattr(container, "delete_blobs", delete_blobs)
+    # Again from the last saved count (0): the first batch's blobs are gone (404), not lost.
+    assert ledger.release("churn", "r1", 600) == 0
+    assert pending_blobs(container) == 2 and ledger.releasing("churn") == []
+
+
+def test_a_blob_that_cannot_be_deleted_stops_the_release_and_stays_hidden(
+    ledger: BlobDataLedger, container
+):
+    land(ledger, range(4))
+    ledger.seal("churn", "r1", 4)
+    # A lease makes the service refuse the delete (412) of that one blob in the batch.
+    leased = container.get_blob_client(f"pending/churn/{key_hash(item(2).key)}")
+    lease = leased.acquire_lease()
+    with pytest.raises(RuntimeError, match=r"1 pending item\(s\) not deleted"):
+        ledger.release("churn", "r1", 4)
+    assert ledger.pending("churn").items == 0 and ledger.releasing("churn") == ["r1"]
+    lease.release()
+    assert ledger.release("churn", "r1", 4) == 0
+    assert pending_blobs(container) == 0
+
+
+def test_a_crash_between_the_last_chunk_and_the_marker_is_finished_by_the_next_call(
+    ledger: BlobDataLedger, container
+):
+    land(ledger, range(3))
+    ledger.seal("churn", "r1", 3)
+    assert ledger.release("churn", "r1", 2) == 1
+    # The last chunk marked the manifest released, then the process died: the marker stays.
+    container.get_blob_client("manifests/churn/r1.json").set_blob_metadata({"released": "true"})
+    assert ledger.releasing("churn") == ["r1"]
+    assert ledger.release("churn", "r1", 2) == 0
+    assert ledger.releasing("churn") == []
+
+
+def test_concurrent_releases_of_one_run_delete_everything_once_and_finish(
+    ledger: BlobDataLedger, container
+):
+    land(ledger, range(300))
+    ledger.seal("churn", "r1", 300)
+
+    def release_until_done(_: int) -> None:
+        while ledger.release("churn", "r1", 40):
+            pass
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(release_until_done, range(4)))
+    assert pending_blobs(container) == 0 and ledger.releasing("churn") == []
+    assert ledger.pending("churn").items == 0

@@ -168,6 +168,19 @@ def test_traffic_over_time_follows_the_states_and_closes_at_the_current_weight()
     assert [point["weight"] for point in live] == [0, 10, 10]
 
 
+def test_a_bake_with_a_holdback_is_drawn_at_its_weight_through_its_looks():
+    records = [
+        {"time": "2026-12-01T10:03:00+00:00", "to_state": "canary", "detail": {"traffic": 50}},
+        {"time": "2026-12-01T10:04:00+00:00", "to_state": "production_bake",
+         "detail": {"traffic": 95}},
+        {"time": "2026-12-01T10:05:00+00:00", "to_state": "production_bake",
+         "detail": {"gate": "bake"}},
+        {"time": "2026-12-01T10:06:00+00:00", "to_state": "completed", "detail": {}},
+    ]  # fmt: skip
+    weights = [point["weight"] for point in dashboard.traffic_timeline(records, None)]
+    assert weights == [50, 95, 95, 100]
+
+
 @pytest.mark.parametrize(
     "name",
     ["", " lead", 7, None, "lead\n", "le\u202ead@contoso.com", "<b>lead</b>", "lead @x.com"],

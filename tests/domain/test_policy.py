@@ -20,6 +20,7 @@ def test_example_policy_parses_with_every_section() -> None:
     assert policy.data.prefix == "incoming/"
     assert policy.data.label_column == "churned" and len(policy.data.feature_columns or []) == 3
     assert policy.retrain.debounce == timedelta(minutes=10)
+    assert policy.monitor is not None and policy.monitor.cooldown == timedelta(hours=6)
     assert policy.pipeline.compute == "cpu-cluster"
     assert [gate.kind for gate in policy.staging.gates] == ["threshold", "champion", "champion"]
     assert policy.staging.max_attempts == 3

@@ -94,13 +94,13 @@ def test_duplicated_and_reordered_delivery_reaches_the_same_outcome(
         assert len(world.training.jobs) == 2
         assert all(world.training.submissions_of(run) == 1 for run in world.training.jobs)
         assert dict(world.endpoint.deploy_calls) == {"churn-v1": 1, "churn-v2": 1}
-        # v1 (the first model) goes straight to 100%; v2 through its canary: 10%, 50%, 100%,
-        # then v1 removed.
+        # v1 (the first model) goes straight to 100%; v2 through its canary: 10%, 50%, then
+        # 95% with 5% held back on v1 through the bake, 100%, then v1 removed.
         assert world.endpoint.traffic_maps == [
             {"churn-v1": 100},
             {"churn-v1": 90, "churn-v2": 10},
             {"churn-v1": 50, "churn-v2": 50},
-            {"churn-v2": 100},  # v1 kept, at 0, through the bake
+            {"churn-v2": 95, "churn-v1": 5},  # the bake's holdback
             {"churn-v2": 100},
         ]
         assert world.endpoint.deletes == ["churn-v1"]

@@ -32,6 +32,7 @@ from orchestrator.people import PERSON_COMMANDS
 from orchestrator.signing import INTERNAL_TYPES
 from promotion import commands as promotion_commands
 from retrain import commands as retrain_commands
+from retrain import job_events
 from tests.faults.support import (
     PATHOLOGICAL_JSON,
     DeadLetterSpy,
@@ -54,6 +55,7 @@ PAYLOAD_TYPES: dict[str, type[BaseModel]] = {
     **retrain_commands.COMMANDS,
     **promotion_commands.COMMANDS,
     DEPLOYMENT_CHECK: DeploymentCheck,
+    job_events.JOB_EVENT: job_events.TrainingJobEvent,
 }
 
 # One valid payload per message type: the base the "wrong payload" mutations start from.
@@ -82,6 +84,7 @@ VALID_PAYLOADS: dict[str, dict[str, Any]] = {
     DEPLOYMENT_CHECK: {"promotion_id": "p", "deployment": "d"},
     "EndpointDrift": {"expected_traffic": {"d": 100}, "actual_traffic": {}},
     "EndpointInSync": {},
+    job_events.JOB_EVENT: {"run_id": "run-1", "run_status": "Completed", "event_id": "e-1"},
 }
 
 
@@ -259,6 +262,8 @@ def valid_messages(draw: st.DrawFn) -> Message:
                     MESSAGE_TYPES
                     - messages.APPROVAL_TYPES  # the approvals queue's only type
                     - {"DataLanded", "RetrainRequested", "StartPromotion"}
+                    # made only by the run-event trigger: no queue accepts it
+                    - {job_events.JOB_EVENT}
                 )
             )
         )

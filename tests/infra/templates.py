@@ -601,14 +601,24 @@ def shellcheck_problems(hooks: Path) -> list[str]:
 
 def endpoint_problems(infra: Path, policy_dir: Path) -> list[str]:
     """One managed online endpoint per policy file: the `models` parameter names each policy's
-    model and endpoint, and nothing else."""
+    model and endpoint, and nothing else. A policy on a Kubernetes target (`endpoint_target`)
+    has none: its endpoint is made on the attached compute (docs/deploy.md)."""
     parameters = json.loads((infra / "main.parameters.json").read_text())["parameters"]
     declared = {(entry["model"], entry["endpoint"]) for entry in parameters["models"]["value"]}
     policies = set()
+    kubernetes = set()
     for file in sorted(policy_dir.glob("*.yml")):
         document = yaml.safe_load(file.read_text())
-        policies.add((document["model"], document["endpoint"]))
+        target = document.get("endpoint_target") or {}
+        on_kubernetes = isinstance(target, dict) and target.get("kind") == "kubernetes"
+        (kubernetes if on_kubernetes else policies).add((document["model"], document["endpoint"]))
     problems = [
+        f"main.parameters.json: {model}/{endpoint} is on Kubernetes (endpoint_target): "
+        "no managed endpoint of that name"
+        for model, endpoint in sorted(declared & kubernetes)
+    ]
+    declared -= kubernetes
+    problems += [
         f"policy {model}: no endpoint {endpoint} in main.parameters.json"
         for model, endpoint in sorted(policies - declared)
     ]

@@ -336,6 +336,17 @@ def test_one_endpoint_per_policy_file(tmp_path: Path, broken) -> None:
     ]
     infra = broken("main.parameters.json", '"endpoint": "breast-cancer-ep"', '"endpoint": "bc-ep"')
     assert len(templates.endpoint_problems(infra, REPO / "policies")) == 2
+    # a model on a Kubernetes target has no managed endpoint in the templates
+    (policies / "churn.yml").write_text(
+        "model: churn\nendpoint: churn-ep\nendpoint_target: {kind: kubernetes, compute: aks}\n"
+    )
+    assert templates.endpoint_problems(INFRA, policies) == []
+    on_aks = (policies / "breast-cancer.yml").read_text() + "endpoint_target: {kind: kubernetes}\n"
+    (policies / "breast-cancer.yml").write_text(on_aks)
+    assert templates.endpoint_problems(INFRA, policies) == [
+        "main.parameters.json: breast-cancer/breast-cancer-ep is on Kubernetes (endpoint_target): "
+        "no managed endpoint of that name"
+    ]
 
 
 def test_the_log_alerts_match_what_the_app_writes(broken) -> None:

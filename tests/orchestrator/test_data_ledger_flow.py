@@ -1,6 +1,7 @@
 """Data through the handlers with the data ledger (in-memory fakes): a storm of single-blob
 events writes the aggregate once and makes one job; the caps; the redelivery of an event;
-data stranded by a closing window found by the sweep."""
+data stranded by a closing window found by the sweep; a job's data released in bounded
+chunks after the close, by the sweep, with nothing trained twice."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from domain.effects import SubmitTrainingJob
 from orchestrator.aggregate import OutboxItem
 from orchestrator.handlers import sweep_stranded_data
 from orchestrator.messages import InvalidMessage
+from orchestrator.outbox import RELEASE_CHUNK
 from orchestrator.ports import TrainingBackendError
 from tests.fakes import DATA_ACCOUNT, data_items, fake_runtime, landed, policy_yaml
 from triggers.envelopes import data_landed_envelope
@@ -39,6 +41,9 @@ def test_ten_thousand_blob_events_write_the_aggregate_once_and_make_one_job():
     assert job is not None and (job.manifest, job.data_count) == (request.run_id, 10_000)
     assert len(job.data_sample) == 5
     assert w.ledger.pending("churn").items == 0
+    # The close deleted one chunk of the pending entries; the rest are hidden until the sweep.
+    assert w.ledger.stored("churn") == 10_000 - RELEASE_CHUNK
+    assert w.ledger.releasing("churn") == [request.run_id]
     assert len(w.aggregate("churn").model_dump_json()) < 16_000
 
 
@@ -155,3 +160,94 @@ def test_a_submit_saved_before_manifests_still_trains_on_its_whole_list():
     w.runtime.outbox.dispatch("churn")
     [request] = w.training.submissions
     assert (request.run_id, request.data_uris) == ("churn-old", ["a", "b"])
+
+
+# --------------------------------------------------------------------------- release in chunks
+
+
+def uris(*names: int) -> list[str]:
+    return [f"{DATA_ACCOUNT}/training-data/churn/{n}.csv" for n in names]
+
+
+def land(w, names: range) -> None:
+    for start in range(names.start, names.stop, 250):
+        w.handle(landed("churn", *range(start, min(start + 250, names.stop))))
+
+
+def test_the_close_releases_one_chunk_and_the_sweep_the_rest_with_nothing_trained_twice():
+    w = fake_runtime()
+    w.runtime.outbox.release_chunk = 100
+    w.runtime.maintenance.release_chunks_per_sweep = 3
+    land(w, range(1000))
+    w.clock.advance(1)
+    w.deliver_due()
+    [first] = w.training.submissions
+    assert first.data_uris == uris(*range(1000))
+    # The close's dispatch deleted one chunk; the others are hidden, no longer pending.
+    assert (w.ledger.stored("churn"), w.ledger.pending("churn").items) == (900, 0)
+    assert w.ledger.releasing("churn") == [first.run_id]
+
+    # A second window closes, and its job is submitted, while the first is still releasing.
+    land(w, range(1000, 1005))
+    w.training.finish(first.run_id, "1")
+    w.run(until=lambda: len(w.training.submissions) == 2, horizon=timedelta(hours=1))
+    second = w.training.submissions[1]
+    assert second.data_uris == uris(*range(1000, 1005))  # only what is new
+    assert w.ledger.releasing("churn") == [first.run_id]  # the second released in its chunk
+
+    reports = [w.runtime.maintenance.sweep() for _ in range(4)]
+    assert [report["releasing"] for report in reports] == [
+        [{"model": "churn", "run_id": first.run_id, "left": 600}],
+        [{"model": "churn", "run_id": first.run_id, "left": 300}],
+        [],  # 300 released by the third sweep: done
+        [],
+    ]
+    assert all(report["failed"] == [] for report in reports)
+    assert w.ledger.stored("churn") == 0 and w.ledger.releasing("churn") == []
+    assert w.aggregate("churn").retrain.window is None  # the sweeps opened nothing
+
+
+def test_a_redelivered_close_and_a_submit_redispatched_after_a_failed_release_train_once():
+    w = fake_runtime()
+    w.runtime.outbox.release_chunk = 100
+    land(w, range(300))
+    w.clock.advance(1)
+    [(close, _)] = [(env, out) for env, out in w.deliver_due() if env.type != "TrainingJobCheck"]
+    assert w.handle(close).status == "duplicate"  # redelivered: no second seal, no second job
+    assert [request.run_id for request in w.training.submissions] == [w.training.jobs[0]]
+
+    # The next window's submit went through, then its release failed: the effect stays.
+    land(w, range(300, 420))
+    w.ledger.faults.fail("release", ConnectionError("storage unreachable"))
+    w.training.finish(w.training.jobs[0], "1")
+    with pytest.raises(ConnectionError):
+        w.run(until=lambda: len(w.training.submissions) == 2, horizon=timedelta(hours=1))
+    second = w.training.submissions[1]
+    assert second.data_uris == uris(*range(300, 420))
+    assert w.aggregate("churn").outbox  # the submit, to be dispatched again
+    report = w.runtime.maintenance.sweep()  # same manifest, same run; then its first chunk
+    assert report["failed"] == []
+    again = [r for r in w.training.submissions if r.run_id == second.run_id]
+    assert len(again) == 2 and again[1].data_uris == second.data_uris
+    assert not w.aggregate("churn").outbox
+    w.runtime.maintenance.sweep()
+    assert w.ledger.stored("churn") == 0 and w.ledger.pending("churn").items == 0
+    every = [uri for request in w.training.submissions for uri in request.data_uris]
+    assert sorted(set(every)) == sorted(uris(*range(420)))
+
+
+def test_a_release_failing_in_the_sweep_is_reported_and_goes_on_at_the_next_sweep():
+    w = fake_runtime()
+    w.runtime.outbox.release_chunk = 10
+    land(w, range(50))
+    w.clock.advance(1)
+    w.deliver_due()
+    w.ledger.faults.fail("release", ConnectionError("storage unreachable"))
+    report = w.runtime.maintenance.sweep()
+    assert report["failed"] == [
+        {"model": "churn", "error": "release: ConnectionError: storage unreachable"}
+    ]
+    assert report["releasing"] == [] and w.ledger.stored("churn") == 40
+    assert w.ledger.pending("churn").items == 0  # still hidden meanwhile
+    assert w.runtime.maintenance.sweep()["failed"] == []
+    assert w.ledger.stored("churn") == 0 and w.ledger.releasing("churn") == []

@@ -225,23 +225,26 @@ def test_a_promotion_passes_staging_approval_deployment_and_canary_steps_to_comp
         ("DeploymentCheck", "applied"),
         ("GateCheck", "applied"),  # canary-1 passes
         ("GateCheck", "applied"),  # canary-2 passes
-        ("GateCheck", "applied"),  # the production bake passes
+        ("GateCheck", "applied"),  # the production bake's first look: no harm so far
+        ("GateCheck", "applied"),  # its end: passes
     ]
     v1, v2 = "churn-v1", "churn-v2"
     assert w.endpoint.traffic_maps == [
         {v1: 90, v2: 10},
         {v1: 50, v2: 50},
-        {v2: 100},  # {v2: 100, v1: 0}: zero weights are left out
+        {v2: 95, v1: 5},  # the bake's holdback (policy production_holdback, default 5)
         {v2: 100},
     ]
     assert set(w.endpoint.deployed) == {v2}
     assert w.endpoint.live == {v2: 100}
     assert w.endpoint.violations == []
-    # Live metrics per step: both arms in the canary, the old one over its last window in the bake.
+    # Live metrics per step: both arms in the canary, and in the bake the candidate and the
+    # holdback over the same window (concurrent).
     steps = [(step, [arm.deployment for arm in arms]) for _, _, step, arms in w.metrics.live_reads]
-    assert steps == [(0, [v2, v1]), (1, [v2, v1]), (2, [v2, v1])]
+    assert steps == [(0, [v2, v1]), (1, [v2, v1]), (2, [v2, v1]), (2, [v2, v1])]
     bake_arms = w.metrics.live_reads[-1][3]
-    assert bake_arms[1].window_end < bake_arms[0].window_start + timedelta(seconds=1)
+    assert bake_arms[1].window_start == bake_arms[0].window_start
+    assert bake_arms[1].window_end == bake_arms[0].window_end
 
     promotion = w.aggregate("churn").promotion
     assert promotion.champion is not None and promotion.champion.version == "2"
@@ -741,3 +744,19 @@ def test_any_interleaving_of_redelivered_messages_gives_the_same_final_state(rng
     for record in w.audit.read("churn"):
         versions.setdefault(str(record.cause_id), set()).add(record.aggregate_version)
     assert all(len(found) == 1 for found in versions.values()), versions
+
+
+def test_the_longest_model_name_walks_from_data_to_production_with_a_long_version():
+    """Every id built from the model's name (runs, promotions, checks, deployments) stays
+    within the envelope's 128 characters."""
+    model = "m" * 48  # the longest a policy allows
+    w = fake_runtime(policy_yaml(model).replace(f"{model}-ep", "long-ep"))
+    w.seed_champion(model, "1")
+    w.handle(landed(model, 1))
+    w.run(until=lambda: bool(w.training.submissions))
+    [request] = w.training.submissions
+    w.training.finish(request.run_id, "123456")
+    w.run(until=lambda: bool(w.aggregate(model).promotion.history), horizon=timedelta(hours=3))
+    promotion = w.aggregate(model).promotion
+    assert promotion.champion is not None and promotion.champion.version == "123456"
+    assert [entry.outcome for entry in promotion.history] == ["completed"]

@@ -67,6 +67,7 @@ def test_the_sweep_redispatches_an_outbox_a_crash_left_behind():
         "failed": [],
         "overdue_jobs": [],
         "resent_checks": [],
+        "releasing": [],
         "drift": [],
     }
     assert [env.type for env in w.bus.envelopes()] == ["RetrainWindowClosed"]
@@ -170,6 +171,7 @@ def test_the_sweep_of_models_without_state_or_policy_changes_nothing():
         "failed": [],
         "overdue_jobs": [],
         "resent_checks": [],
+        "releasing": [],
         "drift": [],
     }
     assert w.store.saves == [] and w.bus.sent == []

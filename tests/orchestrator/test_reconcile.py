@@ -221,8 +221,11 @@ def test_a_rollback_to_a_known_good_deployment_deleted_by_hand_deploys_it_again(
     in_canary(w)
     w.metrics.requests = 500
     w.run(until=lambda: w.aggregate("churn").promotion.active.status == "production_bake")  # type: ignore[union-attr]
-    assert w.endpoint.live == {"churn-v2": 100}
-    del w.endpoint.deployed["churn-v1"]  # the rollback target, at 0 %, removed by hand
+    # The bake holds 5 % back on v1 (policy production_holdback): reconcile agrees.
+    assert w.endpoint.live == {"churn-v2": 95, "churn-v1": 5}
+    w.runtime.maintenance.sweep()
+    assert w.aggregate("churn").promotion.drift is None
+    del w.endpoint.deployed["churn-v1"]  # the rollback target, the holdback, removed by hand
 
     with pytest.raises(InvalidTraffic):  # v1 is being created: its traffic waits
         w.handle(rollback_of(w))
@@ -232,6 +235,19 @@ def test_a_rollback_to_a_known_good_deployment_deleted_by_hand_deploys_it_again(
         w.runtime.maintenance.sweep()
     assert w.endpoint.live == {"churn-v1": 100} and set(w.endpoint.deployed) == {"churn-v1"}
     assert w.aggregate("churn").outbox == []
+
+
+def test_a_bake_whose_holdback_is_taken_away_is_drift():
+    w = canary_world()
+    in_canary(w)
+    w.metrics.requests = 500
+    w.run(until=lambda: w.aggregate("churn").promotion.active.status == "production_bake")  # type: ignore[union-attr]
+    w.endpoint.live = {"churn-v2": 100}  # someone sends everything to the candidate
+    w.runtime.maintenance.sweep()
+    promotion = w.aggregate("churn").promotion
+    assert promotion.drift is not None
+    assert promotion.drift.expected_traffic == {"churn-v2": 95, "churn-v1": 5}
+    assert promotion.active is not None and promotion.active.paused  # on_drift: pause
 
 
 def test_a_drift_pause_resumed_then_found_again_pauses_again():

@@ -45,6 +45,9 @@ def make_policy(**overrides: Any) -> ModelPolicy:
             ],
         },
         "production_bake": "1h",
+        # The bake without a holdback (compared with the last canary window); the holdback's
+        # bake has its own tests (test_holdback_bake.py).
+        "production_holdback": 0,
     }
     document.update(overrides)
     return ModelPolicy.model_validate(document)

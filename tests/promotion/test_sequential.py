@@ -285,6 +285,9 @@ def _numeric_restricted_mle(
     p2 = minimize_scalar(
         negative_log_likelihood, bounds=(low, high), method="bounded", options={"xatol": 1e-12}
     ).x
+    # The bounded search stops short of an optimum at a bound (an arm all correct, e.g. 1 of
+    # 1): the bounds themselves are candidates too.
+    p2 = min((p2, low, high), key=negative_log_likelihood)
     return p2 + difference, p2
 
 

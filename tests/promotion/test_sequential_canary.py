@@ -231,3 +231,42 @@ def test_a_pause_by_a_person_gives_the_step_back_the_time_it_lost() -> None:
     h.send(ResumePromotion(promotion_id=h.active.id, requested_by="ops"))
     assert not h.active.paused
     assert h.active.step_deadline == deadline + timedelta(hours=5, minutes=1)
+
+
+def test_latency_looks_test_at_their_alpha_increments() -> None:
+    """Latency windows are fresh per step: each look tests at the alpha its spending adds,
+    which sums to alpha over the looks, not at the correlated boundary's nominal level."""
+    from promotion.gates import judge_canary_look
+    from promotion.sequential import alpha_increment
+
+    policy = make_policy(
+        canary={
+            "steps": [10, 50],
+            "min_samples_per_arm": 200,
+            "gates": [{"metric": "latency_ms", "margin": 0.2}],
+        }
+    )
+    # 300 samples each, the candidate 15 % slower: undecided at the first look's small level.
+    spread = [float(10 + (i * 37) % 300) for i in range(300)]
+    arms = {
+        name: ArmStats(deployment=name, requests=300, latency_ms=[scale * v for v in spread])
+        for name, scale in ((dep("2"), 1.15), (dep("1"), 1.0))
+    }
+    live = LiveMetrics(window_start=T0, window_end=T0, arms=arms)
+    first = judge_canary_look(policy.canary, live, dep("2"), dep("1"), step_index=0)
+    second = judge_canary_look(
+        policy.canary,
+        live,
+        dep("2"),
+        dep("1"),
+        step_index=1,
+        looks=(first.look,) if first.look else (),
+    )
+    levels = []
+    for look in (first, second):
+        [gate] = [e for e in look.result.evidence if e.gate == "canary:latency_ms"]
+        levels.append(float(gate.reason.rsplit("level ", 1)[1].rstrip(")")))
+    spent = [alpha_increment((0.5,), 0.05, "obrien_fleming"),
+             alpha_increment((0.5, 1.0), 0.05, "obrien_fleming")]  # fmt: skip
+    assert levels == pytest.approx(spent, rel=1e-2)
+    assert sum(spent) == pytest.approx(0.05)

@@ -115,7 +115,9 @@ class Run:
         model = self.policy.model
         if submit.manifest == submit.run_id:
             uris = self.ledger.seal(model, submit.run_id, submit.data_count)
-            self.ledger.release(model, submit.run_id)
+            # Only the first item: the rest waits for a sweep that never comes here, and its
+            # items stay hidden all the same.
+            self.ledger.release(model, submit.run_id, 1)
             return uris
         if submit.manifest is not None:
             return self.ledger.manifest(model, submit.manifest) or []

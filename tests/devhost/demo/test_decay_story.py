@@ -1,0 +1,158 @@
+"""End to end: the second demo story (`make demo STORY=decay`, its policy's short timings, no
+MLflow UI) on real Azurite, devhost (its timers sped up), the local pipeline runner, the local
+endpoint and MLflow. A first model goes to production without a shadow; a better one is
+shadowed (mirrored traffic, three gates), walks the canary and completes; then a share of the
+feedback labels flips and the production monitor, on the maintenance timer, starts a retrain
+by itself. Asserted from the state and the audit the demo read back, not from its text."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from devhost.demo.decay_story import POLICY_DIR, run_decay_demo
+from devhost.demo.story import MODEL, DemoOptions
+from domain.naming import deployment_name
+from orchestrator.policy_files import load_policy
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # the whole loop, on 2 cores
+
+POLICY = load_policy(POLICY_DIR / f"{MODEL}.yml")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    output = tmp_path_factory.mktemp("decay-demo")
+    options = DemoOptions(
+        output_dir=output,
+        mlflow_ui=False,
+        phase_timeout=300,
+        console=Console(file=io.StringIO(), force_terminal=False),
+    )
+    return run_decay_demo(options)
+
+
+def audit_of(demo, version: str) -> list[dict]:
+    [phase] = [phase for phase in demo.phases if phase.version == version]
+    return demo.promotions[phase.promotion_id]["audit"]
+
+
+def moves(audit: list[dict]) -> list[str]:
+    return [record["to_state"] for record in audit if record["action"].startswith("promotion.")]
+
+
+def test_both_promotions_completed_and_the_better_model_serves(demo):
+    assert [(phase.version, phase.outcome) for phase in demo.phases] == [
+        ("1", "completed"),
+        ("2", "completed"),
+    ]
+    assert demo.final_status["production"]["version"] == "2"
+    assert demo.endpoint_traffic == {deployment_name(MODEL, "2"): 100}
+
+
+def test_the_first_model_skipped_the_shadow(demo):
+    audit = audit_of(demo, "1")
+    assert [record["action"] for record in audit].count("shadow.skipped") == 1
+    assert "shadow" not in moves(audit)
+
+
+def test_the_better_model_was_shadowed_then_walked_the_canary(demo):
+    audit = audit_of(demo, "2")
+    states = moves(audit)
+    assert states.index("deploying") < states.index("shadow") < states.index("canary")
+    assert states[-2:] == ["production_bake", "completed"]
+    [entered] = [r for r in audit if r["action"] == "promotion.shadow"]
+    assert entered["detail"]["mirror"] == POLICY.shadow.percent
+    weights = [
+        record["detail"]["traffic"]
+        for record in audit
+        if record["action"] == "promotion.canary" and "traffic" in record["detail"]
+    ]
+    assert sorted(set(weights)) == [10, 25, 50]
+
+
+def test_the_shadow_was_judged_on_mirrored_pairs_by_three_gates(demo):
+    audit = audit_of(demo, "2")
+    looks = [
+        record
+        for record in audit
+        if record["action"].startswith("gate.") and record["detail"].get("step") == "shadow"
+    ]
+    assert looks and looks[-1]["action"] == "gate.passed"
+    evidence = {item["gate"]: item for item in looks[-1]["detail"]["evidence"]}
+    assert set(evidence) == {"shadow:error_rate", "shadow:latency_p95", "shadow:agreement"}
+    assert all(item["outcome"] == "pass" for item in evidence.values())
+    agreement = evidence["shadow:agreement"]
+    assert agreement["samples"]["pairs"] >= POLICY.shadow.gates.min_samples
+    assert agreement["values"]["agreement"] > POLICY.shadow.gates.min_agreement
+    # The candidate answered mirrored copies while production took all the live traffic.
+    assert evidence["shadow:error_rate"]["samples"]["candidate"] >= POLICY.shadow.gates.min_samples
+
+
+def decay_records(demo) -> tuple[dict, list[dict]]:
+    """The decay decision and every record of the run it started, oldest first."""
+    [detected] = [r for r in demo.model_audit if r["action"] == "monitor.decay_detected"]
+    run_id = detected["detail"]["run_id"]
+    return detected, [r for r in demo.model_audit if r["detail"].get("run_id") == run_id]
+
+
+def test_the_monitor_started_a_retrain_with_its_reason_and_evidence(demo):
+    detected, _ = decay_records(demo)
+    assert detected["actor"] == "monitor"  # no person
+    detail = detected["detail"]
+    assert detail["verdict"] == "decayed" and detail["champion_version"] == "2"
+    [accuracy] = [check for check in detail["checks"] if check["metric"] == "accuracy"]
+    assert accuracy["outcome"] == "breached"
+    assert accuracy["samples"] >= POLICY.monitor.min_samples
+    assert accuracy["observed"] < accuracy["offline"] - POLICY.monitor.accuracy_drop
+    assert accuracy["p_value"] < accuracy["alpha"]
+    assert detail["reason"].startswith("accuracy ")
+
+
+def test_the_decay_retrain_ran_to_a_new_version_without_new_data(demo):
+    detected, records = decay_records(demo)
+    run_id = detected["detail"]["run_id"]
+    actions = [record["action"] for record in records]
+    assert actions[0] == "monitor.decay_detected"
+    assert "retrain.job_submitted" in actions and actions[-1] == "retrain.job_completed"
+    assert records[-1]["detail"]["registered_version"] == "3"
+    # The state agrees: the monitor's cooldown stamp names the run, which ended completed.
+    monitor = demo.final_status["retrain"]["monitor"]
+    assert monitor["triggered_run"] == run_id
+    [run] = [run for run in demo.final_status["retrain"]["runs"] if run["run_id"] == run_id]
+    assert run["status"] == "completed" and run["reason"].startswith("decay (monitor)")
+    # Only two data windows opened in the story (the two chapters' batches): no data landed
+    # for the decay retrain.
+    opened = [r for r in demo.model_audit if r["action"] == "retrain.window_opened"]
+    assert len(opened) == 2
+
+
+def test_the_milestones_come_in_the_story_order(demo):
+    said = [f"{m.what}: {m.detail}" for m in demo.milestones]
+    seconds = [m.seconds for m in demo.milestones]
+    assert seconds == sorted(seconds)
+
+    def first(prefix: str) -> int:
+        return next(i for i, line in enumerate(said) if line.startswith(prefix))
+
+    order = [
+        first("v1: first model: no shadow"),
+        first("v2: shadow: "),
+        first("v2: shadow judged, gate.passed"),
+        first("v2: canary: 10%"),
+        first("v2: completed"),
+        first("monitor: v2 healthy"),
+        first("traffic: drift"),
+        first("monitor: v2 decayed"),
+        first("monitor: retrain "),
+    ]
+    assert order == sorted(order)
+    assert said[-1].startswith("monitor: retrain") and "completed: v3" in said[-1]
+
+
+def test_a_report_with_the_milestones_was_written(demo):
+    html = demo.report_html.read_text()
+    assert "Milestones" in html and "decayed" in html
+    assert demo.timeline_png.stat().st_size > 10_000
