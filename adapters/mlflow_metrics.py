@@ -183,6 +183,7 @@ class MlflowMetrics:
             fetch(settings.canary_feedback_uri, feedback_dir)
             return records, evaluate_canary.read_feedback_table(feedback_dir)
 
+
 def shadow_metrics(
     records: Iterable[PredictionRecord],
     candidate: str,

@@ -314,6 +314,15 @@ class CanarySettings(_Section):
             raise ValueError("canary steps must strictly increase")
         return steps
 
+    @field_validator("bake")
+    @classmethod
+    def _bake_longer_than_zero(cls, value: timedelta) -> timedelta:
+        # A step waiting for samples, and a bake with a holdback, look again every `bake`:
+        # zero would look again at once, for ever.
+        if value <= timedelta(0):
+            raise ValueError("canary.bake must be longer than zero (checks repeat every bake)")
+        return value
+
     @field_validator("max_step_duration")
     @classmethod
     def _step_outlasts_bake(cls, value: timedelta, info: ValidationInfo) -> timedelta:
@@ -426,7 +435,7 @@ class ModelPolicy(_Section):
     # Percent of traffic left on the previous (known-good) deployment during the production
     # bake, so the bake compares candidate and holdback in the same window (0: no holdback,
     # the bake compares with the last canary window; a first model has none).
-    production_holdback: int = Field(default=5, ge=0, le=50, validate_default=True)
+    production_holdback: int = Field(default=5, ge=0, le=50)
     first_model: FirstModelSettings = FirstModelSettings()
     # None: no shadow stage (the first live step follows the deployment).
     shadow: ShadowSettings | None = None
@@ -437,17 +446,6 @@ class ModelPolicy(_Section):
     on_drift: Literal["repair", "pause"] | None = None
     # The longest a promotion may sit in one state before the timer reports it as stuck.
     max_time_in_state: Duration = timedelta(hours=48)
-
-    @field_validator("production_holdback")
-    @classmethod
-    def _holdback_looks_every_bake(cls, holdback: int, info: ValidationInfo) -> int:
-        # The bake with a holdback looks every canary.bake: zero would look again at once.
-        canary = info.data.get("canary")
-        if holdback and canary is not None and canary.bake <= timedelta(0):
-            raise ValueError(
-                "a holdback needs canary.bake longer than zero (its bake looks every canary.bake)"
-            )
-        return holdback
 
 
 class PolicyError(ValueError):

@@ -440,7 +440,11 @@ def _monitor_evaluated(
     if not trigger:
         if from_signal:  # an outside alert that starts nothing is always on record
             audit.append(AuditEntry(action="monitor.signal_ignored", detail=detail))
-        elif record is None or record.verdict != verdict:  # the audit keeps the changes only
+        elif (  # the audit keeps the changes only: of verdict, or of champion
+            record is None
+            or record.verdict != verdict
+            or record.champion_version != decision.champion_version
+        ):
             audit.append(AuditEntry(action="monitor.evaluated", detail=detail))
         return Decision(state=state, audit=audit)
     audit.append(AuditEntry(action="monitor.decay_detected", detail=detail | {"run_id": run_id}))

@@ -178,8 +178,12 @@ def test_azure_the_shadow_reads_the_collectors_records_and_no_feedback(
     def events(deployment: str, rid: str, output: Any) -> list[dict]:
         source = f"/subscriptions/s/endpoints/ep/deployments/{deployment}"
         time = "2025-01-01T00:00:05Z"
-        common = {"source": source, "time": time, "correlationid": f"{deployment}-{rid}",
-                  "xrequestid": rid}
+        common = {
+            "source": source,
+            "time": time,
+            "correlationid": f"{deployment}-{rid}",
+            "xrequestid": rid,
+        }
         return [
             {"type": "azureml.inference.model_inputs", **common, "data": [{"x": 1}]},
             {"type": "azureml.inference.model_outputs", **common, "data": output},

@@ -274,14 +274,18 @@ def test_repeated_deliveries_change_nothing(data: st.DataObject) -> None:
     # Pause/resume interleave with everything else; see `tied_to_pause` for where repeats land.
     world, initial = run_world(data, with_pause=True)
     trace = [command for _, command in world.trace]
+    final_paused = world.state.active is not None and world.state.active.paused
+    paused_after = [*world.paused[1:], final_paused]
+
+    def changes_pause(j: int) -> bool:
+        # A person's pause or resume, or anything that paused it (undecided gates, drift).
+        return isinstance(trace[j], PAUSE_RESUME) or paused_after[j] != world.paused[j]
+
     schedule: list[tuple[int, bool]] = [(index, False) for index in range(len(trace))]
     for index, command in enumerate(trace):
         limit = None
         if tied_to_pause(command, world.paused[index]):
-            limit = next(
-                (j for j in range(index + 1, len(trace)) if isinstance(trace[j], PAUSE_RESUME)),
-                None,
-            )
+            limit = next((j for j in range(index + 1, len(trace)) if changes_pause(j)), None)
         for _ in range(data.draw(st.integers(0, 2))):
             after = schedule.index((index, False)) + 1
             last = len(schedule) if limit is None else schedule.index((limit, False))
