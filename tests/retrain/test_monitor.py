@@ -352,3 +352,17 @@ def test_an_outside_signal_triggers_within_the_same_cooldown():
     second = decide(ended, command, policy(), later)
     assert second.effects == []
     assert [entry.action for entry in second.audit] == ["monitor.signal_ignored"]
+
+
+def test_a_new_champions_first_verdict_is_on_record_even_when_it_repeats_the_last():
+    healthy_v3 = MonitorEvaluated(decision=judge(arm(labeled=1000, correct=990)))
+    first = decide(RetrainTracker(runs=[LAST_RUN]), healthy_v3, policy(), T0)
+    assert [entry.action for entry in first.audit] == ["monitor.evaluated"]
+    later = T0 + timedelta(minutes=10)
+    same = decide(first.state, healthy_v3, policy(), later)
+    assert same.audit == []  # the same verdict on the same champion: state only
+    v4 = judge(arm(labeled=1000, correct=990), champion_version="4", now=later)
+    after = T0 + timedelta(minutes=20)
+    new_champion = decide(same.state, MonitorEvaluated(decision=v4), policy(), after)
+    assert [entry.action for entry in new_champion.audit] == ["monitor.evaluated"]
+    assert new_champion.audit[0].detail["champion_version"] == "4"
