@@ -733,16 +733,13 @@ def _judge_shadow(t: _Transition, command: GateCheck) -> None:
         _leave_shadow(t, "shadow gate passed")
         return
     complete = look.outcome == "undecided"
-    mode = t.policy.canary.on_exhausted
-    why = (
+    mode, why = _exhausted(
+        t.policy.canary.on_exhausted,
+        complete,
         "shadow undecided with its samples"
         if complete
-        else f"shadow short of samples when its time ran out ({look.result.reasons})"
+        else f"shadow short of samples when its time ran out ({look.result.reasons})",
     )
-    if mode == "promote" and not complete:
-        # Missing or too few metrics never promote, whatever the policy says.
-        mode = "pause"
-        why += "; on_exhausted=promote needs every metric read and the samples"
     t.record("gate.exhausted", step=promotion.step, on_exhausted=mode, complete=complete)
     if mode == "rollback":
         _rollback(t, f"{why}: policy on_exhausted=rollback", SYSTEM)
@@ -750,6 +747,14 @@ def _judge_shadow(t: _Transition, command: GateCheck) -> None:
         _leave_shadow(t, f"{why}: policy on_exhausted=promote")
     else:
         _pause_exhausted(t, why)
+
+
+def _exhausted(mode: str, complete: bool, why: str) -> tuple[str, str]:
+    """What undecided gates do (`on_exhausted`), and why. Missing or too few metrics never
+    promote, whatever the policy says: they pause."""
+    if mode == "promote" and not complete:
+        return "pause", f"{why}; on_exhausted=promote needs every metric read and the samples"
+    return mode, why
 
 
 def _leave_shadow(t: _Transition, cause: str) -> None:
@@ -872,10 +877,7 @@ def _bake_undecided(t: _Transition, result: GateResult, waiting: bool = False) -
             exhausted = "rollback"
             why += ": policy first_model.bake_without_traffic=rollback"
         complete = _metrics_complete(result)
-        if exhausted == "promote" and not complete:
-            # Missing or too few metrics never promote, whatever the policy says.
-            exhausted = "pause"
-            why += ": on_exhausted=promote needs every metric read and enough samples"
+        exhausted, why = _exhausted(exhausted, complete, why)
         t.record("gate.exhausted", step=promotion.step, on_exhausted=exhausted, complete=complete)
         if exhausted == "rollback":
             _rollback(t, f"{why}: {result.reasons}", SYSTEM)
