@@ -29,6 +29,9 @@ def outbox_sweeper(timer: func.TimerRequest) -> None:
     )
     for drift in report.get("drift", []):
         log.warning("reconcile: %s endpoint drift: %s", drift["model"], drift["summary"])
+    for release in report.get("releasing", []):
+        left = "not yet counted" if release["left"] is None else f"{release['left']} items left"
+        log.info("sweep: still releasing %s %s: %s", release["model"], release["run_id"], left)
     for run_id in report.get("overdue_jobs", []):
         log.warning("outbox sweep: training job %s is past max_job_duration: checked", run_id)
     for failure in report.get("failed", []):
