@@ -70,12 +70,14 @@ class MlflowMetrics:
         from pipelines.canary.live_metrics import read_live_metrics
 
         settings = self._settings
-        by_window: dict[tuple[datetime, datetime], list[str]] = {}
+        # By window and endpoint: a later ring's arm is read from that ring's own log.
+        by_window: dict[tuple[datetime, datetime, str | None], list[str]] = {}
         for arm in arms:
-            by_window.setdefault((arm.window_start, arm.window_end), []).append(arm.deployment)
+            key = (arm.window_start, arm.window_end, arm.endpoint)
+            by_window.setdefault(key, []).append(arm.deployment)
         merged: LiveMetrics | None = None
-        for (start, end), deployments in by_window.items():
-            records, feedback = self._records(model, start, end)
+        for (start, end, ring), deployments in by_window.items():
+            records, feedback = self._records(model, start, end, ring=ring)
             evaluate_canary.evaluate(
                 records,
                 feedback,
@@ -143,10 +145,16 @@ class MlflowMetrics:
         return live.model_copy(update={"arms": updated})
 
     def _records(
-        self, model: str, start: datetime, end: datetime, *, labels: bool = True
+        self,
+        model: str,
+        start: datetime,
+        end: datetime,
+        *,
+        labels: bool = True,
+        ring: str | None = None,
     ) -> tuple[list[Any], dict[str, Any]]:
-        """The model's endpoint's request records in the window, and the feedback labels
-        (none read without `labels`)."""
+        """The model's endpoint's (or one of its rings': `ring`) request records in the
+        window, and the feedback labels (none read without `labels`)."""
         from pipelines.canary import evaluate_canary
 
         settings = self._settings
@@ -154,7 +162,7 @@ class MlflowMetrics:
             from adapters.local_endpoint import LocalEndpoint, endpoint_data_dir
 
             # Only the model's own endpoint's log: another model's requests never count.
-            endpoint_name = self._endpoint_of(model)
+            endpoint_name = ring or self._endpoint_of(model)
             if settings.local_endpoint_url:
                 with LocalEndpoint.from_settings(settings, endpoint_name) as endpoint:
                     endpoint.flush_records()
@@ -164,6 +172,10 @@ class MlflowMetrics:
                 evaluate_canary.read_local_feedback(folder) if labels else {},
             )
         # Azure: the data collector's JSONL and the feedback tables, fetched from blob storage.
+        if ring is not None:
+            # One collector for the model: a later ring's deployment (named as the first ring's)
+            # cannot be told apart there, so its gate reads nothing rather than another ring's.
+            raise RuntimeError(f"no data collector is wired for the ring {ring} in Azure")
         if not settings.canary_records_uri:
             raise RuntimeError("CANARY_RECORDS_URI must be set to read live requests in Azure")
         if labels and not settings.canary_feedback_uri:

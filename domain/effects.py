@@ -72,6 +72,8 @@ class DeployModel(_Effect):
     kind: Literal["deploy_model"] = "deploy_model"
     model_version: str
     deployment: str
+    # The ring's endpoint (policy `rings`); None: the model's own endpoint.
+    endpoint: str | None = None
 
 
 class SetTraffic(_Effect):
@@ -82,6 +84,7 @@ class SetTraffic(_Effect):
     # Puts traffic back on the known-good deployment (a rollback): never given up; past the
     # retry limits it pages (a lifecycle event, a metric, the model's status) and keeps trying.
     restore: bool = False
+    endpoint: str | None = None  # a later ring's endpoint; None: the model's own
 
     @field_validator("traffic")
     @classmethod
@@ -114,6 +117,7 @@ class SetMirror(_Effect):
 class DeleteDeployment(_Effect):
     kind: Literal["delete_deployment"] = "delete_deployment"
     deployment: str
+    endpoint: str | None = None  # a later ring's endpoint; None: the model's own
 
 
 class TagModelVersion(_Effect):

@@ -405,6 +405,19 @@ class KubernetesTarget(_Section):
 EndpointTarget = Annotated[ManagedTarget | KubernetesTarget, Field(discriminator="kind")]
 
 
+class RingSettings(_Section):
+    """One ring: an endpoint (e.g. a region) the candidate reaches after the ring before it
+    (docs/promotion.md, Rings). The first ring is the model's own `endpoint`: its shadow,
+    canary and production bake run there; each later ring bakes on its own for `bake` (None:
+    the policy's production_bake) and is judged on the candidate's error rate there."""
+
+    endpoint: str = Field(min_length=3, max_length=32, pattern=r"^[A-Za-z][A-Za-z0-9-]*$")
+    bake: Duration | None = None
+    # The candidate's error rate on this ring over its bake must be at most this (with at least
+    # canary.min_samples_per_arm requests; missing or too few samples never pass).
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+
+
 class FirstModelSettings(_Section):
     """A first model (nothing in production yet): no champion to compare with, no known-good
     model to roll back to, so its production bake judges only its own traffic."""
@@ -440,12 +453,41 @@ class ModelPolicy(_Section):
     # None: no shadow stage (the first live step follows the deployment).
     shadow: ShadowSettings | None = None
     on_newer_candidate: Literal["queue", "supersede"] = "queue"
+    # Several endpoints (one per region, say), promoted one after the other: the first must be
+    # `endpoint`. Empty: the model's endpoint alone.
+    rings: list[RingSettings] = Field(default_factory=list)
     # When the endpoint serves something else than the state says (changed by hand, a
     # deployment deleted outside the app): put it back, or pause the promotion for a person.
     # None: pause during a promotion, repair otherwise.
     on_drift: Literal["repair", "pause"] | None = None
     # The longest a promotion may sit in one state before the timer reports it as stuck.
     max_time_in_state: Duration = timedelta(hours=48)
+
+    @field_validator("rings")
+    @classmethod
+    def _rings_start_at_the_endpoint(
+        cls, rings: list[RingSettings], info: ValidationInfo
+    ) -> list[RingSettings]:
+        names = [ring.endpoint for ring in rings]
+        endpoint = info.data.get("endpoint")
+        if names and endpoint is not None and names[0] != endpoint:
+            raise ValueError(f"the first ring must be the model's endpoint {endpoint!r}")
+        if len(set(names)) != len(names):
+            raise ValueError("each ring names a different endpoint")
+        if rings and rings[0].bake not in (None, info.data.get("production_bake")):
+            raise ValueError("the first ring bakes for production_bake: leave its bake out")
+        return rings
+
+    def on_endpoint(self, endpoint: str | None) -> ModelPolicy:
+        """This policy as seen by one of its rings' endpoints (None: the model's own): what
+        the endpoint port is built from (the same target, another endpoint's name)."""
+        if endpoint is None or endpoint == self.endpoint:
+            return self
+        return self.model_copy(update={"endpoint": endpoint})
+
+    def ring(self, endpoint: str) -> RingSettings | None:
+        """A later ring's settings by its endpoint's name (None: not a ring any more)."""
+        return next((ring for ring in self.rings[1:] if ring.endpoint == endpoint), None)
 
 
 class PolicyError(ValueError):

@@ -336,11 +336,13 @@ class MessageHandlers:
         if active is None or active.id != check.promotion_id:
             log.info("deployment check for %s: promotion has moved on", check.promotion_id)
             return Outcome("ignored", envelope.model, aggregate.version, "promotion has moved on")
-        status = self.outbox.endpoint(policy).deployment_state(check.deployment)
+        status = self.outbox.endpoint(policy, check.endpoint).deployment_state(check.deployment)
         command: BaseModel
         if status.state == "succeeded":
             command = promotion_commands.DeploymentReady(
-                promotion_id=check.promotion_id, deployment=check.deployment
+                promotion_id=check.promotion_id,
+                deployment=check.deployment,
+                endpoint=check.endpoint,
             )
         elif (
             status.state in ("failed", "missing")
@@ -352,14 +354,19 @@ class MessageHandlers:
                 else f"not ready after {check.attempt} checks"
             )
             command = promotion_commands.DeploymentFailed(
-                promotion_id=check.promotion_id, deployment=check.deployment, error=error
+                promotion_id=check.promotion_id,
+                deployment=check.deployment,
+                error=error,
+                endpoint=check.endpoint,
             )
         else:
             attempt = check.attempt + 1
             next_check = SendMessage(
                 message_type=DEPLOYMENT_CHECK,
-                message_id=deployment_check_id(check.promotion_id, check.deployment, attempt),
-                payload=check.model_copy(update={"attempt": attempt}).model_dump(),
+                message_id=deployment_check_id(
+                    check.promotion_id, check.deployment, attempt, check.endpoint
+                ),
+                payload=check.model_copy(update={"attempt": attempt}).model_dump(exclude_none=True),
                 promotion_id=check.promotion_id,
                 not_before=self.ports.clock() + self.ports.deployment_poll,
             )
@@ -400,6 +407,8 @@ class MessageHandlers:
             step = active.step_index if active.step_index >= 0 else len(active.canary_steps)
             if active.status == "production_bake":
                 step = len(active.canary_steps)
+            if active.status == "ring":  # each later ring its own step after the bake
+                step = len(active.canary_steps) + 1 + active.ring_index
             arms = [ArmWindow.model_validate(arm.model_dump()) for arm in request.arms]
             live: LiveMetrics = self.ports.metrics.live(model, active.id, step, arms)
             return command.model_copy(update={"live": live})

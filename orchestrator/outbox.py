@@ -84,6 +84,14 @@ class _Run:
     urgent: Exception | None = None
 
 
+def _lane(effect: Effect) -> str:
+    """The effect's target: each ring's endpoint is a target of its own (a ring that cannot
+    be reached never holds back another ring's rollback)."""
+    lane = _LANES[effect.kind]
+    ring = getattr(effect, "endpoint", None)
+    return f"{lane}:{ring}" if lane == "endpoint" and ring else lane
+
+
 def endpoint_effects_waiting(aggregate: ModelAggregate, *, deletes: bool = True) -> bool:
     """Whether a deploy, traffic map or (with `deletes`) delete of the model is still in its
     outbox."""
@@ -97,7 +105,7 @@ def endpoint_effects_waiting(aggregate: ModelAggregate, *, deletes: bool = True)
 def _by_lane(outbox: list[OutboxItem]) -> dict[str, list[OutboxItem]]:
     lanes: dict[str, list[OutboxItem]] = {}
     for item in outbox:
-        lanes.setdefault(_LANES[item.effect.kind], []).append(item)
+        lanes.setdefault(_lane(item.effect), []).append(item)
     return lanes
 
 
@@ -154,10 +162,14 @@ class DeploymentCheck(BaseModel):
     promotion_id: str
     deployment: str
     attempt: int = Field(default=1, ge=1)
+    endpoint: str | None = None  # a later ring's endpoint; None: the model's own
 
 
-def deployment_check_id(promotion_id: str, deployment: str, attempt: int) -> str:
-    return f"{promotion_id}:{deployment}:deploy-check:{attempt}"
+def deployment_check_id(
+    promotion_id: str, deployment: str, attempt: int, endpoint: str | None = None
+) -> str:
+    ring = f":{endpoint}" if endpoint else ""
+    return f"{promotion_id}:{deployment}{ring}:deploy-check:{attempt}"
 
 
 # Pending items one release call deletes (one batch request in Azure): what a submit's
@@ -244,10 +256,12 @@ class Outbox:
             raise run.urgent
         return len(run.done)
 
-    def endpoint(self, policy: ModelPolicy) -> OnlineEndpoint:
-        endpoint = self._endpoints.get(policy.endpoint)
+    def endpoint(self, policy: ModelPolicy, ring: str | None = None) -> OnlineEndpoint:
+        """The model's endpoint, or (`ring`) one of its rings' endpoints, by name."""
+        name = ring or policy.endpoint
+        endpoint = self._endpoints.get(name)
         if endpoint is None:
-            endpoint = self._endpoints[policy.endpoint] = self.ports.endpoints(policy)
+            endpoint = self._endpoints[name] = self.ports.endpoints(policy.on_endpoint(name))
         return endpoint
 
     def send(
@@ -305,7 +319,7 @@ class Outbox:
             return
         if not exhausted:
             run.failed[item.id] = (attempts, first, error)
-            if lane in _URGENT_LANES:
+            if _LANES[effect.kind] in _URGENT_LANES:
                 run.urgent = run.urgent or exc
             return
         waited = int((run.now - first).total_seconds())
@@ -448,11 +462,11 @@ class Outbox:
                 # re-dispatch still applies after a later effect deleted that deployment (a
                 # rollback's {known good: 100, candidate: 0}, then DeleteDeployment(candidate)).
                 live = {name: weight for name, weight in effect.traffic.items() if weight}
-                self.endpoint(policy).set_traffic(live)
+                self.endpoint(policy, effect.endpoint).set_traffic(live)
             case SetMirror():
                 self.endpoint(policy).set_mirror(dict(effect.mirror))
             case DeleteDeployment():
-                self.endpoint(policy).delete(effect.deployment)
+                self.endpoint(policy, effect.endpoint).delete(effect.deployment)
             case TagModelVersion():
                 self.ports.registry.tag(model, effect.model_version, dict(effect.tags))
             case RequestApproval():
@@ -528,7 +542,9 @@ class Outbox:
         active = aggregate.promotion.active
         promotion_id = active.id if active else ""
         try:
-            self.endpoint(policy).deploy(policy.model, effect.model_version, effect.deployment)
+            self.endpoint(policy, effect.endpoint).deploy(
+                policy.model, effect.model_version, effect.deployment
+            )
         except EndpointError as exc:
             if getattr(exc, "transient", False):
                 raise
@@ -538,10 +554,12 @@ class Outbox:
             aggregate.model,
             SendMessage(
                 message_type=DEPLOYMENT_CHECK,
-                message_id=deployment_check_id(promotion_id, effect.deployment, 1),
+                message_id=deployment_check_id(promotion_id, effect.deployment, 1, effect.endpoint),
                 payload=DeploymentCheck(
-                    promotion_id=promotion_id, deployment=effect.deployment
-                ).model_dump(),
+                    promotion_id=promotion_id,
+                    deployment=effect.deployment,
+                    endpoint=effect.endpoint,
+                ).model_dump(exclude_none=True),
                 promotion_id=promotion_id,
                 not_before=self.ports.clock() + self.ports.deployment_poll,
             ),
@@ -555,12 +573,14 @@ class Outbox:
             aggregate.model,
             SendMessage(
                 message_type="DeploymentFailed",
-                message_id=f"{promotion_id}:{effect.deployment}:deploy-failed",
+                message_id=f"{promotion_id}:{effect.deployment}:deploy-failed"
+                + (f":{effect.endpoint}" if effect.endpoint else ""),
                 payload={
                     "promotion_id": promotion_id,
                     "deployment": effect.deployment,
                     "error": error,
-                },
+                }
+                | ({"endpoint": effect.endpoint} if effect.endpoint else {}),
                 promotion_id=promotion_id,
             ),
             aggregate.version,

@@ -177,6 +177,7 @@ class ArmWindow(BaseModel):
     deployment: str
     window_start: AwareDatetime
     window_end: AwareDatetime
+    endpoint: str | None = None  # a later ring's endpoint (policy `rings`); None: the model's
 
 
 class LatencyReader(Protocol):

@@ -21,7 +21,7 @@ from domain.policy import ModelPolicy
 from orchestrator.policy_files import policy_for
 from orchestrator.ports import MAX_AUDIT_PAGE, AuditPage, AuditRecord, Ports
 from promotion.explain import canary_samples, first_model_bake
-from promotion.state import Promotion, PromotionStatus
+from promotion.state import Promotion, PromotionState, PromotionStatus
 
 RECENT_RUNS = 5  # the last runs the status shows (the rest: `runs`)
 QUEUED_SHOWN = 10  # queued candidates the status lists (all are counted)
@@ -83,6 +83,9 @@ class Queries:
             "canary_samples": samples.model_dump(mode="json") if samples else None,
             # A shadow stage: what is mirrored to the candidate and when it is judged.
             "shadow": _shadow_view(promotion.active, policy),
+            # Each ring (policy `rings`; none: the model's endpoint alone): what it serves and
+            # where the active promotion is on it.
+            "rings": _rings_view(promotion, policy),
             "queued_candidates": [
                 q.model_dump(mode="json") for q in promotion.queued[:QUEUED_SHOWN]
             ],
@@ -187,6 +190,32 @@ class Queries:
                 run = {key: value for key, value in recent.items() if key not in run} | run
             runs.append(run)
         return runs, page.continuation
+
+
+def _rings_view(state: PromotionState, policy: ModelPolicy) -> list[dict[str, Any]]:
+    active = state.active
+    walking = active is not None and active.status == PromotionStatus.RING
+    first = state.champion
+    view = [
+        {
+            "endpoint": policy.endpoint,
+            "serving_version": first.version if first else None,
+            "state": "done" if walking else (str(active.status) if active else "serving"),
+        }
+    ]
+    for ring in policy.rings[1:]:
+        own = state.rings.get(ring.endpoint)
+        version = own.version if own else None
+        ring_state = "serving" if active is None else "waiting"
+        if walking and active is not None and ring.endpoint in active.rings:
+            at = active.rings.index(ring.endpoint)
+            if at < active.rings_moved:
+                version = active.candidate_version
+                ring_state = "baking" if at == active.ring_index else "done"
+            elif at == active.ring_index:
+                ring_state = "deploying"
+        view.append({"endpoint": ring.endpoint, "serving_version": version, "state": ring_state})
+    return view if policy.rings else []
 
 
 def _shadow_view(active: Promotion | None, policy: ModelPolicy) -> dict[str, Any] | None:

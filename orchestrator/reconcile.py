@@ -14,13 +14,22 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from domain.policy import ModelPolicy
 from orchestrator.aggregate import ModelAggregate
 from orchestrator.handlers import MessageHandlers
 from orchestrator.messages import Envelope
 from orchestrator.outbox import Outbox, endpoint_effects_waiting
 from orchestrator.ports import DeploymentBusy, Ports
 from promotion.commands import EndpointDrift, EndpointInSync
-from promotion.drift import ObservedDeployment, converging, expected_endpoint, find_drift
+from promotion.drift import (
+    ExpectedEndpoint,
+    ObservedDeployment,
+    converging,
+    expected_endpoint,
+    expected_ring,
+    find_drift,
+)
+from promotion.state import Drift
 
 log = logging.getLogger(__name__)
 
@@ -62,26 +71,32 @@ class Reconciler:
             report.skipped[model] = "endpoint effects on their way"
             return
         policy = self.ports.policies[model]
-        endpoint = self.outbox.endpoint(policy)
-        deployments = [
-            ObservedDeployment(name=d.deployment, state=d.state, version=d.model_version)
-            for d in endpoint.deployments()
-        ]
         try:
-            traffic = endpoint.traffic()
-            # The mirror of a model with a shadow stage too: the shadow's must be there, and
-            # none may outlive it (a mirrored deployment cannot be deleted). A model without
-            # one never mirrors: its endpoint's mirror is not the app's to judge.
-            shadowed = policy.shadow is not None or bool(expected.mirror)
-            mirror = endpoint.mirror() if shadowed else None
+            found = self._compare(policy, expected, None)
         except DeploymentBusy:
             report.skipped[model] = "the endpoint is applying an update"
             return
         report.checked.append(model)
-        if converging(expected, deployments):
-            report.skipped[model] = "a deployment is being created or removed"
+        if isinstance(found, str):
+            report.skipped[model] = found
             return
-        drift = find_drift(expected, traffic, deployments, mirror)
+        drift = found
+        # Each later ring (policy `rings`) against what the state says it serves; the first
+        # that differs is the drift reported (the model's own endpoint first).
+        for ring in policy.rings[1:]:
+            if drift is not None:
+                break
+            ring_expected = expected_ring(aggregate.promotion, ring.endpoint)
+            if ring_expected is None:
+                continue
+            try:
+                found = self._compare(policy, ring_expected, ring.endpoint)
+            except DeploymentBusy:
+                found = "the endpoint is applying an update"
+            if isinstance(found, str):
+                report.skipped[model] = f"{ring.endpoint}: {found}"
+                return
+            drift = found
         if drift is None:
             if aggregate.promotion.drift is not None:
                 self._handle(aggregate, "EndpointInSync", EndpointInSync(), "in-sync")
@@ -93,6 +108,31 @@ class Reconciler:
         ).hexdigest()[:16]
         command = EndpointDrift.model_validate(drift.model_dump())
         self._handle(aggregate, "EndpointDrift", command, f"drift:{digest}")
+
+    def _compare(
+        self, policy: ModelPolicy, expected: ExpectedEndpoint, ring: str | None
+    ) -> Drift | str | None:
+        """One endpoint (the model's, or the later ring `ring`) read back and compared: the
+        drift, None when in sync, or why it was not compared this pass (DeploymentBusy:
+        the endpoint could not be read)."""
+        endpoint = self.outbox.endpoint(policy, ring)
+        deployments = [
+            ObservedDeployment(name=d.deployment, state=d.state, version=d.model_version)
+            for d in endpoint.deployments()
+        ]
+        traffic = endpoint.traffic()
+        # The mirror of a model with a shadow stage too: the shadow's must be there, and none
+        # may outlive it (a mirrored deployment cannot be deleted). A model without one never
+        # mirrors: its endpoint's mirror is not the app's to judge. The shadow runs on the
+        # first ring only.
+        shadowed = ring is None and (policy.shadow is not None or bool(expected.mirror))
+        mirror = endpoint.mirror() if shadowed else None
+        if converging(expected, deployments):
+            return "a deployment is being created or removed"
+        drift = find_drift(expected, traffic, deployments, mirror)
+        if drift is not None and ring is not None:
+            drift = drift.model_copy(update={"endpoint": ring})
+        return drift
 
     def _handle(self, aggregate: ModelAggregate, message_type: str, command: Any, key: str) -> None:
         envelope = Envelope.new(

@@ -69,12 +69,14 @@ class ApprovalTimedOut(_Command):
 class DeploymentReady(_Command):
     promotion_id: str
     deployment: str
+    endpoint: str | None = None  # a later ring's endpoint; None: the model's own
 
 
 class DeploymentFailed(_Command):
     promotion_id: str
     deployment: str
     error: str = ""
+    endpoint: str | None = None  # a later ring's endpoint; None: the model's own
 
 
 class RollbackRequested(_Command):

@@ -77,6 +77,24 @@ def expected_endpoint(state: PromotionState) -> ExpectedEndpoint | None:
     return ExpectedEndpoint(traffic=traffic, deployments=kept | candidate)
 
 
+def expected_ring(state: PromotionState, endpoint: str) -> ExpectedEndpoint | None:
+    """What a later ring's endpoint must serve now; None when nothing has reached it yet."""
+    own = state.rings.get(endpoint)
+    kept = {own.deployment: own.version} if own is not None else {}
+    active = state.active
+    if active is not None and active.status == PromotionStatus.RING:
+        moved = active.rings[: active.rings_moved]
+        if endpoint in moved:
+            # All its traffic on the candidate; its own known-good kept as the way back.
+            return ExpectedEndpoint(
+                traffic={active.candidate_deployment: 100},
+                deployments=kept | {active.candidate_deployment: active.candidate_version},
+            )
+    if own is None:
+        return None
+    return ExpectedEndpoint(traffic={own.deployment: 100}, deployments=kept)
+
+
 def find_drift(
     expected: ExpectedEndpoint,
     actual_traffic: dict[str, int],

@@ -51,7 +51,7 @@ from promotion.commands import (
     RollbackRequested,
     StartPromotion,
 )
-from promotion.drift import expected_endpoint
+from promotion.drift import ExpectedEndpoint, expected_endpoint, expected_ring
 from promotion.gates import (
     GateResult,
     LookResult,
@@ -60,6 +60,7 @@ from promotion.gates import (
     judge_bake_look,
     judge_canary_look,
 )
+from promotion.rings import evaluate_ring, ring_step_name
 from promotion.shadow import SHADOW_STEP, judge_shadow
 from promotion.state import (
     DEPLOYED,
@@ -89,7 +90,9 @@ SYSTEM = "system"
 ON_EXHAUSTED = "policy:on_exhausted"
 
 # The statuses judged by scheduled gate checks.
-CHECKED = frozenset({Status.STAGING_GATE, Status.SHADOW, Status.CANARY, Status.PRODUCTION_BAKE})
+CHECKED = frozenset(
+    {Status.STAGING_GATE, Status.SHADOW, Status.CANARY, Status.PRODUCTION_BAKE, Status.RING}
+)
 
 STAGE_TAG = "retrain.stage"
 PROMOTION_TAG = "retrain.promotion_id"
@@ -120,6 +123,7 @@ class DeploymentWindow(BaseModel):
     deployment: str
     window_start: AwareDatetime
     window_end: AwareDatetime
+    endpoint: str | None = None  # a later ring's endpoint; None: the model's own
 
 
 class ObservationRequest(BaseModel):
@@ -170,6 +174,19 @@ def observation_needed(
             champion_version=promotion.baseline.version if promotion.baseline else None,
         )
     start, end = promotion.step_started_at, max(now, promotion.step_started_at)
+    if promotion.status == Status.RING:
+        # The candidate alone, on the ring's own endpoint, over the ring's bake so far.
+        return ObservationRequest(
+            kind="live",
+            arms=(
+                DeploymentWindow(
+                    deployment=promotion.candidate_deployment,
+                    window_start=start,
+                    window_end=end,
+                    endpoint=promotion.rings[promotion.ring_index],
+                ),
+            ),
+        )
     if promotion.status == Status.SHADOW and promotion.baseline is not None:
         return ObservationRequest(
             kind="shadow",
@@ -385,6 +402,7 @@ def _create(t: _Transition, version: str, run_id: str | None) -> None:
             status=Status.CANDIDATE,
             step=STAGING,
             canary_steps=tuple(t.policy.canary.steps),
+            rings=tuple(ring.endpoint for ring in t.policy.rings[1:]),
             step_started_at=t.now,
             baseline=t.state.last_known_good,
             started_at=t.now,
@@ -612,15 +630,24 @@ def _on_deployment_ready(t: _Transition, command: DeploymentReady) -> Decision[P
     reason = _matching(t, command.promotion_id)
     promotion = t.state.active
     if reason is None and promotion is not None:
-        if promotion.status != Status.DEPLOYING:
+        if promotion.status not in (Status.DEPLOYING, Status.RING):
             reason = f"not deploying ({promotion.status})"
         elif command.deployment != promotion.candidate_deployment:
             reason = f"{command.deployment} is not the candidate's deployment"
+        elif command.endpoint != _deploying_on(promotion):
+            reason = f"not deploying on {command.endpoint or 'the first ring'}"
         elif promotion.deployment_ready:
             reason = "deployment already reported ready"
     if reason is not None:
         return t.ignore(command, reason)
     t.update(deployment_ready=True)
+    if t.promotion.status == Status.RING:
+        if t.promotion.paused:
+            t.record("deployment.ready", endpoint=command.endpoint, held="promotion is paused")
+        else:
+            t.record("deployment.ready", endpoint=command.endpoint)
+            _move_ring_traffic(t, "deployment ready")
+        return t.done()
     if t.promotion.paused:
         t.record("deployment.ready", held="promotion is paused; resume starts the rollout")
     else:
@@ -816,6 +843,117 @@ def _go_to_production(t: _Transition, cause: str, by: str = SYSTEM) -> None:
     _schedule_check(t, BAKE, due)
 
 
+# --- rings: the later endpoints, one by one ------------------------------------------------------
+
+
+def _deploying_on(promotion: Promotion) -> str | None:
+    """The endpoint the candidate is being deployed on (None: the model's own)."""
+    return promotion.rings[promotion.ring_index] if promotion.status == Status.RING else None
+
+
+def _rings_deployed(promotion: Promotion) -> tuple[str, ...]:
+    """The later rings the candidate was deployed on (their traffic moved, or about to)."""
+    if promotion.status != Status.RING:
+        return ()
+    return promotion.rings[: promotion.ring_index + 1]
+
+
+def _ring_bake(t: _Transition, endpoint: str) -> timedelta:
+    ring = t.policy.ring(endpoint)
+    return ring.bake if ring is not None and ring.bake is not None else t.policy.production_bake
+
+
+def _enter_ring(t: _Transition, index: int, cause: str) -> None:
+    """The candidate deployed on the later ring `index`; its traffic follows when it is ready.
+    The first ring keeps its known-good deployment (with no traffic) as its way back."""
+    promotion = t.promotion
+    endpoint = promotion.rings[index]
+    if index == 0 and promotion.holdback and promotion.baseline is not None:
+        # The first ring's bake is over: its holdback's share goes to the candidate too.
+        t.emit(
+            SetTraffic(
+                traffic={promotion.candidate_deployment: 100, promotion.baseline.deployment: 0}
+            )
+        )
+    t.update(
+        ring_index=index,
+        holdback=0,
+        traffic_weight=100,
+        deployment_ready=False,
+        pending_check_id=None,
+        check_due_at=None,
+        step_deadline=None,
+        check_attempt=0,
+        inconclusive=0,
+        traffic_wait=None,
+    )
+    t.move(Status.RING, ring_step_name(index), cause, endpoint=endpoint)
+    t.emit(
+        DeployModel(
+            model_version=promotion.candidate_version,
+            deployment=promotion.candidate_deployment,
+            endpoint=endpoint,
+        )
+    )
+
+
+def _move_ring_traffic(t: _Transition, cause: str) -> None:
+    """All of the ring's traffic on the candidate (its known-good kept, with none, as the way
+    back); the ring's bake starts."""
+    promotion = t.promotion
+    endpoint = promotion.rings[promotion.ring_index]
+    traffic = {promotion.candidate_deployment: 100}
+    own = t.state.rings.get(endpoint)
+    if own is not None and own.deployment != promotion.candidate_deployment:
+        traffic[own.deployment] = 0
+    t.emit(SetTraffic(traffic=traffic, endpoint=endpoint))
+    t.update(
+        rings_moved=promotion.ring_index + 1,
+        step_started_at=t.now,
+        check_attempt=1,
+        inconclusive=0,
+    )
+    t.record("ring.traffic_moved", endpoint=endpoint, traffic=traffic, cause=cause)
+    t.event("promotion.ring_moved", endpoint=endpoint, ring=promotion.ring_index + 2)
+    _schedule_check(t, promotion.step, t.now + _ring_bake(t, endpoint))
+
+
+def _judge_ring(t: _Transition, command: GateCheck) -> None:
+    """A later ring's check: pass -> the next ring, or completed after the last; fail ->
+    every ring that moved rolls back; too few samples or metrics unread -> the bake extended
+    by the ring's bake (canary.max_extensions), then canary.on_exhausted (never a promote:
+    missing data never passes)."""
+    promotion = t.promotion
+    endpoint = promotion.rings[promotion.ring_index]
+    ring = t.policy.ring(endpoint)
+    if ring is None:
+        # The policy dropped this ring meanwhile: a gate that cannot be judged never passes.
+        _pause_exhausted(t, f"{endpoint} is no ring of the policy any more")
+        return
+    result = evaluate_ring(
+        ring, command.live, promotion.candidate_deployment, t.policy.canary.min_samples_per_arm
+    )
+    _record_gate(t, result)
+    if result.outcome == "fail":
+        _rollback(t, f"{promotion.step} ({endpoint}) gate failed: {result.reasons}", SYSTEM)
+    elif result.outcome == "pass":
+        _step_passed(t, f"gate passed on {endpoint}")
+    elif promotion.inconclusive < t.policy.canary.max_extensions:
+        count = promotion.inconclusive + 1
+        t.update(inconclusive=count, check_attempt=promotion.check_attempt + 1)
+        t.record("gate.extended", step=promotion.step, extension=count, endpoint=endpoint)
+        _schedule_check(t, promotion.step, t.now + _ring_bake(t, endpoint))
+    else:
+        tries = promotion.inconclusive
+        why = f"{promotion.step} ({endpoint}) inconclusive after {tries} extensions"
+        mode = "rollback" if t.policy.canary.on_exhausted == "rollback" else "pause"
+        t.record("gate.exhausted", step=promotion.step, on_exhausted=mode, complete=False)
+        if mode == "rollback":
+            _rollback(t, f"{why}: {result.reasons}", SYSTEM)
+        else:
+            _pause_exhausted(t, f"{why}: {result.reasons}")
+
+
 def _on_gate_check(t: _Transition, command: GateCheck) -> Decision[PromotionState]:
     promotion = t.state.active
     reason = _stale_check(promotion, command)
@@ -831,6 +969,9 @@ def _on_gate_check(t: _Transition, command: GateCheck) -> Decision[PromotionStat
         return t.done()
     if promotion.status == Status.SHADOW:
         _judge_shadow(t, command)
+        return t.done()
+    if promotion.status == Status.RING:
+        _judge_ring(t, command)
         return t.done()
     if promotion.holdback and promotion.baseline is not None:
         _judge_holdback_bake(t, command)
@@ -1122,7 +1263,11 @@ def _production_arm(promotion: Promotion) -> str | None:
 
 def _step_passed(t: _Transition, cause: str) -> None:
     promotion = t.promotion
-    if promotion.status == Status.PRODUCTION_BAKE:
+    if promotion.status == Status.PRODUCTION_BAKE and promotion.rings:
+        _enter_ring(t, 0, f"{promotion.step}: {cause}")
+    elif promotion.status == Status.RING and promotion.ring_index + 1 < len(promotion.rings):
+        _enter_ring(t, promotion.ring_index + 1, f"{promotion.step}: {cause}")
+    elif promotion.status in (Status.PRODUCTION_BAKE, Status.RING):
         _complete(t, cause)
     elif promotion.step_index + 1 < len(promotion.canary_steps):
         _enter_canary_step(t, promotion.step_index + 1, f"{promotion.step}: {cause}")
@@ -1145,6 +1290,21 @@ def _complete(t: _Transition, cause: str, by: str = SYSTEM) -> None:
             DeleteDeployment(deployment=baseline.deployment),
         )
         t.tag(baseline.version, "archived")
+    rings = dict(t.state.rings)
+    for endpoint in promotion.rings:
+        # Every ring serves the candidate now: each one's old deployment goes.
+        old = rings.get(endpoint)
+        if old is not None and old.deployment != promotion.candidate_deployment:
+            t.emit(
+                SetTraffic(traffic={promotion.candidate_deployment: 100}, endpoint=endpoint),
+                DeleteDeployment(deployment=old.deployment, endpoint=endpoint),
+            )
+        rings[endpoint] = ServingModel(
+            version=promotion.candidate_version,
+            deployment=promotion.candidate_deployment,
+            since=t.now,
+        )
+    t.set_state(rings=rings)
     t.event("promotion.completed", previous_version=baseline.version if baseline else None)
     _finish(t, Status.COMPLETED, f"production bake: {cause}", by=by)
 
@@ -1204,6 +1364,8 @@ def _on_deployment_failed(t: _Transition, command: DeploymentFailed) -> Decision
             reason = f"no deployment in {promotion.status}"
         elif command.deployment != promotion.candidate_deployment:
             reason = f"{command.deployment} is not the candidate's deployment"
+        elif command.endpoint is not None and command.endpoint not in _rings_deployed(promotion):
+            reason = f"no deployment of the candidate on {command.endpoint}"
     if reason is not None:
         return t.ignore(command, reason)
     _rollback(
@@ -1226,7 +1388,12 @@ def _rollback(
     """All traffic back on the last known-good deployment FIRST, then remove the candidate."""
     promotion = t.promotion
     deployed = promotion.status in DEPLOYED
-    had_traffic = promotion.status in (Status.CANARY, Status.PROMOTING, Status.PRODUCTION_BAKE)
+    had_traffic = promotion.status in (
+        Status.CANARY,
+        Status.PROMOTING,
+        Status.PRODUCTION_BAKE,
+        Status.RING,
+    )
     known_good = t.state.last_known_good
     serving: str | None = known_good.version if known_good else None
     # Where traffic returns to (None: no known-good version, nothing serves afterwards). In the
@@ -1235,6 +1402,21 @@ def _rollback(
         {"version": known_good.version, "deployment": known_good.deployment} if known_good else None
     )
     t.move(Status.ROLLING_BACK, promotion.step, reason, by, rollback_target=target)
+    # The later rings that moved first, the last one first, each to its own known-good.
+    for endpoint in reversed(_rings_deployed(promotion)):
+        own = t.state.rings.get(endpoint)
+        if own is not None:
+            t.emit(
+                DeployModel(
+                    model_version=own.version, deployment=own.deployment, endpoint=endpoint
+                ),
+                SetTraffic(
+                    traffic={own.deployment: 100, promotion.candidate_deployment: 0},
+                    restore=True,
+                    endpoint=endpoint,
+                ),
+            )
+        t.emit(DeleteDeployment(deployment=promotion.candidate_deployment, endpoint=endpoint))
     if deployed and _had_shadow(promotion):
         # A mirrored deployment cannot be deleted: the mirror goes first (production's
         # traffic is untouched by it).
@@ -1253,7 +1435,7 @@ def _rollback(
         t.emit(DeleteDeployment(deployment=promotion.candidate_deployment))
     # The champion is whatever takes traffic now: the known-good one, or nothing at all.
     t.set_state(champion=known_good)
-    if promotion.status == Status.PRODUCTION_BAKE and known_good is not None:
+    if promotion.status in (Status.PRODUCTION_BAKE, Status.RING) and known_good is not None:
         t.tag(known_good.version, "production")
     stage = "failed" if terminal == Status.FAILED else "rolled_back"
     nothing_serves = had_traffic and known_good is None
@@ -1337,17 +1519,22 @@ def _on_resume(t: _Transition, command: ResumePromotion) -> Decision[PromotionSt
     t.update(paused=False, paused_by=None, pause_reason="", paused_at=None)
     t.record("promotion.resumed", requested_by=command.requested_by, reason=command.reason)
     promotion = t.promotion
-    expected = expected_endpoint(t.state)
+    ring = t.state.drift.endpoint if t.state.drift is not None else None
+    expected = _expected_on(t.state, ring)
     if t.state.drift is not None and expected is not None and promotion.deployment_ready:
         # Paused for drift: the person resuming wants what the state says, put back. The drift
         # is cleared, so the same drift found again pauses again.
-        t.emit(SetTraffic(traffic=dict(expected.traffic)))
-        if expected.mirror or _had_shadow(promotion):
+        t.emit(SetTraffic(traffic=dict(expected.traffic), endpoint=ring))
+        if ring is None and (expected.mirror or _had_shadow(promotion)):
             t.emit(SetMirror(mirror=dict(expected.mirror)))
         t.set_state(drift=None, drift_repairs=0)
     # A new check id: whatever was scheduled before the pause is stale from here on.
     due = max(t.now, promotion.check_due_at or t.now)
-    if promotion.status in CHECKED:
+    if promotion.status == Status.RING and promotion.rings_moved <= promotion.ring_index:
+        # The ring's traffic has not moved yet: it moves once its deployment is ready.
+        if promotion.deployment_ready:
+            _move_ring_traffic(t, f"resumed by {command.requested_by}")
+    elif promotion.status in CHECKED:
         t.update(check_attempt=promotion.check_attempt + 1)
         _schedule_check(t, promotion.step, due)
     elif promotion.status == Status.AWAITING_APPROVAL:
@@ -1365,10 +1552,16 @@ RECONCILE = "reconcile"
 MAX_DRIFT_REPAIRS = 3
 
 
+def _expected_on(state: PromotionState, endpoint: str | None) -> ExpectedEndpoint | None:
+    """What the model's endpoint (None) or a later ring's must serve now."""
+    return expected_ring(state, endpoint) if endpoint else expected_endpoint(state)
+
+
 def _on_drift(t: _Transition, command: EndpointDrift) -> Decision[PromotionState]:
     """Audit and publish the drift, then repair it or pause the promotion (`on_drift`). The
     same drift found again is not reported again; a repair is sent again while it lasts."""
-    expected = expected_endpoint(t.state)
+    ring = command.endpoint
+    expected = _expected_on(t.state, ring)
     if (
         expected is None
         or expected.traffic != command.expected_traffic
@@ -1411,10 +1604,14 @@ def _on_drift(t: _Transition, command: EndpointDrift) -> Decision[PromotionState
         t.set_state(drift_repairs=1 if not known else t.state.drift_repairs + 1)
         broken = (*drift.missing, *drift.unhealthy)
         for name in broken:  # traffic follows on a later pass, once they are ready
-            t.emit(DeployModel(model_version=expected.deployments[name], deployment=name))
+            t.emit(
+                DeployModel(
+                    model_version=expected.deployments[name], deployment=name, endpoint=ring
+                )
+            )
         if not broken:
-            t.emit(SetTraffic(traffic=dict(expected.traffic)))
-            if drift.actual_mirror != drift.expected_mirror:
+            t.emit(SetTraffic(traffic=dict(expected.traffic), endpoint=ring))
+            if ring is None and drift.actual_mirror != drift.expected_mirror:
                 t.emit(SetMirror(mirror=dict(expected.mirror)))
         t.record("endpoint.repair", redeploy=list(broken), traffic=expected.traffic)
     elif active is not None and not active.paused:

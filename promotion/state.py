@@ -27,6 +27,8 @@ class PromotionStatus(StrEnum):
     CANARY = "canary"
     PROMOTING = "promoting"  # transient: traffic is being put 100% on the candidate
     PRODUCTION_BAKE = "production_bake"
+    # The candidate on a later ring (policy `rings`): deployed there, then all its traffic, baked.
+    RING = "ring"
     COMPLETED = "completed"
     ROLLING_BACK = "rolling_back"  # transient: traffic back to last known-good, candidate removed
     ROLLED_BACK = "rolled_back"
@@ -50,6 +52,7 @@ DEPLOYED = frozenset(
         PromotionStatus.CANARY,
         PromotionStatus.PROMOTING,
         PromotionStatus.PRODUCTION_BAKE,
+        PromotionStatus.RING,
     }
 )
 
@@ -148,6 +151,12 @@ class Promotion(_Record):
     looks: tuple[CanaryLook, ...] = ()
     canary_totals: dict[str, ArmStats] = {}
     step_deadline: AwareDatetime | None = None
+    # The later rings' endpoints (policy `rings` after the first, fixed at the start), the one
+    # being walked (index into them; -1: still on the first ring) and how many of them already
+    # had their traffic moved to the candidate.
+    rings: tuple[str, ...] = ()
+    ring_index: int = -1
+    rings_moved: int = Field(default=0, ge=0)
     started_at: AwareDatetime
     updated_at: AwareDatetime
 
@@ -179,10 +188,11 @@ class Drift(BaseModel):
     # The mirror (shadow) map: compared only where the endpoint's mirror was read.
     expected_mirror: dict[str, int] = {}
     actual_mirror: dict[str, int] = {}
+    endpoint: str | None = None  # a later ring's endpoint (policy `rings`); None: the model's
 
     @property
     def summary(self) -> str:
-        parts = []
+        parts = [f"on {self.endpoint}"] if self.endpoint else []
         if self.actual_traffic != self.expected_traffic:
             parts.append(f"traffic {self.actual_traffic} instead of {self.expected_traffic}")
         if self.actual_mirror != self.expected_mirror:
@@ -204,6 +214,9 @@ class PromotionState(_Record):
     # What the reconcile pass last found the endpoint serving instead; None: in sync.
     drift: Drift | None = None
     drift_repairs: int = 0  # repairs sent for that drift (bounded: machine.MAX_DRIFT_REPAIRS)
+    # What each later ring serves, by endpoint: its champion and its own last known-good
+    # (updated only when a promotion completes on every ring). The first ring is `champion`.
+    rings: dict[str, ServingModel] = {}
 
     def knows_version(self, version: str) -> str | None:
         """Why a StartPromotion for `version` would be a repeat, or None if it is new."""

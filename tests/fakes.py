@@ -1004,6 +1004,8 @@ class FakeWorld:
     dead_letters: Any = None
     ledger: Any = None
     outcomes: list[tuple[Envelope, Outcome]] = field(default_factory=list)
+    # The fake endpoint of each later ring (policy `rings`), by name, made when first used.
+    ring_endpoints: dict[str, FakeEndpoint] = field(default_factory=dict)
 
     @property
     def handlers(self) -> Any:
@@ -1061,6 +1063,22 @@ class FakeWorld:
         self.store.seed(model, change)
         return serving
 
+    def seed_ring(self, model: str, endpoint: str, version: str) -> ServingModel:
+        """Arrange: `version` serves 100% of the later ring `endpoint`, in state and there."""
+        ring = self.ring_endpoints.setdefault(endpoint, FakeEndpoint())
+        deployment = ring.serve(model, version)
+        serving = ServingModel(version=version, deployment=deployment, since=self.clock())
+
+        def change(aggregate: ModelAggregate) -> ModelAggregate:
+            state = aggregate.promotion
+            rings = {**state.rings, endpoint: serving}
+            return aggregate.model_copy(
+                update={"promotion": state.model_copy(update={"rings": rings})}
+            )
+
+        self.store.seed(model, change)
+        return serving
+
 
 def fake_runtime(
     policies: Mapping[str, str] | Iterable[str] | str | None = None,
@@ -1090,12 +1108,19 @@ def fake_runtime(
     by_model = {policy.model: policy for policy in parsed}
     the_clock = clock if clock is not None else FakeClock()
     endpoint = overrides.pop("endpoint", None) or FakeEndpoint()
+    ring_endpoints: dict[str, FakeEndpoint] = overrides.pop("ring_endpoints", None) or {}
+
+    def endpoint_for(policy: ModelPolicy) -> FakeEndpoint:
+        if policy.ring(policy.endpoint) is not None:  # a later ring's endpoint, by its name
+            return ring_endpoints.setdefault(policy.endpoint, FakeEndpoint())
+        return endpoint
+
     ports: dict[str, Any] = {
         "store": InMemoryStateStore(),
         "audit": InMemoryAuditLog(),
         "bus": InMemoryBus(),
         "training": FakeTrainingBackend(),
-        "endpoints": lambda policy: endpoint,
+        "endpoints": endpoint_for,
         "metrics": FakeMetrics(),
         "registry": RecordingRegistry(),
         "events": RecordingEvents(),
@@ -1129,4 +1154,5 @@ def fake_runtime(
         policies=ports["policies"],
         dead_letters=ports["dead_letters"],
         ledger=ports["ledger"],
+        ring_endpoints=ring_endpoints,
     )
