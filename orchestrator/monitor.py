@@ -187,6 +187,14 @@ def _busy(aggregate: ModelAggregate) -> str | None:
     active = aggregate.promotion.active
     if active is not None:
         return f"promotion {active.id} is {active.status}"
+    last = retrain.runs[-1] if retrain.runs else None
+    if (
+        last is not None
+        and last.registered_version is not None
+        and aggregate.promotion.knows_version(last.registered_version) is None
+    ):
+        # Its StartPromotion is on the bus (sent, not yet handled): that candidate comes first.
+        return f"v{last.registered_version} of run {last.run_id} is on its way to a promotion"
     return None
 
 

@@ -195,6 +195,23 @@ def test_nothing_is_read_while_a_change_is_under_way_or_nothing_serves():
     assert world.metrics.live_reads == [] and world.metrics.offline_reads[-1][1] == "4"
 
 
+def test_a_new_version_whose_promotion_is_still_on_the_bus_comes_first(world):
+    # A run registered v4 and sent its StartPromotion; not yet handled when the timer runs.
+    def with_new_run(aggregate: ModelAggregate) -> ModelAggregate:
+        run = LAST_RUN.model_copy(update={"run_id": "churn-run-2", "registered_version": "4"})
+        runs = [*aggregate.retrain.runs, run]
+        return aggregate.model_copy(
+            update={"retrain": aggregate.retrain.model_copy(update={"runs": runs})}
+        )
+
+    world.store.seed("churn", with_new_run)
+    feedback(world, labeled=1000, correct=850)
+    report = world.runtime.monitor.run()
+    assert report.triggered == []
+    assert report.skipped["churn"] == "v4 of run churn-run-2 is on its way to a promotion"
+    assert world.training.submissions == []
+
+
 def test_unreadable_metrics_are_recorded_and_never_trigger(world):
     feedback(world, labeled=1000, correct=100)
     world.metrics.live_error = RuntimeError("MLflow unreachable")
