@@ -66,7 +66,7 @@ devhost: install
 	@test -f local.settings.json || cp local.settings.sample.json local.settings.json
 	$(PY) -m devhost --settings local.settings.json
 
-# `make demo STORY=decay`: the second story (shadow first, then retrain on decay).
+# `make demo STORY=rings` (alias `decay`): the second story (shadow, two rings, retrain on decay).
 demo: install
 	$(PY) -m devhost.demo $(if $(STORY),--story $(STORY))
 

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
     from pipelines.canary.evaluate_canary import PredictionRecord
 
 
+# In CANARY_RECORDS_URI: replaced by the endpoint read (the model's own, or a later ring's).
+ENDPOINT_PLACEHOLDER = "{endpoint}"
+
+
 class MlflowMetrics:
     """MetricsReader: offline metrics from the registry's runs; live metrics of a canary step.
 
@@ -132,12 +136,12 @@ class MlflowMetrics:
         from pipelines.canary.evaluate_canary import DEFAULT_LATENCY_SAMPLE
 
         assert self._latency is not None
-        endpoint = self._endpoint_of(model)
         updated = dict(live.arms)
         for arm in arms:
             stats = updated.get(arm.deployment)
             if stats is None:
                 continue
+            endpoint = arm.endpoint or self._endpoint_of(model)  # a later ring's: its own
             sample = self._latency.latencies(
                 endpoint, arm.deployment, arm.window_start, arm.window_end, DEFAULT_LATENCY_SAMPLE
             )
@@ -158,11 +162,11 @@ class MlflowMetrics:
         from pipelines.canary import evaluate_canary
 
         settings = self._settings
+        # Only this endpoint's records: another model's (or ring's) requests never count.
+        endpoint_name = ring or self._endpoint_of(model)
         if not settings.uses_azureml:
             from adapters.local_endpoint import LocalEndpoint, endpoint_data_dir
 
-            # Only the model's own endpoint's log: another model's requests never count.
-            endpoint_name = ring or self._endpoint_of(model)
             if settings.local_endpoint_url:
                 with LocalEndpoint.from_settings(settings, endpoint_name) as endpoint:
                     endpoint.flush_records()
@@ -172,12 +176,20 @@ class MlflowMetrics:
                 evaluate_canary.read_local_feedback(folder) if labels else {},
             )
         # Azure: the data collector's JSONL and the feedback tables, fetched from blob storage.
-        if ring is not None:
-            # One collector for the model: a later ring's deployment (named as the first ring's)
-            # cannot be told apart there, so its gate reads nothing rather than another ring's.
-            raise RuntimeError(f"no data collector is wired for the ring {ring} in Azure")
         if not settings.canary_records_uri:
             raise RuntimeError("CANARY_RECORDS_URI must be set to read live requests in Azure")
+        records_uri = settings.canary_records_uri
+        if ENDPOINT_PLACEHOLDER in records_uri:
+            # The collector writes under modelDataCollector/<endpoint>/: each endpoint (each
+            # model's, each ring's) is read from its own folder.
+            records_uri = records_uri.replace(ENDPOINT_PLACEHOLDER, endpoint_name)
+        elif ring is not None:
+            # One folder for every endpoint: a later ring's deployment (named as the first
+            # ring's) cannot be told apart there, so its gate reads nothing rather than another's.
+            raise RuntimeError(
+                f"the ring {ring} cannot be read in Azure: CANARY_RECORDS_URI names one endpoint's "
+                f"collector folder; name every endpoint's with {ENDPOINT_PLACEHOLDER}"
+            )
         if labels and not settings.canary_feedback_uri:
             raise RuntimeError("CANARY_FEEDBACK_URI must be set to judge a canary in Azure")
         from adapters.blob_fetch import BlobFetcher
@@ -187,7 +199,7 @@ class MlflowMetrics:
             records_dir, feedback_dir = Path(folder, "records"), Path(folder, "feedback")
             # Only the hour folders around the window: the collector keeps every hour.
             window = evaluate_canary.collector_files_in(start, end)
-            fetch(settings.canary_records_uri, records_dir, include=window)
+            fetch(records_uri, records_dir, include=window)
             records = evaluate_canary.read_data_collector(records_dir, start, end)
             if not labels:
                 return records, {}

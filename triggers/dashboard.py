@@ -4,9 +4,9 @@ App Service authentication in Azure when it is on). docs/dashboard.md.
 - GET /api/dashboard: the page (plain HTML, our script and uPlot, vendored, no build step).
 - GET /api/dashboard/assets/{name}: its script, style sheet and uPlot (a fixed list).
 - GET /api/dashboard/state: one JSON document the page polls: every model's status (production,
-  last known-good, the active promotion), the active (or else the last) promotion's audit trail,
-  its traffic over time and gate evidence, recent runs, the newest dead letters, and how a
-  person signs in.
+  last known-good, the active promotion, each ring, the shadow stage), the active (or else the
+  last) promotion's audit trail, its traffic over time and gate evidence, recent runs, the
+  newest dead letters, and how a person signs in.
 - POST /api/dashboard/sign-in: under devhost only (DEVHOST_LOCAL_SIGN_IN, never in Azure nor
   with ENTRA_TENANT_ID), a token from the local issuer for the name given, as the CLI's `--as`
   mints one: the stand-in for Entra ID's sign-in page. In Azure the page takes the person's
@@ -58,9 +58,11 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
-# Where the candidate's share of traffic stands once a promotion has entered a state (canary
-# steps, and a production bake with a holdback, carry their weight in the record's detail).
-_FULL_TRAFFIC = {"promoting", "production_bake", "completed"}
+# Where the candidate's share of live traffic on the model's endpoint (the first ring) stands
+# once a promotion has entered a state (canary steps, and a production bake with a holdback,
+# carry their weight in the record's detail). Walking the later rings, the first serves the
+# candidate alone: entering a ring hands a holdback's share to it (promotion/machine.py).
+_FULL_TRAFFIC = {"promoting", "production_bake", "ring", "completed"}
 _WEIGHT_IN_DETAIL = {"canary", "production_bake"}
 
 
@@ -212,8 +214,10 @@ def model_view(queries: Any, model: str) -> dict[str, Any]:
 def traffic_timeline(
     records: list[dict[str, Any]], active: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
-    """The candidate's share of traffic (percent) after each state change, oldest first, from
-    the promotion's audit trail; the active promotion's current weight closes the series."""
+    """The candidate's share of live traffic (percent) on the model's endpoint after each
+    state change, oldest first, from the promotion's audit trail, and the share of live
+    requests mirrored to it (`mirror`, the shadow stage: copies nobody sees, so no live
+    weight); the active promotion's current weights close the series."""
     points: list[dict[str, Any]] = []
     weight = 0
     for record in records:
@@ -223,6 +227,11 @@ def traffic_timeline(
         detail = record.get("detail") or {}
         traffic = detail.get("traffic")
         staying = bool(points) and points[-1]["state"] == to_state
+        mirror = 0
+        if to_state == "shadow":
+            # Entering the shadow names its percent; its gate records keep it.
+            named = detail.get("mirror")
+            mirror = named if isinstance(named, int) else (points[-1]["mirror"] if staying else 0)
         if to_state in _WEIGHT_IN_DETAIL and isinstance(traffic, int):
             weight = traffic  # a new step (or bake) names its weight
         elif to_state == "canary" or (to_state in _WEIGHT_IN_DETAIL and staying):
@@ -231,12 +240,16 @@ def traffic_timeline(
             weight = 100
         else:  # before the canary, and after a rollback, a rejection or a failure
             weight = 0
-        points.append({"time": record["time"], "weight": weight, "state": to_state})
+        points.append(
+            {"time": record["time"], "weight": weight, "mirror": mirror, "state": to_state}
+        )
     if active is not None:
+        in_shadow = active.get("status") == "shadow"
         points.append(
             {
                 "time": datetime.now(UTC).isoformat(),
                 "weight": int(active.get("traffic_weight") or 0),
+                "mirror": int(active.get("shadow_percent") or 0) if in_shadow else 0,
                 "state": active.get("status"),
             }
         )

@@ -1,15 +1,20 @@
-"""`make demo STORY=decay`: shadow first, then a decay that retrains on its own.
+"""`make demo STORY=rings` (alias `decay`): shadow first, two rings, then a decay that
+retrains on its own.
 
 The same machinery as the default story (story.DemoSession: Azurite, the Functions app under
-devhost, the local pipeline runner, the local endpoint, MLflow, the labeled traffic), with its
-own policy (devhost/demo/policies/decay/): a `shadow:` stage and a `monitor:` section.
+devhost, the local pipeline runner, the local endpoint server, MLflow, the labeled traffic),
+with its own policy (devhost/demo/policies/decay/): a `shadow:` stage, `rings:` (the model's
+endpoint, then a second local endpoint standing in for a second region) and a `monitor:`
+section. The traffic goes to both endpoints, each at its own `/{endpoint}/score`.
 
-1. A first model goes to production (nothing serves yet: no shadow, `shadow.skipped`).
+1. A first model goes to production (nothing serves yet: no shadow, `shadow.skipped`): its
+   bake on the first ring, then the second ring (which served nothing) gets it, so each ring
+   has a known-good to roll back to.
 2. New data lands; the better model is mirrored half the live traffic and answers nobody
    (shadow); its error rate, p95 latency and agreement with production are judged; then the
-   canary 10 -> 25 -> 50 -> 100 % and the production bake.
-   (Rings, issue 19 item 2, are not in this tree yet: their chapter goes after this one, with
-   a second local endpoint named in the policy's `rings:`.)
+   canary 10 -> 25 -> 50 -> 100 % and the production bake on the first ring; then ring 2:
+   deployed on the second endpoint, all its traffic, its bake, its error-rate gate; completed
+   when both rings serve it.
 3. The production monitor (the maintenance timer) watches the champion and finds it healthy.
    Then the world changes: the feedback for a share of the live requests says the opposite
    label (concept drift). The monitor finds live accuracy below its offline accuracy minus
@@ -64,8 +69,10 @@ def run_decay_demo(options: DemoOptions) -> DemoResult:
                 "first model",
                 [session.batch("batch-a-1", 0, 120), session.batch("batch-a-2", 120, 240)],
             ),
-            ("a better model: shadow, canary, production", [session.batch("batch-b", 240, 420)]),
-            # Rings (issue 19 item 2) go here: the candidate walks ring 2 after ring 1's canary.
+            (
+                "a better model: shadow, canary, production, ring 2",
+                [session.batch("batch-b", 240, 420)],
+            ),
         ]
         with session.live() as live:
             phases = session.chapters(chapters, live)
@@ -151,10 +158,16 @@ def model_audit(runtime: Any) -> list[AuditRecord]:
 
 
 def promotion_milestone(record: AuditRecord) -> str | None:
-    """A promotion's record as a milestone: where it moved, the shadow's verdict."""
+    """A promotion's record as a milestone: where it moved, the shadow's and the rings'
+    verdicts."""
     detail, state = record.detail, record.to_state
     if record.action == "shadow.skipped":
         return "first model: no shadow (nothing serves to mirror)"
+    if record.action == "ring.traffic_moved":
+        return f"ring {detail.get('endpoint')}: traffic {detail.get('traffic')}"
+    if record.action.startswith("gate.") and str(detail.get("step", "")).startswith("ring-"):
+        reasons = "; ".join(str(item.get("reason")) for item in detail.get("evidence", []))
+        return f"{detail['step']} judged, {record.action}: {reasons}"
     if record.action.startswith("gate.") and detail.get("step") == "shadow":
         gates = "; ".join(
             f"{item['gate']} {item['outcome']} ("
@@ -169,6 +182,8 @@ def promotion_milestone(record: AuditRecord) -> str | None:
         return f"shadow: {detail.get('mirror')}% of live traffic mirrored to the candidate"
     if state == "canary":
         return f"canary: {detail.get('traffic')}% of live traffic on the candidate"
+    if state == "ring":
+        return f"{detail.get('step')}: deploying on {detail.get('endpoint')}"
     if state in ("production_bake", "completed", "rolled_back", "rejected", "failed"):
         return f"{str(state).replace('_', ' ')} ({detail.get('cause')})"
     return None

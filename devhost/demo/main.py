@@ -1,9 +1,10 @@
 """`make demo`: the whole loop on one machine, no Azure subscription.
 
-The entry point of `python -m devhost.demo [--story default|decay] [--output demo-output]
+The entry point of `python -m devhost.demo [--story default|rings|decay] [--output demo-output]
 [--no-mlflow-ui] [--approve-in-dashboard] [--keep-open]`; the default story is
-devhost/demo/story.py, the second (shadow first, then a decay that retrains on its own)
-devhost/demo/decay_story.py. It prints the app's live dashboard at start (docs/dashboard.md).
+devhost/demo/story.py, the second (shadow first, two rings, then a decay that retrains on its
+own; `decay` is its earlier name) devhost/demo/decay_story.py. It prints the app's live
+dashboard at start (docs/dashboard.md).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from devhost.demo.story import REPO, DemoOptions, DemoResult, run_demo
 
 STORIES: dict[str, Callable[[DemoOptions], DemoResult]] = {
     "default": run_demo,  # canary, a better model, a corrupted one rolled back
-    "decay": run_decay_demo,  # shadow first, then a decay that retrains on its own
+    # Shadow first, a second local endpoint as a second ring, then a decay that retrains on
+    # its own; `decay` is its earlier name, kept for `make demo STORY=decay`.
+    "rings": run_decay_demo,
+    "decay": run_decay_demo,
 }
 
 
@@ -60,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(
         f"Production now: v{production.get('version')}; endpoint traffic {result.endpoint_traffic}"
     )
+    for endpoint, traffic in list(result.rings_traffic.items())[1:]:
+        console.print(f"Ring {endpoint}: traffic {traffic}")
     console.print(f"Report: {result.report_html}  (timeline: {result.timeline_png})")
     console.print(f"The demo took {result.seconds:.0f} s.")
     if result.mlflow_url:

@@ -78,6 +78,9 @@ class DemoResult:
     # The model's own audit (records of no promotion: the monitor's, the retrains'), when the
     # story reads it.
     model_audit: list[dict[str, Any]] = field(default_factory=list)
+    # Each endpoint's traffic as the endpoint server reports it at the end, the model's own
+    # first, then each later ring (policy `rings`) in order; {} for a ring never deployed to.
+    rings_traffic: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- the story
@@ -204,12 +207,17 @@ class Story:
         table.add_row(
             "training", f"{job['run_id']} ({job.get('status', 'running')})" if job else "idle"
         )
+        for ring in status.get("rings") or []:
+            table.add_row(
+                f"ring {ring['endpoint']}", f"v{ring['serving_version'] or '-'} ({ring['state']})"
+            )
         traffic = self.traffic.snapshot()
-        table.add_row(
-            "traffic",
-            f"{traffic['sent']} requests; served by "
-            + ", ".join(f"{k}: {v}" for k, v in sorted(traffic["served"].items())),
-        )
+        for endpoint, counts in traffic["endpoints"].items():
+            table.add_row(
+                f"traffic {endpoint}",
+                f"{counts['sent']} requests; served by "
+                + ", ".join(f"{k}: {v}" for k, v in sorted(counts["served"].items())),
+            )
         for line in self.log[-8:]:
             table.add_row("", line)
         return table
@@ -227,6 +235,16 @@ def describe(status: dict[str, Any]) -> str:
         )
     if job:
         parts.append(f"training {job['run_id']}")
+    rings = status.get("rings") or []
+    if len(rings) > 1:
+        # Each ring's version and state (policy `rings`): where a walk across them is.
+        parts.append(
+            "rings "
+            + ", ".join(
+                f"{ring['endpoint']} v{ring['serving_version'] or '-'} {ring['state']}"
+                for ring in rings
+            )
+        )
     return "; ".join(parts)
 
 
@@ -258,11 +276,14 @@ def demo_settings(options: DemoOptions, endpoint_url: str, endpoint_key: str) ->
     }
 
 
-def demo_endpoint(options: DemoOptions) -> str:
-    """The endpoint the demo policy names for the model: where its traffic goes."""
+def demo_endpoints(options: DemoOptions) -> list[str]:
+    """The endpoints the demo policy names for the model, where its traffic goes: its own
+    endpoint, then each later ring (policy `rings`: a second local endpoint stands in for a
+    second region)."""
     from orchestrator.policy_files import load_policies, policy_for
 
-    return policy_for(load_policies(options.policy_dir), MODEL).endpoint
+    policy = policy_for(load_policies(options.policy_dir), MODEL)
+    return [policy.endpoint, *(ring.endpoint for ring in policy.rings[1:])]
 
 
 def timer_clock(speed: float) -> Callable[[], datetime]:
@@ -296,7 +317,9 @@ class DemoSession:
         options.console.print(
             "[bold]Starting the local endpoint, Azurite and the Functions app…[/bold]"
         )
-        self.endpoint_name = demo_endpoint(options)  # a bad policy fails before anything starts
+        # A bad policy fails before anything starts.
+        self.endpoint_names = demo_endpoints(options)
+        self.endpoint_name = self.endpoint_names[0]  # the model's own: the first ring
         tracking_uri = f"sqlite:///{(self.local / 'mlflow.db').resolve()}"
         # One key, given to the endpoint server (its environment), the app and the traffic.
         self.endpoint_key = new_key()
@@ -309,7 +332,7 @@ class DemoSession:
         )
         self.traffic = TrafficGenerator(
             self.endpoint.url,
-            self.endpoint_name,
+            self.endpoint_names,
             self.dataset,
             options.traffic_threads,
             self.endpoint_key,
@@ -395,8 +418,6 @@ class DemoSession:
         model_audit: list[dict[str, Any]] | None = None,
     ) -> DemoResult:
         """Read back what happened, write the report; with keep_open, wait for Ctrl-C."""
-        from adapters.local_endpoint import LocalEndpoint
-
         runtime, options = self.runtime, self.options
         final = runtime.queries.model_status(MODEL)
         promotions = {}
@@ -408,8 +429,8 @@ class DemoSession:
                     "promotion": found[1] if found else None,
                     "audit": [record.model_dump(mode="json") for record in audit],
                 }
-        with LocalEndpoint(self.endpoint.url, self.endpoint_name, key=self.endpoint_key) as client:
-            endpoint_traffic = client.traffic()
+        rings_traffic = {name: self.served_on(name) for name in self.endpoint_names}
+        endpoint_traffic = rings_traffic[self.endpoint_name]
         traffic_stats = self.traffic.snapshot()
         png, html = write_report(
             options.output_dir,
@@ -446,7 +467,26 @@ class DemoSession:
             dashboard_url=self.dashboard_url,
             milestones=milestones or [],
             model_audit=model_audit or [],
+            rings_traffic=rings_traffic,
         )
+
+    def served_on(self, endpoint: str) -> dict[str, int]:
+        """`endpoint`'s traffic, read from the endpoint server; {} while it does not exist (a
+        later ring comes into being with its first deployment)."""
+        import httpx
+
+        from adapters.local_endpoint import LocalEndpoint
+
+        listed = httpx.get(
+            f"{self.endpoint.url}/endpoints",
+            headers={"Authorization": f"Bearer {self.endpoint_key}"},
+            timeout=10,
+        )
+        listed.raise_for_status()
+        if endpoint not in {item["name"] for item in listed.json()}:
+            return {}
+        with LocalEndpoint(self.endpoint.url, endpoint, key=self.endpoint_key) as client:
+            return client.traffic()
 
     def stop(self) -> None:
         from orchestrator.bootstrap import set_runtime

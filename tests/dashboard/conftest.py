@@ -53,6 +53,38 @@ def chromium() -> Iterator[Any]:
         browser.close()
 
 
+# A model with a shadow stage and three rings, each serving its own known-good (on fakes).
+RINGS = "[{endpoint: churn-ep}, {endpoint: churn-north, bake: 2s}, {endpoint: churn-south}]"
+SHADOW = "{percent: 20, duration: 10m, check_every: 5m, max_wait: 20m, gates: {min_samples: 50}}"
+
+
+def rings_world() -> Any:
+    """A FakeWorld (tests/fakes.py) whose policy has a shadow stage and rings: churn v1 serves
+    churn-ep and churn-south, v0 churn-north."""
+    from tests.fakes import fake_runtime, policy_yaml
+
+    w = fake_runtime(policy_yaml("churn", rings=RINGS, shadow=SHADOW, production_holdback="0"))
+    w.seed_champion("churn", "1")
+    w.seed_ring("churn", "churn-north", "0")
+    w.seed_ring("churn", "churn-south", "1")
+    return w
+
+
+def walk_to(w: Any, status: str, step: str | None = None) -> None:
+    """Deliver the world's messages until churn's active promotion is in `status` (at `step`)."""
+
+    def there() -> bool:
+        active = w.aggregate("churn").promotion.active
+        return (
+            active is not None
+            and active.status == status
+            and (step is None or active.step == step)
+        )
+
+    w.run(until=there)
+    assert there(), f"churn never reached {status} {step or ''}"
+
+
 @dataclass
 class DashboardWorld:
     host: Any  # devhost.host.dev_host.DevHost

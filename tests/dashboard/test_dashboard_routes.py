@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import timedelta
 from typing import Any
 
 import azure.functions as func
@@ -14,6 +15,8 @@ import pytest
 
 from orchestrator.bootstrap import set_runtime
 from orchestrator.messages import Envelope
+from tests.dashboard.conftest import rings_world, walk_to
+from tests.fakes import start_promotion
 from tests.harness import issuer_of
 from tests.orchestrator.test_handlers import LEAD, canary_policy
 from tests.triggers.test_triggers import FixedMetrics, InMemoryEndpoint
@@ -273,3 +276,83 @@ def test_the_state_shows_a_long_trail_s_newest_records_and_says_it_is_cut(
     assert promotion["audit_complete"] is False
     monkeypatch.setattr(dashboard, "AUDIT_SHOWN", len(trail))
     assert state_of()["models"][0]["promotion"]["audit_complete"] is True
+
+
+def test_shadow_is_drawn_mirrored_not_live_and_later_rings_keep_the_first_at_full_traffic():
+    records = [
+        {"time": "2026-12-01T10:00:00+00:00", "to_state": "deploying", "detail": {}},
+        {"time": "2026-12-01T10:01:00+00:00", "to_state": "shadow", "detail": {"mirror": 20}},
+        {"time": "2026-12-01T10:11:00+00:00", "to_state": "shadow", "detail": {"step": "shadow"}},
+        {"time": "2026-12-01T10:11:00+00:00", "to_state": "canary", "detail": {"traffic": 50}},
+        {"time": "2026-12-01T10:12:00+00:00", "to_state": "production_bake",
+         "detail": {"traffic": 95}},
+        {"time": "2026-12-01T10:13:00+00:00", "to_state": "ring",
+         "detail": {"step": "ring-2", "endpoint": "churn-north"}},
+        {"time": "2026-12-01T10:14:00+00:00", "to_state": "ring",
+         "detail": {"endpoint": "churn-north", "traffic": {"churn-v2": 100, "churn-v0": 0}}},
+        {"time": "2026-12-01T10:15:00+00:00", "to_state": "rolling_back", "detail": {}},
+    ]  # fmt: skip
+    points = dashboard.traffic_timeline(records, None)
+    assert [(p["weight"], p["mirror"]) for p in points] == [
+        (0, 0),
+        (0, 20),
+        (0, 20),
+        (50, 0),
+        (95, 0),
+        (100, 0),  # entering a ring hands the holdback's share to the candidate
+        (100, 0),  # a ring's own traffic map is not the first ring's weight
+        (0, 0),
+    ]
+    active = {"status": "shadow", "traffic_weight": 0, "shadow_percent": 20}
+    [*_, now] = dashboard.traffic_timeline(records[:2], active)
+    assert (now["weight"], now["mirror"], now["state"]) == (0, 20, "shadow")
+    walking = {"status": "ring", "traffic_weight": 100, "shadow_percent": 0}
+    [*_, now] = dashboard.traffic_timeline(records[:6], walking)
+    assert (now["weight"], now["mirror"]) == (100, 0)
+
+
+@pytest.fixture
+def rings_runtime(monkeypatch):
+    w = rings_world()
+    # The fakes have no blob service to list dead letters from (not this test's subject).
+    monkeypatch.setattr(dashboard, "recent_dead_letters", lambda runtime, limit: [])
+    set_runtime(w.runtime)
+    yield w
+    set_runtime(None)
+
+
+def test_the_state_shows_the_shadow_stage_then_each_ring(rings_runtime):
+    w = rings_runtime
+    [view] = state_of()["models"]
+    assert view["promotion"] is None
+    assert [(r["endpoint"], r["serving_version"], r["state"]) for r in view["status"]["rings"]] == [
+        ("churn-ep", "1", "serving"),
+        ("churn-north", "0", "serving"),
+        ("churn-south", "1", "serving"),
+    ]
+
+    w.handle(start_promotion("churn", "2"))
+    walk_to(w, "shadow")
+    [view] = state_of()["models"]
+    shadow = view["status"]["shadow"]
+    assert (shadow["deployment"], shadow["mirror_percent"]) == ("churn-v2", 20)
+    assert shadow["judged_from"] == (w.clock() + timedelta(minutes=10)).isoformat()
+    assert [r["state"] for r in view["status"]["rings"]] == ["shadow", "waiting", "waiting"]
+    traffic = view["promotion"]["traffic"]
+    assert (traffic[-1]["state"], traffic[-1]["weight"], traffic[-1]["mirror"]) == (
+        "shadow",
+        0,
+        20,
+    )
+
+    walk_to(w, "ring", "ring-3")
+    [view] = state_of()["models"]
+    assert view["status"]["shadow"] is None
+    assert [(r["endpoint"], r["serving_version"], r["state"]) for r in view["status"]["rings"]] == [
+        ("churn-ep", "2", "done"),
+        ("churn-north", "2", "done"),
+        ("churn-south", "1", "deploying"),
+    ]
+    traffic = view["promotion"]["traffic"]
+    assert max(p["mirror"] for p in traffic) == 20  # the shadow stays in the series
+    assert {p["weight"] for p in traffic if p["state"] == "ring"} == {100}

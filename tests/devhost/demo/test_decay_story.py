@@ -1,9 +1,12 @@
-"""End to end: the second demo story (`make demo STORY=decay`, its policy's short timings, no
-MLflow UI) on real Azurite, devhost (its timers sped up), the local pipeline runner, the local
-endpoint and MLflow. A first model goes to production without a shadow; a better one is
-shadowed (mirrored traffic, three gates), walks the canary and completes; then a share of the
-feedback labels flips and the production monitor, on the maintenance timer, starts a retrain
-by itself. Asserted from the state and the audit the demo read back, not from its text."""
+"""End to end: the second demo story (`make demo STORY=rings`, alias `decay`; its policy's short
+timings, no MLflow UI) on real Azurite, devhost (its timers sped up), the local pipeline runner,
+the local endpoint server hosting two endpoints (the model's, and a second standing in for a
+second region) and MLflow. A first model goes to production without a shadow, on both rings; a
+better one is shadowed (mirrored traffic, three gates), walks the canary and the production
+bake on the first ring, then ring 2 (deployed, all its traffic, its bake and gate), and
+completes; then a share of the feedback labels flips and the production monitor, on the
+maintenance timer, starts a retrain by itself. Asserted from the state, the audit and the
+endpoint server the demo read back, not from its text."""
 
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from orchestrator.policy_files import load_policy
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # the whole loop, on 2 cores
 
 POLICY = load_policy(POLICY_DIR / f"{MODEL}.yml")
+FIRST, SECOND = POLICY.endpoint, POLICY.rings[1].endpoint
+V1, V2 = deployment_name(MODEL, "1"), deployment_name(MODEL, "2")
 
 
 @pytest.fixture(scope="module")
@@ -43,13 +48,55 @@ def moves(audit: list[dict]) -> list[str]:
     return [record["to_state"] for record in audit if record["action"].startswith("promotion.")]
 
 
+def walk(audit: list[dict]) -> list[tuple[str, str]]:
+    """The promotion's moves as (state, step), repeats of a step (a canary's new weight on
+    the same step) kept once."""
+    steps: list[tuple[str, str]] = []
+    for record in audit:
+        if record["action"].startswith("promotion."):
+            move = (record["to_state"], record["detail"]["step"])
+            if not steps or steps[-1] != move:
+                steps.append(move)
+    return steps
+
+
+def ring_gates(audit: list[dict]) -> list[dict]:
+    return [r for r in audit if r["action"].startswith("gate.") and r["detail"]["step"] == "ring-2"]
+
+
 def test_both_promotions_completed_and_the_better_model_serves(demo):
     assert [(phase.version, phase.outcome) for phase in demo.phases] == [
         ("1", "completed"),
         ("2", "completed"),
     ]
     assert demo.final_status["production"]["version"] == "2"
-    assert demo.endpoint_traffic == {deployment_name(MODEL, "2"): 100}
+    assert demo.endpoint_traffic == {V2: 100}
+
+
+def test_each_ring_serves_the_better_model_at_the_end(demo):
+    # Read from the endpoint server itself: each endpoint's own traffic map.
+    assert demo.rings_traffic == {FIRST: {V2: 100}, SECOND: {V2: 100}}
+    # The state agrees: both rings serve v2, nothing walking.
+    assert [
+        (ring["endpoint"], ring["serving_version"], ring["state"])
+        for ring in demo.final_status["rings"]
+    ] == [(FIRST, "2", "serving"), (SECOND, "2", "serving")]
+
+
+def test_the_first_model_walked_both_rings_so_ring_2_has_a_known_good(demo):
+    audit = audit_of(demo, "1")
+    assert walk(audit)[-3:] == [
+        ("production_bake", "bake"),
+        ("ring", "ring-2"),
+        ("completed", "ring-2"),
+    ]
+    [moved] = [r for r in audit if r["action"] == "ring.traffic_moved"]
+    # Ring 2 served nothing before: v1 takes all of it, with no old deployment kept.
+    assert moved["detail"]["endpoint"] == SECOND and moved["detail"]["traffic"] == {V1: 100}
+    assert ring_gates(audit)[-1]["action"] == "gate.passed"
+    # Ring 2's own traffic reached v1 (and later v2), each on its own /{endpoint}/score.
+    served = demo.traffic["endpoints"][SECOND]["served"]
+    assert served.get(V1, 0) > 0 and served.get(V2, 0) > 0
 
 
 def test_the_first_model_skipped_the_shadow(demo):
@@ -62,7 +109,7 @@ def test_the_better_model_was_shadowed_then_walked_the_canary(demo):
     audit = audit_of(demo, "2")
     states = moves(audit)
     assert states.index("deploying") < states.index("shadow") < states.index("canary")
-    assert states[-2:] == ["production_bake", "completed"]
+    assert states[-3:] == ["production_bake", "ring", "completed"]
     [entered] = [r for r in audit if r["action"] == "promotion.shadow"]
     assert entered["detail"]["mirror"] == POLICY.shadow.percent
     weights = [
@@ -89,6 +136,36 @@ def test_the_shadow_was_judged_on_mirrored_pairs_by_three_gates(demo):
     assert agreement["values"]["agreement"] > POLICY.shadow.gates.min_agreement
     # The candidate answered mirrored copies while production took all the live traffic.
     assert evidence["shadow:error_rate"]["samples"]["candidate"] >= POLICY.shadow.gates.min_samples
+
+
+def test_the_better_model_walked_shadow_canary_bake_ring_2_to_completed(demo):
+    canary_steps = [("canary", f"canary-{i + 1}") for i in range(len(POLICY.canary.steps))]
+    walked = [move for move in walk(audit_of(demo, "2")) if move[0] != "promoting"]
+    deploy = walked.index(("deploying", "deploy"))
+    assert walked[deploy:] == [
+        ("deploying", "deploy"),
+        ("shadow", "shadow"),
+        *canary_steps,
+        ("production_bake", "bake"),
+        ("ring", "ring-2"),
+        ("completed", "ring-2"),
+    ]
+
+
+def test_ring_2_was_judged_on_its_own_traffic(demo):
+    audit = audit_of(demo, "2")
+    [entered] = [r for r in audit if r["action"] == "promotion.ring"]
+    assert entered["detail"]["endpoint"] == SECOND
+    [moved] = [r for r in audit if r["action"] == "ring.traffic_moved"]
+    # All of ring 2's traffic on v2, its own known-good (v1) kept with none as its way back.
+    assert moved["detail"]["endpoint"] == SECOND
+    assert moved["detail"]["traffic"] == {V2: 100, V1: 0}
+    gates = ring_gates(audit)
+    assert gates and gates[-1]["action"] == "gate.passed"
+    [evidence] = gates[-1]["detail"]["evidence"]
+    assert evidence["gate"] == f"ring:{SECOND}:error_rate" and evidence["outcome"] == "pass"
+    assert evidence["samples"]["candidate"] >= POLICY.canary.min_samples_per_arm
+    assert evidence["values"]["candidate"] <= POLICY.rings[1].max_error_rate
 
 
 def decay_records(demo) -> tuple[dict, list[dict]]:
@@ -139,9 +216,15 @@ def test_the_milestones_come_in_the_story_order(demo):
 
     order = [
         first("v1: first model: no shadow"),
+        first("v1: ring-2: deploying on " + SECOND),
+        first("v1: completed"),
         first("v2: shadow: "),
         first("v2: shadow judged, gate.passed"),
         first("v2: canary: 10%"),
+        first("v2: production bake"),
+        first("v2: ring-2: deploying on " + SECOND),
+        first(f"v2: ring {SECOND}: traffic"),
+        first("v2: ring-2 judged, gate.passed"),
         first("v2: completed"),
         first("monitor: v2 healthy"),
         first("traffic: drift"),

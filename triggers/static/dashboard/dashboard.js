@@ -53,6 +53,13 @@
     return `v${model.version} (${model.deployment})`;
   }
 
+  // The candidate's share of live traffic; in the shadow stage, also what is mirrored to it
+  // (copies whose answers reach nobody: no live share).
+  function share(active) {
+    const live = `${active.traffic_weight || 0}%`;
+    return active.status === "shadow" ? `${live} live, ${active.shadow_percent || 0}% mirrored` : live;
+  }
+
   function verdictClass(outcome) {
     return { pass: "pass", fail: "fail", inconclusive: "inconclusive" }[outcome] || "";
   }
@@ -244,7 +251,7 @@
         "td",
         {},
         active
-          ? `v${active.candidate_version} ${active.status} ${active.step} (${active.traffic_weight || 0}%)`
+          ? `v${active.candidate_version} ${active.status} ${active.step} (${share(active)})`
           : "none",
       ),
       el("td", {}, attention(status)),
@@ -270,17 +277,20 @@
     return holder;
   }
 
-  function trafficChart(points) {
+  // The candidate's live share on the model's endpoint (with rings: the first ring); a
+  // shadow stage adds the share mirrored to it, dashed: copies, not live traffic.
+  function trafficChart(points, rings) {
     if (!points.length) return null;
     const xs = points.map((p) => seconds(p.time));
-    const ys = points.map((p) => p.weight);
-    return lineChart(
-      "traffic on the candidate (%)",
-      460,
-      [{ label: "candidate %", stroke: "#2457c5", width: 2, paths: uPlot.paths.stepped({ align: 1 }) }],
-      [xs, ys],
-      [0, 100],
-    );
+    const stepped = uPlot.paths.stepped({ align: 1 });
+    const series = [{ label: "candidate % (live)", stroke: "#2457c5", width: 2, paths: stepped }];
+    const data = [xs, points.map((p) => p.weight)];
+    if (points.some((p) => p.mirror)) {
+      series.push({ label: "mirrored %", stroke: "#8a6d00", width: 2, dash: [6, 4], paths: stepped });
+      data.push(points.map((p) => p.mirror || 0));
+    }
+    const where = rings && rings.length ? ` on ${rings[0].endpoint}` : "";
+    return lineChart(`traffic on the candidate${where} (%)`, 460, series, data, [0, 100]);
   }
 
   const ARM_COLOURS = ["#2457c5", "#b3261e", "#1b7f3b", "#8a6d00", "#6b3fa0"];
@@ -389,6 +399,44 @@
     );
   }
 
+  // The shadow stage: what is mirrored to the candidate and when its gates judge it.
+  function shadowFacts(shadow) {
+    if (!shadow) return null;
+    return el(
+      "div",
+      { className: "facts", "data-testid": "shadow" },
+      el("div", {}, el("span", {}, "shadow deployment"), shadow.deployment),
+      el("div", { "data-testid": "shadow-mirror" }, el("span", {}, "mirrored to it (answers reach nobody)"), `${shadow.mirror_percent}% of live requests`),
+      el("div", { "data-testid": "shadow-judged-from" }, el("span", {}, "judged from"), when(shadow.judged_from)),
+      el("div", {}, el("span", {}, "waits for samples until"), when(shadow.deadline)),
+      el("div", {}, el("span", {}, "samples needed per arm"), shadow.min_samples),
+    );
+  }
+
+  const RING_STATE_CLASS = { done: "pass", deploying: "wait", baking: "wait" };
+
+  // Each ring (policy `rings`), in the order a promotion walks them: its endpoint, the version
+  // it serves and where the promotion is on it.
+  function ringsTable(rings) {
+    if (!rings || !rings.length) return null;
+    const rows = rings.map((ring, index) =>
+      el(
+        "tr",
+        { "data-testid": "ring-row", "data-endpoint": ring.endpoint },
+        el("td", {}, index + 1),
+        el("td", {}, ring.endpoint),
+        el("td", { "data-testid": "ring-version" }, ring.serving_version ? `v${ring.serving_version}` : "nothing"),
+        el("td", { "data-testid": "ring-state", className: RING_STATE_CLASS[ring.state] || "" }, ring.state),
+      ),
+    );
+    return el(
+      "table",
+      { "data-testid": "rings" },
+      el("thead", {}, el("tr", {}, ["ring", "endpoint", "serving", "state"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows),
+    );
+  }
+
   function approvalFacts(active) {
     if (!active) return "–";
     if (active.approval) {
@@ -401,7 +449,12 @@
 
   function promotionCard(view) {
     const promotion = view.promotion;
-    if (!promotion) return null;
+    if (!promotion) {
+      // Never promoted yet: the rings alone, what each serves.
+      const rings = ringsTable(view.status.rings);
+      if (!rings) return null;
+      return el("section", { "data-testid": "model-rings", "data-model": view.model }, el("h2", {}, `${view.model}: rings`), rings);
+    }
     const active = promotion.active;
     const outcome = promotion.outcome;
     const allowed = available(active, view);
@@ -425,18 +478,22 @@
       el("div", {}, el("span", {}, "candidate"), active ? `v${active.candidate_version}` : outcome ? `v${outcome.candidate_version}` : "–"),
       el("div", { "data-testid": "promotion-status" }, el("span", {}, "status"), active ? active.status : outcome ? outcome.outcome : "–"),
       el("div", { "data-testid": "promotion-step" }, el("span", {}, "step"), active ? active.step : "–"),
-      el("div", { "data-testid": "traffic-weight" }, el("span", {}, "on the candidate"), active ? `${active.traffic_weight || 0}%` : "–"),
+      el("div", { "data-testid": "traffic-weight" }, el("span", {}, "on the candidate"), active ? share(active) : "–"),
       el("div", { "data-testid": "approval" }, el("span", {}, "approval"), approvalFacts(active)),
       active && active.paused ? el("div", {}, el("span", {}, "paused by"), `${active.paused_by}: ${active.pause_reason}`) : null,
       outcome ? el("div", {}, el("span", {}, "ended"), `${outcome.outcome}: ${outcome.reason}`) : null,
     );
-    const charts = el("div", { className: "charts" }, trafficChart(promotion.traffic), evidenceCharts(promotion.evidence));
+    const charts = el("div", { className: "charts" }, trafficChart(promotion.traffic, view.status.rings), evidenceCharts(promotion.evidence));
+    const shadow = shadowFacts(view.status.shadow);
+    const rings = ringsTable(view.status.rings);
     return el(
       "section",
       { className: "promotion", "data-testid": "promotion", "data-model": view.model, "data-promotion": promotion.id },
       el("h2", {}, `${view.model}: ${active ? "active promotion" : "last promotion"}`),
       facts,
       el("div", { className: "actions" }, buttons),
+      shadow ? [el("h3", {}, "Shadow stage"), shadow] : null,
+      rings ? [el("h3", {}, "Rings"), rings] : null,
       el("h3", {}, "Traffic and gate evidence"),
       charts,
       promotion.evidence.length ? evidenceTable(promotion.evidence) : el("p", { className: "hint" }, "no gate has decided yet"),
