@@ -141,6 +141,10 @@ class MonitorSettings(_Section):
     alpha: float = Field(default=0.01, gt=0, lt=0.5)
     cooldown: Duration = timedelta(hours=6)
     every: Duration = timedelta(minutes=10)
+    # The experiment an Azure ML model monitor's runs are under: its threshold breach (a
+    # RunStatusChanged event of such a run, tagged azureml_modelmonitor_threshold_breached)
+    # starts the same decay retrain, within the same cooldown. None: not listened to.
+    azureml_monitor_experiment: str | None = Field(default=None, min_length=1, max_length=256)
 
     @field_validator("window", "every")
     @classmethod

@@ -36,8 +36,11 @@ def handle_run_event(runtime: Runtime, event: RunEvent, dead_letter: DeadLetter)
     """One parsed run event through the handlers; returns each model's outcome."""
     from orchestrator.messages import Envelope, InvalidMessage
     from retrain.job_events import JOB_EVENT, event_message_id
-    from triggers.payloads import run_event_commands
+    from triggers.payloads import monitor_breach, run_event_commands
 
+    breach = monitor_breach(event)
+    if breach is not None:
+        return _monitor_signal(runtime, event, breach)
     commands = run_event_commands(event, runtime.policies)
     if not commands:
         log.info(
@@ -71,6 +74,47 @@ def handle_run_event(runtime: Runtime, event: RunEvent, dead_letter: DeadLetter)
             event.id,
             command.run_id,
             command.run_status,
+            model,
+            outcome.status,
+            outcome.reason or "",
+        )
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _monitor_signal(runtime: Runtime, event: RunEvent, breach: str) -> list[Outcome]:
+    """An Azure ML model monitor's threshold breach: the same decay retrain the app's own
+    monitor starts, for each model listening to that monitor, within the same cooldown. A
+    failure is logged: the monitor's next breach (its next run) signals again."""
+    from retrain.monitor import signal_decision
+    from triggers.payloads import monitored_by
+
+    models = monitored_by(event, runtime.policies)
+    if not models:
+        log.info(
+            "model monitor breach %s ignored: no policy listens to experiment %r",
+            event.id,
+            event.data.experimentName,
+        )
+        return []
+    outcomes: list[Outcome] = []
+    for model in models:
+        decision = signal_decision(
+            source="azureml-model-monitor",
+            signal=event.data.experimentName,
+            detail=breach,
+            champion_version=None,
+        )
+        try:
+            outcome = runtime.monitor.signal(model, decision)
+        except Exception:
+            log.warning(
+                "model monitor breach %s for %s not handled", event.id, model, exc_info=True
+            )
+            continue
+        log.info(
+            "model monitor breach %s -> %s: %s %s",
+            event.id,
             model,
             outcome.status,
             outcome.reason or "",

@@ -421,6 +421,29 @@ def parse_run_event(entry: Mapping[str, Any]) -> RunEvent:
     return event
 
 
+# The tag an Azure ML model monitor's run carries when a signal breached its threshold.
+MONITOR_BREACH_TAG = "azureml_modelmonitor_threshold_breached"
+
+
+def monitor_breach(event: RunEvent) -> str | None:
+    """The breach message an Azure ML model monitor's run event carries, else None."""
+    tags = event.data.runTags or {}
+    message = next((v for k, v in tags.items() if k.casefold() == MONITOR_BREACH_TAG), None)
+    if not isinstance(message, str) or not message.strip():
+        return None
+    return message.strip()[:500]
+
+
+def monitored_by(event: RunEvent, policies: Mapping[str, ModelPolicy]) -> list[str]:
+    """The models whose policy listens to the Azure ML model monitor behind the event."""
+    experiment = event.data.experimentName
+    return [
+        p.model
+        for p in policies.values()
+        if p.monitor is not None and p.monitor.azureml_monitor_experiment == experiment
+    ]
+
+
 def experiment_of(policy: ModelPolicy) -> str:
     """The Azure ML experiment a model's training runs are submitted under (the outbox's)."""
     return policy.pipeline.experiment or f"{policy.model}-retrain"

@@ -76,9 +76,7 @@ def walk_to(w: Any, status: str, step: str | None = None) -> None:
     def there() -> bool:
         active = w.aggregate("churn").promotion.active
         return (
-            active is not None
-            and active.status == status
-            and (step is None or active.step == step)
+            active is not None and active.status == status and (step is None or active.step == step)
         )
 
     w.run(until=there)

@@ -13,6 +13,7 @@ import pytest
 
 from orchestrator.bootstrap import set_runtime
 from retrain.job_events import JOB_EVENT
+from retrain.state import RunRecord
 from tests.fakes import FakeWorld, fake_runtime, landed
 from tests.harness import policy_yaml
 from triggers import data
@@ -325,3 +326,72 @@ def test_no_queue_takes_a_job_event_only_the_event_trigger_makes_it(w: FakeWorld
     [record] = w.dead_letters.records
     assert "TrainingJobEvent is not accepted on the orchestrator queue" in record["reason"]
     assert w.aggregate("churn").retrain.current_job is not None
+
+
+# -------------------------------------------------------------------------- model monitor breach
+
+BREACH = "has failed due to one or more features violating metric thresholds"
+
+
+def monitored_world() -> FakeWorld:
+    """churn listens to its Azure ML model monitor (experiment churn-monitor); v3 serves."""
+    monitor = (
+        "{window: 1h, min_samples: 500, accuracy_drop: 0.03, cooldown: 6h, every: 10m, "
+        "azureml_monitor_experiment: churn-monitor}"
+    )
+    world = fake_runtime([policy_yaml("churn", monitor=monitor), policy_yaml("fraud")])
+    world.seed_champion("churn", "3")
+    last = RunRecord(
+        run_id="churn-run-1",
+        status="completed",
+        registered_version="3",
+        data_count=1,
+        data_sample=["https://acct.blob.core.windows.net/training-data/churn/a.csv"],
+    )
+
+    def with_history(aggregate: Any) -> Any:
+        return aggregate.model_copy(
+            update={"retrain": aggregate.retrain.model_copy(update={"runs": [last]})}
+        )
+
+    world.store.seed("churn", with_history)
+    return world
+
+
+def breach_event(event_id: str, experiment: str = "churn-monitor", **tags: Any) -> dict:
+    run_tags = tags or {"azureml_modelmonitor_threshold_breached": BREACH}
+    return run_event(
+        f"monitor-run-{event_id}", "Failed", event_id=event_id, experiment=experiment,
+        runTags=run_tags,
+    )  # fmt: skip
+
+
+def test_a_model_monitor_breach_starts_one_decay_retrain_within_the_cooldown() -> None:
+    world = monitored_world()
+    set_runtime(world.runtime)
+    try:
+        deliver(hub(breach_event("b-1")))
+        [request] = world.training.submissions
+        assert request.run_id.startswith("churn-decay-")
+        decay = next(r for r in world.audit.read("churn") if r.action == "monitor.decay_detected")
+        assert decay.actor == "azureml-model-monitor" and BREACH in decay.detail["reason"]
+        # The monitor's next run breaches again an hour later: within the 6 h cooldown.
+        world.clock.advance(3600)
+        deliver(hub(breach_event("b-2")))
+        assert len(world.training.submissions) == 1
+        assert world.dead_letters.records == []
+    finally:
+        set_runtime(None)
+
+
+def test_a_monitor_run_without_a_breach_or_for_no_listening_model_starts_nothing() -> None:
+    world = monitored_world()
+    set_runtime(world.runtime)
+    try:
+        deliver(hub(breach_event("n-1", experiment="someone-elses-monitor")))
+        deliver(hub(breach_event("n-2", note="the run failed for another reason")))
+        deliver(hub(breach_event("n-3", azureml_modelmonitor_threshold_breached="   ")))
+        assert world.training.submissions == []
+        assert world.dead_letters.records == []
+    finally:
+        set_runtime(None)
