@@ -21,7 +21,7 @@ param principalId string = ''
 ])
 param principalType string = 'User'
 
-@description('One entry per policy file in policies/: the model and the managed online endpoint its policy names.')
+@description('One entry per endpoint a policy in policies/ names (its endpoint, and each later ring\'s): the model and the managed online endpoint.')
 param models array
 
 @description('The container new training data lands in (DATA_CONTAINER; every policy\'s data.container).')

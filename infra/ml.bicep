@@ -1,7 +1,8 @@
 // The Azure ML workspace with its own storage (shared keys off, identity datastores), Key Vault
 // and container registry, sharing the app's Application Insights; a CPU cluster that scales to
-// zero; and one managed online endpoint per model (the `models` parameter, one entry per policy
-// file). Endpoints start empty: the app creates, shifts and deletes their deployments.
+// zero; and one managed online endpoint per policy endpoint (the `models` parameter: one entry
+// per policy file, and one more per later ring it names). Endpoints start empty: the app
+// creates, shifts and deletes their deployments.
 param location string
 param tags object
 param resourceToken string

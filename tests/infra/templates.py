@@ -600,9 +600,10 @@ def shellcheck_problems(hooks: Path) -> list[str]:
 
 
 def endpoint_problems(infra: Path, policy_dir: Path) -> list[str]:
-    """One managed online endpoint per policy file: the `models` parameter names each policy's
-    model and endpoint, and nothing else. A policy on a Kubernetes target (`endpoint_target`)
-    has none: its endpoint is made on the attached compute (docs/deploy.md)."""
+    """One managed online endpoint per policy endpoint: the `models` parameter names each
+    policy's model and endpoint, and each of its later rings' (`rings`), and nothing else. A
+    policy on a Kubernetes target (`endpoint_target`) has none: its endpoints are made on the
+    attached compute (docs/deploy.md)."""
     parameters = json.loads((infra / "main.parameters.json").read_text())["parameters"]
     declared = {(entry["model"], entry["endpoint"]) for entry in parameters["models"]["value"]}
     policies = set()
@@ -611,7 +612,9 @@ def endpoint_problems(infra: Path, policy_dir: Path) -> list[str]:
         document = yaml.safe_load(file.read_text())
         target = document.get("endpoint_target") or {}
         on_kubernetes = isinstance(target, dict) and target.get("kind") == "kubernetes"
-        (kubernetes if on_kubernetes else policies).add((document["model"], document["endpoint"]))
+        rings = [ring["endpoint"] for ring in document.get("rings") or []]
+        for endpoint in dict.fromkeys([document["endpoint"], *rings]):
+            (kubernetes if on_kubernetes else policies).add((document["model"], endpoint))
     problems = [
         f"main.parameters.json: {model}/{endpoint} is on Kubernetes (endpoint_target): "
         "no managed endpoint of that name"
