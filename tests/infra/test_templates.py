@@ -347,6 +347,15 @@ def test_one_endpoint_per_policy_file(tmp_path: Path, broken) -> None:
         "main.parameters.json: breast-cancer/breast-cancer-ep is on Kubernetes (endpoint_target): "
         "no managed endpoint of that name"
     ]
+    # a later ring is an endpoint of its own: azd up must create it too
+    (policies / "breast-cancer.yml").write_text(
+        (REPO / "policies" / "breast-cancer.yml").read_text()
+        + "rings: [{endpoint: breast-cancer-ep}, {endpoint: bc-north}]\n"
+    )
+    (policies / "churn.yml").unlink()
+    assert templates.endpoint_problems(INFRA, policies) == [
+        "policy breast-cancer: no endpoint bc-north in main.parameters.json"
+    ]
 
 
 def test_the_log_alerts_match_what_the_app_writes(broken) -> None:
