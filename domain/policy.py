@@ -480,6 +480,12 @@ class ModelPolicy(_Section):
             raise ValueError("each ring names a different endpoint")
         if rings and rings[0].bake not in (None, info.data.get("production_bake")):
             raise ValueError("the first ring bakes for production_bake: leave its bake out")
+        if rings and "max_error_rate" in rings[0].model_fields_set:
+            # Never read: the first ring is judged by the canary's and the bake's gates.
+            raise ValueError(
+                "the first ring is judged by the canary and production bake gates: "
+                "leave its max_error_rate out"
+            )
         return rings
 
     def on_endpoint(self, endpoint: str | None) -> ModelPolicy:

@@ -45,6 +45,7 @@ class TrafficAlert(BaseModel):
     since: AwareDatetime  # the first failed attempt
     attempts: int
     error: str
+    endpoint: str | None = None  # the later ring whose rollback it is; None: the model's own
 
 
 class ModelAggregate(BaseModel):

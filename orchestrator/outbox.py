@@ -80,7 +80,7 @@ class _Run:
     added: list[OutboxItem] = field(default_factory=list)
     flushed: set[str] = field(default_factory=set)
     alert: TrafficAlert | None = None  # a rollback's traffic that does not hold: page
-    restored: bool = False  # a traffic map held while an alert was up
+    restored: bool = False  # a traffic map held on the alert's endpoint while it was up
     urgent: Exception | None = None
 
 
@@ -92,12 +92,33 @@ def _lane(effect: Effect) -> str:
     return f"{lane}:{ring}" if lane == "endpoint" and ring else lane
 
 
+def _restores(effect: Effect, alert: TrafficAlert | None) -> bool:
+    """A traffic map that held on the endpoint whose rollback pages: only its own lane clears
+    the alert (another ring's traffic says nothing about it). A lane runs in order, so a map
+    done there means the rollback's own map held or was superseded by a newer one."""
+    return (
+        isinstance(effect, SetTraffic) and alert is not None and effect.endpoint == alert.endpoint
+    )
+
+
 def endpoint_effects_waiting(aggregate: ModelAggregate, *, deletes: bool = True) -> bool:
     """Whether a deploy, traffic map or (with `deletes`) delete of the model is still in its
     outbox."""
     return any(
         _LANES[item.effect.kind] == "endpoint"
         and (deletes or not isinstance(item.effect, DeleteDeployment))
+        for item in aggregate.outbox
+    )
+
+
+def endpoint_lane_waiting(
+    aggregate: ModelAggregate, endpoint: str | None, *, deletes: bool = True
+) -> bool:
+    """Like `endpoint_effects_waiting`, for one endpoint's lane only (the model's own: None;
+    a later ring's: its name)."""
+    lane = f"endpoint:{endpoint}" if endpoint else "endpoint"
+    return any(
+        _lane(item.effect) == lane and (deletes or not isinstance(item.effect, DeleteDeployment))
         for item in aggregate.outbox
     )
 
@@ -248,7 +269,7 @@ class Outbox:
                     # off the deployment may be what it waits for).
                     continue
                 run.done.add(item.id)
-                if isinstance(item.effect, SetTraffic) and aggregate.traffic_alert is not None:
+                if _restores(item.effect, aggregate.traffic_alert):
                     run.restored = True
         self._settle(aggregate, run, loaded)
         self._announce(aggregate, run)
@@ -312,9 +333,13 @@ class Outbox:
         if isinstance(effect, SetTraffic) and effect.restore:
             run.failed[item.id] = (attempts, first, error)
             run.urgent = run.urgent or exc
-            if exhausted and aggregate.traffic_alert is None:
+            if exhausted and aggregate.traffic_alert is None and run.alert is None:
                 run.alert = TrafficAlert(
-                    traffic=dict(effect.traffic), since=first, attempts=attempts, error=error
+                    traffic=dict(effect.traffic),
+                    since=first,
+                    attempts=attempts,
+                    error=error,
+                    endpoint=effect.endpoint,
                 )
             return
         if not exhausted:
@@ -381,7 +406,7 @@ class Outbox:
                 update["effects_given_up"] = current.effects_given_up + len(run.gave_up)
             if run.alert is not None and current.traffic_alert is None:
                 update["traffic_alert"] = run.alert
-            elif run.restored and current.traffic_alert is not None:
+            elif run.restored and current.traffic_alert == aggregate.traffic_alert:
                 update["traffic_alert"] = None
             if audit:  # audit entries of their own version, so no record id is shared
                 version = current.version + 1

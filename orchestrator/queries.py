@@ -21,6 +21,7 @@ from domain.policy import ModelPolicy
 from orchestrator.policy_files import policy_for
 from orchestrator.ports import MAX_AUDIT_PAGE, AuditPage, AuditRecord, Ports
 from promotion.explain import canary_samples, first_model_bake
+from promotion.rings import ring_endpoints
 from promotion.state import Promotion, PromotionState, PromotionStatus
 
 RECENT_RUNS = 5  # the last runs the status shows (the rest: `runs`)
@@ -203,19 +204,23 @@ def _rings_view(state: PromotionState, policy: ModelPolicy) -> list[dict[str, An
             "state": "done" if walking else (str(active.status) if active else "serving"),
         }
     ]
-    for ring in policy.rings[1:]:
-        own = state.rings.get(ring.endpoint)
+    # The rings the state knows (the promotion's, fixed at its start), then any the policy
+    # names now that nothing reached yet.
+    known = ring_endpoints(state)
+    added = [ring.endpoint for ring in policy.rings[1:] if ring.endpoint not in known]
+    for endpoint in (*known, *added):
+        own = state.rings.get(endpoint)
         version = own.version if own else None
         ring_state = "serving" if active is None else "waiting"
-        if walking and active is not None and ring.endpoint in active.rings:
-            at = active.rings.index(ring.endpoint)
+        if walking and active is not None and endpoint in active.rings:
+            at = active.rings.index(endpoint)
             if at < active.rings_moved:
                 version = active.candidate_version
                 ring_state = "baking" if at == active.ring_index else "done"
             elif at == active.ring_index:
                 ring_state = "deploying"
-        view.append({"endpoint": ring.endpoint, "serving_version": version, "state": ring_state})
-    return view if policy.rings else []
+        view.append({"endpoint": endpoint, "serving_version": version, "state": ring_state})
+    return view if len(view) > 1 else []
 
 
 def _shadow_view(active: Promotion | None, policy: ModelPolicy) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ from domain.policy import ModelPolicy
 from orchestrator.aggregate import ModelAggregate
 from orchestrator.handlers import MessageHandlers
 from orchestrator.messages import Envelope
-from orchestrator.outbox import Outbox, endpoint_effects_waiting
+from orchestrator.outbox import Outbox, endpoint_lane_waiting
 from orchestrator.ports import DeploymentBusy, Ports
 from promotion.commands import EndpointDrift, EndpointInSync
 from promotion.drift import (
@@ -29,9 +29,17 @@ from promotion.drift import (
     expected_ring,
     find_drift,
 )
+from promotion.rings import ring_endpoints
 from promotion.state import Drift
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Unread:
+    """An endpoint not read this pass, and why."""
+
+    why: str
 
 
 @dataclass
@@ -61,44 +69,40 @@ class Reconciler:
 
     def _reconcile(self, model: str, report: ReconcileReport) -> None:
         aggregate, _ = self.ports.store.load(model)
-        expected = expected_endpoint(aggregate.promotion)
-        if expected is None:
+        state = aggregate.promotion
+        # The model's endpoint first, then each later ring the state knows (the promotion's,
+        # fixed at its start, not the policy's now), each on its own: one that waits or cannot
+        # be read is skipped alone.
+        targets = [(None, expected_endpoint(state))] + [
+            (ring, expected_ring(state, ring)) for ring in ring_endpoints(state)
+        ]
+        compare = [(ring, expected) for ring, expected in targets if expected is not None]
+        if not compare:
             report.skipped[model] = "nothing deployed yet"
             return
-        if endpoint_effects_waiting(aggregate, deletes=False):
-            # Our own deploy or traffic map is on its way (or being retried): not drift. A
-            # delete does not hold the pass: it may wait for traffic the pass puts back.
-            report.skipped[model] = "endpoint effects on their way"
-            return
         policy = self.ports.policies[model]
-        try:
-            found = self._compare(policy, expected, None)
-        except DeploymentBusy:
-            report.skipped[model] = "the endpoint is applying an update"
-            return
-        report.checked.append(model)
-        if isinstance(found, str):
-            report.skipped[model] = found
-            return
-        drift = found
-        # Each later ring (policy `rings`) against what the state says it serves; the first
-        # that differs is the drift reported (the model's own endpoint first).
-        for ring in policy.rings[1:]:
-            if drift is not None:
-                break
-            ring_expected = expected_ring(aggregate.promotion, ring.endpoint)
-            if ring_expected is None:
+        skipped: list[str] = []
+        in_sync: set[str | None] = set()
+        drift: Drift | None = None
+        for ring, expected in compare:
+            found = self._read(aggregate, policy, expected, ring)
+            if isinstance(found, _Unread):
+                skipped.append(f"{ring}: {found.why}" if ring else found.why)
                 continue
-            try:
-                found = self._compare(policy, ring_expected, ring.endpoint)
-            except DeploymentBusy:
-                found = "the endpoint is applying an update"
+            if model not in report.checked:
+                report.checked.append(model)
             if isinstance(found, str):
-                report.skipped[model] = f"{ring.endpoint}: {found}"
-                return
-            drift = found
+                skipped.append(f"{ring}: {found}" if ring else found)
+            elif found is None:
+                in_sync.add(ring)
+            else:
+                drift = found  # the first that differs is the drift reported
+                break
+        if skipped:
+            report.skipped[model] = "; ".join(skipped)
         if drift is None:
-            if aggregate.promotion.drift is not None:
+            if state.drift is not None and state.drift.endpoint in in_sync:
+                # Only the endpoint the drift was found on, read back in line, clears it.
                 self._handle(aggregate, "EndpointInSync", EndpointInSync(), "in-sync")
             return
         log.warning("%s: endpoint drift: %s", model, drift.summary)
@@ -108,6 +112,29 @@ class Reconciler:
         ).hexdigest()[:16]
         command = EndpointDrift.model_validate(drift.model_dump())
         self._handle(aggregate, "EndpointDrift", command, f"drift:{digest}")
+
+    def _read(
+        self,
+        aggregate: ModelAggregate,
+        policy: ModelPolicy,
+        expected: ExpectedEndpoint,
+        ring: str | None,
+    ) -> Drift | str | _Unread | None:
+        """One endpoint compared, or why it was not read this pass. The model's own endpoint
+        failing to be read fails the model's pass (reported); a later ring's is skipped alone."""
+        if endpoint_lane_waiting(aggregate, ring, deletes=False):
+            # Our own deploy or traffic map is on its way there (or being retried): not drift.
+            # A delete does not hold the pass: it may wait for traffic the pass puts back.
+            return _Unread("endpoint effects on their way")
+        try:
+            return self._compare(policy, expected, ring)
+        except DeploymentBusy:
+            return _Unread("the endpoint is applying an update")
+        except Exception as exc:
+            if ring is None:
+                raise
+            log.warning("reconcile: %s ring %s not read: %s", aggregate.model, ring, exc)
+            return _Unread(f"not read: {type(exc).__name__}: {exc}"[:300])
 
     def _compare(
         self, policy: ModelPolicy, expected: ExpectedEndpoint, ring: str | None

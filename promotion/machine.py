@@ -35,7 +35,7 @@ from domain.effects import (
     TagModelVersion,
 )
 from domain.naming import deployment_name
-from domain.policy import ModelPolicy
+from domain.policy import ModelPolicy, RingSettings
 from promotion.commands import (
     ApprovalDecision,
     ApprovalTimedOut,
@@ -403,6 +403,7 @@ def _create(t: _Transition, version: str, run_id: str | None) -> None:
             step=STAGING,
             canary_steps=tuple(t.policy.canary.steps),
             rings=tuple(ring.endpoint for ring in t.policy.rings[1:]),
+            ring_settings=tuple(t.policy.rings[1:]),
             step_started_at=t.now,
             baseline=t.state.last_known_good,
             started_at=t.now,
@@ -858,12 +859,29 @@ def _rings_deployed(promotion: Promotion) -> tuple[str, ...]:
     return promotion.rings[: promotion.ring_index + 1]
 
 
+def _ring_settings(t: _Transition, endpoint: str) -> RingSettings:
+    """A later ring's settings as fixed when the promotion started (a ring edited or removed
+    from the policy meanwhile is walked as it was); a state saved before they were kept: the
+    policy's, else the defaults."""
+    kept = next((ring for ring in t.promotion.ring_settings if ring.endpoint == endpoint), None)
+    return kept or t.policy.ring(endpoint) or RingSettings(endpoint=endpoint)
+
+
 def _ring_bake(t: _Transition, endpoint: str) -> timedelta:
-    ring = t.policy.ring(endpoint)
-    return ring.bake if ring is not None and ring.bake is not None else t.policy.production_bake
+    bake = _ring_settings(t, endpoint).bake
+    return bake if bake is not None else t.policy.production_bake
 
 
-def _enter_ring(t: _Transition, index: int, cause: str) -> None:
+def _first_ring_done(t: _Transition, cause: str, by: str = SYSTEM) -> None:
+    """The first ring's production bake is over (passed, promoted now, or a first model's
+    bake passed without traffic): the later rings follow one by one, else it is completed."""
+    if t.promotion.rings:
+        _enter_ring(t, 0, f"{t.promotion.step}: {cause}", by=by)
+    else:
+        _complete(t, cause, by=by)
+
+
+def _enter_ring(t: _Transition, index: int, cause: str, by: str = SYSTEM) -> None:
     """The candidate deployed on the later ring `index`; its traffic follows when it is ready.
     The first ring keeps its known-good deployment (with no traffic) as its way back."""
     promotion = t.promotion
@@ -887,7 +905,7 @@ def _enter_ring(t: _Transition, index: int, cause: str) -> None:
         inconclusive=0,
         traffic_wait=None,
     )
-    t.move(Status.RING, ring_step_name(index), cause, endpoint=endpoint)
+    t.move(Status.RING, ring_step_name(index), cause, by, endpoint=endpoint)
     t.emit(
         DeployModel(
             model_version=promotion.candidate_version,
@@ -925,11 +943,7 @@ def _judge_ring(t: _Transition, command: GateCheck) -> None:
     missing data never passes)."""
     promotion = t.promotion
     endpoint = promotion.rings[promotion.ring_index]
-    ring = t.policy.ring(endpoint)
-    if ring is None:
-        # The policy dropped this ring meanwhile: a gate that cannot be judged never passes.
-        _pause_exhausted(t, f"{endpoint} is no ring of the policy any more")
-        return
+    ring = _ring_settings(t, endpoint)
     result = evaluate_ring(
         ring, command.live, promotion.candidate_deployment, t.policy.canary.min_samples_per_arm
     )
@@ -1223,7 +1237,7 @@ def _first_model_without_traffic(t: _Transition, command: GateCheck, result: Gat
     served = "unreadable" if wait.requests is None else f"{wait.requests} of {wait.needed}"
     if mode == "pass" and wait.errors == 0:
         t.record("bake.passed_without_traffic", requests=wait.requests, needed=wait.needed)
-        _complete(
+        _first_ring_done(
             t,
             f"{served} requests, no errors: policy first_model.bake_without_traffic=pass",
         )
@@ -1263,11 +1277,11 @@ def _production_arm(promotion: Promotion) -> str | None:
 
 def _step_passed(t: _Transition, cause: str) -> None:
     promotion = t.promotion
-    if promotion.status == Status.PRODUCTION_BAKE and promotion.rings:
-        _enter_ring(t, 0, f"{promotion.step}: {cause}")
+    if promotion.status == Status.PRODUCTION_BAKE:
+        _first_ring_done(t, cause)
     elif promotion.status == Status.RING and promotion.ring_index + 1 < len(promotion.rings):
         _enter_ring(t, promotion.ring_index + 1, f"{promotion.step}: {cause}")
-    elif promotion.status in (Status.PRODUCTION_BAKE, Status.RING):
+    elif promotion.status == Status.RING:
         _complete(t, cause)
     elif promotion.step_index + 1 < len(promotion.canary_steps):
         _enter_canary_step(t, promotion.step_index + 1, f"{promotion.step}: {cause}")
@@ -1290,9 +1304,10 @@ def _complete(t: _Transition, cause: str, by: str = SYSTEM) -> None:
             DeleteDeployment(deployment=baseline.deployment),
         )
         t.tag(baseline.version, "archived")
-    rings = dict(t.state.rings)
-    for endpoint in promotion.rings:
-        # Every ring serves the candidate now: each one's old deployment goes.
+    # The rings of this promotion (fixed at its start) serve the candidate now, each one's old
+    # deployment gone; a ring removed from the policy before it started is no longer followed.
+    rings = {e: own for e, own in t.state.rings.items() if e in promotion.rings}
+    for endpoint in promotion.rings[: promotion.rings_moved]:
         old = rings.get(endpoint)
         if old is not None and old.deployment != promotion.candidate_deployment:
             t.emit(
@@ -1330,7 +1345,7 @@ def _on_promote_now(t: _Transition, command: PromoteNow) -> Decision[PromotionSt
             reason=command.reason,
             skipped=[BAKE],
         )
-        _complete(t, f"promote_now: {command.reason}", by=command.requested_by)
+        _first_ring_done(t, f"promote_now: {command.reason}", by=command.requested_by)
         return t.done()
     skipped = [
         canary_step_name(i) for i in range(t.promotion.step_index, len(t.promotion.canary_steps))
@@ -1521,7 +1536,13 @@ def _on_resume(t: _Transition, command: ResumePromotion) -> Decision[PromotionSt
     promotion = t.promotion
     ring = t.state.drift.endpoint if t.state.drift is not None else None
     expected = _expected_on(t.state, ring)
-    if t.state.drift is not None and expected is not None and promotion.deployment_ready:
+    # On the rings, only the ring whose deployment is being created waits for it (its traffic
+    # moves once it is ready); every other endpoint (the first ring's included) can be put
+    # back now. `deployment_ready` is the ring's being deployed, not theirs.
+    settled = promotion.deployment_ready or (
+        promotion.status == Status.RING and ring != _deploying_on(promotion)
+    )
+    if t.state.drift is not None and expected is not None and settled:
         # Paused for drift: the person resuming wants what the state says, put back. The drift
         # is cleared, so the same drift found again pauses again.
         t.emit(SetTraffic(traffic=dict(expected.traffic), endpoint=ring))

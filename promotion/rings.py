@@ -9,6 +9,16 @@ from __future__ import annotations
 from domain.metrics import LiveMetrics
 from domain.policy import RingSettings
 from promotion.gates import GateEvidence, GateResult
+from promotion.state import PromotionState
+
+
+def ring_endpoints(state: PromotionState) -> tuple[str, ...]:
+    """The later rings the state knows, in order: the active promotion's (fixed when it
+    started, whatever the policy says now), then any other ring the state says serves a model.
+    What the reconcile pass compares and the status shows (not the policy's rings: a ring
+    removed from it may still serve the candidate)."""
+    walked = state.active.rings if state.active is not None else ()
+    return tuple(dict.fromkeys((*walked, *state.rings)))
 
 
 def ring_step_name(index: int) -> str:

@@ -12,6 +12,7 @@ from enum import StrEnum
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from domain.metrics import ArmStats
+from domain.policy import RingSettings
 from promotion.gates import CanaryLook, GateEvidence, Outcome
 
 HISTORY_LIMIT = 20
@@ -155,6 +156,10 @@ class Promotion(_Record):
     # being walked (index into them; -1: still on the first ring) and how many of them already
     # had their traffic moved to the candidate.
     rings: tuple[str, ...] = ()
+    # Those rings' settings (bake, max_error_rate), fixed at the start too: a ring edited or
+    # removed from the policy meanwhile is still walked as it was. Empty: a state saved before
+    # they were kept (the policy's settings then).
+    ring_settings: tuple[RingSettings, ...] = ()
     ring_index: int = -1
     rings_moved: int = Field(default=0, ge=0)
     started_at: AwareDatetime

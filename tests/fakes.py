@@ -1111,9 +1111,12 @@ def fake_runtime(
     ring_endpoints: dict[str, FakeEndpoint] = overrides.pop("ring_endpoints", None) or {}
 
     def endpoint_for(policy: ModelPolicy) -> FakeEndpoint:
-        if policy.ring(policy.endpoint) is not None:  # a later ring's endpoint, by its name
-            return ring_endpoints.setdefault(policy.endpoint, FakeEndpoint())
-        return endpoint
+        # By name only: a model's own endpoint is the shared fake; any other name is a later
+        # ring's, its own fake (whatever the policy's rings say now: a ring removed from it
+        # meanwhile is still that ring, never the model's endpoint).
+        if any(own.endpoint == policy.endpoint for own in ports["policies"].values()):
+            return endpoint
+        return ring_endpoints.setdefault(policy.endpoint, FakeEndpoint())
 
     ports: dict[str, Any] = {
         "store": InMemoryStateStore(),

@@ -183,6 +183,7 @@ def test_two_models_walk_the_promotion_flow_at_once_each_on_its_own_endpoint(
             {v1: 100},
             {v1: 90, v2: 10},
             {v1: 50, v2: 50},
+            {v2: 95, v1: 5},  # the production bake's holdback
             {v2: 100},
         ]
         adapter = LocalEndpoint(endpoint_server.url, ENDPOINTS[model], key=endpoint_server.key)

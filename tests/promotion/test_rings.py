@@ -11,9 +11,16 @@ import pytest
 
 from domain.effects import DeleteDeployment, DeployModel, SetTraffic
 from domain.policy import PolicyError, parse_policy
-from promotion.commands import DeploymentFailed, DeploymentReady, ResumePromotion
+from promotion.commands import (
+    DeploymentFailed,
+    DeploymentReady,
+    EndpointDrift,
+    PromoteNow,
+    ResumePromotion,
+)
+from promotion.drift import expected_endpoint, expected_ring
 from promotion.machine import observation_needed
-from promotion.state import PromotionStatus
+from promotion.state import PromotionState, PromotionStatus
 
 from .support import Harness, dep, make_policy, serving, with_champion
 
@@ -184,6 +191,113 @@ def test_without_rings_nothing_changes() -> None:
     assert h.active.rings == ()
 
 
+def first_model_baking(**policy: object) -> Harness:
+    """A first model (nothing served anywhere before) in the first ring's production bake."""
+    h = Harness(make_policy(rings=RINGS, **policy), PromotionState())
+    h.start()
+    h.send(DeploymentReady(promotion_id=h.active.id, deployment=dep("2")))
+    assert h.status == S.PRODUCTION_BAKE and h.active.baseline is None
+    return h
+
+
+def walk_the_later_rings(h: Harness) -> None:
+    for endpoint in (NORTH, SOUTH):
+        assert (h.status, h.active.rings[h.active.ring_index]) == (S.RING, endpoint)
+        h.send(ready_on(h, endpoint))
+        h.send(h.check("pass"))
+
+
+def test_a_first_model_promoted_now_still_walks_the_later_rings() -> None:
+    h = first_model_baking()
+    h.send(PromoteNow(promotion_id=h.active.id, requested_by="carol", reason="go"))
+    assert (h.status, h.active.step) == (S.RING, "ring-2")
+    assert DeployModel(model_version="2", deployment=dep("2"), endpoint=NORTH) in h.last.effects
+    assert h.state.rings == {}  # nothing serves the candidate there yet, by the state
+    assert h.active.steps[-1].caused_by == "carol"
+    walk_the_later_rings(h)
+    assert h.status == S.COMPLETED
+    assert {name: ring.version for name, ring in h.state.rings.items()} == {NORTH: "2", SOUTH: "2"}
+
+
+def test_a_first_model_bake_passed_without_traffic_still_walks_the_later_rings() -> None:
+    h = first_model_baking(first_model={"bake_without_traffic": "pass"})
+    h.send(h.check("few"))  # 50 requests, no errors
+    assert "bake.passed_without_traffic" in [entry.action for entry in h.last.audit]
+    assert (h.status, h.active.step) == (S.RING, "ring-2")
+    assert h.state.rings == {}
+    walk_the_later_rings(h)
+    assert h.status == S.COMPLETED
+    assert set(h.state.rings) == {NORTH, SOUTH}
+
+
+def test_resume_puts_the_first_ring_back_while_a_later_ring_is_being_deployed() -> None:
+    h = walking()
+    h.send(h.check("pass"))  # the north ring's deployment is being created
+    assert h.status == S.RING and not h.active.deployment_ready
+    expected = expected_endpoint(h.state)
+    assert expected is not None
+    drift = EndpointDrift(expected_traffic=expected.traffic, actual_traffic={dep("1"): 100})
+    h.send(drift)
+    assert h.active.paused
+
+    h.send(ResumePromotion(promotion_id=h.active.id, requested_by="carol"))
+    assert SetTraffic(traffic={dep("2"): 100}) in h.last.effects  # the first ring, put back
+    assert h.state.drift is None
+    # The north ring's traffic still waits for its deployment; the same drift found again
+    # pauses again.
+    assert not any(isinstance(e, SetTraffic) and e.endpoint == NORTH for e in h.last.effects)
+    h.send(drift)
+    assert h.active.paused
+
+
+def test_resume_leaves_the_ring_being_deployed_to_its_deployment() -> None:
+    h = walking()
+    h.send(h.check("pass"))
+    expected = expected_ring(h.state, NORTH)
+    assert expected is not None and expected.traffic == {dep("0"): 100}
+    h.send(
+        EndpointDrift(
+            expected_traffic=expected.traffic, actual_traffic={dep("9"): 100}, endpoint=NORTH
+        )
+    )
+    h.send(ResumePromotion(promotion_id=h.active.id, requested_by="carol"))
+    # No traffic map while its deployment is being created: its traffic moves once it is ready.
+    assert not any(isinstance(e, SetTraffic) for e in h.last.effects)
+    h.send(ready_on(h, NORTH))
+    assert SetTraffic(traffic={dep("2"): 100, dep("0"): 0}, endpoint=NORTH) in h.last.effects
+
+
+def test_a_ring_removed_from_the_policy_meanwhile_is_walked_as_it_was_at_the_start() -> None:
+    h = walking()
+    h.send(h.check("pass"))  # ring-2: north, baked 20m by the policy at the start
+    h.policy = make_policy(rings=[RINGS[0], RINGS[2]])  # north removed meanwhile
+    h.send(ready_on(h, NORTH))
+    assert h.active.check_due_at == h.now + timedelta(minutes=20)
+    h.send(h.check("pass"))
+    assert not h.active.paused and h.active.step == "ring-3"
+    h.send(ready_on(h, SOUTH))
+    h.send(h.check("pass"))
+    assert h.status == S.COMPLETED
+    assert {name: ring.version for name, ring in h.state.rings.items()} == {NORTH: "2", SOUTH: "2"}
+
+
+def test_a_completed_promotion_stops_following_a_ring_removed_before_it_started() -> None:
+    state = with_champion("1").model_copy(
+        update={"rings": {NORTH: serving("0"), SOUTH: serving("1")}}
+    )
+    h = Harness(make_policy(rings=[RINGS[0], RINGS[2]]), state)
+    h.start()
+    assert h.active.rings == (SOUTH,)
+    h.send(DeploymentReady(promotion_id=h.active.id, deployment=dep("2")))
+    while h.status != S.RING:
+        h.send(h.check("pass"))
+    h.send(ready_on(h, SOUTH))
+    h.send(h.check("pass"))
+    assert h.status == S.COMPLETED
+    assert set(h.state.rings) == {SOUTH}
+    assert not any(e.endpoint == NORTH for e in h.last.effects if hasattr(e, "endpoint"))
+
+
 @pytest.mark.parametrize(
     ("rings", "says"),
     [
@@ -193,6 +307,7 @@ def test_without_rings_nothing_changes() -> None:
             "rings: .*each ring names a different endpoint",
         ),
         ("[{endpoint: churn-endpoint, bake: 5m}]", "leave its bake out"),
+        ("[{endpoint: churn-endpoint, max_error_rate: 0.05}]", "rings: .*leave its max_error"),
         ("[{endpoint: churn-endpoint}, {endpoint: n, bake: 5m}]", "rings.1.endpoint"),
         ("[{endpoint: churn-endpoint}, {endpoint: churn-north, color: red}]", "rings.1.color"),
     ],
