@@ -115,7 +115,7 @@ def dashboard_world(azurite: Azurite, tmp_path: Path) -> Iterator[DashboardWorld
     demo-lead@example.com), data batches for a first model and a better one, traffic flowing.
     Containers and queues are this test's own."""
     from devhost.demo.inputs import TrafficGenerator, load_dataset, write_batch
-    from devhost.demo.story import APPROVER, MODEL, DemoOptions, demo_endpoint, demo_settings
+    from devhost.demo.story import APPROVER, MODEL, DemoOptions, demo_endpoints, demo_settings
     from devhost.host.dev_host import DevHost
     from endpoint_server import start_local_endpoint
     from endpoint_server.server import new_key
@@ -168,8 +168,8 @@ def dashboard_world(azurite: Azurite, tmp_path: Path) -> Iterator[DashboardWorld
         poll_interval=0.3,
         state_dir=local,
     )
-    endpoint_name = demo_endpoint(options)
-    traffic = TrafficGenerator(endpoint.url, endpoint_name, dataset, 3, key)
+    endpoints = demo_endpoints(options)
+    traffic = TrafficGenerator(endpoint.url, endpoints, dataset, 3, key)
     set_runtime(None)
     try:
         host.start()
@@ -179,7 +179,7 @@ def dashboard_world(azurite: Azurite, tmp_path: Path) -> Iterator[DashboardWorld
             runtime=get_runtime(),
             model=MODEL,
             endpoint_url=endpoint.url,
-            endpoint_name=endpoint_name,
+            endpoint_name=endpoints[0],
             endpoint_key=key,
             batches=batches,
         )
