@@ -1,31 +1,32 @@
 """The data ledger (orchestrator/ports.py `DataLedger`) on Blob Storage: the keys a model has
 seen and the data waiting for its next job, beside (not inside) its aggregate.
 
-- Keys: `dedup/{model}/{shard}.json`, SHARDS small JSON blobs by key hash, each a map
-  key hash -> [claimant hash, seen at (epoch seconds)], read and written with ETag conditions
-  (a conflict re-reads and re-applies). A write drops keys seen longer ago than the retention
-  window. One event touches one shard: the cost stays flat however many keys the model has
-  seen (about 250 keys a shard at a million).
-- Pending: `pending/{model}/{key hash}`, one small blob per new item, created with
-  If-None-Match: * (concurrent events never contend) BEFORE its key is claimed, so a claimed
-  key's item is pending until a job takes it (a redelivery of the claiming message then
-  finds no pending item and counts nothing). Its metadata carries when it landed, its rows
-  and its URI, so one listing answers "what is pending" without reading a blob.
+- Pending items are the claims: `pending/{model}/{key hash}`, one small blob per new item,
+  created with If-None-Match: * so concurrent events never contend. Its metadata carries who
+  claimed it (a hash of the message id), when, with which retention window, when it landed,
+  its rows and its URI, so one listing answers "what is pending" without reading a blob.
+- Trained keys: `dedup/{model}/{shard}.json`, SHARDS small JSON blobs by key hash, each a map
+  key hash -> [claimant hash, seen at (epoch seconds)], written when a job's data is released
+  (ETag conditions; a conflict re-reads and re-applies), before the pending blobs go. A write
+  drops keys seen longer ago than the retention window. A claim reads its key's shard AFTER
+  its pending blob exists, so a key being released is seen in one place or the other.
 - Manifests: `manifests/{model}/{run id}.json`, the items a job takes, created once (the first
   writer wins; a redelivered submit reads the same list). Kept: a redelivered submit must
   find the same list, and a forced retrain with nothing new trains on the last run's.
 - Release, in bounded chunks: `releasing/{model}/{run id}`, an empty marker whose metadata
-  counts the manifest's items whose pending blobs are deleted (a prefix of its list). Each
-  `release` call deletes at most `limit` more (batches of 256) and saves the count; the last
-  one marks the manifest `released` and then deletes the marker. While the marker exists,
-  `pending`, `seal` and a redelivered `claim` skip every item its manifest names, so a
-  release cut short by a crash, or still going when the next window closes, never lets an
-  item be trained twice. Readers read the markers before they list the pending blobs: a
-  marker is deleted only after all its items' blobs are.
+  counts the manifest's items released (a prefix of its list). Each `release` call writes at
+  most `limit` more keys into their shards, deletes their pending blobs (batches of 256) and
+  saves the count; the last one marks the manifest `released` and then deletes the marker.
+  While the marker exists, `pending`, `seal` and a redelivered `claim` skip every item its
+  manifest names, so a release cut short by a crash, or still going when the next window
+  closes, never lets an item be trained twice. Readers read the markers before they list the
+  pending blobs: a marker is deleted only after all its items' blobs are.
 
-Per new item: one shard read, one pending create, one shard write; a window's close: one
-listing of markers, one listing of pending blobs, one manifest write; each release call:
-one manifest read, one batch delete per 256 items, one marker write.
+Per new item: one pending create and one shard read (two requests: a storm of events on one
+model is bound by the store's request rate, not by contention); data already trained costs a
+delete more. A window's close: one listing of markers, one listing of pending blobs, one
+manifest write; each release call: one manifest read, a read and a write per shard its chunk
+touches, one batch delete per 256 items, one marker write.
 
 Tables were measured on Azurite and rejected: inserts slow down as the table grows (4 ms at
 10k rows, 10 ms at 50k), where a shard's size stays bounded.
@@ -44,7 +45,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -86,6 +87,33 @@ class _Pending:
     landed_ms: int
     rows: int | None
     uri: str | None  # None: too long for metadata, in the body
+    claimant: str  # "" for an item pending from before claims moved into its blob
+    seen: int  # when its key was claimed (epoch seconds); 0 when not recorded
+    keep: int  # the retention its claim was made with (seconds); 0 when not recorded
+
+
+@dataclass(frozen=True)
+class _Claim:
+    """One message's claim: who, when, and the retention window it is made with."""
+
+    who: str
+    seen_at: int  # epoch seconds
+    horizon: int  # keys seen before this (epoch seconds) are forgotten
+    landed_ms: int
+    keep: int  # seconds
+
+
+def _pending_metadata(item: DataItem, claim: _Claim) -> dict[str, str]:
+    metadata = {
+        "landed": str(claim.landed_ms),
+        "rows": "" if item.rows is None else str(item.rows),
+        "claimant": claim.who,
+        "seen": str(claim.seen_at),
+        "keep": str(claim.keep),
+    }
+    if item.uri.isascii() and item.uri.isprintable() and len(item.uri) <= _URI_METADATA_LIMIT:
+        metadata["uri"] = item.uri
+    return metadata
 
 
 class BlobDataLedger:
@@ -132,46 +160,98 @@ class BlobDataLedger:
         unique: dict[str, DataItem] = {}
         for item in items:  # the same key twice in one message counts once
             unique.setdefault(key_hash(item.key), item)
-        by_shard: dict[int, list[str]] = {}
-        for hashed in unique:
-            by_shard.setdefault(shard_of(hashed, self._shards), []).append(hashed)
-        who = claimant_hash(claimant)
-        seen_at = int(now.timestamp())
-        horizon = seen_at - int(keep_for.total_seconds())
-        landed_ms = int(now.timestamp() * 1000)
+        claim = _Claim(
+            who=claimant_hash(claimant),
+            seen_at=int(now.timestamp()),
+            horizon=int(now.timestamp()) - int(keep_for.total_seconds()),
+            landed_ms=int(now.timestamp() * 1000),
+            keep=int(keep_for.total_seconds()),
+        )
         taken = _Lazy(lambda: self._taken(model))  # read only if a redelivery needs it
+        shards: dict[int, _Lazy[dict[str, list[Any]]]] = {}
+        shards_lock = threading.Lock()
 
-        def claim_shard(entry: tuple[int, list[str]]) -> set[str]:
-            shard, hashes = entry
-            counted: set[str] = set()
+        def trained(hashed: str) -> list[Any] | None:
+            """The key's entry in the index of trained keys, if seen within the window (one
+            read per shard per call, however many of its keys the message names)."""
+            shard = shard_of(hashed, self._shards)
+            with shards_lock:
+                lazy = shards.setdefault(shard, _Lazy(lambda: self._read_shard(model, shard)))
+            known = lazy.get().get(hashed)
+            return known if known is not None and known[1] >= claim.horizon else None
 
-            def change(keys: dict[str, list[Any]]) -> bool:
-                counted.clear()
-                changed = _prune(keys, horizon)
-                for hashed in hashes:
-                    known = keys.get(hashed)
-                    if known is None:
-                        # Pending first, then the key: once the key is claimed its item is
-                        # pending (or already taken by a job), never missing.
-                        self._add_pending(model, hashed, unique[hashed], landed_ms)
-                        keys[hashed] = [who, seen_at]
-                        counted.add(hashed)
-                        changed = True
-                    elif (
-                        known[0] == who
-                        and self._is_pending(model, hashed)
-                        and self._pending_name(model, hashed) not in taken.get()
-                    ):
-                        counted.add(hashed)  # a redelivery: its item is still pending
-                return changed
+        def claim_one(hashed: str) -> bool:
+            return self._claim_one(model, hashed, unique[hashed], claim, taken, trained)
 
-            self._update_shard(model, shard, change)
-            return counted
+        counted = self._map(claim_one, list(unique))
+        return [item for item, count in zip(unique.values(), counted, strict=True) if count]
 
-        counted: set[str] = set()
-        for part in self._map(claim_shard, by_shard.items()):
-            counted |= part
-        return [item for hashed, item in unique.items() if hashed in counted]
+    def _claim_one(
+        self,
+        model: str,
+        hashed: str,
+        item: DataItem,
+        claim: _Claim,
+        taken: _Lazy[set[str]],
+        trained: Callable[[str], list[Any] | None],
+    ) -> bool:
+        """Claim one key: its pending blob is the claim (created once, If-None-Match: *), so
+        a new item costs one create and one shard read, and concurrent events never contend.
+        The index of trained keys is read AFTER the pending blob exists: a release writes its
+        keys there before it deletes their pending blobs, so a key being released is seen
+        either way."""
+        name = self._pending_name(model, hashed)
+        blob = self._container.get_blob_client(name)
+        for _ in range(self._max_attempts):
+            try:
+                blob.upload_blob(
+                    _dump({"uri": item.uri, "key": item.key, "rows": item.rows}),
+                    overwrite=False,
+                    metadata=_pending_metadata(item, claim),
+                )
+            except ResourceExistsError:
+                pass
+            else:
+                if trained(hashed) is None:
+                    return True
+                # Data a job already trained on: a duplicate; its pending blob goes again.
+                with contextlib.suppress(ResourceNotFoundError):
+                    blob.delete_blob()
+                return False
+            try:
+                properties = blob.get_blob_properties()
+            except ResourceNotFoundError:
+                continue  # released between the two calls: try again
+            metadata = dict(properties.metadata or {})
+            owner, seen = metadata.get("claimant"), metadata.get("seen", "")
+            if owner is None:  # pending from before claims moved here: its key is in a shard
+                known = trained(hashed)
+                owner, seen = (known[0], str(known[1])) if known else (None, "")
+                if owner is not None:  # that shard entry is this item's own claim
+                    return owner == claim.who and name not in taken.get()
+            if owner is None or not seen.isdigit() or int(seen) < claim.horizon:
+                # Claimed longer ago than the window: forgotten, so claimed afresh by this
+                # message (the item keeps its first landing).
+                metadata.update(claimant=claim.who, seen=str(claim.seen_at), keep=str(claim.keep))
+                try:
+                    blob.set_blob_metadata(
+                        metadata,
+                        etag=properties.etag,
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                except (ResourceModifiedError, ResourceNotFoundError):
+                    continue
+                return True
+            if owner != claim.who or name in taken.get():
+                return False  # another message's key, or an item a job has taken
+            # A redelivery of the claiming message, its item still pending, unless an earlier
+            # delivery created it for data already trained and died before deleting it.
+            if trained(hashed) is None:
+                return True
+            with contextlib.suppress(ResourceNotFoundError):
+                blob.delete_blob()
+            return False
+        raise ConcurrencyConflict(f"{model}: pending item {hashed} kept changing")
 
     def pending(self, model: str) -> PendingData:
         listed = self._untaken(model)
@@ -196,7 +276,14 @@ class BlobDataLedger:
         body = {
             "run_id": run_id,
             "items": [
-                {"pending": item.name, "uri": uri} for item, uri in zip(taken, uris, strict=True)
+                {
+                    "pending": item.name,
+                    "uri": uri,
+                    "claimant": item.claimant,
+                    "seen": item.seen,
+                    "keep": item.keep,
+                }
+                for item, uri in zip(taken, uris, strict=True)
             ],
         }
         try:
@@ -229,7 +316,9 @@ class BlobDataLedger:
         names = [item["pending"] for item in document["items"]]
         done = self._release_started(marker)
         chunk = names[done : done + limit]
-        # Their keys stay claimed: a redelivery finds no pending item and counts nothing.
+        # Their keys go into the index of trained keys BEFORE their pending blobs go: a
+        # redelivery, or the same data landing again, then finds one or the other.
+        self._remember(model, document["items"][done : done + limit])
         for start in range(0, len(chunk), _BATCH):
             self._delete(chunk[start : start + _BATCH])
         done += len(chunk)
@@ -335,31 +424,55 @@ class BlobDataLedger:
             f"{model}: key shard {shard} gave up after {self._max_attempts} conflicting writes"
         )
 
+    def _read_shard(self, model: str, shard: int) -> dict[str, list[Any]]:
+        try:
+            keys: dict[str, list[Any]] = json.loads(
+                self._container.download_blob(self.shard_name(model, shard)).readall()
+            )
+        except ResourceNotFoundError:
+            return {}
+        return keys
+
+    def _remember(self, model: str, items: Sequence[dict[str, Any]]) -> None:
+        """Write released items' keys into their shards, with who claimed them and when; keys
+        older than the window the newest of them was claimed with are dropped meanwhile.
+        Items pending from before claims moved into the pending blob (no claimant) have
+        their key in a shard already."""
+        by_shard: dict[int, dict[str, list[Any]]] = {}
+        horizon: int | None = None
+        for item in items:
+            if not item.get("claimant"):
+                continue
+            hashed = item["pending"].rsplit("/", 1)[-1]
+            entry = [item["claimant"], int(item.get("seen") or 0)]
+            by_shard.setdefault(shard_of(hashed, self._shards), {})[hashed] = entry
+            if item.get("keep"):
+                oldest_kept = entry[1] - int(item["keep"])
+                horizon = oldest_kept if horizon is None else max(horizon, oldest_kept)
+
+        def write(entry: tuple[int, dict[str, list[Any]]]) -> None:
+            shard, entries = entry
+
+            def change(keys: dict[str, list[Any]]) -> bool:
+                changed = horizon is not None and _prune(keys, horizon)
+                for hashed, known in entries.items():
+                    if keys.get(hashed) != known:
+                        keys[hashed] = known
+                        changed = True
+                return changed
+
+            self._update_shard(model, shard, change)
+
+        self._map(write, by_shard.items())
+
     def write_shard(self, model: str, shard: int, keys: dict[str, list[Any]]) -> None:
         """Write one shard as it is (benchmarks pre-fill an index with it)."""
         self._container.upload_blob(self.shard_name(model, shard), _dump(keys), overwrite=True)
 
     # ------------------------------------------------------------------ pending items
 
-    def _add_pending(self, model: str, hashed: str, item: DataItem, landed_ms: int) -> None:
-        metadata = {"landed": str(landed_ms), "rows": "" if item.rows is None else str(item.rows)}
-        if item.uri.isascii() and item.uri.isprintable() and len(item.uri) <= _URI_METADATA_LIMIT:
-            metadata["uri"] = item.uri
-        body = {"uri": item.uri, "key": item.key, "rows": item.rows, "landed": landed_ms}
-        # Already pending (a redelivery): the first landing counts.
-        with contextlib.suppress(ResourceExistsError):
-            self._container.upload_blob(
-                f"{self._pending_prefix(model)}{hashed}",
-                _dump(body),
-                overwrite=False,
-                metadata=metadata,
-            )
-
     def _pending_name(self, model: str, hashed: str) -> str:
         return f"{self._pending_prefix(model)}{hashed}"
-
-    def _is_pending(self, model: str, hashed: str) -> bool:
-        return bool(self._container.get_blob_client(self._pending_name(model, hashed)).exists())
 
     def _list_pending(self, model: str) -> list[_Pending]:
         listed = []
@@ -374,6 +487,9 @@ class BlobDataLedger:
                     landed_ms=int(metadata.get("landed") or 0),
                     rows=int(rows) if rows.isdigit() else None,
                     uri=metadata.get("uri"),
+                    claimant=metadata.get("claimant", ""),
+                    seen=_number(metadata.get("seen")),
+                    keep=_number(metadata.get("keep")),
                 )
             )
         return listed
@@ -414,15 +530,15 @@ class BlobDataLedger:
             return list(pool.map(work, todo))
 
 
-class _Lazy:
+class _Lazy(Generic[_T]):
     """A value computed once, on first use, by whichever thread needs it first."""
 
-    def __init__(self, compute: Callable[[], set[str]]) -> None:
+    def __init__(self, compute: Callable[[], _T]) -> None:
         self._compute = compute
-        self._value: set[str] | None = None
+        self._value: _T | None = None
         self._lock = threading.Lock()
 
-    def get(self) -> set[str]:
+    def get(self) -> _T:
         with self._lock:
             if self._value is None:
                 self._value = self._compute()
@@ -435,6 +551,10 @@ def _prune(keys: dict[str, list[Any]], horizon: int) -> bool:
     for hashed in old:
         del keys[hashed]
     return bool(old)
+
+
+def _number(text: str | None) -> int:
+    return int(text) if text and text.isdigit() else 0
 
 
 def _age(item: _Pending) -> tuple[int, str]:

@@ -13,7 +13,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 
 from adapters.blob_state import ensure_container
-from adapters.data_ledger import BlobDataLedger, key_hash, shard_of
+from adapters.data_ledger import BlobDataLedger, claimant_hash, key_hash, shard_of
 from retrain.commands import DataItem
 from tests.fakes import InMemoryDataLedger
 
@@ -79,17 +79,83 @@ def test_a_manifest_is_sealed_once_and_release_makes_its_keys_taken(ledger: Blob
     assert ledger.claim("churn", [item(5)], "m5", T0, KEEP) == [item(5)]  # not taken yet
 
 
-def test_keys_past_the_retention_window_are_forgotten_when_their_shard_is_written(
-    ledger: BlobDataLedger, container
-):
-    ledger.claim("churn", [item(1)], "m1", T0, timedelta(days=1))
+def test_keys_past_the_retention_window_are_forgotten(ledger: BlobDataLedger, container):
+    day = timedelta(days=1)
+    ledger.claim("churn", [item(1)], "m1", T0, day)
     later = T0 + timedelta(days=2)
-    assert ledger.claim("churn", [item(1)], "m2", later, timedelta(days=1)) == [item(1)]
+    # Still pending, but claimed longer ago than the window: claimed afresh by m2.
+    assert ledger.claim("churn", [item(1)], "m2", later, day) == [item(1)]
+    assert ledger.claim("churn", [item(1)], "m1", later, day) == []
+    assert ledger.claim("churn", [item(1)], "m2", later, day) == [item(1)]  # m2's redelivery
+    assert ledger.pending("churn").items == 1  # one item all along
+    ledger.seal("churn", "r1", 10)
+    assert ledger.release("churn", "r1", 10) == 0
+    # Released: its key is in its shard, as m2 claimed it then.
     hashed = key_hash(item(1).key)
     shard = json.loads(
         container.download_blob(ledger.shard_name("churn", shard_of(hashed, 64))).readall()
     )
-    assert shard[hashed][1] == int(later.timestamp())  # seen again, by the new claimant
+    assert shard[hashed] == [claimant_hash("m2"), int(later.timestamp())]
+    assert ledger.claim("churn", [item(1)], "m3", later + timedelta(hours=1), day) == []
+    # Trained more than a window ago: new again.
+    then = later + timedelta(days=2)
+    assert ledger.claim("churn", [item(1)], "m4", then, day) == [item(1)]
+    ledger.seal("churn", "r2", 10)
+    assert ledger.release("churn", "r2", 10) == 0
+    # The release's write dropped no key of its own window and rewrote the trained one.
+    shard = json.loads(
+        container.download_blob(ledger.shard_name("churn", shard_of(hashed, 64))).readall()
+    )
+    assert shard[hashed] == [claimant_hash("m4"), int(then.timestamp())]
+
+
+def test_data_already_trained_landing_again_is_a_duplicate_and_leaves_nothing_pending(
+    ledger: BlobDataLedger, container
+):
+    land(ledger, range(3))
+    ledger.seal("churn", "r1", 10)
+    assert ledger.release("churn", "r1", 10) == 0
+    assert ledger.claim("churn", [item(0), item(7)], "late", T0, KEEP) == [item(7)]
+    assert pending_blobs(container) == 1
+    assert ledger.pending("churn").sample == [item(7).uri]
+
+
+def test_a_claim_cut_short_after_its_create_is_finished_by_the_redelivery(
+    ledger: BlobDataLedger, container, monkeypatch
+):
+    land(ledger, range(2))
+    ledger.seal("churn", "r1", 10)
+    ledger.release("churn", "r1", 10)
+    # A late copy of trained data: its pending blob is created, then the process dies
+    # before it reads the index of trained keys.
+    monkeypatch.setattr(ledger, "_read_shard", lambda *_: (_ for _ in ()).throw(OSError("died")))
+    with pytest.raises(OSError):
+        ledger.claim("churn", [item(1)], "late", T0, KEEP)
+    assert pending_blobs(container) == 1
+    monkeypatch.undo()
+    # Its redelivery finds its own pending item, sees the key trained, and removes it.
+    assert ledger.claim("churn", [item(1)], "late", T0, KEEP) == []
+    assert pending_blobs(container) == 0 and ledger.pending("churn").items == 0
+
+
+def test_items_pending_from_the_earlier_layout_keep_their_claims(ledger: BlobDataLedger, container):
+    # Before claims moved into the pending blob: a pending blob without a claimant, and its
+    # key claimed in its shard.
+    hashed = key_hash(item(1).key)
+    container.upload_blob(
+        f"pending/churn/{hashed}",
+        json.dumps({"uri": item(1).uri, "key": item(1).key, "rows": None}).encode(),
+        metadata={"landed": str(int(T0.timestamp() * 1000)), "rows": "", "uri": item(1).uri},
+    )
+    ledger.write_shard(
+        "churn", shard_of(hashed, 64), {hashed: [claimant_hash("m1"), int(T0.timestamp())]}
+    )
+    assert ledger.claim("churn", [item(1)], "m1", T0, KEEP) == [item(1)]  # its redelivery
+    assert ledger.claim("churn", [item(1)], "m2", T0, KEEP) == []
+    assert ledger.seal("churn", "r1", 10) == [item(1).uri]
+    assert ledger.release("churn", "r1", 10) == 0
+    assert ledger.claim("churn", [item(1)], "m1", T0, KEEP) == []  # trained now
+    assert pending_blobs(container) == 0
 
 
 def test_long_and_non_ascii_uris_survive_the_metadata_limits(ledger: BlobDataLedger):
