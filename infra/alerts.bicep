@@ -11,16 +11,26 @@
 //                       <status> since <time>" (orchestrator/maintenance.py, max_time_in_state)
 //   promotion-rollback  AppMetrics: the counter retrain.promotions with outcome rolled_back
 //                       (orchestrator/handlers.py, docs/observability.md)
+//   training-failed     AppMetrics: the counter retrain.training.runs with result failed
+//                       (orchestrator/handlers.py: a training job ended failed)
 //   app-dead-letters    StorageBlobLogs: a record written to the state account's
-//                       `dead-letters` container (every source: Event Grid, Event Hubs, queues)
+//                       `dead-letters` container (every source: Event Grid, Event Hubs, queues),
+//                       or AppMetrics: the counter retrain.dead_letters (adapters/dead_letters.py,
+//                       counted once the record is written; dimensions source and reason). Both:
+//                       the blob log holds even when the app's telemetry does not reach
+//                       Application Insights, the metric when the account's logs are late or
+//                       turned off; one rule, so one dead letter is one alert
 //   queue-dead-letters  metric DeadletteredMessages of the Service Bus namespace (messages past
 //                       MaxDeliveryCount)
 //   event-grid-dead-letters / event-grid-dropped
 //                       metrics DeadLetteredCount / DroppedEventCount of the data account's
 //                       system topic (BlobCreated events Event Grid could not deliver)
 //
-// The log tables fill only once the app runs, so the queries are not validated at deployment;
-// `union isfuzzy=true` lets a query read a table that does not exist yet.
+// The app's OpenTelemetry counters (orchestrator/telemetry.py) reach the workspace through the
+// Azure Monitor distro as custom metrics: table AppMetrics (customMetrics in Application
+// Insights), Name = the instrument's name, the attributes in Properties, Sum = the count added
+// in the exported interval. The log tables fill only once the app runs, so the queries are not
+// validated at deployment; `union isfuzzy=true` lets a query read a table that does not exist yet.
 param location string
 param tags object
 param resourceToken string
@@ -55,10 +65,16 @@ var logAlerts = [
     query: 'AppMetrics | where Name == "retrain.promotions" and tostring(Properties["outcome"]) == "rolled_back" and Sum > 0'
   }
   {
+    name: 'training-failed'
+    severity: 2
+    description: 'A training job failed: the model\'s runs (GET /api/models/{model}/runs) and the job\'s logs in Azure ML say why.'
+    query: 'AppMetrics | where Name == "retrain.training.runs" and tostring(Properties["result"]) == "failed" and Sum > 0'
+  }
+  {
     name: 'app-dead-letters'
     severity: 2
     description: 'The app dead-lettered a message or event it can never handle: python -m devhost.cli dead-letters lists and replays them.'
-    query: 'StorageBlobLogs | where OperationName == "PutBlob" and Uri has "/dead-letters/"'
+    query: 'union isfuzzy=true (StorageBlobLogs | where OperationName == "PutBlob" and Uri has "/dead-letters/"), (AppMetrics | where Name == "retrain.dead_letters" and Sum > 0)'
   }
 ]
 

@@ -34,6 +34,15 @@ param entraTenantId string = tenant().tenantId
 @description('The API app registration\'s Application ID URI and/or client id (ENTRA_API_AUDIENCE; README "Who can move a promotion").')
 param entraApiAudience string
 
+@description('The API app registration\'s client id (ENTRA_CLIENT_ID): App Service authentication signs people in with it, so the dashboard acts as the signed-in person (docs/dashboard.md). Empty: App Service authentication is left as it is.')
+param entraClientId string = ''
+
+@description('App Service authentication when entraClientId is given (default true); false leaves it as it is.')
+param appServiceAuthentication bool = true
+
+@description('The scope the dashboard\'s sign-in asks for (ENTRA_API_SCOPE). Empty: <the first of entraApiAudience>/user_impersonation.')
+param entraApiScope string = ''
+
 @description('Where alerts are e-mailed. Empty: the alert rules fire without notifying anyone.')
 param alertEmail string = ''
 
@@ -60,6 +69,8 @@ var resourceToken = toLower(uniqueString(subscription().id, environmentName, loc
 var tags = {
   'azd-env-name': environmentName
 }
+// App Service authentication (app.bicep) with the API's app registration.
+var signIn = appServiceAuthentication && !empty(entraClientId)
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: 'rg-${environmentName}'
@@ -74,6 +85,20 @@ module appIdentity 'br/public:avm/res/managed-identity/user-assigned-identity:0.
   scope: rg
   params: {
     name: 'id-func-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+// The identity App Service authentication presents to Entra ID instead of a client secret (a
+// federated credential of the API's app registration: infra/hooks/postprovision.sh). Its own,
+// not the app's: the app's identity also runs the training cluster, which must not be able to
+// act as the app registration.
+module authIdentity 'br/public:avm/res/managed-identity/user-assigned-identity:0.4.1' = if (signIn) {
+  name: 'auth-identity'
+  scope: rg
+  params: {
+    name: 'id-auth-${resourceToken}'
     location: location
     tags: tags
   }
@@ -170,6 +195,10 @@ module app 'app.bicep' = {
     canaryRecordsUri: canaryRecordsUri
     canaryFeedbackUri: canaryFeedbackUri
     canaryLatencyWorkspaceId: monitoring.outputs.logAnalyticsCustomerId
+    entraClientId: signIn ? entraClientId : ''
+    entraApiScope: entraApiScope
+    authIdentityId: signIn ? authIdentity.outputs.resourceId : ''
+    authIdentityClientId: signIn ? authIdentity.outputs.clientId : ''
   }
 }
 
@@ -234,3 +263,7 @@ output AZUREML_COMPUTE string = ml.outputs.computeName
 output MLFLOW_TRACKING_URI string = app.outputs.mlflowTrackingUri
 output ENTRA_TENANT_ID string = entraTenantId
 output ENTRA_API_AUDIENCE string = entraApiAudience
+// For the postprovision hook (with ENTRA_CLIENT_ID, the input): the app registration's redirect
+// URI and federated credential. Empty: App Service authentication is not configured here.
+output AUTH_IDENTITY_PRINCIPAL_ID string = signIn ? authIdentity.outputs.principalId : ''
+output AZURE_FUNCTION_APP_HOSTNAME string = app.outputs.defaultHostname

@@ -433,24 +433,66 @@ def identity_connections() -> dict[str, set[str]]:
     return connections
 
 
-def function_app_settings(infra: Path) -> tuple[Path, dict[str, Any]]:
-    """The app settings the Function App module sets: the object its siteConfig.appSettings
-    loops over (file, {name: value expression})."""
+def _app_setting_variables(infra: Path) -> tuple[Path, list[Any]]:
+    """The Function App module's file and the values of the variables its
+    siteConfig.appSettings loops over: `[for s in items(<var>)]` or
+    `[for s in items(union(<var>, <var>, ...))]`."""
     sites = list(avm_modules(infra, "avm/res/web/site"))
     if len(sites) != 1:
         raise LookupError(f"{len(sites)} Function App modules (avm/res/web/site) in {infra}")
     file, _, params = sites[0]
     listing = params.get("siteConfig", {}).get("appSettings")
+    variables = parse(file).get("variables", {})
     try:
         source = listing["loop_type"]["detail"]["array_name"]["function"]
         assert source["type"] == "items"
-        variable = source["parameters"]["arg_1"]
+        argument = source["parameters"]["arg_1"]
+        if isinstance(argument, dict):
+            assert argument["function"]["type"] == "union"
+            names = list(argument["function"]["parameters"].values())
+        else:
+            names = [argument]
+        values = [variables[name]["value"] for name in names]
     except (KeyError, TypeError, AssertionError):
         raise LookupError(
-            f"{file.name}: siteConfig.appSettings is not [for s in items(<var>): ...]"
+            f"{file.name}: siteConfig.appSettings is not "
+            "[for s in items(<var>)] or [for s in items(union(<var>, ...))]"
         ) from None
-    values = parse(file)["variables"][variable]["value"]
-    return file, {name.strip("'"): value for name, value in values.items()}
+    return file, values
+
+
+def _settings_of(value: dict[str, Any]) -> dict[str, Any]:
+    return {name.strip("'"): setting for name, setting in value.items()}
+
+
+def function_app_settings(infra: Path) -> tuple[Path, dict[str, Any]]:
+    """The app settings the Function App module always sets: the object variables its
+    siteConfig.appSettings loops over (file, {name: value expression}); a variable that is
+    `<condition> ? {...} : {...}` is left out (`conditional_app_settings`)."""
+    file, values = _app_setting_variables(infra)
+    settings: dict[str, Any] = {}
+    for value in values:
+        if not _is_expression(value):
+            settings |= _settings_of(value)
+    return file, settings
+
+
+def conditional_app_settings(infra: Path) -> dict[str, tuple[str, Any]]:
+    """The app settings set only under a condition: {name: (condition, value expression)},
+    from each `<condition> ? {...} : {}` variable siteConfig.appSettings loops over."""
+    _, values = _app_setting_variables(infra)
+    found: dict[str, tuple[str, Any]] = {}
+    for value in values:
+        operator = value.get("operator", {}) if isinstance(value, dict) else {}
+        if operator.get("type") != "conditional":
+            continue
+        operands = operator["operands"]
+        if operands["false_value"] != {}:
+            raise LookupError("a conditional app-settings variable sets something when off")
+        condition = render(operands["condition"])
+        for name, setting in _settings_of(operands["true_value"]).items():
+            found[name] = (condition, setting)
+    return found
 
 
 def connection_setting_problems(infra: Path) -> list[str]:
@@ -652,10 +694,16 @@ def app_literals(repo: Path = REPO) -> tuple[str, ...]:
     return tuple(found)
 
 
-@functools.cache
-def app_counters(repo: Path = REPO) -> frozenset[str]:
-    """The metric names the app counts: `retrain.<name>` of each `telemetry.count("<name>")`."""
-    found = set()
+# Where the values of a counter's attribute come from when the app passes a computed value:
+# (metric, attribute) -> (module, the constant holding every value it can take).
+ATTRIBUTE_VALUES = {
+    ("retrain.promotions", "outcome"): ("orchestrator.handlers", "_ENDED"),
+    ("retrain.training.runs", "result"): ("orchestrator.handlers", "_RUN_ENDED"),
+}
+
+
+def _count_calls(repo: Path) -> Iterator[ast.Call]:
+    """Every `telemetry.count("<name>", ...)` in the app's code."""
     for package in APP_PACKAGES:
         for file in sorted((repo / package).rglob("*.py")):
             for node in ast.walk(ast.parse(file.read_text())):
@@ -668,14 +716,79 @@ def app_counters(repo: Path = REPO) -> frozenset[str]:
                     and node.args
                     and isinstance(node.args[0], ast.Constant)
                 ):
-                    found.add(f"retrain.{node.args[0].value}")
-    return frozenset(found)
+                    yield node
+
+
+@functools.cache
+def app_counters(repo: Path = REPO) -> frozenset[str]:
+    """The metric names the app counts: `retrain.<name>` of each `telemetry.count("<name>")`."""
+    return frozenset(f"retrain.{call.args[0].value}" for call in _count_calls(repo))
+
+
+@functools.cache
+def app_counter_attributes(repo: Path = REPO) -> dict[str, dict[str, frozenset[str] | None]]:
+    """Each counter's attributes, as the app passes them (`telemetry.count(name, k=v)`):
+    {metric: {attribute: the values it can take, or None when they are not known}}. A value
+    is known when every call passes a literal, or from ATTRIBUTE_VALUES."""
+    import importlib
+
+    found: dict[str, dict[str, set[str] | None]] = {}
+    for call in _count_calls(repo):
+        attributes = found.setdefault(f"retrain.{call.args[0].value}", {})
+        for keyword in call.keywords:
+            if keyword.arg is None:
+                continue
+            values = attributes.setdefault(keyword.arg, set())
+            if isinstance(keyword.value, ast.Constant) and values is not None:
+                values.add(str(keyword.value.value))
+            else:
+                attributes[keyword.arg] = None
+    result: dict[str, dict[str, frozenset[str] | None]] = {}
+    for metric, attributes in found.items():
+        result[metric] = {}
+        for attribute, values in attributes.items():
+            source = ATTRIBUTE_VALUES.get((metric, attribute))
+            if values is None and source is not None:
+                module, constant = source
+                values = set(getattr(importlib.import_module(module), constant))
+            result[metric][attribute] = frozenset(values) if values is not None else None
+    return result
+
+
+def _metric_clause_problems(name: str, clause: str) -> list[str]:
+    """One `AppMetrics | where Name == "<metric>" and tostring(Properties["k"]) == "v" ...`
+    clause: the metric is a counter the app counts, each attribute one it passes to that
+    counter, each value one that attribute can take."""
+    metrics = re.findall(r'\bName == "([^"]+)"', clause)
+    if len(metrics) != 1:
+        return [f"{name}: an AppMetrics clause names {len(metrics)} metrics, not one"]
+    [metric] = metrics
+    if metric not in app_counters():
+        return [f"{name}: the app counts no {metric}"]
+    problems = []
+    attributes = app_counter_attributes()[metric]
+    for attribute, value in re.findall(r'Properties\["(\w+)"\]\)?\s*==\s*"([^"]*)"', clause):
+        if attribute not in attributes:
+            problems.append(f"{name}: the app gives {metric} no attribute {attribute}")
+            continue
+        values = attributes[attribute]
+        if values is None:
+            problems.append(
+                f"{name}: the values of {metric}'s {attribute} are not known "
+                "(tests/infra/templates.py ATTRIBUTE_VALUES)"
+            )
+        elif value not in values:
+            problems.append(
+                f"{name}: {metric}'s {attribute} is never {value!r} (one of {sorted(values)})"
+            )
+    return problems
 
 
 def log_alert_problems(infra: Path) -> list[str]:
     """Each alert on the app's own signals looks for something the app really emits: the text
-    fragments it matches in AppTraces appear together in one string of the app's code, and
-    the metrics it reads in AppMetrics are counters the app counts."""
+    fragments it matches in AppTraces appear together in one string of the app's code, the
+    metrics it reads in AppMetrics are counters the app counts, with the attributes and
+    values the app gives them."""
     alerts = parse(infra / "alerts.bicep")["variables"]["logAlerts"]["value"]
     problems = []
     for alert in alerts:
@@ -691,14 +804,235 @@ def log_alert_problems(infra: Path) -> list[str]:
             problems.append(f"{name}: the app writes no trace with {fragments}")
         if "AppMetrics" in query and not metrics:
             problems.append(f"{name}: the query names no metric")
-        problems += [
-            f"{name}: the app counts no {metric}"
-            for metric in metrics
-            if metric not in app_counters()
-        ]
+        # Each table's clause on its own: `... AppMetrics | where ...`, up to the next table.
+        for clause in re.split(r"\b(?=AppMetrics\b|AppTraces\b|StorageBlobLogs\b)", query):
+            if clause.startswith("AppMetrics"):
+                problems += _metric_clause_problems(name, clause)
         if "StorageBlobLogs" in query:
             from orchestrator.bootstrap import DEAD_LETTER_CONTAINER
 
             if f"/{DEAD_LETTER_CONTAINER}/" not in query:
                 problems.append(f"{name}: not the app's container {DEAD_LETTER_CONTAINER}")
+    return problems
+
+
+# --- App Service authentication and the worker's telemetry ------------------------------------
+
+
+@functools.cache
+def http_routes() -> tuple[tuple[str, str], ...]:
+    """(route, auth level) of every HTTP function the Functions host indexes in function_app.py:
+    what App Service authentication stands in front of."""
+    import function_app
+
+    function_app.app.functions_bindings = {}  # indexed once per process otherwise
+    found = []
+    for function in function_app.app.get_functions():
+        for binding in json.loads(function.get_function_json())["bindings"]:
+            if binding.get("type") == "httpTrigger":
+                found.append((str(binding.get("route")), str(binding.get("authLevel")).upper()))
+    return tuple(sorted(found))
+
+
+def _refers(node: Any, name: str, variables: dict[str, Any], depth: int = 0) -> bool:
+    """Whether an expression is built from `name` (a parameter), also through variables."""
+    text = json.dumps(node) if not isinstance(node, str) else node
+    if re.search(rf"\b{re.escape(name)}\b", text):
+        return True
+    if depth > 5:
+        return False
+    return any(
+        _refers(value, name, variables, depth + 1)
+        for variable, value in variables.items()
+        if re.search(rf"\b{re.escape(variable)}\b", text)
+    )
+
+
+def _module_outputs(value: Any) -> set[tuple[str, str]]:
+    """The (module, output) pairs an expression reads (`<module>.outputs.<name>`, also inside
+    a condition or a function's arguments)."""
+    accessors = [
+        render(node)
+        for node in _objects(value)
+        if node.get("operator", {}).get("type") == "property_accessor"
+    ]
+    return set(OUTPUT_READ.findall(" ".join([json.dumps(value), *accessors])))
+
+
+def app_service_auth_problems(infra: Path) -> list[str]:
+    """App Service authentication (authsettingsV2) as the app needs it: configured exactly when
+    the API's app registration is given, on the Function App itself; letting through what the
+    app's routes take without a sign-in (a function key; /api/health nothing); the Entra ID
+    provider with the registration's client id and the tenant's issuer (the tenant the app
+    verifies tokens of); the audiences the app accepts (ENTRA_API_AUDIENCE) and the client id;
+    no client secret but a managed identity of its own (a federated credential); a login asking
+    for the API's scope and the token store on, so /.auth/me holds the access token the
+    dashboard sends as the person's bearer token."""
+    app_file, settings = function_app_settings(infra)
+    template = parse(app_file)
+    variables = {name: v["value"] for name, v in template.get("variables", {}).items()}
+    resources = template.get("resources", {})
+    found = [
+        (symbol, resource)
+        for symbol, resource in resources.items()
+        if resource["type"] == "Microsoft.Web/sites/config"
+        and str(_body(resource).get("name")).strip("'") == "authsettingsV2"
+    ]
+    if len(found) != 1:
+        return [f"{app_file.name}: {len(found)} authsettingsV2 resources, not one"]
+    symbol, resource = found[0]
+    body = _body(resource)
+    properties = body.get("properties", {})
+    problems = []
+
+    def wrong(what: str) -> None:
+        problems.append(f"{app_file.name}: {symbol}: {what}")
+
+    # On exactly when the API's app registration is given.
+    condition = resource["config"].get("condition")
+    if condition is None or not _refers(condition, "entraClientId", variables):
+        wrong("not conditioned on entraClientId (a setting made by hand would be overwritten)")
+
+    # On the Function App itself, once it exists.
+    [(_, site_symbol, site_params)] = list(avm_modules(infra, "avm/res/web/site"))
+    parent = resources.get(str(body.get("parent")))
+    if (
+        parent is None
+        or parent["type"] != "Microsoft.Web/sites"
+        or not parent["existing"]
+        or render(_body(parent).get("name")) != render(site_params.get("name"))
+    ):
+        wrong("its parent is not the Function App")
+    if site_symbol not in (body.get("dependsOn") or []):
+        wrong(f"does not depend on {site_symbol} (the site may not exist yet)")
+
+    if (properties.get("platform") or {}).get("enabled") is not True:
+        wrong("platform.enabled is not true")
+    # What the app's routes take without a person: a function key, or nothing at all.
+    routes = http_routes()
+    validation = properties.get("globalValidation") or {}
+    if validation.get("requireAuthentication") is not False or (
+        str(validation.get("unauthenticatedClientAction")).strip("'") != "AllowAnonymous"
+    ):
+        levels = sorted({level for _, level in routes})
+        wrong(
+            "refuses requests without a sign-in, but the app's routes take "
+            f"{' or '.join(levels)} (e.g. {routes[0][0]}): requireAuthentication must be false, "
+            "unauthenticatedClientAction AllowAnonymous"
+        )
+
+    provider = (properties.get("identityProviders") or {}).get("azureActiveDirectory") or {}
+    registration = provider.get("registration") or {}
+    if provider.get("enabled") is not True:
+        wrong("the Entra ID provider is not enabled")
+    if render(registration.get("clientId")) != "entraClientId":
+        wrong("registration.clientId is not the entraClientId parameter")
+    tenant = render(settings.get("ENTRA_TENANT_ID", ""))
+    issuer = render(registration.get("openIdIssuer", ""))
+    if not (tenant and "${" + tenant + "}" in issuer and issuer.endswith("/v2.0")):
+        wrong(f"openIdIssuer {issuer!r} is not the v2.0 issuer of ENTRA_TENANT_ID ({tenant})")
+
+    # No secret: a managed identity of its own, through the setting the provider names.
+    secret_setting = str(registration.get("clientSecretSettingName", "")).strip("'")
+    conditional = conditional_app_settings(infra)
+    if secret_setting != "OVERRIDE_USE_MI_FIC_ASSERTION_CLIENTID":
+        wrong(
+            f"clientSecretSettingName {secret_setting!r}: a client secret; name "
+            "OVERRIDE_USE_MI_FIC_ASSERTION_CLIENTID (a managed identity's federated credential)"
+        )
+    elif secret_setting in settings or secret_setting not in conditional:
+        wrong(f"{secret_setting} is not set with App Service authentication only")
+    else:
+        auth_client_id = render(conditional[secret_setting][1])
+        identities = site_params.get("managedIdentities", {}).get("userAssignedResourceIds")
+        ids_text = json.dumps(identities)
+        extra = [
+            name
+            for name in template.get("parameters", {})
+            if name not in ("identityId",) and re.search(rf'"{name}"', ids_text)
+        ]
+        main = parse(infra / "main.bicep")
+        _, passed = local_module(main, app_file.name)
+        client_from = _module_outputs(passed.get(auth_client_id))
+        ids_from = {pair for name in extra for pair in _module_outputs(passed.get(name))}
+        app_identity = {module for module, _ in _module_outputs(passed.get("identityId"))}
+        modules = {module for module, _ in client_from}
+        if len(extra) != 1 or not client_from or not ids_from:
+            wrong(f"{secret_setting} names no identity of the Function App of its own")
+        elif (
+            modules != {module for module, _ in ids_from}
+            or modules & app_identity
+            or {output for _, output in client_from} != {"clientId"}
+            or {output for _, output in ids_from} != {"resourceId"}
+        ):
+            wrong(
+                f"{secret_setting} is not the client id of an identity of its own assigned to the "
+                "Function App (the app's identity also runs the training cluster)"
+            )
+
+    audiences = (provider.get("validation") or {}).get("allowedAudiences")
+    accepted = settings.get("ENTRA_API_AUDIENCE")
+    if accepted is None or not _refers(audiences, render(accepted), variables):
+        wrong("allowedAudiences are not the audiences the app accepts (ENTRA_API_AUDIENCE)")
+    elif not _refers(audiences, "entraClientId", variables):
+        wrong("allowedAudiences leave out the client id (v2 tokens name it)")
+
+    login = provider.get("login") or {}
+    scopes = [
+        item
+        for item in login.get("loginParameters") or []
+        if isinstance(item, str) and item.startswith("scope=")
+    ]
+    if len(scopes) != 1 or "openid" not in scopes[0].removeprefix("scope=").split():
+        wrong("loginParameters ask for no `scope=openid ...`")
+    elif not _refers(scopes[0], render(accepted), variables):
+        wrong("the login does not ask for the API's scope: /.auth/me would hold no token for it")
+    if ((properties.get("login") or {}).get("tokenStore") or {}).get("enabled") is not True:
+        wrong("the token store is off: /.auth/me holds no token for the dashboard")
+
+    # Wired from the azd environment like the other parameters.
+    main = parse(infra / "main.bicep")
+    _, passed = local_module(main, app_file.name)
+    if not _refers(passed.get("entraClientId", ""), "entraClientId", {}):
+        problems.append("main.bicep does not pass its entraClientId parameter to the app")
+    parameters = json.loads((infra / "main.parameters.json").read_text())["parameters"]
+    if (parameters.get("entraClientId") or {}).get("value") != "${ENTRA_CLIENT_ID}":
+        problems.append("main.parameters.json does not set entraClientId from ENTRA_CLIENT_ID")
+    return problems
+
+
+def worker_telemetry_problems(infra: Path, host_json: Path = REPO / "host.json") -> list[str]:
+    """With host.json `telemetryMode: OpenTelemetry`, the Python worker is told to take part
+    (PYTHON_ENABLE_OPENTELEMETRY=true: no duplicate host log entries, invocations in the host's
+    trace context), but not to install Azure Monitor itself
+    (PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: without the app's identity, ahead of the
+    app's own exporter, adapters/telemetry_exporters.py, which must then be there)."""
+    _, settings = function_app_settings(infra)
+    mode = json.loads(host_json.read_text()).get("telemetryMode")
+    problems = []
+    if "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY" in settings:
+        problems.append(
+            "PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY is set: the worker would install Azure "
+            "Monitor without the app's identity, ahead of the app's exporter"
+        )
+    if mode == "OpenTelemetry":
+        if str(settings.get("PYTHON_ENABLE_OPENTELEMETRY")).strip("'").lower() != "true":
+            problems.append(
+                "host.json telemetryMode is OpenTelemetry but PYTHON_ENABLE_OPENTELEMETRY is not "
+                "'true': each app log would reach Application Insights twice"
+            )
+        source = (REPO / "adapters" / "telemetry_exporters.py").read_text()
+        calls = [
+            node
+            for node in ast.walk(ast.parse(source))
+            if isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "configure_azure_monitor"
+        ]
+        if not any(keyword.arg == "credential" for call in calls for keyword in call.keywords):
+            problems.append("the app installs no Azure Monitor exporter with its identity")
+    elif "PYTHON_ENABLE_OPENTELEMETRY" in settings:
+        problems.append(
+            f"PYTHON_ENABLE_OPENTELEMETRY is set, but host.json telemetryMode is {mode}"
+        )
     return problems

@@ -4,6 +4,7 @@ without its role, is broken."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -423,3 +424,277 @@ def test_the_latency_gate_has_its_source_in_azure(broken) -> None:
     assert latency_source_problems(infra) == [
         "the app cannot read the traffic log (Log Analytics Reader)"
     ]
+
+
+def alert_metrics(infra: Path) -> set[str]:
+    alerts = templates.parse(infra / "alerts.bicep")["variables"]["logAlerts"]["value"]
+    return {name for alert in alerts for name in re.findall(r'Name == "([^"]+)"', alert["query"])}
+
+
+def test_dead_letters_and_failed_training_runs_raise_alerts_on_what_the_app_counts() -> None:
+    wanted = {"retrain.dead_letters", "retrain.training.runs"}
+    assert wanted <= templates.app_counters()  # names the app's code counts, read from it
+    assert wanted <= alert_metrics(INFRA)
+    # The attributes the rules filter on, and their values, come from the app's code too.
+    attributes = templates.app_counter_attributes()
+    assert attributes["retrain.training.runs"]["result"] >= {"failed", "completed"}
+    assert set(attributes["retrain.dead_letters"]) == {"source", "reason"}
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            'tostring(Properties["result"]) == "failed"',
+            'tostring(Properties["result"]) == "error"',
+            "training-failed: retrain.training.runs's result is never 'error'",
+        ),
+        (
+            'tostring(Properties["result"]) == "failed"',
+            'tostring(Properties["status"]) == "failed"',
+            "training-failed: the app gives retrain.training.runs no attribute status",
+        ),
+        (
+            'Name == "retrain.dead_letters"',
+            'Name == "retrain.deadletters"',
+            "app-dead-letters: the app counts no retrain.deadletters",
+        ),
+        (
+            'tostring(Properties["outcome"]) == "rolled_back"',
+            'tostring(Properties["outcome"]) == "rollback"',
+            "promotion-rollback: retrain.promotions's outcome is never 'rollback'",
+        ),
+    ],
+    ids=["unknown-value", "unknown-attribute", "unknown-metric", "outcome-value"],
+)
+def test_a_metric_alert_on_something_the_app_never_emits_is_caught(broken, old, new, expected):
+    problems = templates.log_alert_problems(broken("alerts.bicep", old, new))
+    assert [problem for problem in problems if problem.startswith(expected)], problems
+
+
+def test_app_service_authentication_is_what_the_app_and_the_dashboard_need() -> None:
+    # The app's HTTP routes, read from the app: a function key, and one with none at all.
+    levels = dict(templates.http_routes())
+    assert levels["health"] == "ANONYMOUS" and levels["dashboard/state"] == "FUNCTION"
+    assert templates.app_service_auth_problems(INFRA) == []
+    # Only the sign-in's identity goes with App Service authentication, on no other condition.
+    [(setting, (condition, _))] = templates.conditional_app_settings(INFRA).items()
+    assert (setting, condition) == ("OVERRIDE_USE_MI_FIC_ASSERTION_CLIENTID", "appServiceAuth")
+
+
+@pytest.mark.parametrize(
+    ("file", "old", "new", "expected"),
+    [
+        (
+            "app.bicep",
+            "requireAuthentication: false",
+            "requireAuthentication: true",
+            "refuses requests without a sign-in, but the app's routes take ANONYMOUS or FUNCTION",
+        ),
+        (
+            "app.bicep",
+            "unauthenticatedClientAction: 'AllowAnonymous'",
+            "unauthenticatedClientAction: 'Return401'",
+            "refuses requests without a sign-in",
+        ),
+        (
+            "app.bicep",
+            "      tokenStore: {\n        enabled: true",
+            "      tokenStore: {\n        enabled: false",
+            "the token store is off",
+        ),
+        (
+            "app.bicep",
+            "          clientId: entraClientId\n",
+            "          clientId: identityClientId\n",
+            "registration.clientId is not the entraClientId parameter",
+        ),
+        (
+            "app.bicep",
+            "clientSecretSettingName: 'OVERRIDE_USE_MI_FIC_ASSERTION_CLIENTID'",
+            "clientSecretSettingName: 'MICROSOFT_PROVIDER_AUTHENTICATION_SECRET'",
+            "clientSecretSettingName 'MICROSOFT_PROVIDER_AUTHENTICATION_SECRET': a client secret",
+        ),
+        (
+            "app.bicep",
+            "appServiceAuth ? [identityId, authIdentityId] : [identityId]",
+            "[identityId]",
+            "names no identity of the Function App of its own",
+        ),
+        (
+            "main.bicep",
+            "authIdentityClientId: signIn ? authIdentity.outputs.clientId : ''",
+            "authIdentityClientId: appIdentity.outputs.clientId",
+            "is not the client id of an identity of its own",
+        ),
+        (
+            "app.bicep",
+            "'scope=openid profile offline_access ${signInScope}'",
+            "'scope=openid profile'",
+            "the login does not ask for the API's scope",
+        ),
+        (
+            "app.bicep",
+            "allowedAudiences: union(apiAudiences, [entraClientId])",
+            "allowedAudiences: [entraClientId]",
+            "allowedAudiences are not the audiences the app accepts",
+        ),
+        (
+            "app.bicep",
+            "allowedAudiences: union(apiAudiences, [entraClientId])",
+            "allowedAudiences: apiAudiences",
+            "allowedAudiences leave out the client id",
+        ),
+        (
+            "app.bicep",
+            "loginEndpoint}${entraTenantId}/v2.0'",
+            "loginEndpoint}common/v2.0'",
+            "openIdIssuer '${environment().authentication.loginEndpoint}common/v2.0' is not",
+        ),
+        (
+            "app.bicep",
+            "config@2024-04-01' = if (appServiceAuth) {",
+            "config@2024-04-01' = {",
+            "not conditioned on entraClientId",
+        ),
+        (
+            "app.bicep",
+            "  dependsOn: [\n    functionApp\n  ]\n",
+            "",
+            "does not depend on functionApp",
+        ),
+        (
+            "main.parameters.json",
+            '"value": "${ENTRA_CLIENT_ID}"',
+            '"value": ""',
+            "main.parameters.json does not set entraClientId from ENTRA_CLIENT_ID",
+        ),
+    ],
+    ids=[
+        "require-authentication",
+        "return-401",
+        "no-token-store",
+        "wrong-client-id",
+        "client-secret",
+        "identity-not-assigned",
+        "the-apps-own-identity",
+        "no-api-scope",
+        "audiences-not-the-apps",
+        "no-client-id-audience",
+        "other-issuer",
+        "unconditional",
+        "no-dependency",
+        "not-wired",
+    ],
+)
+def test_app_service_authentication_that_would_not_serve_the_dashboard_is_caught(
+    broken, file, old, new, expected
+) -> None:
+    problems = templates.app_service_auth_problems(broken(file, old, new))
+    assert [problem for problem in problems if expected in problem], problems
+
+
+def test_the_python_worker_takes_part_in_the_hosts_opentelemetry(tmp_path: Path, broken) -> None:
+    assert templates.worker_telemetry_problems(INFRA) == []
+    infra = broken("app.bicep", "  PYTHON_ENABLE_OPENTELEMETRY: 'true'\n", "")
+    assert templates.worker_telemetry_problems(infra) == [
+        "host.json telemetryMode is OpenTelemetry but PYTHON_ENABLE_OPENTELEMETRY is not 'true': "
+        "each app log would reach Application Insights twice"
+    ]
+    infra = broken(
+        "app.bicep",
+        "  PYTHON_ENABLE_OPENTELEMETRY: 'true'\n",
+        "  PYTHON_ENABLE_OPENTELEMETRY: 'true'\n"
+        "  PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'\n",
+    )
+    [problem] = templates.worker_telemetry_problems(infra)
+    assert problem.startswith("PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY is set")
+    # The setting follows host.json: without OpenTelemetry there, it has no business.
+    host = json.loads((REPO / "host.json").read_text())
+    del host["telemetryMode"]
+    (tmp_path / "host.json").write_text(json.dumps(host))
+    assert templates.worker_telemetry_problems(INFRA, tmp_path / "host.json") == [
+        "PYTHON_ENABLE_OPENTELEMETRY is set, but host.json telemetryMode is None"
+    ]
+
+
+FAKE_AZ = """#!/bin/sh
+# Stands in for the Azure CLI: logs each call, answers from files the test wrote.
+printf '%s\\n' "$*" >>"$AZ_LOG"
+case "$*" in
+  "keyvault secret list"*) echo message-signing-key ;;
+  "ad app show"*) cat "$AZ_STATE/redirect-uris" ;;
+  "ad app federated-credential list"*) cat "$AZ_STATE/credentials" ;;
+  "ad app federated-credential create"*)
+    file=$(printf '%s\\n' "$*" | sed -n 's/.*--parameters @\\([^ ]*\\).*/\\1/p')
+    cp "$file" "$AZ_STATE/created.json" ;;
+esac
+"""
+
+
+def run_postprovision(tmp_path: Path, credentials: str = "", **env: str) -> list[str]:
+    """infra/hooks/postprovision.sh against a stand-in `az`: the calls it made."""
+    import os
+    import subprocess
+
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    bin_dir.mkdir(exist_ok=True)
+    state.mkdir(exist_ok=True)
+    (bin_dir / "az").write_text(FAKE_AZ)
+    (bin_dir / "az").chmod(0o755)
+    (state / "redirect-uris").write_text("https://localhost:8080/callback\n")
+    (state / "credentials").write_text(credentials)
+    log = tmp_path / "az.log"
+    log.write_text("")
+    environment = {
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "AZ_LOG": str(log),
+        "AZ_STATE": str(state),
+        "AZURE_KEY_VAULT_NAME": "kv-test",
+        "AZURE_FUNCTION_APP_HOSTNAME": "func-abc.azurewebsites.net",
+        "AZURE_TENANT_ID": "11111111-2222-3333-4444-555555555555",
+    } | env
+    subprocess.run(
+        ["sh", str(INFRA / "hooks" / "postprovision.sh")],
+        env=environment,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    return log.read_text().splitlines()
+
+
+def test_the_hook_lets_the_app_registration_accept_the_sign_in(tmp_path: Path) -> None:
+    # Without App Service authentication, the registration is not touched.
+    calls = run_postprovision(tmp_path, ENTRA_CLIENT_ID="", AUTH_IDENTITY_PRINCIPAL_ID="")
+    assert [call for call in calls if call.startswith("ad ")] == []
+    # With it: the callback joins the redirect URIs already there, ID tokens are issued, and a
+    # federated credential trusts the sign-in identity (no client secret).
+    client = "aaaaaaaa-0000-0000-0000-000000000001"
+    principal = "bbbbbbbb-0000-0000-0000-00000000000b"
+    calls = run_postprovision(
+        tmp_path, ENTRA_CLIENT_ID=client, AUTH_IDENTITY_PRINCIPAL_ID=principal
+    )
+    callback = "https://func-abc.azurewebsites.net/.auth/login/aad/callback"
+    assert (
+        f"ad app update --id {client} --web-redirect-uris https://localhost:8080/callback "
+        f"{callback} --output none"
+    ) in calls
+    assert f"ad app update --id {client} --enable-id-token-issuance true --output none" in calls
+    created = json.loads((tmp_path / "state" / "created.json").read_text())
+    assert created["subject"] == principal
+    assert created["issuer"] == (
+        "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0"
+    )
+    assert created["audiences"] == ["api://AzureADTokenExchange"]
+    # Run again where the credential exists: nothing is added twice.
+    (tmp_path / "state" / "created.json").unlink()
+    calls = run_postprovision(
+        tmp_path,
+        credentials="app-service-auth-bbbbbbbb\n",
+        ENTRA_CLIENT_ID=client,
+        AUTH_IDENTITY_PRINCIPAL_ID=principal,
+    )
+    assert not [call for call in calls if "federated-credential create" in call]
+    assert not (tmp_path / "state" / "created.json").exists()
