@@ -742,17 +742,7 @@ def _judge_shadow(t: _Transition, command: GateCheck) -> None:
     waiting = look.outcome == "wait"
     _record_gate(t, look.result, replace_last=waiting and promotion.inconclusive > 0)
     if waiting and t.now < deadline:
-        count = promotion.inconclusive + 1
-        due = min(t.now + shadow.check_every, deadline)
-        t.update(inconclusive=count, check_attempt=promotion.check_attempt + 1)
-        t.record(
-            "gate.waiting",
-            step=promotion.step,
-            checks=count,
-            deadline=deadline.isoformat(),
-            next_check_at=due.isoformat(),
-        )
-        _schedule_check(t, promotion.step, due)
+        _wait_for_samples(t, shadow.check_every, deadline)
         return
     if look.outcome == "fail":
         _rollback(t, f"shadow gate failed: {look.result.reasons}", SYSTEM)
@@ -775,6 +765,23 @@ def _judge_shadow(t: _Transition, command: GateCheck) -> None:
         _leave_shadow(t, f"{why}: policy on_exhausted=promote")
     else:
         _pause_exhausted(t, why)
+
+
+def _wait_for_samples(t: _Transition, every: timedelta, deadline: datetime) -> None:
+    """Too few samples to look yet (a shadow or a canary step): look again after `every`,
+    at the latest at the stage's deadline; the audit keeps one waiting record per stage."""
+    promotion = t.promotion
+    count = promotion.inconclusive + 1
+    due = min(t.now + every, deadline)
+    t.update(inconclusive=count, check_attempt=promotion.check_attempt + 1)
+    t.record(
+        "gate.waiting",
+        step=promotion.step,
+        checks=count,
+        deadline=deadline.isoformat(),
+        next_check_at=due.isoformat(),
+    )
+    _schedule_check(t, promotion.step, due)
 
 
 def _exhausted(mode: str, complete: bool, why: str) -> tuple[str, str]:
@@ -1131,17 +1138,7 @@ def _judge_canary_step(t: _Transition, command: GateCheck) -> None:
     # A wait keeps one record per step, not one per check.
     _record_gate(t, look.result, replace_last=waiting and promotion.inconclusive > 0)
     if waiting:
-        count = promotion.inconclusive + 1
-        t.update(inconclusive=count, check_attempt=promotion.check_attempt + 1)
-        due = min(t.now + canary.bake, deadline)
-        t.record(
-            "gate.waiting",
-            step=promotion.step,
-            checks=count,
-            deadline=deadline.isoformat(),
-            next_check_at=due.isoformat(),
-        )
-        _schedule_check(t, promotion.step, due)
+        _wait_for_samples(t, canary.bake, deadline)
         return
     if look.look is not None:  # None: out of time with no metrics to look at
         t.update(looks=(*promotion.looks, look.look))
