@@ -42,9 +42,12 @@ def build_message(
         properties["promotion_id"] = envelope.promotion_id
     if envelope.traceparent:
         # Where the Service Bus SDK's own tracing puts it: the Functions host parents the
-        # invocation on it, so the receiving side joins the same trace.
-        properties["Diagnostic-Id"] = envelope.traceparent
-        properties["traceparent"] = envelope.traceparent
+        # invocation on it, so the receiving side joins the same trace. Under the SDK's keys
+        # (bytes): with its tracing on (Azure Monitor turns it on) it only sets them when
+        # absent, whereas under str keys it would add its own next to them, and the wire
+        # would carry each key twice (both encode as the same AMQP string).
+        properties[b"Diagnostic-Id"] = envelope.traceparent
+        properties[b"traceparent"] = envelope.traceparent
     return ServiceBusMessage(
         envelope.to_json(),
         message_id=message_id or envelope.message_id,

@@ -32,17 +32,36 @@ def configure(environ: Mapping[str, str] | None = None) -> str | None:
 
             # Application Insights with local auth off takes Entra tokens only: the app's
             # identity (Monitoring Metrics Publisher). The root logger: every module's logs.
-            configure_azure_monitor(credential=azure_credential())
+            # Every span, unless OTEL_TRACES_SAMPLER says otherwise: the distro's default
+            # limits spans per second (5, adapting its rate), so a burst (a rollback's
+            # decision and its effects) would lose spans of the one trace that explains why a
+            # version is or is not in production. The app makes a few spans per message.
+            sampling = {} if environ.get("OTEL_TRACES_SAMPLER") else {"sampling_ratio": 1.0}
+            configure_azure_monitor(
+                connection_string=environ["APPLICATIONINSIGHTS_CONNECTION_STRING"],
+                credential=azure_credential(),
+                **sampling,
+            )
             return "azure-monitor"
         if environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-            _configure_otlp()
+            _configure_otlp(environ)
             return "otlp"
     except Exception:  # telemetry must never stop the app
         log.exception("OpenTelemetry exporter not configured")
     return None
 
 
-def _configure_otlp() -> None:
+def _signal_endpoint(environ: Mapping[str, str], signal: str) -> str:
+    """The OTLP/HTTP URL of one signal: `OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT` as it is, else
+    `OTEL_EXPORTER_OTLP_ENDPOINT` + `/v1/<signal>` (the specification's rule, applied to the
+    given environment: the exporters themselves would read `os.environ`)."""
+    own = environ.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    if own:
+        return own
+    return f"{environ['OTEL_EXPORTER_OTLP_ENDPOINT'].rstrip('/')}/v1/{signal}"
+
+
+def _configure_otlp(environ: Mapping[str, str]) -> None:
     from opentelemetry import metrics, trace
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -54,7 +73,10 @@ def _configure_otlp() -> None:
 
     resource = Resource.create({"service.name": "retrain-orchestrator"})
     provider = TracerProvider(resource=resource)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    spans = OTLPSpanExporter(endpoint=_signal_endpoint(environ, "traces"))
+    provider.add_span_processor(BatchSpanProcessor(spans))
     trace.set_tracer_provider(provider)
-    reader = PeriodicExportingMetricReader(OTLPMetricExporter())
+    reader = PeriodicExportingMetricReader(
+        OTLPMetricExporter(endpoint=_signal_endpoint(environ, "metrics"))
+    )
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=[reader]))

@@ -44,6 +44,7 @@ from adapters.azurite import start_azurite
 from adapters.blob_state import ensure_container
 from adapters.data_ledger import BlobDataLedger, claimant_hash, key_hash, shard_of
 from devhost.host.pollers import blob_created_event
+from orchestrator import handlers
 from orchestrator.bootstrap import Runtime, set_runtime
 from orchestrator.messages import Envelope
 from orchestrator.ports import DataLedger, JobStatus, TrainingRequest
@@ -235,13 +236,27 @@ def main(
     low, high = min(levels), max(levels)
     report(f"rate at {high:,} keys / rate at {low:,} keys: {rates[high] / rates[low]:.2f}")
 
+    storm_run(storm, workers)
+
+
+def storm_run(
+    storm: int,
+    workers: int,
+    ledger: Callable[[ContainerClient], DataLedger] | None = None,
+    *,
+    reuse: bool = True,
+    release: bool = True,
+) -> float:
+    """`storm` blobs under one model at once by `workers` threads; the wall time. `ledger`:
+    another ledger (on the state container); `reuse=False`: every event reads the aggregate
+    (orchestrator/handlers.py OPEN_WINDOW_REUSE at zero)."""
     with (
         start_azurite() as azurite,
         tempfile.TemporaryDirectory() as folder,
-        app(folder, azurite.connection_string, ["storm"]) as runtime,
+        app(folder, azurite.connection_string, ["storm"], ledger) as runtime,
+        _reuse(reuse),
     ):
-        ledger = runtime.ports.ledger
-        assert isinstance(ledger, BlobDataLedger)
+        ledger_in_use = runtime.ports.ledger
         # The storm: every blob at once, several deliveries in parallel.
         started = time.perf_counter()
         with (
@@ -290,14 +305,48 @@ def main(
         uris = {uri for request in jobs for uri in request.data_uris}
         report(
             f"window close: {len(jobs)} job(s) on {len(uris):,} distinct blobs "
-            f"in {closing:.1f} s; pending after: {ledger.pending('storm').items}"
+            f"in {closing:.1f} s; pending after: {ledger_in_use.pending('storm').items}"
         )
-        chunks, sweeps = release_by_sweeps(runtime, "storm")
-        report(
-            f"then {len(sweeps)} sweep(s) released the rest: {len(chunks)} chunk(s) of "
-            f"{runtime.outbox.release_chunk}, the longest {max(chunks, default=0):.1f} s, "
-            f"the longest sweep {max(sweeps, default=0):.1f} s"
-        )
+        if release:
+            chunks, sweeps = release_by_sweeps(runtime, "storm")
+            report(
+                f"then {len(sweeps)} sweep(s) released the rest: {len(chunks)} chunk(s) of "
+                f"{runtime.outbox.release_chunk}, the longest {max(chunks, default=0):.1f} s, "
+                f"the longest sweep {max(sweeps, default=0):.1f} s"
+            )
+        return wall
+
+
+@contextmanager
+def _reuse(on: bool) -> Iterator[None]:
+    saved = handlers.OPEN_WINDOW_REUSE
+    if not on:
+        handlers.OPEN_WINDOW_REUSE = timedelta(0)
+    try:
+        yield
+    finally:
+        handlers.OPEN_WINDOW_REUSE = saved
+
+
+# The ledger and handlers before a storm's event cost two requests (claims in the key shards,
+# and every event read the aggregate): the storm's "before" figure.
+STORM_BEFORE = "e32e8623e5b68e774b76a30a7e389ea255a582db"
+
+
+def storm_main(storm: int = 10_000, workers: int = 8) -> None:
+    """The storm as the code was at STORM_BEFORE and as it is, one after the other (each in
+    its own emulator), then the ratio of their wall times."""
+    report(f"before ({STORM_BEFORE[:7]}: claims in the key shards, an aggregate read per event):")
+    before = storm_run(
+        storm,
+        workers,
+        lambda container: ledger_at(STORM_BEFORE, container),
+        reuse=False,
+        release=False,
+    )
+    report("now:")
+    now = storm_run(storm, workers)
+    report(f"storm wall time, now / before: {now / before:.2f}")
 
 
 # --------------------------------------------------------------------------- the close alone
@@ -325,20 +374,25 @@ class WholeRelease:
         return []
 
 
-def ledger_before(container: ContainerClient) -> DataLedger:
+def ledger_at(commit: str, container: ContainerClient) -> Any:
+    """adapters/data_ledger.py's BlobDataLedger as it was at `commit`."""
     source = subprocess.run(
-        ["git", "show", f"{BEFORE}:adapters/data_ledger.py"],
+        ["git", "show", f"{commit}:adapters/data_ledger.py"],
         capture_output=True,
         text=True,
         check=True,
         cwd=Path(__file__).resolve().parent.parent,
     ).stdout
-    spec = importlib.util.spec_from_loader("data_ledger_before", loader=None)
+    spec = importlib.util.spec_from_loader(f"data_ledger_{commit[:7]}", loader=None)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
-    exec(compile(source, "data_ledger_before.py", "exec"), module.__dict__)
-    return WholeRelease(module.BlobDataLedger(container))  # type: ignore[return-value]
+    exec(compile(source, f"data_ledger_{commit[:7]}.py", "exec"), module.__dict__)
+    return module.BlobDataLedger(container)
+
+
+def ledger_before(container: ContainerClient) -> DataLedger:
+    return WholeRelease(ledger_at(BEFORE, container))  # type: ignore[return-value]
 
 
 class TimedReleases:
@@ -436,5 +490,7 @@ def report(line: str) -> None:
 if __name__ == "__main__":
     if sys.argv[1:2] == ["close"]:
         close_main(*(int(arg) for arg in sys.argv[2:3]))
+    elif sys.argv[1:2] == ["storm"]:
+        storm_main(*(int(arg) for arg in sys.argv[2:4]))
     else:
         main()

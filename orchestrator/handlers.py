@@ -11,9 +11,10 @@ dispatches what is pending) or by the timer's sweep.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, NoReturn
 
 from pydantic import BaseModel
@@ -33,6 +34,7 @@ from orchestrator.ports import ArmWindow, AuditRecord, Ports, TrainingBackendErr
 from orchestrator.signing import INTERNAL_TYPES
 from promotion import commands as promotion_commands
 from promotion import machine as promotion_machine
+from promotion.state import TERMINAL
 from retrain import commands as retrain_commands
 from retrain import decide as retrain_rules
 from retrain import job_events
@@ -48,6 +50,9 @@ from retrain.commands import (
 )
 
 log = logging.getLogger(__name__)
+# How long a data event may reuse this process's last read of an aggregate with an open window
+# (MessageHandlers._load); at most half the policy's quiet period.
+OPEN_WINDOW_REUSE = timedelta(seconds=5)
 REJECT_REASON_LIMIT = 500  # characters of a refusal's reason kept in the audit and the log
 
 Section = Literal["retrain", "promotion"]
@@ -85,10 +90,40 @@ class _Applied:
 Handler = Callable[["MessageHandlers", Envelope, ModelPolicy, Any, Loaded], Outcome]
 
 
+@dataclass(frozen=True)
+class _OpenWindow:
+    loaded: Loaded
+    read_at: datetime
+
+
 class MessageHandlers:
     def __init__(self, ports: Ports, outbox: Outbox) -> None:
         self.ports = ports
         self.outbox = outbox
+        self._open_windows: dict[str, _OpenWindow] = {}
+        self._open_windows_lock = threading.Lock()
+
+    def _load(self, envelope: Envelope, policy: ModelPolicy) -> Loaded:
+        """The model's aggregate. A data event whose model had a window open when this
+        process last read it, moments ago, decides on that copy: the window carries the data
+        and nothing is written, so a storm of events costs no aggregate read each. Moments:
+        less than half the policy's quiet period, so the window cannot have closed for want
+        of data meanwhile; if it closed at its deadline, the item is pending with no window
+        and the timer's sweep opens one for it (maintenance.sweep_stranded_data)."""
+        now = self.ports.clock()
+        if envelope.type == "DataLanded":
+            fresh_for = min(OPEN_WINDOW_REUSE, policy.retrain.quiet / 2)
+            with self._open_windows_lock:
+                known = self._open_windows.get(envelope.model)
+            if known is not None and timedelta(0) <= now - known.read_at < fresh_for:
+                return known.loaded
+        loaded = self.ports.store.load(envelope.model)
+        with self._open_windows_lock:
+            if envelope.type == "DataLanded" and loaded[0].retrain.window is not None:
+                self._open_windows[envelope.model] = _OpenWindow(loaded, now)
+            else:  # any other message may change the window
+                self._open_windows.pop(envelope.model, None)
+        return loaded
 
     def handle(
         self,
@@ -125,7 +160,7 @@ class MessageHandlers:
             )
         except Refused as refused:
             self.reject(envelope, refused.reason)
-        loaded = self.ports.store.load(envelope.model)
+        loaded = self._load(envelope, policy)
         # The app's own messages carry their trace; anything else joins the change in progress
         # (a person's approval is part of the promotion's trace), its sender's trace linked.
         with telemetry.span(
@@ -431,7 +466,32 @@ class MessageHandlers:
         """Decide `command` with the pure rules of `section` on that section's state, and save
         the result (state, outbox, audit) in one conditional write. `remember=False`: the id is
         not kept among the handled messages (a timer's own decision, which its state makes
-        idempotent, would otherwise crowd out the ids of real messages)."""
+        idempotent, would otherwise crowd out the ids of real messages).
+
+        Traced as a span `decide <section>` (docs/observability.md): the decision's step,
+        verdict, states and per-gate evidence are its attributes, its audit entries its
+        events, and the effects it made are its children."""
+        with telemetry.span(
+            f"decide {section}",
+            **{
+                "retrain.model": envelope.model,
+                "retrain.section": section,
+                "retrain.message_type": envelope.type,
+                "retrain.message_id": envelope.message_id,
+            },
+        ):
+            return self._decide(envelope, section, command, policy, loaded, remember=remember)
+
+    def _decide(
+        self,
+        envelope: Envelope,
+        section: Section,
+        command: BaseModel,
+        policy: ModelPolicy,
+        loaded: Loaded | None,
+        *,
+        remember: bool = True,
+    ) -> Outcome:
         now = self.ports.clock()
         decide = _RULES[section]
         applied = _Applied()
@@ -484,10 +544,13 @@ class MessageHandlers:
         aggregate, _ = self.ports.store.update(envelope.model, change, loaded=loaded)
         decision = applied.decision
         if applied.duplicate:
+            telemetry.annotate_current({"retrain.duplicate": True})
             return self._duplicate(envelope, aggregate)
         assert decision is not None
         if applied.aggregate is not None:
             _measure(envelope.model, applied.aggregate, aggregate, decision, now)
+            traced = _traced(envelope, section, applied.aggregate, aggregate, decision)
+            telemetry.annotate_current(traced)
         for entry in decision.audit:  # the decision, as the trace shows it
             telemetry.on_current_span(
                 entry.action,
@@ -495,7 +558,11 @@ class MessageHandlers:
                     "retrain.promotion_id": entry.promotion_id,
                     "retrain.from_state": entry.from_state,
                     "retrain.to_state": entry.to_state,
-                    **{f"retrain.detail.{key}": value for key, value in entry.detail.items()},
+                    **{
+                        f"retrain.detail.{key}": value
+                        for key, value in entry.detail.items()
+                        if key != "evidence"  # on the span, one attribute per gate
+                    },
                 },
             )
         status: Literal["applied", "ignored"] = (
@@ -588,7 +655,8 @@ _HANDLERS: dict[str, Handler] = {
 }
 
 
-_ENDED = frozenset({"completed", "rolled_back", "failed", "rejected", "aborted"})
+# A promotion ends in one of its terminal statuses (no other outcome exists to count).
+_ENDED = frozenset(str(status) for status in TERMINAL)
 _RUN_ENDED = frozenset({"completed", "failed", "canceled"})
 
 
@@ -620,6 +688,58 @@ def _measure(
                 telemetry.count("gate.verdicts", model=model, gate=gate, verdict=outcome)
         elif kind == "retrain" and what.startswith("job_") and what[4:] in _RUN_ENDED:
             telemetry.count("training.runs", model=model, result=what[4:])
+
+
+_GATE_VERDICTS = {"gate.passed": "pass", "gate.failed": "fail", "gate.inconclusive": "inconclusive"}
+
+
+def _traced(
+    envelope: Envelope,
+    section: Section,
+    before: ModelAggregate,
+    after: ModelAggregate,
+    decision: Decision[Any],
+) -> dict[str, Any]:
+    """The decision as its span shows it (docs/observability.md): the promotion (or training
+    run) it is about, the step, the verdict (a gate's: pass, fail, inconclusive; else applied
+    or ignored), the states it moved between, the candidate version, and each gate's evidence
+    (`telemetry.gate_attributes`)."""
+    entries = decision.audit
+    was, now = before.promotion.active, after.promotion.active
+    promotion_id = next((e.promotion_id for e in entries if e.promotion_id), None) or (
+        envelope.promotion_id or (was.id if was is not None and section == "promotion" else None)
+    )
+    # A promotion that ends may start the next one queued: its entries are not this decision's.
+    mine = [e for e in entries if e.promotion_id == promotion_id] or entries
+    promotion = next((p for p in (was, now) if p is not None and p.id == promotion_id), None)
+    gates = [e for e in mine if e.action in _GATE_VERDICTS]
+    if gates:
+        verdict = _GATE_VERDICTS[gates[-1].action]
+    else:
+        verdict = "ignored" if decision.ignored and not decision.effects else "applied"
+    own = section == "promotion"  # the promotion's status is this section's state
+    state_from = next((e.from_state for e in mine if e.from_state), None)
+    state_to = next((e.to_state for e in reversed(mine) if e.to_state), None)
+    steps = [e.detail["step"] for e in mine if e.detail.get("step")]
+    detail = next((e.detail for e in mine if e.detail), {})
+    return {
+        "retrain.promotion_id": promotion_id,
+        # The step judged (a gate's), and the one it moved to when another (the next step).
+        "retrain.step": steps[0] if steps else (promotion.step if promotion else None),
+        "retrain.step_to": steps[-1] if steps and steps[-1] != steps[0] else None,
+        "retrain.verdict": verdict,
+        "retrain.ignored": decision.ignored,
+        "retrain.state_from": state_from or (_status(before) if own else None),
+        "retrain.state_to": state_to or (_status(after) if own else None),
+        "retrain.model_version": (promotion.candidate_version if promotion is not None else None)
+        or detail.get("registered_version"),
+        "retrain.run_id": detail.get("run_id"),
+        "retrain.actions": [e.action for e in entries],
+        "retrain.effects": len(decision.effects),
+        **telemetry.gate_attributes(
+            [item for e in gates for item in e.detail.get("evidence") or []]
+        ),
+    }
 
 
 def _audit_record(

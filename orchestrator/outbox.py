@@ -252,6 +252,16 @@ class Outbox:
                             "retrain.cause_id": item.cause_id,
                             "retrain.attempt": item.failed_attempts + 1,
                             "retrain.lane": lane,
+                            "retrain.decided_version": item.version,
+                            **telemetry.effect_attributes(
+                                item.effect,
+                                endpoint=policy.endpoint,
+                                decided=[
+                                    record
+                                    for record in aggregate.pending_audit
+                                    if record.aggregate_version == item.version
+                                ],
+                            ),
                         },
                     ):
                         self._execute(aggregate, policy, item)

@@ -15,6 +15,7 @@ bootstrap on first use, never at `import function_app`.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,6 +25,17 @@ from typing import Any
 METER = "retrain_orchestrator"
 TRACER = "retrain_orchestrator"
 TRACEPARENT = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+# Attribute bounds. The SDK keeps at most 128 attributes on a span (OTEL_SPAN_ATTRIBUTE_COUNT_
+# LIMIT; past it, the oldest go) and Application Insights cuts a custom dimension at 8192
+# characters: text is cut at TEXT_LIMIT (ending in "…"), a list at LIST_LIMIT items, and the
+# per-gate attributes of a decision take at most GATE_BUDGET of the span's 128.
+TEXT_LIMIT = 4096
+LIST_LIMIT = 64
+GATE_BUDGET = 80
+ARM_LIMIT = 6  # estimates and sample counts kept per gate (arms: candidate, champion...)
+REASON_LIMIT = 300
+_KEY = re.compile(r"[^A-Za-z0-9_]+")
 
 
 # ------------------------------------------------------------------ metrics
@@ -79,20 +91,32 @@ def current_traceparent() -> str | None:
     return carrier.get("traceparent")
 
 
+def _text(value: str, limit: int = TEXT_LIMIT) -> str:
+    return value if len(value) <= limit else value[: limit - 1] + "…"
+
+
+def _value(value: Any) -> Any:
+    """A span attribute value: str, bool, int, float, or a list of one of them (bounded);
+    anything else (a dict, a list of dicts: gate evidence) as compact JSON text, bounded."""
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, list | tuple):
+        kinds = {type(item) for item in value}
+        if len(kinds) <= 1 and kinds <= {str, bool, int, float}:
+            kept = list(value[:LIST_LIMIT])
+            return [_text(item) for item in kept] if kinds == {str} else kept
+    try:
+        text = json.dumps(value, default=str, sort_keys=True, separators=(",", ":"))
+    except ValueError:  # a circular structure: its repr still says what it was
+        text = repr(value)
+    return _text(text)
+
+
 def _attributes(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Span attributes take str, bool, int, float (or lists of one of them); None is left out,
-    anything else is written as text."""
-    kept: dict[str, Any] = {}
-    for key, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, str | bool | int | float):
-            kept[key] = value
-        elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            kept[key] = list(value)
-        else:
-            kept[key] = str(value)[:500]
-    return kept
+    """Span attributes, bounded (see TEXT_LIMIT); None is left out."""
+    return {key: _value(value) for key, value in values.items() if value is not None}
 
 
 @contextmanager
@@ -135,3 +159,139 @@ def on_current_span(name: str, attributes: Mapping[str, Any]) -> None:
     from opentelemetry.trace import get_current_span
 
     get_current_span().add_event(name, _attributes(attributes))
+
+
+def annotate_current(attributes: Mapping[str, Any]) -> None:
+    """Set these attributes on the current span (a no-op when nothing is traced)."""
+    from opentelemetry.trace import get_current_span
+
+    get_current_span().set_attributes(_attributes(attributes))
+
+
+def key(name: str) -> str:
+    """`name` as one segment of an attribute key: `threshold:auc>=0.8` -> `threshold_auc_0_8`."""
+    return _KEY.sub("_", name).strip("_")[:64] or "_"
+
+
+def _number(value: Any) -> float | int | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
+
+
+def _per_arm(name: str, values: Any, number: type[int] | type[float]) -> dict[str, Any]:
+    kept: dict[str, Any] = {}
+    for arm, value in list((values or {}).items())[:ARM_LIMIT]:
+        if _number(value) is not None:
+            kept[f"{name}.{key(str(arm))}"] = number(value)
+    return kept
+
+
+def _gate(evidence: Mapping[str, Any]) -> dict[str, Any]:
+    """One gate's evidence (promotion.gates.GateEvidence, as JSON) as flat attribute values."""
+    found: dict[str, Any] = {
+        "name": _text(str(evidence.get("gate", "?")), 128),
+        "verdict": str(evidence.get("outcome", "?")),
+        "reason": _text(str(evidence.get("reason") or ""), REASON_LIMIT),
+        **_per_arm("estimate", evidence.get("values"), float),
+        **_per_arm("samples", evidence.get("samples"), int),
+    }
+    interval = evidence.get("interval")
+    if isinstance(interval, list | tuple) and len(interval) == 2:
+        found["bound.low"], found["bound.high"] = _number(interval[0]), _number(interval[1])
+    for field in ("threshold", "margin", "p_value", "statistic", "look"):
+        found[field] = _number(evidence.get(field))
+    return {name: value for name, value in found.items() if value is not None}
+
+
+_SEVERITY = {"fail": 0, "inconclusive": 1, "pass": 2}
+
+
+def gate_attributes(evidence: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """`retrain.gate.<gate>.<field>` for each gate a decision judged: verdict, reason, name,
+    estimate.<arm>, samples.<arm>, bound.low/high (the confidence interval), threshold,
+    margin, p_value, statistic, look. Failing gates first, so what decided a rollback is never
+    the part left out: past GATE_BUDGET attributes the rest are counted in
+    `retrain.gates.omitted`."""
+    ranked = sorted(evidence, key=lambda item: _SEVERITY.get(str(item.get("outcome")), 3))
+    kept: dict[str, Any] = {}
+    omitted = 0
+    for item in ranked:
+        fields = _gate(item)
+        name = base = key(str(item.get("gate", "?")))
+        suffix = 1
+        while f"retrain.gate.{name}.verdict" in kept:  # two gates of one name: both kept
+            suffix += 1
+            name = f"{base}_{suffix}"
+        if len(kept) + len(fields) > GATE_BUDGET:
+            omitted += 1
+            continue
+        kept.update({f"retrain.gate.{name}.{field}": value for field, value in fields.items()})
+    if omitted:
+        kept["retrain.gates.omitted"] = omitted
+    return kept
+
+
+_ENDPOINT_KINDS = frozenset({"deploy_model", "set_traffic", "set_mirror", "delete_deployment"})
+
+
+def _map(weights: Mapping[str, int]) -> str:
+    return ",".join(f"{name}={weight}" for name, weight in weights.items())
+
+
+def effect_attributes(
+    effect: Any, *, endpoint: str | None = None, decided: Sequence[Any] = ()
+) -> dict[str, Any]:
+    """What one effect (domain.effects) does, as span attributes: `retrain.promotion_id`,
+    `retrain.step`, `retrain.model_version`, `retrain.endpoint` (the ring's, else `endpoint`:
+    the model's own), `retrain.deployment`, `retrain.traffic` / `retrain.mirror`
+    ("deployment=percent,..."), and per kind the message sent, the run, the event, the tags.
+    The promotion and step are the effect's own when it carries them, else those of the audit
+    records `decided` (the decision that made it, while they are still in the outbox): the
+    step it moved to (a passed step's decision moves traffic for the next one)."""
+    payload = getattr(effect, "payload", None) or {}
+    data = getattr(effect, "data", None) or {}
+    tags = getattr(effect, "tags", None) or {}
+    promotion_id = (
+        getattr(effect, "promotion_id", None)
+        or data.get("promotion_id")
+        or tags.get("retrain.promotion_id")  # promotion.machine.PROMOTION_TAG
+        or payload.get("promotion_id")
+        or next((r.promotion_id for r in decided if r.promotion_id), None)
+    )
+    if promotion_id is not None:  # an ending promotion may start the next one queued
+        decided = [r for r in decided if r.promotion_id == promotion_id]
+    step = (
+        getattr(effect, "step", None)
+        or payload.get("step")
+        or next((r.detail["step"] for r in reversed(decided) if r.detail.get("step")), None)
+    )
+    kind = getattr(effect, "kind", None)
+    not_before = getattr(effect, "not_before", None)
+    traffic = getattr(effect, "traffic", None)
+    mirror = getattr(effect, "mirror", None)
+    return _attributes(
+        {
+            "retrain.promotion_id": promotion_id,
+            "retrain.step": step,
+            "retrain.model_version": (
+                getattr(effect, "model_version", None)
+                or getattr(effect, "candidate_version", None)
+                or data.get("candidate_version")
+                or payload.get("candidate_version")
+            ),
+            "retrain.endpoint": (
+                (getattr(effect, "endpoint", None) or endpoint) if kind in _ENDPOINT_KINDS else None
+            ),
+            "retrain.deployment": getattr(effect, "deployment", None),
+            "retrain.traffic": _map(traffic) if traffic is not None else None,
+            "retrain.mirror": _map(mirror) if mirror is not None else None,
+            "retrain.restore": getattr(effect, "restore", None),
+            "retrain.sends": getattr(effect, "message_type", None),
+            "retrain.sends_id": getattr(effect, "message_id", None),
+            "retrain.not_before": not_before.isoformat() if not_before is not None else None,
+            "retrain.run_id": getattr(effect, "run_id", None),
+            "retrain.event_type": getattr(effect, "event_type", None),
+            "retrain.tags": ",".join(f"{k}={v}" for k, v in tags.items()) or None,
+        }
+    )

@@ -16,6 +16,7 @@ import pytest
 from azure.servicebus import (
     ServiceBusClient,
     ServiceBusMessage,
+    ServiceBusMessageBatch,
     ServiceBusReceiveMode,
     ServiceBusReceiver,
     ServiceBusSender,
@@ -28,9 +29,11 @@ from adapters.service_bus import (
     build_message,
     replay_message,
 )
+from orchestrator import telemetry
 from orchestrator.messages import Envelope, parse_envelope
 from orchestrator.ports import ScheduledHandle
 from tests.devhost.host.test_real_messaging import check_sdk_call
+from tests.telemetry import install_tracing
 
 
 class RecordingSender:
@@ -85,6 +88,67 @@ def test_message_carries_id_properties_and_body():
     }
     assert amqp.properties.group_id is None  # no session unless asked
     assert parse_envelope(b"".join(message.body)) == original
+
+
+def traced_envelope() -> Envelope:
+    """`envelope()` sent from inside a span, as the outbox sends it (`Outbox.send`)."""
+    install_tracing()
+    with telemetry.span("effect send_message", **{"retrain.model": "sb-contract"}):
+        traceparent = telemetry.current_traceparent()
+    assert traceparent is not None and telemetry.TRACEPARENT.match(traceparent)
+    return envelope().model_copy(update={"traceparent": traceparent})
+
+
+def test_a_traced_envelope_s_message_carries_its_context_where_the_sdk_puts_it():
+    traced = traced_envelope()
+    sender = RecordingSender()
+    bus = ServiceBusBus(sender)  # type: ignore[arg-type]
+    bus.send(traced)
+    bus.schedule(traced, datetime(2026, 11, 22, 12, 0, tzinfo=UTC))
+    sent = [sender.calls[0][1].arguments["message"], sender.calls[1][1].arguments["messages"]]
+    for message in sent:
+        properties = message.raw_amqp_message.application_properties
+        # The SDK's own keys (bytes), both of them: older receivers read Diagnostic-Id.
+        assert properties[b"traceparent"] == properties[b"Diagnostic-Id"] == traced.traceparent
+        assert {properties["type"], properties["model"]} == {"GateCheck", "churn"}
+        # The body still carries it too (the storage-queue transport has no properties).
+        assert parse_envelope(b"".join(message.body)).traceparent == traced.traceparent
+    untraced = build_message(envelope()).raw_amqp_message.application_properties
+    assert not {b"traceparent", b"Diagnostic-Id", "traceparent", "Diagnostic-Id"} & set(untraced)
+
+
+def test_with_the_sdk_s_tracing_on_the_wire_carries_the_app_s_context_once():
+    """Azure Monitor turns the Service Bus SDK's own tracing on: on send it adds its message
+    span's context to the application properties where absent. The app's is kept, and each
+    key is on the wire once (AMQP map keys are unique)."""
+    from azure.core.settings import settings
+    from azure.core.tracing.ext.opentelemetry_span import OpenTelemetrySpan
+    from azure.servicebus._pyamqp._decode import decode_payload
+    from azure.servicebus._transport._pyamqp_transport import PyamqpTransport
+
+    traced = traced_envelope()
+    settings.tracing_implementation = OpenTelemetrySpan
+    try:
+        batch = ServiceBusMessageBatch()
+        with telemetry.span("another span: the SDK's message span would be its child"):
+            batch.add_message(build_message(traced))  # the SDK's send path: traced here
+    finally:
+        settings.tracing_implementation.unset_value()
+    [outgoing] = batch._messages  # what send_messages encodes
+    wire = PyamqpTransport.encode_message(outgoing)
+    # Keys are AMQP str8 (0xa1, length): the body's JSON "traceparent" is not counted.
+    assert wire.count(b"\xa1\x0btraceparent") == 1
+    assert wire.count(b"\xa1\x0dDiagnostic-Id") == 1
+    # What a receiver decodes from those bytes: the app's context, under both keys.
+    decoded = decode_payload(memoryview(wire)).application_properties
+    context = traced.traceparent.encode()  # type: ignore[union-attr]
+    assert decoded == {
+        b"type": b"GateCheck",
+        b"model": b"churn",
+        b"promotion_id": b"p1",
+        b"Diagnostic-Id": context,
+        b"traceparent": context,
+    }
 
 
 def test_session_id_is_the_model_when_sessions_are_on():

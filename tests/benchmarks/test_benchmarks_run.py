@@ -67,6 +67,13 @@ def test_data_ledger_benchmark() -> None:
     assert "pending after: 0" in out
 
 
+@pytest.mark.azurite  # the benchmark starts its own emulators
+def test_data_ledger_storm_benchmark_compares_with_the_code_before() -> None:
+    out = run("bench_data_ledger.storm_main(40, 2)")
+    assert out.count("window close: 1 job(s) on 40 distinct blobs") == 2
+    assert re.search(rf"storm wall time, now / before: {RATIO}", out)
+
+
 def test_canary_gate_benchmark() -> None:
     out = run("bench_canary_gate.main(runs=100, latency_runs=10)")
     assert "accuracy gate" in out

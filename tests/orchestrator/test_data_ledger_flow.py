@@ -11,7 +11,7 @@ import pytest
 
 from domain.effects import SubmitTrainingJob
 from orchestrator.aggregate import OutboxItem
-from orchestrator.handlers import sweep_stranded_data
+from orchestrator.handlers import OPEN_WINDOW_REUSE, MessageHandlers, sweep_stranded_data
 from orchestrator.messages import InvalidMessage
 from orchestrator.outbox import RELEASE_CHUNK
 from orchestrator.ports import TrainingBackendError
@@ -251,3 +251,56 @@ def test_a_release_failing_in_the_sweep_is_reported_and_goes_on_at_the_next_swee
     assert w.ledger.pending("churn").items == 0  # still hidden meanwhile
     assert w.runtime.maintenance.sweep()["failed"] == []
     assert w.ledger.stored("churn") == 0 and w.ledger.releasing("churn") == []
+
+
+def test_a_storm_reads_the_aggregate_once_per_reuse_period_not_once_per_event():
+    w = fake_runtime(policy_yaml("churn", retrain="{debounce: 10m, quiet: 1m}"))
+    w.handle(blob_event("churn", 0))  # opens the window
+    reads = w.store.loads["churn"]
+    for n in range(1, 1_000):
+        assert w.handle(blob_event("churn", n)).status == "applied"
+    assert w.store.loads["churn"] == reads + 1  # the first event after the window opened
+    w.clock.advance(OPEN_WINDOW_REUSE.total_seconds())
+    w.handle(blob_event("churn", 1_000))
+    assert w.store.loads["churn"] == reads + 2  # the copy is too old now: read again
+    w.handle(blob_event("churn", 1_001))
+    w.run(until=lambda: bool(w.training.submissions), horizon=timedelta(hours=1))
+    [request] = w.training.submissions
+    assert len(set(request.data_uris)) == 1_002
+    # The close was another message for the model: the next event reads afresh, and opens
+    # a window.
+    loads = w.store.loads["churn"]
+    w.handle(blob_event("churn", 2_000))
+    assert w.store.loads["churn"] > loads and w.aggregate("churn").retrain.window is not None
+
+
+def test_a_short_quiet_period_shortens_the_reuse():
+    w = fake_runtime(policy_yaml("churn", retrain="{debounce: 10m, quiet: 2s}"))
+    w.handle(blob_event("churn", 0))
+    w.handle(blob_event("churn", 1))
+    reads = w.store.loads["churn"]
+    w.clock.advance(1)  # half the quiet period: too old
+    w.handle(blob_event("churn", 2))
+    assert w.store.loads["churn"] == reads + 1
+
+
+def test_a_window_closed_by_another_instance_during_the_reuse_strands_nothing():
+    w = fake_runtime()
+    w.handle(blob_event("churn", 1))
+    w.handle(blob_event("churn", 2))  # this instance now reuses its read: the window is open
+    # Another instance closes the window (on the same stores) meanwhile.
+    other = MessageHandlers(w.runtime.ports, w.runtime.outbox)
+    w.clock.advance(1)
+    for envelope in w.bus.due(w.clock()):
+        other.handle(envelope)
+    assert len(w.training.submissions) == 1 and w.aggregate("churn").retrain.window is None
+    # This instance still takes the window for open: the item is pending with no window...
+    assert w.handle(blob_event("churn", 3)).status == "applied"
+    assert w.aggregate("churn").retrain.window is None
+    assert w.ledger.pending("churn").items == 1
+    # ...until the timer's sweep opens one for it.
+    w.runtime.maintenance.sweep()
+    assert w.aggregate("churn").retrain.window is not None
+    w.training.finish(w.training.jobs[0], "1")
+    w.run(until=lambda: len(w.training.submissions) == 2, horizon=timedelta(hours=1))
+    assert w.training.submissions[1].data_uris == [f"{DATA_ACCOUNT}/training-data/churn/3.csv"]

@@ -228,3 +228,28 @@ def test_under_a_host_good_settings_still_load_no_heavy_module():
         env=host_environment(),
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_import_with_both_exporters_configured_loads_no_telemetry_sdk():
+    # The exporters are installed on the first invocation (orchestrator/bootstrap.py), never
+    # at import: the cold start does not pay for the SDK, the OTLP exporter or Azure Monitor.
+    probe = (
+        "import sys, function_app; "
+        "print(sorted(m for m in sys.modules if m.startswith("
+        "('opentelemetry.sdk', 'opentelemetry.exporter', 'azure.monitor'))))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        env=host_environment(
+            APPLICATIONINSIGHTS_CONNECTION_STRING=(
+                "InstrumentationKey=11111111-2222-3333-4444-555555555555;"
+                "IngestionEndpoint=https://127.0.0.1:9/"
+            ),
+            OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:9",
+        ),
+    )
+    assert result.stdout.strip() == "[]"
