@@ -36,6 +36,10 @@ class OutboxItem(BaseModel):
     first_failed_at: AwareDatetime | None = None
     last_error: str | None = None  # the latest failure, for the sweep's report and the status
     traceparent: str | None = None  # the span that decided it: its effect's span continues it
+    # The promotion and step it belongs to, for its spans when it is retried (the decision's
+    # audit records are flushed by then).
+    promotion_id: str | None = None
+    step: str | None = None
 
 
 class TrafficAlert(BaseModel):

@@ -515,13 +515,7 @@ class MessageHandlers:
                 for seq, entry in enumerate(decision.audit)
             ]
             items = [
-                OutboxItem(
-                    id=f"{version}-{index}",
-                    effect=effect,
-                    cause_id=envelope.message_id,
-                    version=version,
-                    traceparent=traceparent,
-                )
+                _outbox_item(f"{version}-{index}", effect, envelope, version, traceparent, records)
                 for index, effect in enumerate(decision.effects)
             ]
             changed = aggregate.model_copy(
@@ -740,6 +734,26 @@ def _traced(
             [item for e in gates for item in e.detail.get("evidence") or []]
         ),
     }
+
+
+def _outbox_item(
+    item_id: str,
+    effect: Any,
+    envelope: Envelope,
+    version: int,
+    traceparent: str | None,
+    records: list[AuditRecord],
+) -> OutboxItem:
+    context = telemetry.effect_attributes(effect, decided=records)
+    return OutboxItem(
+        id=item_id,
+        effect=effect,
+        cause_id=envelope.message_id,
+        version=version,
+        traceparent=traceparent,
+        promotion_id=context.get("retrain.promotion_id"),
+        step=context.get("retrain.step"),
+    )
 
 
 def _audit_record(

@@ -253,6 +253,12 @@ class Outbox:
                             "retrain.attempt": item.failed_attempts + 1,
                             "retrain.lane": lane,
                             "retrain.decided_version": item.version,
+                            # The item's own promotion and step first: a retry's decision
+                            # records are flushed by then.
+                            **{
+                                "retrain.promotion_id": item.promotion_id,
+                                "retrain.step": item.step,
+                            },
                             **telemetry.effect_attributes(
                                 item.effect,
                                 endpoint=policy.endpoint,

@@ -260,6 +260,9 @@ def test_a_rollback_and_its_retried_traffic_change_are_in_the_trace(flow_setting
         failed[0].attributes["retrain.effect_id"]
     ) and s.status.is_ok]  # fmt: skip
     assert retried and retried[0].attributes["retrain.attempt"] == 2
+    # The retry, by the sweep after the decision's records were flushed, still says whose.
+    assert retried[0].attributes["retrain.promotion_id"] == promotion_id
+    assert retried[0].attributes["retrain.step"] == "canary-1"
     assert counter("retrain.promotions", model=model, outcome="rolled_back") == 1
     assert counter("retrain.effects.failed", model=model, kind="set_traffic") == 1
     assert counter("retrain.gate.verdicts", model=model, verdict="fail") >= 1
