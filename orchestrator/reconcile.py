@@ -103,7 +103,9 @@ class Reconciler:
         if drift is None:
             if state.drift is not None and state.drift.endpoint in in_sync:
                 # Only the endpoint the drift was found on, read back in line, clears it.
-                self._handle(aggregate, "EndpointInSync", EndpointInSync(), "in-sync")
+                ring = state.drift.endpoint
+                in_line = EndpointInSync(endpoint=ring)
+                self._handle(aggregate, "EndpointInSync", in_line, f"in-sync:{ring or ''}")
             return
         log.warning("%s: endpoint drift: %s", model, drift.summary)
         report.drifted.append({"model": model, "summary": drift.summary})

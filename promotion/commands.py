@@ -117,7 +117,11 @@ class EndpointDrift(Drift):
 
 
 class EndpointInSync(_Command):
-    """The reconcile pass read the endpoint serving what the state says (clears a drift)."""
+    """The reconcile pass read the endpoint serving what the state says: clears a drift found
+    on that same endpoint (a later ring's name, or None for the model's own), never one found
+    on another meanwhile."""
+
+    endpoint: str | None = None
 
 
 PromotionCommand = (

@@ -1642,6 +1642,12 @@ def _on_drift(t: _Transition, command: EndpointDrift) -> Decision[PromotionState
 def _on_in_sync(t: _Transition, command: EndpointInSync) -> Decision[PromotionState]:
     if t.state.drift is None:
         return Decision(state=t.original, ignored="no drift to clear")
+    if t.state.drift.endpoint != command.endpoint:
+        return Decision(
+            state=t.original,
+            ignored=f"the drift is on {t.state.drift.endpoint or 'the model endpoint'}, "
+            f"not on {command.endpoint or 'the model endpoint'}",
+        )
     t.record("endpoint.drift_resolved", **t.state.drift.model_dump(mode="json"))
     t.set_state(drift=None, drift_repairs=0)
     t.emit(PublishEvent(event_type="endpoint.drift_resolved", data={"model": t.policy.model}))

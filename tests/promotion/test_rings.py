@@ -15,6 +15,7 @@ from promotion.commands import (
     DeploymentFailed,
     DeploymentReady,
     EndpointDrift,
+    EndpointInSync,
     PromoteNow,
     ResumePromotion,
 )
@@ -317,3 +318,23 @@ def test_a_bad_rings_section_is_a_policy_error(rings: str, says: str) -> None:
     text = f"{head}rings: {rings}\n"
     with pytest.raises(PolicyError, match=says):
         parse_policy(text, "policies/churn.yml")
+
+
+def test_an_endpoint_back_in_line_clears_only_a_drift_found_on_that_endpoint() -> None:
+    h = walking()
+    h.send(h.check("pass"))
+    expected = expected_ring(h.state, NORTH)
+    assert expected is not None
+    h.send(
+        EndpointDrift(
+            expected_traffic=expected.traffic, actual_traffic={dep("9"): 100}, endpoint=NORTH
+        )
+    )
+    assert h.state.drift is not None and h.state.drift.endpoint == NORTH
+    # The model's own endpoint read in line (a message sent before the ring drifted, say):
+    # the ring's drift stays.
+    h.send(EndpointInSync())
+    assert h.state.drift is not None and h.last.ignored
+    h.send(EndpointInSync(endpoint=NORTH))
+    assert h.state.drift is None
+    assert "endpoint.drift_resolved" in [entry.action for entry in h.last.audit]
