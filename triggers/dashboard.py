@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import azure.functions as func
 
@@ -48,6 +48,7 @@ ASSETS = {
 AUDIT_SHOWN = 500  # a promotion's newest audit records the page gets (its life is short)
 DEAD_LETTERS_SHOWN = 10  # each one read per poll: a few suffice to see that something failed
 SIGN_IN_LIFETIME = timedelta(hours=1)
+DASHBOARD_PATH = "/api/dashboard"  # where the page is when its request names no path
 # The page is ours and loads nothing from elsewhere: say so to the browser.
 SECURITY_HEADERS = {
     "Content-Security-Policy": (
@@ -76,7 +77,12 @@ def dashboard_page(req: func.HttpRequest) -> func.HttpResponse:
     # The assets need the key too: the page hands on the `code` it was opened with.
     code = req.params.get("code")
     query = html.escape("?" + urlencode({"code": code})) if code else ""
-    text = _static("index.html").decode().replace("{{query}}", query)
+    text = (
+        _static("index.html")
+        .decode()
+        .replace("{{query}}", query)
+        .replace("{{sign_in}}", html.escape(sign_in_link(req.url)))
+    )
     return func.HttpResponse(
         text, status_code=200, mimetype="text/html", charset="utf-8", headers=SECURITY_HEADERS
     )
@@ -154,6 +160,22 @@ def dashboard_sign_in(req: func.HttpRequest) -> func.HttpResponse:
         },
         headers={"Cache-Control": "no-store"},
     )
+
+
+def sign_in_link(page_url: str) -> str:
+    """App Service authentication's sign-in, coming back to the page at `page_url` (its path,
+    its query without the function key: `code`, which the host reads in any case): after the
+    sign-in the browser lands on the dashboard, not on the site's root, and the key never goes
+    through Entra ID, the callback or the browser's history."""
+    parts = urlsplit(page_url)
+    path = parts.path if parts.path.startswith("/") and not parts.path.startswith("//") else ""
+    kept = [
+        (name, value)
+        for name, value in parse_qsl(parts.query, keep_blank_values=True)
+        if name.lower() != "code"
+    ]
+    back = (path or DASHBOARD_PATH) + ("?" + urlencode(kept) if kept else "")
+    return "/.auth/login/aad?" + urlencode({"post_login_redirect_uri": back})
 
 
 # ------------------------------------------------------------------ the state document

@@ -5,10 +5,13 @@ person's (and which does not exist when the app verifies Entra ID's tokens)."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
 from datetime import timedelta
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
 import pytest
@@ -64,6 +67,41 @@ def test_the_page_hands_its_key_to_its_assets_escaped_and_forbids_anything_forei
     assert "base-uri 'none'" in policy and "form-action 'self'" in policy
     assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
     assert "{{query}}" not in get(dashboard.dashboard_page).get_body().decode()
+
+
+def test_the_sign_in_comes_back_to_the_page_without_its_key():
+    """App Service authentication's sign-in link names the dashboard's own address to come back
+    to (not the site's root), its query kept but never the function key."""
+    request = func.HttpRequest(
+        "GET",
+        "https://func-abc.azurewebsites.net/api/dashboard?code=secret-key&view=all",
+        params={"code": "secret-key", "view": "all"},
+        body=b"",
+    )
+    text = user(dashboard.dashboard_page)(request).get_body().decode()
+    [href] = re.findall(r'<a id="app-service-sign-in"[^>]* href="([^"]*)"', text)
+    link = urlsplit(html.unescape(href))
+    assert (link.scheme, link.netloc, link.path) == ("", "", "/.auth/login/aad")
+    assert parse_qsl(link.query) == [("post_login_redirect_uri", "/api/dashboard?view=all")]
+    assert "secret-key" not in href and "{{sign_in}}" not in text
+
+
+@pytest.mark.parametrize(
+    ("url", "back"),
+    [
+        ("http://localhost/api/dashboard", "/api/dashboard"),
+        ("https://func-abc.azurewebsites.net/api/dashboard?code=k&CODE=k&Code=k", "/api/dashboard"),
+        (
+            "https://func-abc.azurewebsites.net/orchestrator/dashboard?model=churn&code=k&empty=",
+            "/orchestrator/dashboard?model=churn&empty=",
+        ),
+    ],
+    ids=["no-query", "every-spelling-of-the-key", "another-route-prefix"],
+)
+def test_the_sign_in_link_names_the_page_s_own_address(url, back):
+    link = urlsplit(dashboard.sign_in_link(url))
+    assert link.path == "/.auth/login/aad"
+    assert parse_qsl(link.query, keep_blank_values=True) == [("post_login_redirect_uri", back)]
 
 
 @pytest.mark.parametrize(

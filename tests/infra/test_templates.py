@@ -698,3 +698,104 @@ def test_the_hook_lets_the_app_registration_accept_the_sign_in(tmp_path: Path) -
     )
     assert not [call for call in calls if "federated-credential create" in call]
     assert not (tmp_path / "state" / "created.json").exists()
+
+
+# ---------------------------------------------------------------- the deploy workflow
+
+DEPLOY_WORKFLOW = REPO / ".github" / "workflows" / "azure-dev.yml"
+# What azd puts in the environment itself on the runner: the signed-in principal's object id.
+AZD_SETS = frozenset({"AZURE_PRINCIPAL_ID"})
+PARAMETER_READ = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:=[^}]*)?\}")
+
+
+def parameters_read(infra: Path) -> set[str]:
+    """The azd environment values main.parameters.json reads (`${NAME}`, `${NAME=default}`)."""
+    return set(PARAMETER_READ.findall((infra / "main.parameters.json").read_text()))
+
+
+def workflow_parameter_problems(infra: Path, workflow: Path) -> list[str]:
+    """Each value main.parameters.json reads that the deploy workflow does not hand to `azd
+    provision` (workflow, job or step `env`) from the repository variable or secret of that
+    name, or as a fixed value. The runner's azd environment starts empty: a value left out is
+    deployed empty (without ENTRA_CLIENT_ID, App Service authentication's sign-in is gone)."""
+    document = yaml.safe_load(workflow.read_text())
+    envs = [
+        {**(document.get("env") or {}), **(job.get("env") or {}), **(step.get("env") or {})}
+        for job in document["jobs"].values()
+        for step in job.get("steps", [])
+        if "azd provision" in step.get("run", "")
+    ]
+    if not envs:
+        return [f"{workflow.name}: no step runs azd provision"]
+    problems = []
+    for env in envs:
+        for name in sorted(parameters_read(infra) - AZD_SETS):
+            value = env.get(name)
+            if value is None:
+                problems.append(
+                    f"{workflow.name} does not pass {name} to azd provision "
+                    "(main.parameters.json reads it)"
+                )
+            elif "${{" in str(value):
+                if not re.fullmatch(rf"\$\{{\{{\s*(vars|secrets)\.{name}\s*\}}\}}", str(value)):
+                    problems.append(
+                        f"{workflow.name} passes {name} from {value}, "
+                        f"not from vars.{name} or secrets.{name}"
+                    )
+            elif not str(value).strip():
+                problems.append(f"{workflow.name} passes {name} empty")
+    return problems
+
+
+def test_the_deploy_workflow_passes_every_value_the_parameters_read() -> None:
+    assert {"ENTRA_CLIENT_ID", "ENTRA_API_SCOPE", "ENTRA_API_AUDIENCE"} <= parameters_read(INFRA)
+    assert workflow_parameter_problems(INFRA, DEPLOY_WORKFLOW) == []
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "      ENTRA_CLIENT_ID: ${{ vars.ENTRA_CLIENT_ID }}\n",
+            "",
+            "azure-dev.yml does not pass ENTRA_CLIENT_ID to azd provision",
+        ),
+        (
+            "      ENTRA_API_SCOPE: ${{ vars.ENTRA_API_SCOPE }}\n",
+            "",
+            "azure-dev.yml does not pass ENTRA_API_SCOPE to azd provision",
+        ),
+        (
+            "ENTRA_CLIENT_ID: ${{ vars.ENTRA_CLIENT_ID }}",
+            "ENTRA_CLIENT_ID: ${{ vars.AZURE_CLIENT_ID }}",
+            "azure-dev.yml passes ENTRA_CLIENT_ID from ${{ vars.AZURE_CLIENT_ID }}, not from",
+        ),
+        (
+            "ENTRA_API_SCOPE: ${{ vars.ENTRA_API_SCOPE }}",
+            "ENTRA_API_SCOPE: ''",
+            "azure-dev.yml passes ENTRA_API_SCOPE empty",
+        ),
+        (
+            "        run: azd provision --no-prompt\n",
+            "        run: azd up --no-prompt\n",
+            "azure-dev.yml: no step runs azd provision",
+        ),
+    ],
+    ids=["no-client-id", "no-scope", "another-variable", "empty", "no-provision"],
+)
+def test_a_workflow_that_would_deploy_a_parameter_empty_is_caught(
+    tmp_path: Path, old: str, new: str, expected: str
+) -> None:
+    text = DEPLOY_WORKFLOW.read_text()
+    assert old in text, f"azure-dev.yml no longer holds {old!r}: update the test"
+    workflow = tmp_path / "azure-dev.yml"
+    workflow.write_text(text.replace(old, new, 1))
+    problems = workflow_parameter_problems(INFRA, workflow)
+    assert [problem for problem in problems if expected in problem], problems
+
+
+def test_a_parameter_the_workflow_does_not_know_is_caught(broken) -> None:
+    infra = broken("main.parameters.json", '"${ALERT_EMAIL}"', '"${ALERT_ADDRESS}"')
+    assert workflow_parameter_problems(infra, DEPLOY_WORKFLOW) == [
+        "azure-dev.yml does not pass ALERT_ADDRESS to azd provision (main.parameters.json reads it)"
+    ]

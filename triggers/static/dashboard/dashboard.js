@@ -6,6 +6,8 @@
 (function () {
   const POLL_MS = 1500;
   const TOKEN_KEY = "retrain-dashboard.token";
+  const EXPIRY_MARGIN_MS = 30000; // a token this close to its expiry is not sent
+  const SIGN_IN_WAIT_MS = 10 * 60 * 1000; // how long the page watches a sign-in window
   const params = new URLSearchParams(location.search);
   const functionKey = params.get("code");
   // The key stays in this script only (sent as x-functions-key): out of the address bar, the
@@ -20,6 +22,8 @@
   let lastState = null;
   let signInMode = null;
   let pending = null; // the action the dialog confirms
+  let readAppServiceSession = false; // /.auth/me read once the page knows it is in Azure
+  let signInWatch = null; // the timer watching a sign-in window
 
   // ---------------------------------------------------------------- small helpers
 
@@ -82,10 +86,17 @@
 
   // ---------------------------------------------------------------- who is signed in
 
+  // Milliseconds since the epoch of an expiry time: the local issuer's ISO time, or App
+  // Service's `expires_on` (seven decimals, more than Date reliably parses); NaN if neither.
+  function expiryMs(iso) {
+    if (typeof iso !== "string") return NaN;
+    return new Date(iso.replace(/(\.\d{3})\d+/, "$1")).getTime();
+  }
+
   function storedToken() {
     try {
       const saved = JSON.parse(sessionStorage.getItem(TOKEN_KEY) || "null");
-      if (saved && new Date(saved.expires_at).getTime() > Date.now() + 30000) return saved;
+      if (saved && expiryMs(saved.expires_at) > Date.now() + EXPIRY_MARGIN_MS) return saved;
     } catch (error) {
       /* nothing usable stored */
     }
@@ -128,11 +139,40 @@
 
   // In Azure: App Service authentication keeps the person's access token for the API
   // (its login asks for the API's scope); /.auth/me hands it to the page.
-  async function appServiceToken() {
+  async function appServiceSession() {
     const response = await fetch("/.auth/me", { credentials: "same-origin" });
     if (!response.ok) return null;
-    const [session] = await response.json();
-    if (!session || !session.access_token) return null;
+    const sessions = await response.json().catch(() => null);
+    const session = Array.isArray(sessions) ? sessions[0] : null;
+    return session && session.access_token ? session : null;
+  }
+
+  // An access token whose expiry is known and (nearly) past. An unknown one is sent: the app
+  // answers 401 if it has expired, and the page renews it then.
+  function expired(session) {
+    const at = expiryMs(session.expires_on);
+    return !Number.isNaN(at) && at <= Date.now() + EXPIRY_MARGIN_MS;
+  }
+
+  // App Service renews the token store's tokens with the refresh token its login kept
+  // (`offline_access`); false when it cannot (the person must sign in again).
+  async function refreshAppServiceSession() {
+    const response = await fetch("/.auth/refresh", { credentials: "same-origin" });
+    return response.ok;
+  }
+
+  // The person's token from /.auth/me. Renewed once (/.auth/refresh, then /.auth/me again)
+  // when /.auth/me's token has expired, or first thing when the app has just refused
+  // `refused` (401): null if there is still none to send, or only the refused one.
+  async function appServiceToken(refused) {
+    let session = refused ? null : await appServiceSession();
+    if (refused || (session && expired(session))) {
+      session = (await refreshAppServiceSession()) ? await appServiceSession() : null;
+    }
+    if (!session || expired(session) || (refused && session.access_token === refused)) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      return null;
+    }
     const claims = session.user_claims || [];
     const name = (claims.find((c) => c.typ === "preferred_username") || {}).val || session.user_id;
     const saved = { token: session.access_token, name, expires_at: session.expires_on };
@@ -141,9 +181,39 @@
   }
 
   async function bearer() {
-    let saved = storedToken();
-    if (!saved && signInMode === "app-service") saved = await appServiceToken();
-    return saved;
+    const saved = storedToken();
+    if (saved || signInMode !== "app-service") return saved;
+    return appServiceToken(null);
+  }
+
+  // In Azure the sign-in runs in a window of its own: this page keeps the function key (held
+  // by this script alone, never sent to a sign-in) and shows the person once /.auth/me holds
+  // their token. Where no window opens, the link signs in in this tab and comes back to the
+  // page's address without the key (post_login_redirect_uri, triggers/dashboard.py): open the
+  // page with its key again, it then finds the person signed in.
+  function appServiceSignIn(event) {
+    if (event.button !== 0 || event.ctrlKey || event.metaKey || event.shiftKey) return;
+    const popup = window.open(event.currentTarget.href, "retrain-dashboard-sign-in", "popup,width=520,height=680");
+    if (!popup) return; // blocked: the link's own navigation
+    event.preventDefault();
+    say("sign in in the window that opened");
+    clearTimeout(signInWatch);
+    const until = Date.now() + SIGN_IN_WAIT_MS;
+    const watch = async () => {
+      const saved = await appServiceToken(null).catch(() => null);
+      if (saved) {
+        try {
+          popup.close();
+        } catch (error) {
+          /* the sign-in's window is no longer this page's to close */
+        }
+        say(`signed in as ${saved.name}`);
+        showIdentity();
+      } else if (Date.now() < until) {
+        signInWatch = setTimeout(watch, POLL_MS);
+      }
+    };
+    signInWatch = setTimeout(watch, POLL_MS);
   }
 
   // ---------------------------------------------------------------- acting as a person
@@ -204,17 +274,22 @@
       });
     }
     if (reason || spec.needsReason) body[spec.reasonField] = reason;
-    const response = await fetch(
-      `${apiBase}/promotions/${encodeURIComponent(active.id)}/${spec.path}`,
-      {
+    const command = (token) =>
+      fetch(`${apiBase}/promotions/${encodeURIComponent(active.id)}/${spec.path}`, {
         method: "POST",
         headers: headers({
           "Content-Type": "application/json",
-          Authorization: `Bearer ${saved.token}`,
+          Authorization: `Bearer ${token}`,
         }),
         body: JSON.stringify(body),
-      },
-    );
+      });
+    let response = await command(saved.token);
+    if (response.status === 401 && signInMode === "app-service") {
+      // Refused before anything was done (no verified person): the token expired or was
+      // revoked since it was read. Renewed once, the command is sent once more.
+      const renewed = await appServiceToken(saved.token);
+      if (renewed) response = await command(renewed.token);
+    }
     const answer = await response.json().catch(() => ({}));
     if (response.status === 202) {
       say(`${spec.title}: ${answer.status} (promotion ${active.id})`);
@@ -539,6 +614,11 @@
   function render(state) {
     signInMode = state.sign_in.mode;
     showIdentity();
+    if (signInMode === "app-service" && !readAppServiceSession) {
+      // Signed in already (an earlier visit, or a sign-in in this tab): show who.
+      readAppServiceSession = true;
+      bearer().then(showIdentity, () => {});
+    }
     document.querySelector("#models tbody").replaceChildren(...state.models.map(modelRow));
     document
       .getElementById("promotions")
@@ -574,6 +654,7 @@
 
   document.getElementById("local-sign-in").addEventListener("submit", localSignIn);
   document.getElementById("sign-out").addEventListener("click", signOut);
+  document.getElementById("app-service-sign-in").addEventListener("click", appServiceSignIn);
   document.getElementById("action-form").addEventListener("submit", (event) => {
     const confirmed = event.submitter && event.submitter.value === "confirm";
     if (confirmed) send();
