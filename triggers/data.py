@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter, OrderedDict
+from collections import Counter
 from itertools import groupby
 from typing import TYPE_CHECKING
 
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from domain.policy import ModelPolicy
     from orchestrator.messages import Envelope
     from retrain.commands import DataItem
-    from triggers.payloads import NotData
 
 # Cold start: the orchestrator (pydantic models, clients) is imported on the first
 # invocation, not when the host indexes the app.
@@ -48,7 +47,13 @@ def data_blob_created(event: func.EventGridEvent) -> None:
     record it raises: Event Grid redelivers (then its own dead-letter destination)."""
     from orchestrator.bootstrap import get_runtime
     from orchestrator.messages import InvalidMessage
-    from triggers.payloads import BadPayload, NotData, blob_created, parse_grid_event
+    from triggers.payloads import (
+        BadPayload,
+        NotData,
+        blob_created,
+        log_ignored_once,
+        parse_grid_event,
+    )
 
     runtime = get_runtime()
     document = {
@@ -66,7 +71,7 @@ def data_blob_created(event: func.EventGridEvent) -> None:
         runtime.dead_letters.record("eventgrid", exc.reason, body, {"id": event.id})
         return
     if isinstance(found, NotData):
-        _log_once(found)
+        log_ignored_once(found)
         return
     model, item = found
     try:
@@ -76,20 +81,6 @@ def data_blob_created(event: func.EventGridEvent) -> None:
         runtime.dead_letters.record("eventgrid", exc.reason, body, {"id": event.id})
         return
     log.info("blob %s -> %s: %s", item.uri, model, outcome.status)
-
-
-_logged: OrderedDict[str, None] = OrderedDict()  # blobs already explained (redeliveries)
-_LOGGED_KEPT = 10_000
-
-
-def _log_once(found: NotData) -> None:
-    if found.blob in _logged:
-        return
-    _logged[found.blob] = None
-    if len(_logged) > _LOGGED_KEPT:
-        _logged.popitem(last=False)
-    level = logging.WARNING if found.unmatched else logging.INFO
-    log.log(level, "blob %s ignored: %s", found.blob, found.reason)
 
 
 # Only a dead letter that cannot be written makes the function raise (every event is handled

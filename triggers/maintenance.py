@@ -1,5 +1,6 @@
-"""Timer: re-dispatch outbox effects a crash left behind; report promotions not moving; then
-the production monitor's pass (retrain on decay, orchestrator/monitor.py)."""
+"""Timer: re-dispatch outbox effects a crash left behind; send again a gate check or approval
+timeout overdue (lost, or held in a crashed process's lease); report promotions not moving;
+then the production monitor's pass (retrain on decay, orchestrator/monitor.py)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,10 @@ def outbox_sweeper(timer: func.TimerRequest) -> None:
     runtime = get_runtime()
     report = runtime.maintenance.sweep()
     log.info(
-        "outbox sweep: %d effect(s) re-dispatched, %d promotion(s) stuck%s",
+        "outbox sweep: %d effect(s) re-dispatched, %d overdue check(s) re-sent, "
+        "%d promotion(s) stuck%s",
         report["redispatched"],
+        len(report["resent_checks"]),
         len(report["stuck"]),
         "".join(
             f"; {s['model']} {s['promotion_id']} {s['status']} since {s['since']}"

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -341,7 +343,7 @@ def parse_event(
             if isinstance(found, NotData):
                 # As on the webhook: a subscription sends every blob of the container; one
                 # under no prefix (or not written yet) is no one's data, not a bad event.
-                log.info("blob %s ignored: %s", found.blob, found.reason)
+                log_ignored_once(found)
                 continue
             items.append(found)
             continue
@@ -356,6 +358,24 @@ def parse_event(
             (ready.model, DataItem(uri=uri, key=f"event:{ready.event_id}", rows=ready.rows))
         )
     return items
+
+
+_ignored: OrderedDict[str, None] = OrderedDict()  # blobs already explained (redeliveries)
+_IGNORED_KEPT = 10_000
+_ignored_lock = threading.Lock()
+
+
+def log_ignored_once(found: NotData) -> None:
+    """Say once per blob why it is no one's data (a warning when it is under no model's
+    prefix), however often its event is delivered again; the last 10,000 blobs are kept."""
+    with _ignored_lock:
+        if found.blob in _ignored:
+            return
+        _ignored[found.blob] = None
+        if len(_ignored) > _IGNORED_KEPT:
+            _ignored.popitem(last=False)
+    level = logging.WARNING if found.unmatched else logging.INFO
+    log.log(level, "blob %s ignored: %s", found.blob, found.reason)
 
 
 def group_by_model(pairs: Iterable[tuple[str, DataItem]]) -> dict[str, list[DataItem]]:

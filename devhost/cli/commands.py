@@ -411,14 +411,8 @@ def send_data(
     for path in paths:
         if not path.is_file():
             raise BadInput(f"{path}: no such file")
-    environ = os.environ if environ is None else environ
-    notes: list[str] = []
-    watched = environ.get("DATA_CONTAINER")
-    if watched and watched != policy.data.container:
-        notes.append(
-            f"DATA_CONTAINER is {watched!r} but {model}'s data container is "
-            f"{policy.data.container!r}: the blob trigger will not see these files"
-        )
+    # A policy whose data container the app does not watch never gets here: loading the
+    # policies refuses it (orchestrator/policy_files.py), as the app does at start.
     service = blob_service or data_blob_service(runtime, environ)
     container = ensure_container(service.get_container_client(policy.data.container))
     uploaded: list[UploadedBlob] = []
@@ -437,7 +431,7 @@ def send_data(
                 etag=written.get("etag"),
             )
         )
-    return DataUpload(model=model, blobs=uploaded, notes=tuple(notes))
+    return DataUpload(model=model, blobs=uploaded)
 
 
 # --------------------------------------------------------------------------- status

@@ -5,6 +5,8 @@ commands are *sent* as envelopes on the app's queues (Service Bus in Azure, Azur
 locally) and handled by the running app, never here; data files are uploaded into the
 model's data container (`send-data`), or announced many to an event on the data-events hub
 (`send-event`, devhost/cli/events.py); status is read from the state store and audit log.
+Locally, `score` puts a CSV's rows on a model's endpoint as live traffic, with their labels
+as feedback (devhost/cli/traffic.py).
 Locally the storage is the running devhost's, found in its state file unless the settings name
 one (devhost/cli/local_devhost.py).
 
@@ -182,6 +184,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--per-event", type=int, metavar="N",
                      help="items an event (default: the policy's max_items_per_event)")  # fmt: skip
 
+    sub = add("score", "live traffic on the model's local endpoint: each CSV row a request; "
+              "with --feedback, each answer's label too")  # fmt: skip
+    sub.add_argument("model", metavar="MODEL")
+    sub.add_argument("file", metavar="CSV", type=Path,
+                     help="a header row, the feature columns (and the label column)")  # fmt: skip
+    sub.add_argument("--feedback", action="store_true",
+                     help="post each answered row's label (data.label_column)")  # fmt: skip
+    sub.add_argument("--requests", type=positive, metavar="N",
+                     help="how many requests (default: each row once; rows repeat)")  # fmt: skip
+    sub.add_argument("--endpoint", metavar="NAME",
+                     help="one of the model's later rings (default: its endpoint)")  # fmt: skip
+    sub.add_argument("--workers", type=positive, default=4, metavar="N",
+                     help="requests in flight at once (default 4)")  # fmt: skip
+
     sub = add("dead-letters", "list or replay messages that could not be handled")
     actions = sub.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     actions.required = True
@@ -200,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
 def page_limit(text: str) -> int:
     if not (text.isascii() and text.isdigit() and 1 <= int(text) <= MAX_PAGE):
         raise argparse.ArgumentTypeError(f"a whole number from 1 to {MAX_PAGE}, not {text!r}")
+    return int(text)
+
+
+def positive(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and int(text) >= 1):
+        raise argparse.ArgumentTypeError(f"a whole number from 1, not {text!r}")
     return int(text)
 
 
@@ -278,6 +300,20 @@ def _run(arguments: argparse.Namespace, runtime: Runtime) -> tuple[Any, list[Ren
             per_event=arguments.per_event,
         )
         return sent_events.to_json(), render_sent_events(sent_events)
+    if command == "score":
+        from devhost.cli.render import render_traffic
+        from devhost.cli.traffic import send_traffic
+
+        traffic = send_traffic(
+            runtime,
+            arguments.model,
+            arguments.file,
+            feedback=arguments.feedback,
+            requests=arguments.requests,
+            endpoint=arguments.endpoint,
+            workers=arguments.workers,
+        )
+        return traffic.to_json(), render_traffic(traffic)
     if command == "dead-letters":
         from devhost.cli import dead_letters
 

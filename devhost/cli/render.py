@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from devhost.cli.commands import DataUpload, SentMessage
     from devhost.cli.events import SentEvents
+    from devhost.cli.traffic import Traffic
 
 _OUTCOME_STYLE = {
     "pass": "green",
@@ -388,6 +389,28 @@ def render_sent_events(sent: SentEvents) -> list[RenderableType]:
     lines.append(
         f"the app's data_events function takes them; follow it with `status {escape(sent.model)}`"
     )
+    return lines
+
+
+def render_traffic(traffic: Traffic) -> list[RenderableType]:
+    from rich.markup import escape
+
+    served = ", ".join(f"{escape(name)} {count}" for name, count in sorted(traffic.served.items()))
+    lines: list[RenderableType] = [
+        f"[green]scored[/] {traffic.requests} request(s) of {escape(traffic.file)} on "
+        f"{escape(traffic.url)}: {traffic.answered} answered ({served or 'none'})"
+    ]
+    if traffic.failed:
+        failed = ", ".join(
+            f"{count} {escape(kind)}" for kind, count in sorted(traffic.failed.items())
+        )
+        lines.append(f"[yellow]failed:[/] {failed}; the first: {escape(traffic.first_error or '')}")
+    if traffic.matched is not None:
+        lines.append(
+            f"feedback: {traffic.feedback} label(s) accepted; {traffic.matched} of "
+            f"{traffic.answered} answer(s) matched their label"
+        )
+    lines.append(f"what a bake or canary step still needs: `status {escape(traffic.model)}`")
     return lines
 
 

@@ -3,6 +3,8 @@
 Beside the app it runs this checkout's Azurite and the local endpoint server, each on a port
 that is chosen (a flag or a setting) or free, and records where everything is in
 `<state dir>/devhost.json` (default `.local/`), where `python -m devhost.cli` finds it.
+The app's policies are read first: a bad one (e.g. a `data.container` the app does not watch)
+stops devhost before anything starts, naming the file and the field (exit 2).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 
@@ -56,6 +59,22 @@ def settings_from_file(path: Path) -> dict[str, str]:
         log.info("skipping %s from %s: it is set in the environment", key, path)
         del values[key]
     return values
+
+
+def check_policies(environ: Mapping[str, str]) -> None:
+    """Read every policy of POLICY_DIR as the app will (orchestrator/policy_files.py), so a bad
+    one stops devhost at start instead of failing the app's first invocation: a field that
+    does not parse, or a `data.container` other than DATA_CONTAINER (the one container whose
+    new blobs the app takes: that model's data would never start anything)."""
+    from domain.policy import PolicyError
+    from orchestrator.policy_files import load_policies
+    from orchestrator.settings import APP_ROOT
+
+    folder = Path(environ.get("POLICY_DIR") or APP_ROOT / "policies")
+    try:
+        load_policies(folder, watched_container=environ.get("DATA_CONTAINER") or None)
+    except PolicyError as exc:
+        raise DevHostError(f"a policy is refused: {exc}") from exc
 
 
 def state_dir(explicit: Path | None, settings: dict[str, str]) -> Path:
@@ -116,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         port = arguments.port
         if port is None:
             port = local_http_port(settings_file) or 0
+        check_policies({**os.environ, **settings})  # the file's values: not in the environment
     except DevHostError as exc:
         log.error("%s", exc)
         return 2

@@ -157,6 +157,7 @@ def start_mlflow_ui(
     port = _port_for(expected, configured)
     command = [
         sys.executable, "-m", "mlflow", "ui",
+        "--workers", "1",  # one person's UI: not mlflow's 4 server processes on a laptop
         "--backend-store-uri", store,
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip

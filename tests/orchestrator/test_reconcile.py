@@ -206,6 +206,40 @@ def test_a_gate_check_lost_in_a_crashed_lease_is_sent_again_by_the_next_sweep():
     assert late.status == "ignored" and w.endpoint.live == {"churn-v1": 50, "churn-v2": 50}
 
 
+APPROVAL = "{required: true, approvers: [lead@contoso.com], timeout: 1h, on_timeout: reject}"
+
+
+def test_an_approval_timeout_lost_in_a_crashed_lease_is_sent_again_by_the_next_sweep():
+    """Nobody answered the approval, and the process taking its timeout died: without the
+    sweep the promotion would wait out the lease first. The sweep sends the timeout again
+    once it is overdue (same timeout id); the policy's on_timeout applies once, and the
+    original, arriving after its lease, is stale."""
+    w = fake_runtime(policy_yaml("churn", canary=CANARY, approval=APPROVAL))
+    w.seed_champion("churn", "1")
+    w.handle(start_promotion("churn", "2"))
+    w.run(until=lambda: w.aggregate("churn").promotion.active.status == "awaiting_approval")  # type: ignore[union-attr]
+    [lost] = [item for item in w.bus.pending if item.envelope.type == "ApprovalTimedOut"]
+    lost.delivered = True  # taken by the process that crashed
+    due = w.aggregate("churn").promotion.active.check_due_at  # type: ignore[union-attr]
+    assert due is not None
+
+    w.clock.advance_to(due + timedelta(seconds=30))  # within OVERDUE_CHECK_SECONDS: wait
+    assert w.runtime.maintenance.sweep()["resent_checks"] == []
+    w.clock.advance_to(due + timedelta(seconds=61))
+    [resent] = w.runtime.maintenance.sweep()["resent_checks"]
+    assert resent.startswith(lost.envelope.message_id + ":resent:")
+    [(again, outcome)] = [(e, o) for e, o in w.deliver_due() if e.type == "ApprovalTimedOut"]
+    assert again.payload == lost.envelope.payload and outcome.status == "applied"
+    promotion = w.aggregate("churn").promotion
+    assert promotion.active is None
+    [entry] = promotion.history
+    assert str(entry.outcome) == "rejected" and "approval timed out" in entry.reason
+    assert w.runtime.maintenance.sweep()["resent_checks"] == []  # nothing is overdue now
+
+    late = w.handle(lost.envelope)  # the lease expires: the original comes back
+    assert late.status == "ignored" and list(w.aggregate("churn").promotion.history) == [entry]
+
+
 def rollback_of(w: FakeWorld) -> Envelope:
     active = w.aggregate("churn").promotion.active
     assert active is not None

@@ -16,6 +16,7 @@ from azure.functions.timer import TimerRequest
 from adapters.storage_queue_bus import decode_body
 from devhost.host.pollers import blob_created_event
 from domain.metrics import OfflineMetrics
+from domain.policy import parse_policy
 from orchestrator.bootstrap import set_runtime
 from orchestrator.messages import Envelope
 from orchestrator.ports import DeploymentStatus, EndpointError
@@ -27,6 +28,7 @@ from tests.harness import (
     signed,
 )
 from triggers import data, health, http_api, maintenance, messages
+from triggers.payloads import parse_event
 
 GRID_SUBJECT = "/blobServices/default/containers/training-data/blobs/churn/grid.csv"
 
@@ -337,13 +339,30 @@ def test_blob_created_records_the_data_once_and_schedules_the_window(app_runtime
     user(data.data_blob_created)(event)  # Event Grid delivers it again: no change
     assert runtime.queries.model_status("churn")["version"] == after_first["version"]
     elsewhere = blob_created_event(container, "unrelated/file.csv", '"0x1"', 1)
-    with caplog.at_level(logging.INFO, logger="triggers.data"):
+    with caplog.at_level(logging.INFO, logger="triggers.payloads"):
         user(data.data_blob_created)(elsewhere)  # no model's prefix: ignored, said once
         user(data.data_blob_created)(elsewhere)
     said = [r.getMessage() for r in caplog.records if "unrelated/file.csv" in r.getMessage()]
     assert len(said) == 1 and "under no model's data prefix" in said[0], said
     assert "training-data/churn/" in said[0]  # the prefixes that are watched
     assert waiting(runtime) == 1
+
+
+def test_a_hub_event_for_no_one_s_blob_is_explained_once_however_often_it_comes(caplog):
+    policy = parse_policy(policy_yaml("churn"))
+    event = {
+        "id": "grid-7",
+        "eventType": "Microsoft.Storage.BlobCreated",
+        "subject": "/blobServices/default/containers/training-data/blobs/stray/hub-only.csv",
+        "data": {"url": f"{DATA_ACCOUNT}/training-data/stray/hub-only.csv", "eTag": "0x1"},
+    }
+    body = json.dumps(event).encode()
+    with caplog.at_level(logging.INFO, logger="triggers.payloads"):
+        for _ in range(3):  # Event Hubs delivers it again, and again
+            assert parse_event(body, {"churn": policy}, DATA_ACCOUNT) == []
+    said = [r for r in caplog.records if "stray/hub-only.csv" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    assert "under no model's data prefix" in said[0].getMessage()
 
 
 def test_a_file_not_written_yet_is_skipped(app_runtime):

@@ -156,14 +156,21 @@ def test_send_data_uploads_under_the_policy_prefix(make_runtime, tmp_path):
     assert body == b"x,y\n1,1\n"
 
 
-def test_send_data_warns_when_the_trigger_watches_another_container(make_runtime, tmp_path):
-    runtime = make_runtime({"churn": policy_yaml("churn")})
+def test_a_policy_in_a_container_the_app_does_not_watch_is_refused_naming_it(
+    make_runtime, tmp_path, capsys
+):
+    """The blob trigger watches DATA_CONTAINER only: the CLI loads the policies as the app
+    does and refuses the file (exit 2, the file and the field), uploading nothing."""
+    elsewhere = policy_yaml("churn").replace("container: training-data", "container: other")
+    runtime = make_runtime({"churn": elsewhere}, DATA_CONTAINER="training-data")
     file = tmp_path / "a.csv"
     file.write_text("x\n1\n")
 
-    upload = commands.send_data(runtime, "churn", [file], environ={"DATA_CONTAINER": "other"})
-
-    assert any("blob trigger will not see" in note for note in upload.notes)
+    assert main(["send-data", "churn", str(file)], runtime=runtime) == 2
+    error = capsys.readouterr().err
+    assert "churn.yml: data.container: 'other' is not watched" in error
+    assert "DATA_CONTAINER='training-data'" in error
+    assert not runtime.blob_service.get_container_client("other").exists()
 
 
 def test_status_json_shows_the_state_after_handled_commands(make_runtime, capsys):

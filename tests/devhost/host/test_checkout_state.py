@@ -59,11 +59,11 @@ def environment() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if name not in CLEARED}
 
 
-def start_devhost(folder: Path) -> subprocess.Popen[str]:
+def start_devhost(folder: Path, mlflow_ui: bool = False) -> subprocess.Popen[str]:
     command = [
         sys.executable, "-m", "devhost", "--app", "tests.devhost.host.sample_app",
-        "--settings", str(folder / "local.settings.json"), "--no-mlflow-ui",
-        "--poll-interval", "0.2",
+        "--settings", str(folder / "local.settings.json"), "--poll-interval", "0.2",
+        *([] if mlflow_ui else ["--no-mlflow-ui"]),
     ]  # fmt: skip
     return subprocess.Popen(
         command, cwd=REPO_ROOT, env=environment(), stdout=subprocess.PIPE,
@@ -121,12 +121,15 @@ def test_two_checkouts_get_their_own_azurite_and_ports_and_the_cli_finds_them(
     two_checkouts, azurite: Azurite, tmp_path: Path
 ) -> None:
     first, second, processes = two_checkouts
-    processes.extend([start_devhost(first), start_devhost(second)])
+    # a with the MLflow UI (started, never waited for: its URL is known at once), b without.
+    processes.extend([start_devhost(first, mlflow_ui=True), start_devhost(second)])
     a = wait_until_recorded(processes[0], first)
     b = wait_until_recorded(processes[1], second)
 
     assert a.azurite and b.azurite and a.endpoint and b.endpoint and a.app_url and b.app_url
+    assert a.mlflow_ui_url and b.mlflow_ui_url is None
     used_a = ports(a.app_url, a.endpoint.url, a.azurite.blob_endpoint, a.azurite.queue_endpoint)
+    used_a |= ports(a.mlflow_ui_url)  # not mlflow ui's default 5000: a free port
     used_b = ports(b.app_url, b.endpoint.url, b.azurite.blob_endpoint, b.azurite.queue_endpoint)
     assert not used_a & used_b  # nothing shared, nothing collides
     assert not (used_a | used_b) & FIXED_PORTS
@@ -165,8 +168,15 @@ def test_two_checkouts_get_their_own_azurite_and_ports_and_the_cli_finds_them(
     assert "a devhost is starting or running in this checkout" in again.stdout + again.stderr
     assert read_state(state_path(first / ".local")) == a
 
-    stop(processes[0])
+    banner = stop(processes[0])
     assert read_state(state_path(first / ".local")).status == STOPPED  # type: ignore[union-attr]
+    # The banner says where everything is, as the state file does.
+    assert f"devhost is serving {a.app_url} (Ctrl-C to stop)" in banner
+    assert f"  local endpoint  {a.endpoint.url}\n" in banner
+    assert f"  MLflow UI       {a.mlflow_ui_url}\n" in banner
+    assert f"  Azurite         blob {a.azurite.blob_endpoint}, " in banner
+    assert f"  state file      {state_path(first / '.local')} " in banner
+    assert "python -m devhost.cli status <model>" in banner
     gone = cli(first, "status", "churn")
     assert gone.returncode == 2
     assert "no devhost running in this checkout" in gone.stderr
@@ -235,3 +245,47 @@ def test_an_azurite_recorded_elsewhere_or_stopped_is_not_reused(
             assert host.azurite is not None and host.azurite.started_here
             assert host.azurite.blob_endpoint != azurite.blob_endpoint
             assert host.azurite.location == (local / "azurite").resolve()
+
+
+def test_a_policy_the_app_would_never_feed_stops_devhost_and_the_app_at_start(
+    tmp_path: Path,
+) -> None:
+    """A policy whose data.container is not DATA_CONTAINER (the one container whose new blobs
+    the app takes) loads, but its data would never start anything: devhost refuses it before
+    anything starts (exit 2, the file and the field), and so does the app itself as any
+    Functions host imports it, without pydantic (the cold start)."""
+    folder = checkout(tmp_path, "a")
+    policy = folder / "policies" / "churn.yml"
+    policy.write_text(policy_yaml("churn").replace("container: training-data", "container: other"))
+    said = f"{policy}: data.container: 'other' is not watched: new blobs are taken from "
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "devhost", "--settings", str(folder / "local.settings.json"),
+         "--no-mlflow-ui"],
+        cwd=REPO_ROOT, env=environment(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2
+    assert said + "DATA_CONTAINER='training-data'" in refused.stdout + refused.stderr
+    assert not (folder / ".local" / "azurite").exists()  # nothing was started
+    assert read_state(state_path(folder / ".local")) is None
+
+    host = environment() | {
+        "FUNCTIONS_WORKER_RUNTIME": "python",
+        "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        "DATA_CONTAINER": "training-data",
+        "POLICY_DIR": str(folder / "policies"),
+    }
+    probe = "import sys, function_app; print('pydantic' in sys.modules)"
+    imported = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, env=host, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert imported.returncode != 0
+    assert f"UnwatchedPolicy: {said}" in imported.stderr
+    policy.write_text(policy_yaml("churn"))
+    imported = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO_ROOT, env=host, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert imported.returncode == 0, imported.stderr
+    assert imported.stdout.strip() == "False"  # checked without the policy model
