@@ -168,16 +168,12 @@ class BlobDataLedger:
             keep=int(keep_for.total_seconds()),
         )
         taken = _Lazy(lambda: self._taken(model))  # read only if a redelivery needs it
-        shards: dict[int, _Lazy[dict[str, list[Any]]]] = {}
-        shards_lock = threading.Lock()
 
         def trained(hashed: str) -> list[Any] | None:
-            """The key's entry in the index of trained keys, if seen within the window (one
-            read per shard per call, however many of its keys the message names)."""
-            shard = shard_of(hashed, self._shards)
-            with shards_lock:
-                lazy = shards.setdefault(shard, _Lazy(lambda: self._read_shard(model, shard)))
-            known = lazy.get().get(hashed)
+            """The key's entry in the index of trained keys, if seen within the window: read
+            for each key after its own create (never a read another key made earlier, which
+            a release may have overtaken since)."""
+            known = self._read_shard(model, shard_of(hashed, self._shards)).get(hashed)
             return known if known is not None and known[1] >= claim.horizon else None
 
         def claim_one(hashed: str) -> bool:
@@ -229,7 +225,12 @@ class BlobDataLedger:
                 owner, seen = (known[0], str(known[1])) if known else (None, "")
                 if owner is not None:  # that shard entry is this item's own claim
                     return owner == claim.who and name not in taken.get()
-            if owner is None or not seen.isdigit() or int(seen) < claim.horizon:
+            expired = owner is None or not seen.isdigit() or int(seen) < claim.horizon
+            if not expired and owner != claim.who:
+                return False  # another message's key
+            if name in taken.get():
+                return False  # a job has taken it: a duplicate, whoever claims it now
+            if expired:
                 # Claimed longer ago than the window: forgotten, so claimed afresh by this
                 # message (the item keeps its first landing).
                 metadata.update(claimant=claim.who, seen=str(claim.seen_at), keep=str(claim.keep))
@@ -242,8 +243,6 @@ class BlobDataLedger:
                 except (ResourceModifiedError, ResourceNotFoundError):
                     continue
                 return True
-            if owner != claim.who or name in taken.get():
-                return False  # another message's key, or an item a job has taken
             # A redelivery of the claiming message, its item still pending, unless an earlier
             # delivery created it for data already trained and died before deleting it.
             if trained(hashed) is None:
@@ -271,7 +270,7 @@ class BlobDataLedger:
         existing = self.manifest(model, run_id)
         if existing is not None:
             return existing
-        taken = sorted(self._untaken(model), key=_age)[:limit]
+        taken = self._drop_trained(model, sorted(self._untaken(model), key=_age)[:limit])
         uris = self._uris(taken)
         body = {
             "run_id": run_id,
@@ -293,6 +292,41 @@ class BlobDataLedger:
         except ResourceExistsError:  # another dispatch sealed it first: its list is the one
             return self.manifest(model, run_id) or []
         return list(dict.fromkeys(uris))
+
+    def _drop_trained(self, model: str, items: list[_Pending]) -> list[_Pending]:
+        """The items whose key no job has trained on within their claim's window. A claim
+        creates its pending blob before it reads the trained keys, so for a moment (or for
+        good, when the claim died there and is never redelivered) data already trained is
+        pending: it is dropped here, its blob deleted, so no manifest takes it. One read per
+        shard the items touch. Items of the earlier layout (no claimant) are their shard's
+        own claims: kept."""
+        by_shard: dict[int, list[_Pending]] = {}
+        for item in items:
+            if item.claimant:
+                hashed = item.name.rsplit("/", 1)[-1]
+                by_shard.setdefault(shard_of(hashed, self._shards), []).append(item)
+
+        def trained_in(entry: tuple[int, list[_Pending]]) -> list[str]:
+            shard, group = entry
+            keys = self._read_shard(model, shard)
+            found = []
+            for item in group:
+                known = keys.get(item.name.rsplit("/", 1)[-1])
+                if known is not None and known[1] >= item.seen - item.keep:
+                    found.append(item.name)
+            return found
+
+        trained = {name for names in self._map(trained_in, by_shard.items()) for name in names}
+        if not trained:
+            return items
+
+        def delete(name: str) -> None:
+            with contextlib.suppress(ResourceNotFoundError):
+                self._container.delete_blob(name)
+
+        self._map(delete, sorted(trained))
+        log.info("%s: %d pending item(s) already trained, dropped at the seal", model, len(trained))
+        return [item for item in items if item.name not in trained]
 
     def manifest(self, model: str, run_id: str) -> list[str] | None:
         document = self._read_manifest(model, run_id)

@@ -147,13 +147,22 @@ def _text(value: Any) -> Any:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
+_TRACE_KEYS = frozenset({"Diagnostic-Id", "traceparent"})
+
+
+def _property_key(key: Any) -> Any:
+    """The trace keys stay the SDK's own (bytes), as `to_service_bus_message` sends them: under
+    str keys the SDK's tracing would add its own beside them (each key twice on the wire)."""
+    return key.encode() if key in _TRACE_KEYS else key
+
+
 def replay_message(message: ServiceBusReceivedMessage) -> ServiceBusMessage:
     """A copy of a dead-lettered message to send back to its queue: the same body (an internal
     message keeps the bytes its MAC covers), properties, subject and session, without the
     dead-letter bookkeeping. Its id is derived from the dead letter's sequence number, so a
     replay sent twice is one message to the queue's duplicate detection."""
     properties: dict[str | bytes, Any] = {
-        _text(key): _text(value)
+        _property_key(_text(key)): _text(value)
         for key, value in (message.application_properties or {}).items()
         if _text(key) not in DEAD_LETTER_PROPERTIES
     }

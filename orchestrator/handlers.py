@@ -104,26 +104,38 @@ class MessageHandlers:
         self._open_windows_lock = threading.Lock()
 
     def _load(self, envelope: Envelope, policy: ModelPolicy) -> Loaded:
-        """The model's aggregate. A data event whose model had a window open when this
-        process last read it, moments ago, decides on that copy: the window carries the data
-        and nothing is written, so a storm of events costs no aggregate read each. Moments:
-        less than half the policy's quiet period, so the window cannot have closed for want
-        of data meanwhile; if it closed at its deadline, the item is pending with no window
-        and the timer's sweep opens one for it (maintenance.sweep_stranded_data)."""
+        """The model's aggregate. A data event reuses this process's copy of it when that copy
+        was read, window open, by an event whose data then landed, moments ago: the window
+        carries the data and nothing is written, so a storm of events costs no aggregate read
+        each. Moments: less than half of `min(quiet, debounce)` (the shortest a window waits
+        for more data) and before the copy's `closes_at`, so the window cannot have closed
+        meanwhile, for want of data or at its deadline (a close another instance moved later
+        only makes this re-read sooner). Any other message for the model forgets the copy."""
         now = self.ports.clock()
-        if envelope.type == "DataLanded":
-            fresh_for = min(OPEN_WINDOW_REUSE, policy.retrain.quiet / 2)
+        if envelope.type != "DataLanded":
             with self._open_windows_lock:
-                known = self._open_windows.get(envelope.model)
-            if known is not None and timedelta(0) <= now - known.read_at < fresh_for:
-                return known.loaded
-        loaded = self.ports.store.load(envelope.model)
-        with self._open_windows_lock:
-            if envelope.type == "DataLanded" and loaded[0].retrain.window is not None:
-                self._open_windows[envelope.model] = _OpenWindow(loaded, now)
-            else:  # any other message may change the window
                 self._open_windows.pop(envelope.model, None)
-        return loaded
+            return self.ports.store.load(envelope.model)
+        with self._open_windows_lock:
+            known = self._open_windows.get(envelope.model)
+        settings = policy.retrain
+        reuse_for = min(OPEN_WINDOW_REUSE, min(settings.quiet, settings.debounce) / 2)
+        if known is not None:
+            window = known.loaded[0].retrain.window
+            fresh = timedelta(0) <= now - known.read_at < reuse_for
+            if fresh and window is not None and now < window.closes_at:
+                return known.loaded
+        return self.ports.store.load(envelope.model)
+
+    def _landed_in_open_window(self, model: str, loaded: Loaded, landed_at: datetime) -> None:
+        """Data landed (`landed_at`) after `loaded` was read with its window open: later events
+        may reuse that copy for a moment (`_load`). A reused copy is not made younger."""
+        if loaded[0].retrain.window is None:
+            return
+        with self._open_windows_lock:
+            known = self._open_windows.get(model)
+            if known is None or known.loaded is not loaded:
+                self._open_windows[model] = _OpenWindow(loaded, landed_at)
 
     def handle(
         self,
@@ -263,6 +275,8 @@ class MessageHandlers:
                 envelope.model, command.items, envelope.message_id, now, keep_for
             )
             command = command.model_copy(update={"new_items": len(counted)})
+            if counted and loaded is not None:
+                self._landed_in_open_window(envelope.model, loaded, now)
             source = command.source
             telemetry.count("data.items", len(counted), model=envelope.model, source=source)
             duplicates = len(command.items) - len(counted)

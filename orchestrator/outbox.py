@@ -253,12 +253,6 @@ class Outbox:
                             "retrain.attempt": item.failed_attempts + 1,
                             "retrain.lane": lane,
                             "retrain.decided_version": item.version,
-                            # The item's own promotion and step first: a retry's decision
-                            # records are flushed by then.
-                            **{
-                                "retrain.promotion_id": item.promotion_id,
-                                "retrain.step": item.step,
-                            },
                             **telemetry.effect_attributes(
                                 item.effect,
                                 endpoint=policy.endpoint,
@@ -268,6 +262,16 @@ class Outbox:
                                     if record.aggregate_version == item.version
                                 ],
                             ),
+                            # Its own promotion and step, last: a retry's decision records
+                            # are flushed by then.
+                            **{
+                                key: value
+                                for key, value in (
+                                    ("retrain.promotion_id", item.promotion_id),
+                                    ("retrain.step", item.step),
+                                )
+                                if value is not None
+                            },
                         },
                     ):
                         self._execute(aggregate, policy, item)

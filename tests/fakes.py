@@ -328,6 +328,8 @@ class InMemoryDataLedger:
                 continue
             batch.add(item.key)
             known = keys.get(item.key)
+            if item.key in self._pending[model] and item.key in self._taken(model):
+                continue  # a job has taken it: a duplicate, whoever claims it now
             if known is not None and now - known[1] > keep_for:
                 known = None  # past the retention window: forgotten
             if known is None:

@@ -317,3 +317,62 @@ def test_concurrent_releases_of_one_run_delete_everything_once_and_finish(
         list(pool.map(release_until_done, range(4)))
     assert pending_blobs(container) == 0 and ledger.releasing("churn") == []
     assert ledger.pending("churn").items == 0
+
+
+def test_a_duplicate_left_pending_by_a_claim_that_died_is_never_sealed(
+    ledger: BlobDataLedger, container, monkeypatch
+):
+    land(ledger, range(2))
+    ledger.seal("churn", "r1", 10)
+    ledger.release("churn", "r1", 10)
+    monkeypatch.setattr(ledger, "_read_shard", lambda *_: (_ for _ in ()).throw(OSError("died")))
+    with pytest.raises(OSError):  # created its pending blob, then died; never redelivered
+        ledger.claim("churn", [item(1)], "late", T0, KEEP)
+    monkeypatch.undo()
+    land(ledger, range(5, 7))
+    # The seal reads the trained keys of what it takes: item 1 is dropped, its blob deleted.
+    assert ledger.seal("churn", "r2", 10) == [item(5).uri, item(6).uri]
+    assert pending_blobs(container) == 2
+
+
+def same_shard_pair(shards: int = 64) -> tuple[int, int]:
+    first = shard_of(key_hash(item(1000).key), shards)
+    other = next(n for n in range(1001, 5000) if shard_of(key_hash(item(n).key), shards) == first)
+    return 1000, other
+
+
+def test_each_key_reads_the_trained_keys_after_its_own_create(container, monkeypatch):
+    ledger = BlobDataLedger(container, shards=64, workers=1)  # the message's keys in order
+    fresh, released = same_shard_pair()
+    land(ledger, range(released, released + 1))
+    ledger.seal("churn", "r1", 10)
+    read_shard = ledger._read_shard
+    calls = []
+
+    def release_after_the_first_read(model: str, shard: int):
+        keys = read_shard(model, shard)
+        calls.append(shard)
+        if len(calls) == 1:  # the release overtakes the message between its two keys
+            assert ledger.release("churn", "r1", 10) == 0
+        return keys
+
+    monkeypatch.setattr(ledger, "_read_shard", release_after_the_first_read)
+    counted = ledger.claim("churn", [item(fresh), item(released)], "m9", T0, KEEP)
+    assert counted == [item(fresh)]  # the released key is trained: a duplicate
+    assert ledger.pending("churn").sample == [item(fresh).uri]
+
+
+def test_an_item_a_job_has_taken_is_a_duplicate_even_past_the_retention_window(
+    ledger: BlobDataLedger, container
+):
+    day = timedelta(days=1)
+    ledger.claim("churn", [item(1)], "m1", T0, day)
+    ledger.claim("churn", [item(2)], "m2", T0 + timedelta(seconds=1), day)
+    assert ledger.seal("churn", "r1", 10) == [item(1).uri, item(2).uri]
+    assert ledger.release("churn", "r1", 1) == 1  # item 2's blob is still there, taken
+    assert pending_blobs(container) == 1
+    later = T0 + timedelta(days=2)
+    assert ledger.claim("churn", [item(2)], "m3", later, day) == []
+    assert ledger.claim("churn", [item(2)], "m3", later, day) == []  # nor its redelivery
+    assert ledger.release("churn", "r1", 1) == 0
+    assert ledger.pending("churn").items == 0 and pending_blobs(container) == 0

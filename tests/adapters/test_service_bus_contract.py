@@ -193,7 +193,12 @@ def test_schedule_and_cancel_use_sequence_numbers():
 # `ServiceBusReceivedMessage` built from the AMQP transfer a dead-letter queue delivers.
 
 
-def dead_lettered(body: bytes, sequence_number: int, reason: str = "MaxDeliveryCountExceeded"):  # type: ignore[no-untyped-def]
+def dead_lettered(  # type: ignore[no-untyped-def]
+    body: bytes,
+    sequence_number: int,
+    reason: str = "MaxDeliveryCountExceeded",
+    traceparent: str | None = None,
+):
     from azure.servicebus import ServiceBusReceivedMessage
     from azure.servicebus._pyamqp.message import Header, Properties
     from azure.servicebus._pyamqp.message import Message as AmqpMessage
@@ -212,6 +217,11 @@ def dead_lettered(body: bytes, sequence_number: int, reason: str = "MaxDeliveryC
             b"model": b"churn",
             b"DeadLetterReason": reason.encode(),
             b"DeadLetterErrorDescription": b"Message could not be consumed after 10 attempts.",
+            **(
+                {b"Diagnostic-Id": traceparent.encode(), b"traceparent": traceparent.encode()}
+                if traceparent
+                else {}
+            ),
         },
         message_annotations={
             b"x-opt-sequence-number": sequence_number,
@@ -291,6 +301,28 @@ def test_a_replay_copies_the_body_byte_for_byte_without_the_dead_letter_bookkeep
         "model": "churn",
         "replayed_from_sequence_number": 77,
     }
+
+
+def test_a_replayed_traced_message_carries_its_context_once_with_the_sdk_s_tracing_on():
+    from azure.core.settings import settings
+    from azure.core.tracing.ext.opentelemetry_span import OpenTelemetrySpan
+    from azure.servicebus._transport._pyamqp_transport import PyamqpTransport
+
+    traced = traced_envelope()
+    assert traced.traceparent is not None
+    copy = replay_message(dead_lettered(traced.to_bytes(), 78, traceparent=traced.traceparent))
+    settings.tracing_implementation = OpenTelemetrySpan
+    try:
+        batch = ServiceBusMessageBatch()
+        with telemetry.span("the SDK's message span would be a child of this one"):
+            batch.add_message(copy)
+    finally:
+        settings.tracing_implementation.unset_value()
+    wire = PyamqpTransport.encode_message(batch._messages[0])
+    assert wire.count(b"\xa1\x0btraceparent") == 1
+    assert wire.count(b"\xa1\x0dDiagnostic-Id") == 1
+    properties = copy.raw_amqp_message.application_properties
+    assert properties[b"traceparent"] == properties[b"Diagnostic-Id"] == traced.traceparent
 
 
 def test_replay_receives_from_the_dead_letter_queue_sends_the_copy_then_completes_it():

@@ -284,23 +284,23 @@ def test_a_short_quiet_period_shortens_the_reuse():
     assert w.store.loads["churn"] == reads + 1
 
 
-def test_a_window_closed_by_another_instance_during_the_reuse_strands_nothing():
-    w = fake_runtime()
+def test_a_window_closed_by_another_instance_is_never_taken_for_open():
+    # The shortest wait for more data is the 3 s debounce (quiet 1 m): a copy is reused 1.5 s.
+    w = fake_runtime(policy_yaml("churn", retrain="{debounce: 3s, cooldown: 0s}"))
     w.handle(blob_event("churn", 1))
-    w.handle(blob_event("churn", 2))  # this instance now reuses its read: the window is open
-    # Another instance closes the window (on the same stores) meanwhile.
-    other = MessageHandlers(w.runtime.ports, w.runtime.outbox)
+    w.handle(blob_event("churn", 2))  # landed: this instance may reuse its read for 1.5 s
+    reads = w.store.loads["churn"]
     w.clock.advance(1)
+    w.handle(blob_event("churn", 2))  # a redelivery: reuses the copy, and does not renew it
+    assert w.store.loads["churn"] == reads
+    # Another instance (on the same stores) closes the window at its end.
+    other = MessageHandlers(w.runtime.ports, w.runtime.outbox)
+    w.clock.advance(2)
     for envelope in w.bus.due(w.clock()):
         other.handle(envelope)
     assert len(w.training.submissions) == 1 and w.aggregate("churn").retrain.window is None
-    # This instance still takes the window for open: the item is pending with no window...
+    # This instance's copy is too old to say the window is open: it reads, and opens one.
     assert w.handle(blob_event("churn", 3)).status == "applied"
-    assert w.aggregate("churn").retrain.window is None
-    assert w.ledger.pending("churn").items == 1
-    # ...until the timer's sweep opens one for it.
-    w.runtime.maintenance.sweep()
+    assert w.store.loads["churn"] > reads
     assert w.aggregate("churn").retrain.window is not None
-    w.training.finish(w.training.jobs[0], "1")
-    w.run(until=lambda: len(w.training.submissions) == 2, horizon=timedelta(hours=1))
-    assert w.training.submissions[1].data_uris == [f"{DATA_ACCOUNT}/training-data/churn/3.csv"]
+    assert w.ledger.pending("churn").items == 1
