@@ -14,7 +14,8 @@ seen and the data waiting for its next job, beside (not inside) its aggregate.
   writer wins; a redelivered submit reads the same list). Kept: a redelivered submit must
   find the same list, and a forced retrain with nothing new trains on the last run's.
 - Release, in bounded chunks: `releasing/{model}/{run id}`, an empty marker whose metadata
-  counts the manifest's items released (a prefix of its list). Each `release` call writes at
+  counts the manifest's items released (a prefix of its list in key-shard order, so a chunk
+  writes each shard it touches once). Each `release` call writes at
   most `limit` more keys into their shards, deletes their pending blobs (batches of 256) and
   saves the count; the last one marks the manifest `released` and then deletes the marker.
   While the marker exists, `pending`, `seal` and a redelivered `claim` skip every item its
@@ -62,6 +63,7 @@ log = logging.getLogger(__name__)
 
 SHARDS = 4096  # key-index blobs per model: ~250 keys each at a million keys
 _BATCH = 256  # blobs per batch delete (the service's limit)
+_BY_SHARD = {"order": "shard"}  # a release marker's order: by key shard (release)
 _DELETED = frozenset({202, 404})  # a batch delete's per-blob answers that mean "gone"
 _URI_METADATA_LIMIT = 2000  # longer (or non-ASCII) URIs are read from the pending blob's body
 _T = TypeVar("_T")
@@ -347,12 +349,13 @@ class BlobDataLedger:
             with contextlib.suppress(ResourceNotFoundError):
                 marker.delete_blob()
             return 0
-        names = [item["pending"] for item in document["items"]]
-        done = self._release_started(marker)
+        done, order = self._release_started(marker)
+        items = self._in_release_order(document["items"], order)
+        names = [item["pending"] for item in items]
         chunk = names[done : done + limit]
         # Their keys go into the index of trained keys BEFORE their pending blobs go: a
         # redelivery, or the same data landing again, then finds one or the other.
-        self._remember(model, document["items"][done : done + limit])
+        self._remember(model, items[done : done + limit])
         for start in range(0, len(chunk), _BATCH):
             self._delete(chunk[start : start + _BATCH])
         done += len(chunk)
@@ -360,7 +363,7 @@ class BlobDataLedger:
             # Never more than what is deleted: a concurrent release may have saved a higher
             # count; saving a lower one only repeats deletes.
             with contextlib.suppress(ResourceNotFoundError):  # it finished meanwhile
-                marker.set_blob_metadata({"done": str(done)})
+                marker.set_blob_metadata({"done": str(done), **order})
             return len(names) - done
         # Released first, then the marker: a manifest whose marker is gone is all released.
         self._container.get_blob_client(self._manifest_name(model, run_id)).set_blob_metadata(
@@ -381,21 +384,40 @@ class BlobDataLedger:
     def _releasing_name(self, model: str, run_id: str) -> str:
         return f"{self._releasing_prefix(model)}{run_id}"
 
-    def _release_started(self, marker: BlobClient) -> int:
-        """How many of the manifest's items are released: the marker's count, the marker
-        created (hiding them all) when this is the first chunk."""
+    def _release_started(self, marker: BlobClient) -> tuple[int, dict[str, str]]:
+        """How many of the manifest's items are released, in which order: the marker's count
+        and order, the marker created (hiding them all) when this is the first chunk."""
         for _ in range(self._max_attempts):
             try:
-                marker.upload_blob(b"", overwrite=False, metadata={"done": "0"})
-                return 0
+                marker.upload_blob(b"", overwrite=False, metadata={"done": "0", **_BY_SHARD})
+                return 0, _BY_SHARD
             except ResourceExistsError:
                 pass
             try:
-                done = (marker.get_blob_properties().metadata or {}).get("done", "0")
-                return int(done) if done.isdigit() else 0
+                metadata = marker.get_blob_properties().metadata or {}
             except ResourceNotFoundError:
                 continue  # it finished between the two calls: start again, harmlessly
+            done = metadata.get("done", "0")
+            order = _BY_SHARD if metadata.get("order") == _BY_SHARD["order"] else {}
+            return (int(done) if done.isdigit() else 0), order
         raise ConcurrencyConflict(f"{marker.blob_name}: release marker kept changing")
+
+    def _in_release_order(
+        self, items: Sequence[dict[str, Any]], order: dict[str, str]
+    ) -> list[dict[str, Any]]:
+        """The manifest's items in the order their release goes: by key shard, so a chunk's
+        keys share shards (one write each: about 2.4 keys a shard at 10,000 items, 12 at
+        50,000); the marker's count is a prefix of that order. A marker without an order
+        (started before it was kept) goes on in the manifest's own order."""
+        if not order:
+            return list(items)
+        return sorted(
+            items,
+            key=lambda item: (
+                shard_of(item["pending"].rsplit("/", 1)[-1], self._shards),
+                item["pending"],
+            ),
+        )
 
     def _delete(self, names: Sequence[str]) -> None:
         """Delete pending blobs in one batch; an answer other than deleted or already gone is
