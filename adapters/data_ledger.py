@@ -63,7 +63,10 @@ log = logging.getLogger(__name__)
 
 SHARDS = 4096  # key-index blobs per model: ~250 keys each at a million keys
 _BATCH = 256  # blobs per batch delete (the service's limit)
-_BY_SHARD = {"order": "shard"}  # a release marker's order: by key shard (release)
+# A release marker's count: of the manifest's items by key shard under _DONE_BY_SHARD; under
+# "done" (markers started before, or rewritten by, the ledger that released in the manifest's
+# own order) a prefix of the manifest's list. Two keys, so neither reads the other's count.
+_DONE_BY_SHARD = "done_by_shard"
 _DELETED = frozenset({202, 404})  # a batch delete's per-blob answers that mean "gone"
 _URI_METADATA_LIMIT = 2000  # longer (or non-ASCII) URIs are read from the pending blob's body
 _T = TypeVar("_T")
@@ -363,7 +366,7 @@ class BlobDataLedger:
             # Never more than what is deleted: a concurrent release may have saved a higher
             # count; saving a lower one only repeats deletes.
             with contextlib.suppress(ResourceNotFoundError):  # it finished meanwhile
-                marker.set_blob_metadata({"done": str(done), **order})
+                marker.set_blob_metadata({order: str(done)})
             return len(names) - done
         # Released first, then the marker: a manifest whose marker is gone is all released.
         self._container.get_blob_client(self._manifest_name(model, run_id)).set_blob_metadata(
@@ -384,32 +387,32 @@ class BlobDataLedger:
     def _releasing_name(self, model: str, run_id: str) -> str:
         return f"{self._releasing_prefix(model)}{run_id}"
 
-    def _release_started(self, marker: BlobClient) -> tuple[int, dict[str, str]]:
-        """How many of the manifest's items are released, in which order: the marker's count
-        and order, the marker created (hiding them all) when this is the first chunk."""
+    def _release_started(self, marker: BlobClient) -> tuple[int, str]:
+        """How many of the manifest's items are released, and the marker's key for that count
+        (its order): the marker created (hiding them all) when this is the first chunk."""
         for _ in range(self._max_attempts):
             try:
-                marker.upload_blob(b"", overwrite=False, metadata={"done": "0", **_BY_SHARD})
-                return 0, _BY_SHARD
+                marker.upload_blob(b"", overwrite=False, metadata={_DONE_BY_SHARD: "0"})
+                return 0, _DONE_BY_SHARD
             except ResourceExistsError:
                 pass
             try:
                 metadata = marker.get_blob_properties().metadata or {}
             except ResourceNotFoundError:
                 continue  # it finished between the two calls: start again, harmlessly
-            done = metadata.get("done", "0")
-            order = _BY_SHARD if metadata.get("order") == _BY_SHARD["order"] else {}
+            order = _DONE_BY_SHARD if _DONE_BY_SHARD in metadata else "done"
+            done = metadata.get(order, "0")
             return (int(done) if done.isdigit() else 0), order
         raise ConcurrencyConflict(f"{marker.blob_name}: release marker kept changing")
 
     def _in_release_order(
-        self, items: Sequence[dict[str, Any]], order: dict[str, str]
+        self, items: Sequence[dict[str, Any]], order: str
     ) -> list[dict[str, Any]]:
         """The manifest's items in the order their release goes: by key shard, so a chunk's
         keys share shards (one write each: about 2.4 keys a shard at 10,000 items, 12 at
-        50,000); the marker's count is a prefix of that order. A marker without an order
-        (started before it was kept) goes on in the manifest's own order."""
-        if not order:
+        50,000); the marker's count is a prefix of that order. A marker counting under "done"
+        (started before the order was kept) goes on in the manifest's own order."""
+        if order != _DONE_BY_SHARD:
             return list(items)
         return sorted(
             items,

@@ -559,7 +559,19 @@ class Outbox:
             # The run has its data: it stops being pending (idempotent). One bounded chunk
             # here, so no dispatch runs for minutes; the timer's sweep releases the rest
             # (Maintenance), and until then the ledger hides the manifest's items.
-            ledger.release(model, effect.run_id, self.release_chunk)
+            try:
+                ledger.release(model, effect.run_id, self.release_chunk)
+            except Exception:
+                if effect.run_id not in ledger.releasing(model):
+                    raise  # nothing hidden yet: the submit's retry (a no-op) releases again
+                # Started: the sweep goes on with it. Failing the submit for it would cancel
+                # a job whose data the sweep then releases anyway.
+                log.warning(
+                    "%s: run %s submitted; its release goes on in the timer's sweep",
+                    model,
+                    effect.run_id,
+                    exc_info=True,
+                )
 
     def _submit_failed(
         self, aggregate: ModelAggregate, effect: SubmitTrainingJob, error: str

@@ -15,7 +15,14 @@ from orchestrator.handlers import OPEN_WINDOW_REUSE, MessageHandlers, sweep_stra
 from orchestrator.messages import InvalidMessage
 from orchestrator.outbox import RELEASE_CHUNK
 from orchestrator.ports import TrainingBackendError
-from tests.fakes import DATA_ACCOUNT, data_items, fake_runtime, landed, policy_yaml
+from tests.fakes import (
+    DATA_ACCOUNT,
+    InMemoryDataLedger,
+    data_items,
+    fake_runtime,
+    landed,
+    policy_yaml,
+)
 from triggers.envelopes import data_landed_envelope
 
 
@@ -304,3 +311,37 @@ def test_a_window_closed_by_another_instance_is_never_taken_for_open():
     assert w.store.loads["churn"] > reads
     assert w.aggregate("churn").retrain.window is not None
     assert w.ledger.pending("churn").items == 1
+
+
+class ReleaseStartsThenFails(InMemoryDataLedger):
+    """A release that hides the run's items (its marker) and then loses its storage."""
+
+    failing = True
+
+    def release(self, model: str, run_id: str, limit: int) -> int:
+        if self.failing:
+            self._releasing.setdefault((model, run_id), 0)
+            raise OSError("storage went away in the middle of the release")
+        return super().release(model, run_id, limit)
+
+
+def test_a_release_that_fails_once_started_leaves_the_submitted_job_alone():
+    ledger = ReleaseStartsThenFails()
+    w = fake_runtime(ledger=ledger)
+    for n in range(3):
+        w.handle(blob_event("churn", n))
+    w.clock.advance(1)
+    w.deliver_due()  # the close submits; its release starts, then fails
+    [request] = w.training.submissions
+    assert len(request.data_uris) == 3
+    assert w.ledger.releasing("churn") == [request.run_id]
+    job = w.aggregate("churn").retrain.current_job
+    assert job is not None and job.run_id == request.run_id
+    outbox = w.aggregate("churn").outbox
+    assert not any(item.effect.kind == "submit_training_job" for item in outbox)
+    assert w.training.cancellations == []
+    # The sweep goes on with it once the storage is back; nothing is trained twice.
+    ledger.failing = False
+    w.runtime.maintenance.sweep()
+    assert w.ledger.releasing("churn") == [] and w.ledger.pending("churn").items == 0
+    assert len(w.training.submissions) == 1
