@@ -108,9 +108,11 @@ class MessageHandlers:
         was read, window open, by an event whose data then landed, moments ago: the window
         carries the data and nothing is written, so a storm of events costs no aggregate read
         each. Moments: less than half of `min(quiet, debounce)` (the shortest a window waits
-        for more data) and before the copy's `closes_at`, so the window cannot have closed
-        meanwhile, for want of data or at its deadline (a close another instance moved later
-        only makes this re-read sooner). Any other message for the model forgets the copy."""
+        for more data) and before the copy's `closes_at`, so the window has not closed
+        meanwhile for want of data or at its deadline (a close another instance moved later
+        only makes this re-read sooner). Should another instance close it all the same (a
+        retrain asked by hand, a follow-up), the data is pending with no window and the
+        timer's sweep opens one. Any other message for the model forgets the copy."""
         now = self.ports.clock()
         if envelope.type != "DataLanded":
             with self._open_windows_lock:
