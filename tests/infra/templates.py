@@ -697,8 +697,8 @@ def app_literals(repo: Path = REPO) -> tuple[str, ...]:
 # Where the values of a counter's attribute come from when the app passes a computed value:
 # (metric, attribute) -> (module, the constant holding every value it can take).
 ATTRIBUTE_VALUES = {
-    ("retrain.promotions", "outcome"): ("orchestrator.handlers", "_ENDED"),
-    ("retrain.training.runs", "result"): ("orchestrator.handlers", "_RUN_ENDED"),
+    ("retrain.promotions", "outcome"): ("orchestrator.decision_telemetry", "ENDED"),
+    ("retrain.training.runs", "result"): ("orchestrator.decision_telemetry", "RUN_ENDED"),
 }
 
 
